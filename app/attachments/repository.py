@@ -1,0 +1,219 @@
+"""SQL for the attachments table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+COLUMNS = (
+    "id, app_id, profile, state, storage, key, filename, mime_type, size, sha256, metadata,"
+    " client_metadata, derivatives, record_type, record_id, record_name, generation, error,"
+    " promote_requested_at, created_at, updated_at, stored_at, expires_at, deleted_at,"
+    " purged_at, cache_purged_at"
+)
+
+
+async def insert(conn: asyncpg.Connection, **values: Any) -> asyncpg.Record:
+    return await conn.fetchrow(
+        "INSERT INTO attachments (id, app_id, profile, state, storage, key, filename, mime_type,"
+        " size, sha256, metadata, client_metadata, record_type, record_id, record_name,"
+        " promote_requested_at, expires_at)"
+        " VALUES ($1, $2, $3, 'cached', 'cache', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+        " CASE WHEN $14::boolean THEN now() END,"
+        " CASE WHEN $14::boolean THEN NULL ELSE now() + make_interval(secs => $15) END)"
+        f" RETURNING {COLUMNS}",
+        values["id"], values["app_id"], values["profile"], values["key"], values["filename"],
+        values["mime_type"], values["size"], values["sha256"], values["metadata"],
+        values["client_metadata"], values["record_type"], values["record_id"],
+        values["record_name"], values["promote"], values["cache_ttl"],
+    )
+
+
+async def lock_slot(
+    conn: asyncpg.Connection, app_id: UUID, record_type: str, record_id: str, record_name: str
+) -> None:
+    """Serialise writers of one slot until the transaction ends: the last one wins cleanly."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended("
+        "$1::uuid::text || chr(31) || $2 || chr(31) || $3 || chr(31) || $4, 1))",
+        app_id, record_type, record_id, record_name,
+    )
+
+
+async def delete_live_in_slot(
+    conn: asyncpg.Connection, app_id: UUID, record_type: str, record_id: str, record_name: str
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "UPDATE attachments SET state = 'deleted', deleted_at = now(), updated_at = now(),"
+        " generation = generation + 1"
+        " WHERE app_id = $1 AND record_type = $2 AND record_id = $3 AND record_name = $4"
+        f" AND state <> 'deleted' RETURNING {COLUMNS}",
+        app_id, record_type, record_id, record_name,
+    )
+
+
+async def get(conn: asyncpg.Connection, att_id: UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow(f"SELECT {COLUMNS} FROM attachments WHERE id = $1", att_id)
+
+
+async def get_for_app(
+    conn: asyncpg.Connection, app_id: UUID, att_id: UUID
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        f"SELECT {COLUMNS} FROM attachments WHERE id = $1 AND app_id = $2", att_id, app_id
+    )
+
+
+async def list_for_app(
+    conn: asyncpg.Connection,
+    app_id: UUID,
+    *,
+    state: str | None,
+    record_type: str | None,
+    record_id: str | None,
+    record_name: str | None,
+    before: UUID | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {COLUMNS} FROM attachments WHERE app_id = $1"
+        " AND ($2::text IS NULL OR state = $2)"
+        " AND ($3::text IS NULL OR record_type = $3)"
+        " AND ($4::text IS NULL OR record_id = $4)"
+        " AND ($5::text IS NULL OR record_name = $5)"
+        " AND ($6::uuid IS NULL OR id < $6)"
+        " ORDER BY id DESC LIMIT $7",
+        app_id, state, record_type, record_id, record_name, before, limit,
+    )
+
+
+async def request_promotion(conn: asyncpg.Connection, att_id: UUID) -> asyncpg.Record | None:
+    """Mark a cached attachment for promotion; returns the row whatever its state."""
+    row = await conn.fetchrow(
+        "UPDATE attachments SET promote_requested_at = now(), expires_at = NULL,"
+        " updated_at = now(), generation = generation + 1"
+        " WHERE id = $1 AND state = 'cached' AND promote_requested_at IS NULL"
+        f" RETURNING {COLUMNS}",
+        att_id,
+    )
+    return row or await get(conn, att_id)
+
+
+async def mark_stored(
+    conn: asyncpg.Connection,
+    att_id: UUID,
+    cached_key: str,
+    store_key: str,
+    metadata: dict[str, Any],
+    derivatives: dict[str, Any],
+) -> asyncpg.Record | None:
+    """The compare-and-set at the heart of atomic promotion: None if the row moved on."""
+    return await conn.fetchrow(
+        "UPDATE attachments SET state = 'stored', storage = 'store', key = $3,"
+        " metadata = metadata || $4::jsonb, derivatives = $5, stored_at = now(),"
+        " updated_at = now(), generation = generation + 1"
+        " WHERE id = $1 AND state = 'cached' AND key = $2"
+        f" RETURNING {COLUMNS}",
+        att_id, cached_key, store_key, metadata, derivatives,
+    )
+
+
+async def mark_failed(
+    conn: asyncpg.Connection, att_id: UUID, cached_key: str, error: dict[str, str]
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE attachments SET state = 'failed', error = $3, updated_at = now(),"
+        " generation = generation + 1"
+        " WHERE id = $1 AND state = 'cached' AND key = $2"
+        f" RETURNING {COLUMNS}",
+        att_id, cached_key, error,
+    )
+
+
+async def mark_deleted(
+    conn: asyncpg.Connection, att_id: UUID, error: dict[str, str] | None = None
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE attachments SET state = 'deleted', deleted_at = now(), updated_at = now(),"
+        " generation = generation + 1, error = coalesce($2, error)"
+        f" WHERE id = $1 AND state <> 'deleted' RETURNING {COLUMNS}",
+        att_id, error,
+    )
+
+
+async def mark_purged(conn: asyncpg.Connection, att_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE attachments SET purged_at = now() WHERE id = $1 AND state = 'deleted'", att_id
+    )
+
+
+async def mark_cache_purged(conn: asyncpg.Connection, att_id: UUID) -> None:
+    await conn.execute(
+        "UPDATE attachments SET cache_purged_at = now()"
+        " WHERE id = $1 AND state IN ('stored', 'failed') AND cache_purged_at IS NULL",
+        att_id,
+    )
+
+
+async def expire_cached(
+    conn: asyncpg.Connection, now: datetime | None = None
+) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "UPDATE attachments SET state = 'deleted', deleted_at = now(), updated_at = now(),"
+        " generation = generation + 1,"
+        " error = jsonb_build_object('code', 'expired', 'detail',"
+        "   'not promoted within the cache TTL of its profile')"
+        " WHERE state = 'cached' AND promote_requested_at IS NULL"
+        " AND expires_at < coalesce($1, now())"
+        f" RETURNING {COLUMNS}",
+        now,
+    )
+
+
+async def stale_promotions(conn: asyncpg.Connection, older_than_s: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, generation FROM attachments WHERE state = 'cached'"
+        " AND promote_requested_at IS NOT NULL"
+        " AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT 1000",
+        older_than_s,
+    )
+
+
+async def unpurged_deleted(conn: asyncpg.Connection, older_than_s: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id FROM attachments WHERE state = 'deleted' AND purged_at IS NULL"
+        " AND deleted_at < now() - make_interval(secs => $1) ORDER BY deleted_at LIMIT 1000",
+        older_than_s,
+    )
+
+
+async def cache_leftovers(conn: asyncpg.Connection, older_than_s: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id FROM attachments WHERE state IN ('stored', 'failed') AND cache_purged_at IS NULL"
+        " AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT 1000",
+        older_than_s,
+    )
+
+
+async def try_lock_sweep(conn: asyncpg.Connection) -> bool:
+    """Only one worker sweeps at a time; the lock ends with the transaction."""
+    return await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('sweep', 0))")
+
+
+async def lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
+    """Serialise the worker's jobs on one attachment (promote, destroy) across processes.
+
+    Session-level, so it is released if the worker dies and its connection drops.
+    """
+    await conn.execute(
+        "SELECT pg_advisory_lock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
+    )
+
+
+async def unlock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
+    await conn.execute(
+        "SELECT pg_advisory_unlock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
+    )

@@ -1,0 +1,307 @@
+"""HTTP adapter for attachments: translate requests to service calls and back."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+
+from app.attachments import service
+from app.attachments.downloads import is_active, parse_range
+from app.attachments.schemas import AttachmentList, AttachmentOut, State, present
+from app.deps import current_app_id, resources
+from app.errors import (
+    AttachmentNotFound,
+    InvalidInput,
+    InvalidState,
+    UnsupportedMediaType,
+    UploadTooLarge,
+)
+from app.ids import parse_uuid
+from app.resources import Resources
+from app.storage import content_disposition
+from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
+from app.uploads.options import parse_options
+
+router = APIRouter(prefix="/v1", tags=["attachments"])
+
+PROBLEM = {"content": {"application/problem+json": {}}}
+COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key", **PROBLEM},
+    404: {"description": "No such attachment for this app", **PROBLEM},
+    422: {"description": "Invalid input", **PROBLEM},
+    503: {"description": "Postgres unreachable; retry after Retry-After", **PROBLEM},
+}
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    **COMMON_ERRORS,
+    400: {"description": "Malformed body", **PROBLEM},
+    413: {"description": "Larger than the profile or service allows", **PROBLEM},
+    415: {"description": "File type not allowed by the profile", **PROBLEM},
+}
+
+MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "profile": {"type": "string"},
+                        "record_type": {"type": "string"},
+                        "record_id": {"type": "string"},
+                        "record_name": {"type": "string"},
+                        "promote": {"type": "boolean", "default": True},
+                        "metadata": {"type": "string", "description": "a JSON object"},
+                    },
+                },
+                "encoding": {"file": {"contentType": "application/octet-stream"}},
+            }
+        },
+    }
+}
+RAW_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+def _attachment_id(value: str) -> UUID:
+    att_id = parse_uuid(value)
+    if att_id is None:
+        raise AttachmentNotFound(f"no attachment {value}")
+    return att_id
+
+
+def _created(res: Resources, row: Any) -> JSONResponse:
+    body = present(row, res.settings.public_url)
+    return JSONResponse(body, status_code=201, headers={"Location": f"/v1/attachments/{row['id']}"})
+
+
+@router.post(
+    "/attachments",
+    status_code=201,
+    response_model=AttachmentOut,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=MULTIPART_BODY,
+    summary="Upload a file (multipart/form-data, streamed)",
+)
+async def upload_multipart(
+    request: Request,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> JSONResponse:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/"):
+        raise UnsupportedMediaType("send the file as multipart/form-data (part 'file')")
+    events = iter_multipart(request.stream(), boundary_of(content_type))
+    fields: dict[str, str] = {}
+    staged = None
+    try:
+        async for event in events:
+            if isinstance(event, Field):
+                fields[event.name] = event.value
+            elif isinstance(event, FileStart):
+                if event.name != "file":
+                    raise InvalidInput(f"unexpected file part {event.name!r}; send it as 'file'")
+                if staged is not None:
+                    raise InvalidInput("only one 'file' part per upload")
+                # fields before the file are validated now, so a bad one costs no bytes
+                parse_options(fields)
+                fields.setdefault("filename", event.filename or "")
+                staged = await service.stage(res, app_id, fields.get("profile"),
+                                             file_bytes(events))
+        if staged is None:
+            raise InvalidInput("the part 'file' is missing", field="file")
+        options = parse_options(fields)
+    except BaseException:
+        if staged is not None:
+            await service.discard(res, staged)
+        raise
+    row = await service.record(res, staged, options)
+    return _created(res, row)
+
+
+@router.post(
+    "/attachments/raw",
+    status_code=201,
+    response_model=AttachmentOut,
+    responses=UPLOAD_ERRORS,
+    openapi_extra=RAW_BODY,
+    summary="Upload a file as the raw request body (streamed)",
+)
+async def upload_raw(
+    request: Request,
+    filename: str | None = Query(None),
+    profile: str | None = Query(None),
+    record_type: str | None = Query(None),
+    record_id: str | None = Query(None),
+    record_name: str | None = Query(None),
+    promote: str | None = Query(None, description="true (default) or false"),
+    metadata: str | None = Query(None, description="a JSON object"),
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> JSONResponse:
+    options = parse_options({
+        "filename": filename, "profile": profile, "record_type": record_type,
+        "record_id": record_id, "record_name": record_name, "promote": promote,
+        "metadata": metadata,
+    })
+    res.profiles.get(options.profile)  # an unknown profile is refused before the body
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        limit = res.profiles.get(options.profile).size_limit(res.settings.max_upload_size)
+        if int(length) > limit:
+            raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
+    row = await service.upload(res, app_id, request.stream(), options)
+    return _created(res, row)
+
+
+@router.get(
+    "/attachments/{attachment_id}",
+    response_model=AttachmentOut,
+    responses=COMMON_ERRORS,
+    summary="Get an attachment",
+)
+async def get_attachment(
+    attachment_id: str,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> dict[str, Any]:
+    row = await service.get(res, app_id, _attachment_id(attachment_id))
+    return present(row, res.settings.public_url)
+
+
+def _encode_cursor(att_id: UUID | None) -> str | None:
+    return base64.urlsafe_b64encode(att_id.bytes).decode().rstrip("=") if att_id else None
+
+
+def _decode_cursor(cursor: str | None) -> UUID | None:
+    if not cursor:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        return UUID(bytes=raw)
+    except ValueError:
+        raise InvalidInput("cursor is not one this API handed out", field="cursor") from None
+
+
+@router.get(
+    "/attachments",
+    response_model=AttachmentList,
+    responses=COMMON_ERRORS,
+    summary="List attachments, newest first",
+)
+async def list_attachments(
+    state: State | None = Query(None),
+    record_type: str | None = Query(None),
+    record_id: str | None = Query(None),
+    record_name: str | None = Query(None),
+    cursor: str | None = Query(None),
+    limit: int = Query(50, ge=1, le=200),
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> dict[str, Any]:
+    page = await service.list_attachments(
+        res, app_id, state=state, record_type=record_type, record_id=record_id,
+        record_name=record_name, before=_decode_cursor(cursor), limit=limit,
+    )
+    return {
+        "items": [present(r, res.settings.public_url) for r in page.items],
+        "next_cursor": _encode_cursor(page.next_before),
+    }
+
+
+@router.post(
+    "/attachments/{attachment_id}/promote",
+    status_code=202,
+    response_model=AttachmentOut,
+    responses={**COMMON_ERRORS, 409: {"description": "failed or deleted", **PROBLEM}},
+    summary="Promote a two-phase (promote=false) upload",
+)
+async def promote_attachment(
+    attachment_id: str,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> JSONResponse:
+    row = await service.request_promotion(res, app_id, _attachment_id(attachment_id))
+    return JSONResponse(present(row, res.settings.public_url), status_code=202)
+
+
+@router.delete(
+    "/attachments/{attachment_id}",
+    status_code=202,
+    response_model=AttachmentOut,
+    responses=COMMON_ERRORS,
+    summary="Delete an attachment; its files are removed in the background",
+)
+async def delete_attachment(
+    attachment_id: str,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> JSONResponse:
+    row = await service.delete(res, app_id, _attachment_id(attachment_id))
+    return JSONResponse(present(row, res.settings.public_url), status_code=202)
+
+
+@router.get(
+    "/attachments/{attachment_id}/content",
+    responses={
+        **COMMON_ERRORS,
+        200: {"description": "The file", "content": {"application/octet-stream": {}}},
+        206: {"description": "The requested byte range"},
+        307: {"description": "Redirect to a short-lived storage URL"},
+        409: {"description": "The attachment is deleted or failed", **PROBLEM},
+        416: {"description": "Range not satisfiable", **PROBLEM},
+    },
+    summary="Download the file",
+)
+async def download(
+    attachment_id: str,
+    request: Request,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> Response:
+    row = await service.get(res, app_id, _attachment_id(attachment_id))
+    return await serve_file(request, res, row)
+
+
+async def serve_file(request: Request, res: Resources, row: Any) -> Response:
+    if row["state"] not in ("cached", "stored"):
+        raise InvalidState(f"attachment {row['id']} is {row['state']}; it has no file")
+    storage = res.store if row["storage"] == "store" else res.cache
+    mime, size = row["mime_type"], row["size"]
+    as_attachment = is_active(mime)
+    disposition = content_disposition(row["filename"], as_attachment)
+    url = await storage.presigned_get_url(
+        row["key"], expires_in=300, filename=row["filename"], content_type=mime,
+        as_attachment=as_attachment,
+    )
+    if url is not None:
+        return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    headers = {
+        "Accept-Ranges": "bytes",
+        "ETag": f'"{row["sha256"]}"',
+        "Content-Disposition": disposition,
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "private, max-age=3600",
+    }
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    byte_range = parse_range(request.headers.get("range"), size)
+    if byte_range is None:
+        headers["Content-Length"] = str(size)
+        return StreamingResponse(storage.read(row["key"]), media_type=mime, headers=headers)
+    start, end = byte_range
+    headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(end - start + 1)
+    return StreamingResponse(storage.read(row["key"], start, end), status_code=206,
+                             media_type=mime, headers=headers)
+

@@ -1,0 +1,86 @@
+"""The public attachment object (API.md) and its rendering from a row."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel
+
+State = Literal["cached", "stored", "failed", "deleted"]
+
+
+class RecordRef(BaseModel):
+    type: str
+    id: str
+    name: str
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    detail: str
+
+
+class AttachmentOut(BaseModel):
+    id: UUID
+    state: State
+    profile: str
+    filename: str | None
+    mime_type: str
+    size: int
+    sha256: str
+    metadata: dict[str, Any]
+    client_metadata: dict[str, Any]
+    record: RecordRef | None
+    derivatives: dict[str, dict[str, Any]]
+    url: str | None
+    error: ErrorInfo | None
+    generation: int
+    created_at: datetime
+    updated_at: datetime
+    stored_at: datetime | None
+
+
+class AttachmentList(BaseModel):
+    items: list[AttachmentOut]
+    next_cursor: str | None
+
+
+def present(row: Any, public_url: str) -> dict[str, Any]:
+    """The attachment object as clients and webhook receivers see it."""
+    base = f"{public_url.rstrip('/')}/v1/attachments/{row['id']}"
+    live = row["state"] != "deleted"
+    record = None
+    if row["record_type"] is not None:
+        record = {"type": row["record_type"], "id": row["record_id"], "name": row["record_name"]}
+    return {
+        "id": str(row["id"]),
+        "state": row["state"],
+        "profile": row["profile"],
+        "filename": row["filename"],
+        "mime_type": row["mime_type"],
+        "size": row["size"],
+        "sha256": row["sha256"],
+        "metadata": row["metadata"],
+        "client_metadata": row["client_metadata"],
+        "record": record,
+        "derivatives": {
+            name: {**d, "url": f"{base}/derivatives/{name}"}
+            for name, d in (row["derivatives"] or {}).items()
+        } if live else {},
+        "url": f"{base}/content" if live else None,
+        "error": row["error"],
+        # lets a receiver drop an event older than one it already handled
+        "generation": row["generation"],
+        "created_at": timestamp(row["created_at"]),
+        "updated_at": timestamp(row["updated_at"]),
+        "stored_at": timestamp(row["stored_at"]),
+    }
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a Z, the same in every response and event."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,278 @@
+"""The attachment lifecycle: upload into the cache, atomic promotion, deletion, expiry, sweep.
+
+Free of FastAPI and arq: the API and the worker both call these functions with a Resources.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+
+from app.attachments import keys
+from app.attachments import repository as repo
+from app.errors import AttachmentNotFound, InvalidState
+from app.failpoints import failpoint
+from app.ids import uuid7
+from app.resources import Resources
+from app.storage import StorageObjectNotFound
+from app.uploads.ingest import Received, check_against_profile, receive
+from app.uploads.options import UploadOptions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Staged:
+    """A file received into the cache whose row is not written yet."""
+
+    app_id: UUID
+    att_id: UUID
+    profile: str
+    file: Received
+
+
+async def stage(res: Resources, app_id: UUID, profile: str | None,
+                chunks: AsyncIterable[bytes]) -> Staged:
+    """Stream into the cache under the attachment's own key, checked against the profile."""
+    prof = res.profiles.get(profile)
+    att_id = uuid7()
+    received = await receive(
+        chunks,
+        storage=res.cache,
+        key=keys.cache_key(app_id, att_id),
+        profile=prof,
+        max_upload_size=res.settings.max_upload_size,
+    )
+    return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
+
+
+async def discard(res: Resources, staged: Staged) -> None:
+    # shielded: a cancelled request must still not leave its file behind
+    await asyncio.shield(res.cache.delete(staged.file.key))
+
+
+async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyncpg.Record:
+    """Write the row for a staged file (replacing the slot's attachment), then enqueue.
+
+    On any error the staged file is removed, so a refused upload leaves nothing behind.
+    """
+    try:
+        prof = res.profiles.get(options.profile or staged.profile)
+        if prof.name != staged.profile:  # the profile field came after the file part
+            check_against_profile(prof, mime_type=staged.file.mime_type, size=staged.file.size,
+                                  max_upload_size=res.settings.max_upload_size,
+                                  metadata=staged.file.metadata)
+        cache_ttl = prof.cache_ttl or res.settings.default_cache_ttl
+        row, replaced = await _insert_replacing_slot(res, staged, options, prof.name, cache_ttl)
+    except BaseException:
+        await discard(res, staged)
+        raise
+    for old in replaced:
+        await res.jobs.destroy(old["id"])
+    if options.promote:
+        await res.jobs.promote(row["id"], row["generation"])
+    return row
+
+
+async def _insert_replacing_slot(res: Resources, staged: Staged, options: UploadOptions,
+                                 profile: str, cache_ttl: int
+                                 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+    slot = options.record
+    async with res.pool.acquire() as conn, conn.transaction():
+        replaced = []
+        if slot:
+            await repo.lock_slot(conn, staged.app_id, slot.type, slot.id, slot.name)
+            replaced = await repo.delete_live_in_slot(
+                conn, staged.app_id, slot.type, slot.id, slot.name
+            )
+        row = await repo.insert(
+            conn,
+            id=staged.att_id, app_id=staged.app_id, profile=profile,
+            key=staged.file.key, filename=options.filename,
+            mime_type=staged.file.mime_type, size=staged.file.size,
+            sha256=staged.file.sha256, metadata=staged.file.metadata,
+            client_metadata=options.client_metadata,
+            record_type=slot.type if slot else None,
+            record_id=slot.id if slot else None,
+            record_name=slot.name if slot else None,
+            promote=options.promote, cache_ttl=cache_ttl,
+        )
+        return row, replaced
+
+
+async def upload(res: Resources, app_id: UUID, chunks: AsyncIterable[bytes],
+                 options: UploadOptions) -> asyncpg.Record:
+    """Stage and record in one go (raw body, tus): the options are all known up front."""
+    staged = await stage(res, app_id, options.profile, chunks)
+    return await record(res, staged, options)
+
+
+async def get(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+    async with res.pool.acquire() as conn:
+        row = await repo.get_for_app(conn, app_id, att_id)
+    if row is None:
+        raise AttachmentNotFound(f"no attachment {att_id}")
+    return row
+
+
+@dataclass
+class Page:
+    items: list[asyncpg.Record]
+    next_before: UUID | None = None
+
+
+async def list_attachments(res: Resources, app_id: UUID, *, state: str | None = None,
+                           record_type: str | None = None, record_id: str | None = None,
+                           record_name: str | None = None, before: UUID | None = None,
+                           limit: int = 50) -> Page:
+    async with res.pool.acquire() as conn:
+        rows = await repo.list_for_app(
+            conn, app_id, state=state, record_type=record_type, record_id=record_id,
+            record_name=record_name, before=before, limit=limit + 1,
+        )
+    if len(rows) > limit:
+        return Page(items=rows[:limit], next_before=rows[limit - 1]["id"])
+    return Page(items=rows)
+
+
+async def request_promotion(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+    """Ask for promotion of a two-phase upload; harmless when already asked or stored."""
+    await get(res, app_id, att_id)  # tenant check
+    async with res.pool.acquire() as conn:
+        row = await repo.request_promotion(conn, att_id)
+    if row["state"] in ("failed", "deleted"):
+        raise InvalidState(f"attachment {att_id} is {row['state']}", state=row["state"])
+    if row["state"] == "cached":
+        await res.jobs.promote(row["id"], row["generation"])
+    return row
+
+
+async def delete(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+    """Mark deleted at once; the files go in the background. Deleting twice is fine."""
+    await get(res, app_id, att_id)
+    async with res.pool.acquire() as conn:
+        row = await repo.mark_deleted(conn, att_id) or await repo.get(conn, att_id)
+    await res.jobs.destroy(att_id)
+    return row
+
+
+# --- worker side -------------------------------------------------------------------------------
+
+class PermanentError(Exception):
+    """Processing can never succeed for this file: the attachment becomes ``failed``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@contextlib.asynccontextmanager
+async def _attachment_lock(res: Resources, att_id: UUID):
+    """One worker job at a time per attachment, held on a connection the job then uses."""
+    async with res.pool.acquire() as conn:
+        await repo.lock_attachment(conn, att_id)
+        try:
+            yield conn
+        finally:
+            await repo.unlock_attachment(conn, att_id)
+
+
+async def promote(res: Resources, att_id: UUID) -> str:
+    """Atomic promotion (Shrine's atomic_promote, for a service). Returns what happened."""
+    async with _attachment_lock(res, att_id) as conn:
+        row = await repo.get(conn, att_id)
+        if row is None or row["state"] != "cached" or row["promote_requested_at"] is None:
+            return "skipped"
+        cached_key = row["key"]
+        store_key = keys.store_key(row["app_id"], att_id, row["mime_type"])
+        written = [store_key]
+        try:
+            await res.store.copy_from(res.cache, cached_key, store_key,
+                                      content_type=row["mime_type"])
+        except StorageObjectNotFound:
+            return await _fail(res, conn, row, PermanentError(
+                "file_missing", "the uploaded file is no longer in the cache"))
+        await failpoint("promote.after_copy")
+        derivatives: dict = {}
+        async with conn.transaction():
+            stored = await repo.mark_stored(conn, att_id, cached_key, store_key, {}, derivatives)
+        if stored is None:
+            # replaced or deleted meanwhile: what this run wrote belongs to nobody
+            for key in written:
+                await res.store.delete(key)
+            return "aborted"
+    await purge_cache(res, att_id)
+    return "stored"
+
+
+async def _fail(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,
+                error: PermanentError) -> str:
+    async with conn.transaction():
+        failed = await repo.mark_failed(conn, row["id"], row["key"],
+                                        {"code": error.code, "detail": error.detail})
+    if failed is None:
+        return "aborted"
+    await res.store.delete_prefix(keys.prefix(row["app_id"], row["id"]))
+    await res.jobs.purge_cache(row["id"])
+    return "failed"
+
+
+async def purge_cache(res: Resources, att_id: UUID) -> str:
+    """Remove the cached copy of a stored (or failed) attachment; idempotent."""
+    async with res.pool.acquire() as conn:
+        row = await repo.get(conn, att_id)
+        if row is None or row["state"] not in ("stored", "failed") or row["cache_purged_at"]:
+            return "skipped"
+        await res.cache.delete(keys.cache_key(row["app_id"], att_id))
+        await repo.mark_cache_purged(conn, att_id)
+    return "purged"
+
+
+async def destroy(res: Resources, att_id: UUID) -> str:
+    """Remove every file of a deleted attachment from both storages; idempotent."""
+    async with _attachment_lock(res, att_id) as conn:
+        row = await repo.get(conn, att_id)
+        if row is None or row["state"] != "deleted":
+            return "skipped"
+        prefix = keys.prefix(row["app_id"], att_id)
+        await res.cache.delete_prefix(prefix)
+        await res.store.delete_prefix(prefix)
+        await repo.mark_purged(conn, att_id)
+    return "destroyed"
+
+
+@dataclass
+class SweepReport:
+    expired: list[UUID] = field(default_factory=list)
+    promotions: list[UUID] = field(default_factory=list)
+    destroys: list[UUID] = field(default_factory=list)
+    cache_purges: list[UUID] = field(default_factory=list)
+
+
+async def sweep(res: Resources) -> SweepReport | None:
+    """Find from Postgres the work Redis may have lost and enqueue it again; expire stale
+    cached uploads. None when another worker is sweeping right now."""
+    report = SweepReport()
+    grace = res.settings.stale_job_after
+    async with res.pool.acquire() as conn, conn.transaction():
+        if not await repo.try_lock_sweep(conn):
+            return None
+        report.expired = [r["id"] for r in await repo.expire_cached(conn)]
+        promotions = await repo.stale_promotions(conn, grace)
+        report.destroys = [r["id"] for r in await repo.unpurged_deleted(conn, grace)]
+        report.cache_purges = [r["id"] for r in await repo.cache_leftovers(conn, grace)]
+    for r in promotions:
+        await res.jobs.promote(r["id"], r["generation"])
+        report.promotions.append(r["id"])
+    for att_id in report.expired + report.destroys:
+        await res.jobs.destroy(att_id)
+    for att_id in report.cache_purges:
+        await res.jobs.purge_cache(att_id)
+    return report

@@ -1,0 +1,84 @@
+"""Apps and API keys: creation, listing, revocation, and resolving a bearer key to its app."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from app.auth import repository as repo
+from app.errors import AppNotFound, NotFound, Unauthorized
+from app.ids import uuid7
+
+KEY_PREFIX = "stw_"
+
+
+@dataclass(frozen=True)
+class NewKey:
+    app_id: UUID
+    key_id: UUID
+    api_key: str
+
+
+def hash_key(api_key: str) -> bytes:
+    return hashlib.sha256(api_key.encode()).digest()
+
+
+async def create_app(pool: asyncpg.Pool, name: str) -> NewKey:
+    async with pool.acquire() as conn, conn.transaction():
+        app_id = uuid7()
+        await repo.insert_app(conn, app_id, name)
+        return await _create_key(conn, app_id)
+
+
+async def create_key(pool: asyncpg.Pool, app_id: UUID) -> NewKey:
+    async with pool.acquire() as conn, conn.transaction():
+        if await repo.get_app(conn, app_id) is None:
+            raise AppNotFound(f"no app {app_id}")
+        return await _create_key(conn, app_id)
+
+
+async def _create_key(conn: asyncpg.Connection, app_id: UUID) -> NewKey:
+    api_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key_id = uuid7()
+    await repo.insert_key(conn, key_id, app_id, hash_key(api_key), api_key[:8])
+    return NewKey(app_id=app_id, key_id=key_id, api_key=api_key)
+
+
+async def list_apps(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        return await repo.list_apps(conn)
+
+
+async def list_keys(pool: asyncpg.Pool, app_id: UUID) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        if await repo.get_app(conn, app_id) is None:
+            raise AppNotFound(f"no app {app_id}")
+        return await repo.list_keys(conn, app_id)
+
+
+async def revoke_key(pool: asyncpg.Pool, key_id: UUID) -> asyncpg.Record:
+    async with pool.acquire() as conn:
+        row = await repo.revoke_key(conn, key_id)
+    if row is None:
+        raise NotFound(f"no key {key_id}")
+    return row
+
+
+async def authenticate(pool: asyncpg.Pool, authorization: str | None) -> UUID:
+    """The app behind an ``Authorization: Bearer <key>`` header, or Unauthorized."""
+    if not authorization:
+        raise Unauthorized("Authorization: Bearer <api key> is required")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("Authorization must be 'Bearer <api key>'")
+    # Looked up by hash every time (no cache), so a revoked key stops working at once.
+    async with pool.acquire() as conn:
+        app_id = await repo.app_id_for_key_hash(conn, hash_key(token))
+    if app_id is None:
+        raise Unauthorized("unknown or revoked API key")
+    return app_id

@@ -1,0 +1,191 @@
+"""`stowage`: the operator's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID
+
+from app.config import ConfigError, Settings, load_settings
+from app.errors import StowageError
+
+log = logging.getLogger("stowage")
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _uuid(value: str) -> UUID:
+    try:
+        return UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
+
+
+async def _with_pool(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    from app.db import create_pool
+
+    pool = await create_pool(settings.database_url, max_size=2)
+    try:
+        return await fn(pool)
+    finally:
+        await pool.close()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from app.migrate import migrate
+
+    applied = asyncio.run(migrate(settings.database_url))
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _print_key(new: Any, as_json: bool, name: str | None = None) -> None:
+    if as_json:
+        print(json.dumps({"app_id": str(new.app_id), "key_id": str(new.key_id),
+                          "api_key": new.api_key}))
+        return
+    if name is not None:
+        print(f"app:     {new.app_id}  ({name})")
+    print(f"key id:  {new.key_id}")
+    print(f"api key: {new.api_key}")
+    print("Keep the API key now: it is stored hashed and cannot be shown again.", file=sys.stderr)
+
+
+def cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    new = asyncio.run(_with_pool(settings, lambda pool: service.create_app(pool, args.name)))
+    _print_key(new, args.json, args.name)
+    return 0
+
+
+def cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    for row in asyncio.run(_with_pool(settings, service.list_apps)):
+        created = f"{row['created_at']:%Y-%m-%d}"
+        print(f"{row['id']}  {row['name']}  keys={row['keys']}  created={created}")
+    return 0
+
+
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    new = asyncio.run(_with_pool(settings, lambda pool: service.create_key(pool, args.app)))
+    _print_key(new, args.json)
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    for row in asyncio.run(_with_pool(settings, lambda pool: service.list_keys(pool, args.app))):
+        status = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
+        print(f"{row['id']}  {row['prefix']}…  {status}  created={row['created_at']:%Y-%m-%d}")
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    row = asyncio.run(_with_pool(settings, lambda pool: service.revoke_key(pool, args.key_id)))
+    print(f"revoked {row['id']}")
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
+                timeout_graceful_shutdown=30)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.settings import build_worker
+
+    build_worker(settings).run()
+    return 0
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    from app.devserver import run_dev
+
+    asyncio.run(run_dev(settings, args.host, args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stowage",
+        description="Stowage, a self-hosted upload service. Configured by STOWAGE_* environment"
+        " variables (and a .env file).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    p.set_defaults(fn=cmd_migrate)
+
+    apps = sub.add_parser("apps", help="client apps").add_subparsers(dest="apps", required=True)
+    p = apps.add_parser("create", help="create an app and its first API key")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print {app_id, key_id, api_key} only")
+    p.set_defaults(fn=cmd_apps_create)
+    p = apps.add_parser("list", help="list apps")
+    p.set_defaults(fn=cmd_apps_list)
+
+    keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
+    p = keys.add_parser("create", help="create another API key for an app")
+    p.add_argument("app", type=_uuid, help="app id")
+    p.add_argument("--json", action="store_true", help="print {app_id, key_id, api_key} only")
+    p.set_defaults(fn=cmd_keys_create)
+    p = keys.add_parser("list", help="list an app's keys, one a line, id first")
+    p.add_argument("app", type=_uuid, help="app id")
+    p.set_defaults(fn=cmd_keys_list)
+    p = keys.add_parser("revoke", help="revoke a key; it stops working at once")
+    p.add_argument("key_id", type=_uuid)
+    p.set_defaults(fn=cmd_keys_revoke)
+
+    for name, fn, helptext in (
+        ("serve", cmd_serve, "run the HTTP API (uvicorn)"),
+        ("dev", cmd_dev, "migrate, then run the API and a worker in one process (./var storage)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("worker", help="run the arq worker (promotion, deletion, webhooks, sweeps)")
+    p.set_defaults(fn=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        print(f"stowage: {e}", file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    try:
+        return args.fn(settings, args)
+    except StowageError as e:
+        print(f"stowage: {e.detail}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,120 @@
+"""Settings: every knob is a ``STOWAGE_*`` environment variable (or a ``.env`` line)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+GiB = 1024**3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STOWAGE_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    database_url: str = "postgresql://127.0.0.1:5432/stowage"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    cache_url: str = "file://./var/cache"
+    store_url: str = "file://./var/store"
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+    max_upload_size: int = Field(default=5 * GiB, gt=0)
+    profiles_file: Path | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    secret_key: str = ""
+    webhook_allow_private: bool = False
+    webhook_retry_delays: str = "5,30,120,600,1800,3600,10800,21600,43200"
+    sweep_interval: int = Field(default=30, gt=0)
+
+    # Not in the public contract, but operators need them.
+    db_pool_size: int = Field(default=10, gt=0)
+    default_cache_ttl: int = Field(default=24 * 3600, gt=0)
+    promote_timeout: int = Field(default=60, gt=0)
+    # A cached upload whose promotion was asked for but has not happened after this long is
+    # assumed lost by Redis and re-enqueued by the sweep.
+    stale_job_after: int = Field(default=60, gt=0)
+    worker_max_jobs: int = Field(default=10, gt=0)
+    download_url_ttl: int = Field(default=3600, gt=0)
+    log_level: str = "INFO"
+    # Separate queues let several deployments (or test runs) share one Redis.
+    queue_name: str = "stowage:queue"
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, v: str) -> str:
+        if not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return v
+
+    @field_validator("cache_url", "store_url")
+    @classmethod
+    def _check_storage_url(cls, v: str) -> str:
+        if v.startswith("file://"):
+            if len(v) == len("file://"):
+                raise ValueError("file:// URL needs a path")
+        elif v.startswith("s3://"):
+            if not v[len("s3://") :].split("/", 1)[0]:
+                raise ValueError("s3:// URL needs a bucket")
+        else:
+            raise ValueError("must be file://PATH or s3://BUCKET[/PREFIX]")
+        return v
+
+    @field_validator("webhook_retry_delays")
+    @classmethod
+    def _check_delays(cls, v: str) -> str:
+        try:
+            delays = [int(x) for x in v.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError("must be comma-separated whole seconds") from None
+        if not delays or any(d < 0 for d in delays):
+            raise ValueError("must list at least one non-negative delay")
+        return v
+
+    @field_validator("profiles_file")
+    @classmethod
+    def _check_profiles_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @cached_property
+    def retry_delays(self) -> list[int]:
+        return [int(x) for x in self.webhook_retry_delays.split(",") if x.strip()]
+
+    @cached_property
+    def signing_key(self) -> bytes:
+        # dev runs without a configured key; links then stop working on restart, which is
+        # why `stowage dev` warns about it.
+        return (self.secret_key or _EPHEMERAL_KEY).encode()
+
+
+_EPHEMERAL_KEY = secrets.token_urlsafe(32)
+
+
+class ConfigError(Exception):
+    """Settings could not be loaded; the message names the variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            name = "STOWAGE_" + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

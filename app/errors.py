@@ -1,0 +1,125 @@
+"""Domain errors, and the one place they become HTTP problems (RFC 9457).
+
+    StowageError                      500 internal
+    ├── Unauthorized                  401 unauthorized
+    ├── NotFound                      404 not-found
+    │   ├── AttachmentNotFound        404 attachment-not-found
+    │   ├── DerivativeNotFound        404 derivative-not-found
+    │   ├── WebhookEndpointNotFound   404 webhook-endpoint-not-found
+    │   └── AppNotFound               404 app-not-found
+    ├── Forbidden                     403 forbidden (bad or expired signed URL)
+    ├── InvalidInput                  422 invalid-input
+    │   ├── UnknownProfile            422 unknown-profile
+    │   └── InvalidRecordSlot         422 invalid-record-slot
+    ├── MalformedRequest              400 malformed-request (e.g. broken multipart)
+    ├── UploadTooLarge                413 upload-too-large
+    ├── UnsupportedMediaType          415 unsupported-media-type
+    ├── InvalidState                  409 invalid-state
+    ├── RangeNotSatisfiable           416 range-not-satisfiable
+    └── ServiceUnavailable            503 service-unavailable
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+PROBLEM_BASE = "https://stowage.dev/problems/"
+
+
+class StowageError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra = extra
+
+    @property
+    def type_uri(self) -> str:
+        return PROBLEM_BASE + self.slug
+
+    def problem(self, instance: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        body.update(self.extra)
+        return body
+
+
+class Unauthorized(StowageError):
+    status, slug, title = 401, "unauthorized", "Missing or invalid API key"
+
+
+class Forbidden(StowageError):
+    status, slug, title = 403, "forbidden", "Invalid or expired signature"
+
+
+class NotFound(StowageError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class AttachmentNotFound(NotFound):
+    slug, title = "attachment-not-found", "Attachment not found"
+
+
+class DerivativeNotFound(NotFound):
+    slug, title = "derivative-not-found", "Derivative not found"
+
+
+class WebhookEndpointNotFound(NotFound):
+    slug, title = "webhook-endpoint-not-found", "Webhook endpoint not found"
+
+
+class AppNotFound(NotFound):
+    slug, title = "app-not-found", "App not found"
+
+
+class InvalidInput(StowageError):
+    status, slug, title = 422, "invalid-input", "Invalid input"
+
+
+class UnknownProfile(InvalidInput):
+    slug, title = "unknown-profile", "Unknown profile"
+
+
+class InvalidRecordSlot(InvalidInput):
+    slug, title = "invalid-record-slot", "Invalid record slot"
+
+
+class MalformedRequest(StowageError):
+    status, slug, title = 400, "malformed-request", "Malformed request"
+
+
+class UploadTooLarge(StowageError):
+    status, slug, title = 413, "upload-too-large", "Upload too large"
+
+
+class UnsupportedMediaType(StowageError):
+    status, slug, title = 415, "unsupported-media-type", "File type not allowed"
+
+
+class InvalidState(StowageError):
+    status, slug, title = 409, "invalid-state", "Not possible in the current state"
+
+
+class RangeNotSatisfiable(StowageError):
+    status, slug, title = 416, "range-not-satisfiable", "Range not satisfiable"
+
+
+class ServiceUnavailable(StowageError):
+    status, slug, title = 503, "service-unavailable", "Service temporarily unavailable"
+
+
+ALL_ERRORS: list[type[StowageError]] = [
+    StowageError, Unauthorized, Forbidden, NotFound, AttachmentNotFound, DerivativeNotFound,
+    WebhookEndpointNotFound, AppNotFound, InvalidInput, UnknownProfile, InvalidRecordSlot,
+    MalformedRequest, UploadTooLarge, UnsupportedMediaType, InvalidState, RangeNotSatisfiable,
+    ServiceUnavailable,
+]

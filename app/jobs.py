@@ -1,0 +1,51 @@
+"""The API→worker contract: job names, deterministic job ids, and enqueueing.
+
+Enqueueing is best effort by design: it always happens after the transaction that made the
+work necessary has committed, and Postgres remembers that work. If Redis is down or loses the
+job, the worker's sweep finds it again from Postgres; a failed enqueue is logged, not raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from uuid import UUID
+
+from arq.connections import ArqRedis
+
+log = logging.getLogger(__name__)
+
+PROMOTE = "promote"
+DESTROY = "destroy"
+PURGE_CACHE = "purge_cache"
+DELIVER_WEBHOOK = "deliver_webhook"
+
+
+class JobQueue:
+    def __init__(self, redis: ArqRedis, queue_name: str) -> None:
+        self.redis = redis
+        self.queue_name = queue_name
+
+    async def _enqueue(self, function: str, job_id: str, *args: object) -> bool:
+        try:
+            job = await self.redis.enqueue_job(
+                function, *args, _job_id=job_id, _queue_name=self.queue_name
+            )
+        except Exception as e:  # Redis down: the sweep re-enqueues from Postgres
+            log.warning("enqueue %s failed (%s); the sweep will retry", job_id, e)
+            return False
+        return job is not None
+
+    async def promote(self, att_id: UUID, generation: int) -> bool:
+        # The generation is in the id so that a re-promotion after a change is a new job.
+        return await self._enqueue(PROMOTE, f"{PROMOTE}:{att_id}:{generation}", str(att_id))
+
+    async def destroy(self, att_id: UUID) -> bool:
+        return await self._enqueue(DESTROY, f"{DESTROY}:{att_id}", str(att_id))
+
+    async def purge_cache(self, att_id: UUID) -> bool:
+        return await self._enqueue(PURGE_CACHE, f"{PURGE_CACHE}:{att_id}", str(att_id))
+
+    async def deliver_webhook(self, delivery_id: UUID, attempt: int) -> bool:
+        return await self._enqueue(
+            DELIVER_WEBHOOK, f"{DELIVER_WEBHOOK}:{delivery_id}:{attempt}", str(delivery_id)
+        )

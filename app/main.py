@@ -1,0 +1,99 @@
+"""The app factory: routers, problem+json errors, and a lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from app import errors
+from app.attachments.routes import router as attachments_router
+from app.config import Settings, load_settings
+from app.db import CONNECTION_ERRORS
+from app.ops.routes import router as ops_router
+from app.resources import Resources, build_resources
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+RETRY_AFTER_S = "5"
+
+
+def problem_response(error: errors.StowageError, request: Request,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(error.problem(instance=request.url.path), status_code=error.status,
+                        media_type=PROBLEM_JSON, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.StowageError)
+    async def _domain(request: Request, exc: errors.StowageError) -> JSONResponse:
+        headers = None
+        if isinstance(exc, errors.RangeNotSatisfiable) and "size" in exc.extra:
+            headers = {"Content-Range": f"bytes */{exc.extra['size']}"}
+        return problem_response(exc, request, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()
+        ]
+        detail = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in problems)
+        return problem_response(errors.InvalidInput(detail, errors=problems), request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = errors.StowageError(str(exc.detail))
+        body = err.problem(instance=request.url.path)
+        slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        body.update(type=errors.PROBLEM_BASE + slug, title=str(exc.detail),
+                    status=exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, media_type=PROBLEM_JSON,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(request: Request, exc: ClientDisconnect) -> Response:
+        # nobody is listening; the upload's cleanup already ran as the exception unwound
+        return Response(status_code=499)
+
+    async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+        err = errors.ServiceUnavailable("a dependency (Postgres or Redis) is unreachable; retry")
+        return problem_response(err, request, {"Retry-After": RETRY_AFTER_S})
+
+    for exc_type in (*CONNECTION_ERRORS, redis.exceptions.ConnectionError,
+                     redis.exceptions.TimeoutError):
+        app.add_exception_handler(exc_type, _unavailable)
+
+
+def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
+    """Build the API. Pass ``resources`` to share them (``stowage dev``, tests)."""
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if resources is not None:
+            app.state.resources = resources
+            yield
+            return
+        async with build_resources(settings) as res:
+            app.state.resources = res
+            yield
+
+    app = FastAPI(
+        title="Stowage",
+        version="0.1.0",
+        summary="Upload files into a cache, promote them to permanent storage, get told when.",
+        lifespan=lifespan,
+    )
+    _install_error_handlers(app)
+    app.include_router(attachments_router)
+    app.include_router(ops_router)
+    return app

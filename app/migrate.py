@@ -1,0 +1,80 @@
+"""Apply migrations/NNNN_*.sql in order, each once, under an advisory lock."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(
+    os.environ.get("STOWAGE_MIGRATIONS_DIR", Path(__file__).resolve().parent.parent / "migrations")
+)
+# Any constant works; it only has to be the same in every process that migrates.
+_LOCK_ID = 0x5707A6E
+
+
+def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
+    return sorted(p for p in directory.glob("*.sql") if p.name[:4].isdigit())
+
+
+def _split_dsn(dsn: str) -> tuple[str, str]:
+    """(database name, DSN of the maintenance database on the same server)."""
+    parts = urlsplit(dsn)
+    name = parts.path.lstrip("/") or "postgres"
+    return name, urlunsplit(parts._replace(path="/postgres"))
+
+
+async def create_database_if_missing(dsn: str) -> bool:
+    name, admin_dsn = _split_dsn(dsn)
+    try:
+        conn = await asyncpg.connect(dsn)
+    except asyncpg.InvalidCatalogNameError:
+        pass
+    else:
+        await conn.close()
+        return False
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        quoted = '"' + name.replace('"', '""') + '"'
+        await conn.execute(f"CREATE DATABASE {quoted}")
+        log.info("created database %s", name)
+        return True
+    except asyncpg.DuplicateDatabaseError:
+        return False  # another process won the race; fine
+    finally:
+        await conn.close()
+
+
+async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Create the database if needed and apply pending migrations; returns those applied."""
+    await create_database_if_missing(dsn)
+    conn = await asyncpg.connect(dsn)
+    applied: list[str] = []
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for path in migration_files(directory):
+                if path.name in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(path.read_text())
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", path.name
+                    )
+                applied.append(path.name)
+                log.info("applied migration %s", path.name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+    finally:
+        await conn.close()
+    return applied

@@ -1,0 +1,91 @@
+"""Profiles: what an upload may be (size, types, pixels) and how long it may wait in the cache."""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.errors import UnknownProfile
+
+DEFAULT = "default"
+
+
+class ProfileError(Exception):
+    """The profiles file is invalid; the message names the file, profile and key."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    max_size: int | None = None
+    types: tuple[str, ...] = ()  # empty: any type
+    cache_ttl: int | None = None
+    max_pixels: int | None = None
+    derivatives: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def allows_type(self, mime_type: str) -> bool:
+        return not self.types or any(fnmatch.fnmatchcase(mime_type, t) for t in self.types)
+
+    def size_limit(self, global_max: int) -> int:
+        return min(self.max_size, global_max) if self.max_size else global_max
+
+
+class Profiles:
+    def __init__(self, profiles: dict[str, Profile]) -> None:
+        self._profiles = {DEFAULT: Profile(DEFAULT), **profiles}
+
+    def get(self, name: str | None) -> Profile:
+        name = name or DEFAULT
+        try:
+            return self._profiles[name]
+        except KeyError:
+            raise UnknownProfile(
+                f"unknown profile {name!r}; known: {', '.join(sorted(self._profiles))}"
+            ) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._profiles)
+
+
+_KEYS = {"max_size", "types", "cache_ttl", "max_pixels", "derivatives"}
+
+
+def load_profiles(path: Path | None) -> Profiles:
+    if path is None:
+        return Profiles({})
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ProfileError(f"{path}: {e}") from None
+    raw = data.get("profiles", {})
+    if not isinstance(raw, dict):
+        raise ProfileError(f"{path}: [profiles] must be a table")
+    return Profiles({name: _parse_profile(path, name, body) for name, body in raw.items()})
+
+
+def _parse_profile(path: Path, name: str, body: Any) -> Profile:
+    def fail(key: str, msg: str) -> ProfileError:
+        return ProfileError(f"{path}: profile {name!r}, key {key!r}: {msg}")
+
+    if not isinstance(body, dict):
+        raise ProfileError(f"{path}: profile {name!r} must be a table")
+    for key in body:
+        if key not in _KEYS:
+            raise fail(key, f"unknown key (expected one of {', '.join(sorted(_KEYS))})")
+    ints = {}
+    for key in ("max_size", "cache_ttl", "max_pixels"):
+        value = body.get(key)
+        positive_int = isinstance(value, int) and not isinstance(value, bool) and value > 0
+        if value is not None and not positive_int:
+            raise fail(key, "must be a positive integer")
+        ints[key] = value
+    types = body.get("types", [])
+    if not isinstance(types, list) or not all(isinstance(t, str) and "/" in t for t in types):
+        raise fail("types", 'must be a list of MIME types such as "image/png" or "image/*"')
+    derivatives = body.get("derivatives", {})
+    if not isinstance(derivatives, dict):
+        raise fail("derivatives", "must be a table")
+    return Profile(name=name, types=tuple(types), derivatives=derivatives, **ints)

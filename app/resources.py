@@ -1,0 +1,72 @@
+"""The one builder of long-lived resources, shared by the API and the worker."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+from arq import create_pool
+from arq.connections import ArqRedis, RedisSettings
+
+from app.config import Settings
+from app.db import create_pool as create_db_pool
+from app.jobs import JobQueue
+from app.profiles import Profiles, load_profiles
+from app.storage import Storage, open_s3_client, storage_from_url
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+    jobs: JobQueue
+    cache: Storage
+    store: Storage
+    profiles: Profiles
+    http: httpx.AsyncClient
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    rs = RedisSettings.from_dsn(settings.redis_url)
+    # fail fast instead of arq's default 5 retries x 1 s on every command while Redis is down
+    rs.conn_timeout = 2
+    rs.conn_retries = 0
+    rs.retry_on_timeout = True
+    return rs
+
+
+@contextlib.asynccontextmanager
+async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
+    async with contextlib.AsyncExitStack() as stack:
+        profiles = load_profiles(settings.profiles_file)
+        pool = await create_db_pool(settings.database_url, max_size=settings.db_pool_size)
+        stack.push_async_callback(pool.close)
+        redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
+        stack.push_async_callback(redis.aclose)
+        s3 = None
+        if "s3://" in (settings.cache_url[:5], settings.store_url[:5]):
+            s3 = await open_s3_client(
+                stack, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+            )
+        cache = storage_from_url(settings.cache_url, s3_client=s3)
+        store = storage_from_url(settings.store_url, s3_client=s3)
+        stack.push_async_callback(cache.aclose)
+        stack.push_async_callback(store.aclose)
+        # Webhooks must not follow redirects (SSRF); timeouts keep a slow receiver from
+        # holding a worker slot.
+        http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(10.0, connect=5.0))
+        stack.push_async_callback(http.aclose)
+        yield Resources(
+            settings=settings,
+            pool=pool,
+            redis=redis,
+            jobs=JobQueue(redis, settings.queue_name),
+            cache=cache,
+            store=store,
+            profiles=profiles,
+            http=http,
+        )

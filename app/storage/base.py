@@ -1,0 +1,222 @@
+"""The storage contract shared by the filesystem and S3 backends."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import unicodedata
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import quote
+
+TEMP_SUFFIX = ".part"
+
+
+class StorageObjectNotFound(LookupError):
+    """The requested key does not exist."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    size: int
+    # None on the filesystem backend: it keeps no metadata, the database is authoritative.
+    content_type: str | None = None
+
+
+class Storage(Protocol):
+    """Object storage keyed by '/'-separated relative keys.
+
+    `read` and `list_keys` are async generators: iterate them with ``async for`` and, when
+    stopping early, close them (``contextlib.aclosing``) to release the file or connection.
+    """
+
+    kind: str
+
+    async def write(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int: ...
+
+    def read(
+        self, key: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncGenerator[bytes, None]: ...
+
+    async def read_head(self, key: str, n: int) -> bytes: ...
+
+    async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    async def copy_from(
+        self,
+        source: Storage,
+        src_key: str,
+        dest_key: str,
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def delete_prefix(self, prefix: str) -> int: ...
+
+    def list_keys(self, prefix: str = "") -> AsyncGenerator[str, None]: ...
+
+    async def presigned_get_url(
+        self,
+        key: str,
+        *,
+        expires_in: int,
+        filename: str | None = None,
+        content_type: str | None = None,
+        as_attachment: bool = False,
+    ) -> str | None: ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether a path segment looks like an in-progress filesystem write."""
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def validate_key(key: str) -> str:
+    """Return `key` unchanged if it is a safe relative key, else raise ValueError.
+
+    Keys become filesystem paths, so anything that could escape the root or alias another
+    key is refused. Temp-file-looking segments are refused on every backend so that a key
+    valid on one backend is valid on all of them.
+    """
+    if not isinstance(key, str) or not key:
+        raise ValueError("storage key must be a non-empty string")
+    if "\x00" in key or "\\" in key:
+        raise ValueError(f"storage key contains a forbidden character: {key!r}")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise ValueError(f"invalid storage key {key!r}: empty, '.' or '..' segment")
+        if is_temp_name(segment):
+            raise ValueError(f"invalid storage key {key!r}: reserved temp-file name")
+    return key
+
+
+def validate_prefix(prefix: str, *, allow_empty: bool = True) -> str:
+    """Validate a key prefix. A prefix is a key fragment, optionally ending with '/'."""
+    if prefix == "":
+        if allow_empty:
+            return prefix
+        raise ValueError("prefix must not be empty")
+    validate_key(prefix.removesuffix("/"))
+    return prefix
+
+
+def check_range(start: int, end: int | None) -> None:
+    if start < 0:
+        raise ValueError("start must be >= 0")
+    if end is not None and end < start:
+        raise ValueError("end must be >= start")
+
+
+async def read_head_via(storage: Storage, key: str, n: int) -> bytes:
+    if n <= 0:
+        # Still fail for a missing key: callers use read_head to sniff objects they expect.
+        if await storage.stat(key) is None:
+            raise StorageObjectNotFound(key)
+        return b""
+    parts = [chunk async for chunk in storage.read(key, 0, n - 1, chunk_size=n)]
+    return b"".join(parts)
+
+
+_background_cleanups: set[asyncio.Task[object]] = set()
+
+
+async def run_shielded(aw: Awaitable[object]) -> None:
+    """Await cleanup work that must finish even if the caller is being cancelled.
+
+    Errors from the cleanup are swallowed: it runs while another exception is propagating,
+    and that one is the interesting one. If the caller is cancelled again while waiting, the
+    cleanup keeps running in the background (a strong reference stops it being collected).
+    """
+    task = asyncio.ensure_future(aw)
+    _background_cleanups.add(task)
+    task.add_done_callback(_forget_cleanup)
+    try:
+        await asyncio.shield(task)
+    except Exception:
+        pass
+
+
+def _forget_cleanup(task: asyncio.Task[object]) -> None:
+    _background_cleanups.discard(task)
+    if not task.cancelled():
+        task.exception()  # mark retrieved so asyncio does not log it
+
+
+# RFC 5987 attr-char minus the characters quote() never escapes anyway.
+_ATTR_CHAR_SAFE = "!#$&+-.^_`|~"
+
+
+def content_disposition(filename: str | None, as_attachment: bool) -> str:
+    """Build an RFC 6266 Content-Disposition value.
+
+    Non-ASCII names get an ASCII `filename` fallback for old clients plus a `filename*`
+    carrying the exact UTF-8 name, which modern browsers prefer.
+    """
+    disposition = "attachment" if as_attachment else "inline"
+    if not filename:
+        return disposition
+    # Header injection and path tricks: control chars and separators never reach the header.
+    cleaned = "".join(
+        "_" if (unicodedata.category(c) == "Cc" or c in "/\\") else c for c in filename
+    )
+    fallback = _ascii_fallback(cleaned)
+    value = f'{disposition}; filename="{fallback}"'
+    if fallback != cleaned:
+        value += f"; filename*=UTF-8''{quote(cleaned, safe=_ATTR_CHAR_SAFE)}"
+    return value
+
+
+def _ascii_fallback(name: str) -> str:
+    # NFKD splits "é" into "e" + combining accent, so accented Latin degrades gracefully.
+    decomposed = unicodedata.normalize("NFKD", name)
+    out = []
+    for c in decomposed:
+        if unicodedata.combining(c):
+            continue
+        if c == '"' or not (0x20 <= ord(c) < 0x7F):
+            out.append("_")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+async def stream_copy(
+    dest: Storage,
+    source: Storage,
+    src_key: str,
+    dest_key: str,
+    *,
+    content_type: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Copy between unrelated backends by piping source.read() into dest.write()."""
+    info = await source.stat(src_key)
+    if info is None:
+        raise StorageObjectNotFound(src_key)
+    # aclosing: if the write fails, release the source's file or HTTP connection right away.
+    async with contextlib.aclosing(source.read(src_key)) as chunks:
+        await dest.write(
+            dest_key,
+            chunks,
+            content_type=content_type if content_type is not None else info.content_type,
+            metadata=metadata,
+        )

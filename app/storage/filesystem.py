@@ -1,0 +1,349 @@
+"""Local-directory storage: one regular file per key below a root directory."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import itertools
+import os
+import shutil
+import stat as stat_mod
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from .base import (
+    TEMP_SUFFIX,
+    ObjectInfo,
+    Storage,
+    StorageObjectNotFound,
+    check_range,
+    is_temp_name,
+    read_head_via,
+    run_shielded,
+    stream_copy,
+    validate_key,
+    validate_prefix,
+)
+
+T = TypeVar("T")
+
+_LIST_BATCH = 1000
+
+
+class FilesystemStorage:
+    kind = "file"
+    # Chunks from an upload are often small; coalescing them means one thread hop per MiB.
+    write_buffer_size = 1 << 20
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        # Absolute now, so a later chdir cannot silently move the storage.
+        self.root = Path(root).absolute()
+
+    def __repr__(self) -> str:
+        return f"FilesystemStorage({str(self.root)!r})"
+
+    def path_for(self, key: str) -> Path:
+        """The file that holds `key` (whether or not it exists)."""
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    async def write(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int:
+        path = self.path_for(key)
+        target = _AtomicFile(path)
+        total = 0
+        try:
+            await target.run(_ensure_dir, path.parent)
+            await target.open()
+            buf = bytearray()
+            async for chunk in chunks:
+                total += len(chunk)
+                if not buf and len(chunk) >= self.write_buffer_size:
+                    await target.write(chunk)
+                    continue
+                buf += chunk
+                if len(buf) >= self.write_buffer_size:
+                    await target.write(buf)
+                    # A fresh buffer, not clear(): the old one may still be referenced by
+                    # a worker thread if we get cancelled mid-write.
+                    buf = bytearray()
+            if buf:
+                await target.write(buf)
+            await target.commit()
+        except BaseException:
+            await run_shielded(target.discard())
+            raise
+        return total
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncGenerator[bytes, None]:
+        check_range(start, end)
+        path = self.path_for(key)
+        try:
+            f = await asyncio.to_thread(_open_at, path, start)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise StorageObjectNotFound(key) from None
+        try:
+            remaining = None if end is None else end - start + 1
+            while remaining is None or remaining > 0:
+                n = chunk_size if remaining is None else min(chunk_size, remaining)
+                data = await asyncio.to_thread(f.read, n)
+                if not data:
+                    break
+                if remaining is not None:
+                    remaining -= len(data)
+                yield data
+        finally:
+            f.close()
+
+    async def read_head(self, key: str, n: int) -> bytes:
+        return await read_head_via(self, key, n)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        path = self.path_for(key)
+        try:
+            st = await asyncio.to_thread(os.stat, path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat_mod.S_ISREG(st.st_mode):
+            return None
+        return ObjectInfo(size=st.st_size, content_type=None)
+
+    async def copy_from(
+        self,
+        source: Storage,
+        src_key: str,
+        dest_key: str,
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        if isinstance(source, FilesystemStorage):
+            src = source.path_for(src_key)
+            await asyncio.to_thread(_copy_local, src, self.path_for(dest_key), src_key)
+            return
+        await stream_copy(
+            self, source, src_key, dest_key, content_type=content_type, metadata=metadata
+        )
+
+    async def delete(self, key: str) -> None:
+        path = self.path_for(key)
+        # A directory at `key` is not an object, so deleting "it" is a no-op.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            await asyncio.to_thread(os.unlink, path)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        validate_prefix(prefix, allow_empty=False)
+        if not prefix.endswith("/"):
+            raise ValueError("delete_prefix needs a prefix ending with '/'")
+        return await asyncio.to_thread(_remove_tree, self.path_for(prefix.removesuffix("/")))
+
+    async def list_keys(self, prefix: str = "") -> AsyncGenerator[str, None]:
+        validate_prefix(prefix)
+        # Walk only the deepest directory the prefix pins down; filter the rest by name.
+        base_dir = prefix.rpartition("/")[0]
+        base = self.path_for(base_dir) if base_dir else self.root
+        keys = self._walk_keys(base, prefix)
+        while batch := await asyncio.to_thread(_take, keys, _LIST_BATCH):
+            for key in batch:
+                yield key
+
+    async def presigned_get_url(
+        self,
+        key: str,
+        *,
+        expires_in: int,
+        filename: str | None = None,
+        content_type: str | None = None,
+        as_attachment: bool = False,
+    ) -> str | None:
+        validate_key(key)
+        return None
+
+    async def ping(self) -> None:
+        await asyncio.to_thread(self._check_root)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _check_root(self) -> None:
+        _ensure_dir(self.root)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "storage root is not writable", str(self.root))
+
+    def _walk_keys(self, base: Path, prefix: str) -> Iterator[str]:
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in sorted(filenames):
+                if is_temp_name(name):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix):
+                    yield key
+
+
+class _AtomicFile:
+    """A temp file next to `path` that either replaces `path` durably or vanishes.
+
+    Blocking calls run in worker threads. Those threads cannot be cancelled, so the current
+    one is remembered and `discard` waits for it before closing and unlinking; otherwise a
+    late thread could recreate or write to the temp file after cleanup ran.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = temp_path_for(path)
+        self._file: BinaryIO | None = None
+        self._committed = False
+        self._inflight: asyncio.Future[Any] | None = None
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._inflight = fut
+        # Shielded so cancellation leaves the future intact for discard() to wait on.
+        return await asyncio.shield(fut)
+
+    async def open(self) -> None:
+        await self.run(self._open)
+
+    async def write(self, data: bytes | bytearray) -> None:
+        assert self._file is not None
+        await self.run(self._file.write, data)
+
+    async def commit(self) -> None:
+        await self.run(self._commit)
+
+    async def discard(self) -> None:
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight])
+        await asyncio.to_thread(self._discard)
+
+    def _open(self) -> None:
+        self._file = open(self.tmp, "xb")  # closed by _commit/_discard
+
+    def _commit(self) -> None:
+        assert self._file is not None
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.path)
+        self._committed = True
+        _fsync_dir(self.path.parent)
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
+        if self._committed:
+            # The caller is told the write failed, so it must not find the object either.
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+def temp_path_for(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+
+
+def _open_at(path: Path, start: int) -> BinaryIO:
+    f = open(path, "rb")  # the caller owns it
+    try:
+        f.seek(start)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _take(it: Iterator[T], n: int) -> list[T]:
+    return list(itertools.islice(it, n))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        # Some filesystems (e.g. certain network mounts) cannot fsync a directory at all.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(path: Path) -> None:
+    """mkdir -p, fsyncing each parent so that new directories survive a crash too."""
+    if path.is_dir():
+        return
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent writer won the race
+            d.mkdir()
+        _fsync_dir(d.parent)
+
+
+def _copy_local(src: Path, dest: Path, src_key: str) -> None:
+    if not src.is_file():
+        raise StorageObjectNotFound(src_key)
+    _ensure_dir(dest.parent)
+    tmp = temp_path_for(dest)
+    try:
+        try:
+            # A hard link is instant and safe to share: writes never modify files in place.
+            os.link(src, tmp)
+        except OSError:
+            # Cross-device, hard links unsupported, link limit reached...
+            _copy_file_durably(src, tmp)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    # If src and dest already were the same inode, rename() is a no-op that keeps tmp.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+def _copy_file_durably(src: Path, tmp: Path) -> None:
+    with open(src, "rb") as fsrc, open(tmp, "xb") as fdst:
+        shutil.copyfileobj(fsrc, fdst, 1 << 20)
+        fdst.flush()
+        os.fsync(fdst.fileno())
+
+
+def _remove_tree(top: Path) -> int:
+    """Delete every file below `top`, returning how many were objects (not temp files).
+
+    Unlinks file by file instead of rmtree so that a writer racing into the tree makes the
+    final rmdir fail harmlessly instead of aborting the whole deletion.
+    """
+    if not top.is_dir() or top.is_symlink():
+        return 0
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+        for name in filenames:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(dirpath, name))
+                if not is_temp_name(name):
+                    count += 1
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(dirpath, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(top)
+    return count

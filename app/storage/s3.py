@@ -1,0 +1,462 @@
+"""S3 (and S3-compatible) storage on top of an aiobotocore client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from .base import (
+    ObjectInfo,
+    Storage,
+    StorageObjectNotFound,
+    check_range,
+    content_disposition,
+    read_head_via,
+    run_shielded,
+    stream_copy,
+    validate_key,
+    validate_prefix,
+)
+
+# types-aiobotocore is not a dependency; the client is dynamically generated anyway.
+S3Client = Any
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+_MAX_PARTS = 10_000
+_MIN_PART_SIZE = 5 * MiB
+_MAX_PART_SIZE = 5 * GiB
+_DELETE_BATCH = 1000
+
+
+class S3StorageError(RuntimeError):
+    """S3 reported a failure that is not a plain ClientError (e.g. partial batch deletes)."""
+
+
+async def open_s3_client(
+    stack: contextlib.AsyncExitStack,
+    *,
+    endpoint_url: str | None,
+    region: str | None,
+    max_pool_connections: int = 50,
+) -> S3Client:
+    """Open an S3 client that lives as long as `stack`.
+
+    Checksums only "when required": many S3-compatible servers reject the flexible
+    checksum headers that recent botocore sends by default. Path-style addressing works
+    with every S3-compatible server and with bucket names that contain dots.
+    """
+    config = Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"},
+        max_pool_connections=max_pool_connections,
+        retries={"mode": "standard", "max_attempts": 5},
+    )
+    session = aioboto3.Session()
+    client_cm = session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+    return await stack.enter_async_context(client_cm)
+
+
+class S3Storage:
+    kind = "s3"
+    # Upload part size; doubled every 1000 parts so the 10,000-part limit is never hit.
+    part_size = 8 * MiB
+    # copy_object refuses sources above 5 GiB; those need a multipart copy.
+    multipart_copy_threshold = 5 * GiB
+    copy_part_size = 512 * MiB
+    copy_concurrency = 4
+
+    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+        if not bucket:
+            raise ValueError("S3 bucket name must not be empty")
+        prefix = prefix.strip("/")
+        if prefix:
+            validate_key(prefix)
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def __repr__(self) -> str:
+        where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+        return f"S3Storage('s3://{where}')"
+
+    def object_key(self, key: str) -> str:
+        """The S3 object key that holds `key`."""
+        validate_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    async def write(
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> int:
+        obj_key = self.object_key(key)
+        extra = _object_args(content_type, metadata)
+        upload = _MultipartUpload(self.client, self.bucket, obj_key, extra)
+        put: asyncio.Future[Any] | None = None
+        buf = bytearray()
+        total = 0
+        try:
+            async for chunk in chunks:
+                total += len(chunk)
+                view = memoryview(chunk)
+                while len(buf) + len(view) >= (size := self._part_size_for(upload.part_count + 1)):
+                    take = size - len(buf)
+                    buf += view[:take]
+                    view = view[take:]
+                    # The buffer itself becomes the part body (no copy), so memory holds at
+                    # most the part in flight plus the one being filled.
+                    await upload.submit_part(buf)
+                    buf = bytearray()
+                buf += view
+            if upload.part_count:
+                if buf:
+                    await upload.submit_part(buf)
+                await upload.complete()
+            else:
+                put = asyncio.ensure_future(
+                    self.client.put_object(Bucket=self.bucket, Key=obj_key, Body=buf, **extra)
+                )
+                await asyncio.shield(put)
+        except BaseException:
+            await run_shielded(self._undo_write(upload, put))
+            raise
+        return total
+
+    async def read(
+        self, key: str, start: int = 0, end: int | None = None, chunk_size: int = 1 << 20
+    ) -> AsyncGenerator[bytes, None]:
+        check_range(start, end)
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": self.object_key(key)}
+        # No Range header for whole-object reads: S3 answers 416 to "bytes=0-" on an empty
+        # object.
+        if start or end is not None:
+            args["Range"] = f"bytes={start}-{'' if end is None else end}"
+        try:
+            resp = await self.client.get_object(**args)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                raise StorageObjectNotFound(key) from None
+            if _error_code(exc) == "InvalidRange":
+                # Starting at or past the end yields nothing, as reading a file at EOF does.
+                return
+            raise
+        body = resp["Body"]
+        async with body:
+            while data := await body.read(chunk_size):
+                yield data
+
+    async def read_head(self, key: str, n: int) -> bytes:
+        return await read_head_via(self, key, n)
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        head = await self._head(self.bucket, self.object_key(key))
+        if head is None:
+            return None
+        return ObjectInfo(size=head["ContentLength"], content_type=head.get("ContentType"))
+
+    async def copy_from(
+        self,
+        source: Storage,
+        src_key: str,
+        dest_key: str,
+        *,
+        content_type: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        if isinstance(source, S3Storage) and self._can_copy_server_side(source):
+            await self._server_side_copy(source, src_key, dest_key, content_type, metadata)
+            return
+        await stream_copy(
+            self, source, src_key, dest_key, content_type=content_type, metadata=metadata
+        )
+
+    async def delete(self, key: str) -> None:
+        # DeleteObject already succeeds for missing keys.
+        await self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+    async def delete_prefix(self, prefix: str) -> int:
+        validate_prefix(prefix, allow_empty=False)
+        if not prefix.endswith("/"):
+            raise ValueError("delete_prefix needs a prefix ending with '/'")
+        count = 0
+        async for keys in self._list_pages(self._full_prefix(prefix)):
+            for i in range(0, len(keys), _DELETE_BATCH):
+                batch = keys[i : i + _DELETE_BATCH]
+                await self._delete_batch(batch)
+                count += len(batch)
+        return count
+
+    async def list_keys(self, prefix: str = "") -> AsyncGenerator[str, None]:
+        validate_prefix(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        async for keys in self._list_pages(self._full_prefix(prefix)):
+            for k in keys:
+                yield k[strip:]
+
+    async def presigned_get_url(
+        self,
+        key: str,
+        *,
+        expires_in: int,
+        filename: str | None = None,
+        content_type: str | None = None,
+        as_attachment: bool = False,
+    ) -> str | None:
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": self.object_key(key),
+            "ResponseContentDisposition": content_disposition(filename, as_attachment),
+        }
+        if content_type is not None:
+            params["ResponseContentType"] = content_type
+        url: str = await self.client.generate_presigned_url(
+            "get_object", Params=params, ExpiresIn=expires_in
+        )
+        return url
+
+    async def ping(self) -> None:
+        await self.client.head_bucket(Bucket=self.bucket)
+
+    async def aclose(self) -> None:
+        # The client belongs to whoever opened it (see open_s3_client).
+        return None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _part_size_for(self, number: int) -> int:
+        return min(self.part_size << ((number - 1) // 1000), _MAX_PART_SIZE)
+
+    def _full_prefix(self, prefix: str) -> str:
+        if not self.prefix:
+            return prefix
+        return f"{self.prefix}/{prefix}"
+
+    def _can_copy_server_side(self, source: S3Storage) -> bool:
+        return source.client is self.client or (
+            source.client.meta.endpoint_url == self.client.meta.endpoint_url
+        )
+
+    async def _head(self, bucket: str, obj_key: str) -> dict[str, Any] | None:
+        try:
+            head: dict[str, Any] = await self.client.head_object(Bucket=bucket, Key=obj_key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        return head
+
+    async def _undo_write(self, upload: _MultipartUpload, put: asyncio.Future[Any] | None) -> None:
+        if put is not None and await _settled_ok(put):
+            # The caller is told the write failed, so it must not find the object either.
+            await self.client.delete_object(Bucket=self.bucket, Key=upload.key)
+        await upload.undo()
+
+    async def _server_side_copy(
+        self,
+        source: S3Storage,
+        src_key: str,
+        dest_key: str,
+        content_type: str | None,
+        metadata: dict[str, str] | None,
+    ) -> None:
+        src = {"Bucket": source.bucket, "Key": source.object_key(src_key)}
+        dest = self.object_key(dest_key)
+        head = await self._head(src["Bucket"], src["Key"])
+        if head is None:
+            raise StorageObjectNotFound(src_key)
+        replace = content_type is not None or metadata is not None
+        # Whatever the caller does not override is carried over from the source.
+        extra = _object_args(
+            content_type if content_type is not None else head.get("ContentType"),
+            metadata if metadata is not None else head.get("Metadata", {}),
+        )
+        if src == {"Bucket": self.bucket, "Key": dest} and not replace:
+            # S3 rejects copying an object onto itself unchanged; it already is the copy.
+            return
+        if head["ContentLength"] > self.multipart_copy_threshold:
+            await self._multipart_copy(src, dest, head["ContentLength"], extra)
+        else:
+            directive = {"MetadataDirective": "REPLACE", **extra} if replace else {}
+            await self.client.copy_object(Bucket=self.bucket, Key=dest, CopySource=src, **directive)
+
+    async def _multipart_copy(
+        self, src: dict[str, str], dest: str, size: int, extra: dict[str, Any]
+    ) -> None:
+        part_size = max(self.copy_part_size, math.ceil(size / _MAX_PARTS), _MIN_PART_SIZE)
+        upload = _MultipartUpload(self.client, self.bucket, dest, extra)
+        limit = asyncio.Semaphore(self.copy_concurrency)
+
+        async def copy_part(number: int, first: int, last: int) -> None:
+            async with limit:
+                await upload.copy_part(number, src, first, last)
+
+        try:
+            await upload.start()
+            try:
+                # TaskGroup: one failed part cancels the others before we abort.
+                async with asyncio.TaskGroup() as tg:
+                    for number, first in enumerate(range(0, size, part_size), start=1):
+                        last = min(first + part_size, size) - 1
+                        tg.create_task(copy_part(number, first, last))
+            except BaseExceptionGroup as group:
+                # Callers expect the same errors as from a single copy_object, not a group.
+                raise group.exceptions[0] from group
+            await upload.complete()
+        except BaseException:
+            await run_shielded(upload.undo())
+            raise
+
+    async def _list_pages(self, full_prefix: str) -> AsyncIterator[list[str]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=full_prefix):
+            keys = [obj["Key"] for obj in page.get("Contents", [])]
+            if keys:
+                yield keys
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        resp = await self.client.delete_objects(
+            Bucket=self.bucket,
+            Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
+        )
+        errors = resp.get("Errors") or []
+        if errors:
+            first = errors[0]
+            raise S3StorageError(
+                f"could not delete {len(errors)} object(s) from {self.bucket!r}, e.g. "
+                f"{first.get('Key')!r}: {first.get('Code')} {first.get('Message')}"
+            )
+
+
+class _MultipartUpload:
+    """One multipart upload, undoable at any point.
+
+    Requests whose outcome matters for cleanup (create, complete) run as shielded futures:
+    if the caller is cancelled mid-request, `undo` can still learn the upload id, or
+    whether the object was already assembled.
+    """
+
+    def __init__(self, client: S3Client, bucket: str, key: str, extra: dict[str, Any]) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.key = key
+        self.extra = extra
+        self.part_count = 0
+        self._etags: dict[int, str] = {}
+        self._create: asyncio.Future[Any] | None = None
+        self._complete: asyncio.Future[Any] | None = None
+        # At most one part uploads while the next one is being received.
+        self._inflight: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        if self._create is None:
+            self._create = asyncio.ensure_future(
+                self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self.extra)
+            )
+        resp = await asyncio.shield(self._create)
+        upload_id: str = resp["UploadId"]
+        return upload_id
+
+    async def submit_part(self, body: bytearray) -> None:
+        """Start uploading the next part once the previous one has finished."""
+        upload_id = await self.start()
+        await self._drain()
+        self.part_count += 1
+        if self.part_count > _MAX_PARTS:
+            raise ValueError("object too large for a multipart upload")
+        self._inflight = asyncio.create_task(self._upload_part(upload_id, self.part_count, body))
+
+    async def copy_part(self, number: int, src: dict[str, str], first: int, last: int) -> None:
+        upload_id = await self.start()
+        resp = await self.client.upload_part_copy(
+            Bucket=self.bucket,
+            Key=self.key,
+            UploadId=upload_id,
+            PartNumber=number,
+            CopySource=src,
+            CopySourceRange=f"bytes={first}-{last}",
+        )
+        self._etags[number] = resp["CopyPartResult"]["ETag"]
+
+    async def complete(self) -> None:
+        upload_id = await self.start()
+        await self._drain()
+        parts = [{"ETag": etag, "PartNumber": n} for n, etag in sorted(self._etags.items())]
+        self._complete = asyncio.ensure_future(
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=self.key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        )
+        await asyncio.shield(self._complete)
+
+    async def undo(self) -> None:
+        """Leave no upload and no object behind. Never raises for "nothing to undo"."""
+        if self._inflight is not None:
+            # Parts still arriving after the abort could resurrect storage charges.
+            self._inflight.cancel()
+            await _settled_ok(self._inflight)
+        if self._complete is not None and await _settled_ok(self._complete):
+            await self.client.delete_object(Bucket=self.bucket, Key=self.key)
+            return
+        if self._create is None or not await _settled_ok(self._create):
+            return
+        upload_id = self._create.result()["UploadId"]
+        await self.client.abort_multipart_upload(
+            Bucket=self.bucket, Key=self.key, UploadId=upload_id
+        )
+
+    async def _upload_part(self, upload_id: str, number: int, body: bytearray) -> None:
+        resp = await self.client.upload_part(
+            Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=body
+        )
+        self._etags[number] = resp["ETag"]
+
+    async def _drain(self) -> None:
+        if self._inflight is not None:
+            # Cleared only on success: undo() must still see a part that failed or was
+            # cancelled mid-request.
+            await self._inflight
+            self._inflight = None
+
+
+async def _settled_ok(fut: Awaitable[Any]) -> bool:
+    """Wait for `fut` and report whether it succeeded, without raising its error."""
+    future = asyncio.ensure_future(fut)
+    await asyncio.wait([future])
+    return not future.cancelled() and future.exception() is None
+
+
+def _object_args(content_type: str | None, metadata: dict[str, str] | None) -> dict[str, Any]:
+    args: dict[str, Any] = {}
+    if content_type is not None:
+        args["ContentType"] = content_type
+    if metadata is not None:
+        args["Metadata"] = metadata
+    return args
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return _error_code(exc) in _NOT_FOUND_CODES or (
+        status == 404 and _error_code(exc) != "NoSuchBucket"
+    )

@@ -1,0 +1,206 @@
+"""Real Postgres, Redis and (for S3 cases) a moto server: no mocks.
+
+Each test run gets its own database and its own arq queue name, so runs never see each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from app.auth import service as auth
+from app.config import Settings, load_settings
+from app.main import create_app
+from app.migrate import migrate
+from app.resources import Resources, build_resources
+from worker.settings import build_worker
+
+PG_BASE = os.environ.get("STOWAGE_TEST_PG", "postgresql://127.0.0.1:5432")
+REDIS_BASE = os.environ.get("STOWAGE_TEST_REDIS", "redis://127.0.0.1:6379")
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+TEST_DB = f"stowage_test_{RUN_ID}"
+REDIS_DB = 7
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    dsn = f"{PG_BASE}/{TEST_DB}"
+    await migrate(dsn)
+    yield dsn
+    conn = await asyncpg.connect(f"{PG_BASE}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url)
+
+
+def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": f"{REDIS_BASE}/{REDIS_DB}",
+        "cache_url": f"file://{tmp_path}/cache",
+        "store_url": f"file://{tmp_path}/store",
+        "queue_name": f"stowage:test:{RUN_ID}",
+        "secret_key": "test-secret",
+        "sweep_interval": 1,
+        "stale_job_after": 1,
+        "webhook_allow_private": True,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture
+async def res(settings: Settings) -> AsyncIterator[Resources]:
+    async with build_resources(settings) as resources:
+        async with resources.pool.acquire() as conn:
+            await conn.execute("TRUNCATE apps CASCADE")
+        await resources.redis.delete(settings.queue_name)
+        yield resources
+
+
+@pytest.fixture
+async def client(res: Resources) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(res.settings, res)
+    app.state.resources = res  # ASGITransport does not run the lifespan
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://stowage.test") as c:
+        yield c
+
+
+class AppKey:
+    def __init__(self, app_id: Any, api_key: str) -> None:
+        self.app_id = app_id
+        self.api_key = api_key
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+
+
+@pytest.fixture
+async def tenant(res: Resources) -> AppKey:
+    new = await auth.create_app(res.pool, "tenant")
+    return AppKey(new.app_id, new.api_key)
+
+
+@pytest.fixture
+async def other_tenant(res: Resources) -> AppKey:
+    new = await auth.create_app(res.pool, "other")
+    return AppKey(new.app_id, new.api_key)
+
+
+async def run_worker(res: Resources) -> None:
+    """Run every queued job to completion (arq burst mode), with the test's resources."""
+    worker = build_worker(res.settings, resources=res, burst=True, handle_signals=False,
+                          sweep=False)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+
+
+@pytest.fixture
+async def drain(res: Resources):
+    async def _drain() -> None:
+        await run_worker(res)
+
+    return _drain
+
+
+def files_under(root: Path) -> list[str]:
+    """Every file below root, temp files included: what a leak would leave."""
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def storage_files(settings: Settings):
+    cache = Path(settings.cache_url.removeprefix("file://"))
+    store = Path(settings.store_url.removeprefix("file://"))
+
+    async def _files() -> tuple[list[str], list[str]]:
+        return files_under(cache), files_under(store)
+
+    return _files
+
+
+@pytest.fixture
+async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.from_url(settings.redis_url)
+    yield r
+    await r.aclose()
+
+
+# --- real processes -------------------------------------------------------------------------------
+
+def env_for(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for name in ("database_url", "redis_url", "cache_url", "store_url", "queue_name",
+                 "secret_key", "sweep_interval", "stale_job_after", "promote_timeout",
+                 "webhook_allow_private", "public_url"):
+        env[f"STOWAGE_{name.upper()}"] = str(getattr(settings, name))
+    return env
+
+
+@contextlib.contextmanager
+def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not come up")
+
+
+async def wait_for(predicate, within: float = 10.0, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)

@@ -1,0 +1,226 @@
+"""The lifecycle through the worker: promotion, two-phase uploads, slots, deletion, expiry,
+the sweep, and the promotion races of DESIGN.md (replace/delete during promotion, twice at once)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from app.attachments import keys, service
+from app.storage import Storage
+from tests.conftest import run_worker
+
+
+async def upload(client, tenant, data=b"payload", **fields):
+    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
+                          files={"file": ("f.txt", data)})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def state_of(client, tenant, att_id):
+    r = await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)
+    return r.json()
+
+
+async def test_promotion_moves_file_to_store_and_clears_cache(client, tenant, res, storage_files):
+    att = await upload(client, tenant, b"x" * 1000)
+    await run_worker(res)
+    got = await state_of(client, tenant, att["id"])
+    assert got["state"] == "stored" and got["stored_at"]
+    assert got["generation"] > att["generation"]
+    cache, store = await storage_files()
+    assert cache == []
+    assert store == [keys.store_key(tenant.app_id, uuid.UUID(att["id"]), "text/plain")]
+    r = await client.get(f"/v1/attachments/{att['id']}/content", headers=tenant.headers)
+    assert r.content == b"x" * 1000
+
+
+async def test_two_phase_upload_waits_for_promote(client, tenant, res):
+    att = await upload(client, tenant, promote="false")
+    await run_worker(res)
+    assert (await state_of(client, tenant, att["id"]))["state"] == "cached"
+    r = await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    assert r.status_code == 202
+    await run_worker(res)
+    assert (await state_of(client, tenant, att["id"]))["state"] == "stored"
+    # promoting again is harmless
+    r = await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    assert r.status_code == 202 and r.json()["state"] == "stored"
+
+
+async def test_promote_deleted_is_409(client, tenant, res):
+    att = await upload(client, tenant, promote="false")
+    await client.delete(f"/v1/attachments/{att['id']}", headers=tenant.headers)
+    r = await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    assert r.status_code == 409
+    assert r.json()["type"].endswith("invalid-state")
+
+
+async def test_delete_marks_at_once_and_removes_every_file(client, tenant, res, storage_files):
+    att = await upload(client, tenant)
+    await run_worker(res)
+    r = await client.delete(f"/v1/attachments/{att['id']}", headers=tenant.headers)
+    assert r.status_code == 202 and r.json()["state"] == "deleted"
+    assert (await state_of(client, tenant, att["id"]))["state"] == "deleted"
+    assert (await client.get(f"/v1/attachments/{att['id']}/content",
+                             headers=tenant.headers)).status_code == 409
+    await run_worker(res)
+    assert await storage_files() == ([], [])
+    async with res.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT purged_at FROM attachments WHERE id = $1",
+                                   uuid.UUID(att["id"]))
+    # deleting again is fine
+    assert (await client.delete(f"/v1/attachments/{att['id']}",
+                                headers=tenant.headers)).status_code == 202
+
+
+async def test_slot_replacement_deletes_the_old_one(client, tenant, res, storage_files):
+    slot = {"record_type": "user", "record_id": "1", "record_name": "avatar"}
+    first = await upload(client, tenant, b"first", **slot)
+    await run_worker(res)
+    second = await upload(client, tenant, b"second", **slot)
+    assert (await state_of(client, tenant, first["id"]))["state"] == "deleted"
+    await run_worker(res)
+    assert (await state_of(client, tenant, second["id"]))["state"] == "stored"
+    cache, store = await storage_files()
+    assert cache == [] and len(store) == 1 and second["id"] in store[0]
+    r = await client.get("/v1/attachments?record_type=user&record_id=1&record_name=avatar"
+                         "&state=stored", headers=tenant.headers)
+    assert [a["id"] for a in r.json()["items"]] == [second["id"]]
+
+
+async def test_concurrent_uploads_into_one_slot_leave_one_live(client, tenant, res):
+    slot = {"record_type": "doc", "record_id": "5", "record_name": "scan"}
+    results = await asyncio.gather(*[upload(client, tenant, f"v{i}".encode(), **slot)
+                                     for i in range(6)])
+    async with res.pool.acquire() as conn:
+        live = await conn.fetchval(
+            "SELECT count(*) FROM attachments WHERE record_id = '5' AND state <> 'deleted'")
+    assert live == 1 and len(results) == 6
+
+
+async def test_unpromoted_upload_expires_after_ttl(client, tenant, res, storage_files):
+    att = await upload(client, tenant, promote="false")
+    async with res.pool.acquire() as conn:
+        await conn.execute("UPDATE attachments SET expires_at = now() - interval '1 second'")
+    report = await service.sweep(res)
+    assert report.expired == [uuid.UUID(att["id"])]
+    got = await state_of(client, tenant, att["id"])
+    assert got["state"] == "deleted" and got["error"]["code"] == "expired"
+    await run_worker(res)
+    assert await storage_files() == ([], [])
+
+
+async def test_sweep_recovers_jobs_redis_lost(client, tenant, res, redis_client, storage_files):
+    kept = await upload(client, tenant, b"keep")
+    gone = await upload(client, tenant, b"gone")
+    await client.delete(f"/v1/attachments/{gone['id']}", headers=tenant.headers)
+    await redis_client.flushdb()  # every queued job is lost
+    await run_worker(res)
+    assert (await state_of(client, tenant, kept["id"]))["state"] == "cached"
+    await asyncio.sleep(res.settings.stale_job_after + 0.2)
+    report = await service.sweep(res)
+    assert uuid.UUID(kept["id"]) in report.promotions
+    assert uuid.UUID(gone["id"]) in report.destroys
+    await run_worker(res)
+    assert (await state_of(client, tenant, kept["id"]))["state"] == "stored"
+    cache, store = await storage_files()
+    assert cache == [] and len(store) == 1 and kept["id"] in store[0]
+
+
+async def test_sweep_purges_a_leftover_cached_copy(client, tenant, res, storage_files):
+    att = await upload(client, tenant, promote="false")
+    await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    # as if the worker died right after committing `stored`, before deleting the cached file
+    row = await service.get(res, tenant.app_id, uuid.UUID(att["id"]))
+    store_key = keys.store_key(tenant.app_id, row["id"], row["mime_type"])
+    await res.store.copy_from(res.cache, row["key"], store_key)
+    async with res.pool.acquire() as conn:
+        await conn.execute("UPDATE attachments SET state='stored', storage='store', key=$2,"
+                           " updated_at = now() - interval '1 hour' WHERE id=$1", row["id"],
+                           store_key)
+    await res.redis.delete(res.settings.queue_name)
+    report = await service.sweep(res)
+    assert report.cache_purges == [row["id"]]
+    await run_worker(res)
+    assert (await storage_files())[0] == []
+
+
+async def test_promotion_of_a_vanished_cache_file_fails_cleanly(client, tenant, res):
+    att = await upload(client, tenant)
+    row = await service.get(res, tenant.app_id, uuid.UUID(att["id"]))
+    await res.cache.delete(row["key"])
+    assert await service.promote(res, row["id"]) == "failed"
+    got = await state_of(client, tenant, att["id"])
+    assert got["state"] == "failed" and got["error"]["code"] == "file_missing"
+
+
+class PausingStore:
+    """Wraps the store: copy_from finishes, then waits until the test lets it go on."""
+
+    def __init__(self, inner: Storage) -> None:
+        self.inner = inner
+        self.copied = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def copy_from(self, *args, **kwargs):
+        await self.inner.copy_from(*args, **kwargs)
+        self.copied.set()
+        await self.release.wait()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+async def _promote_paused(res, att_id):
+    pausing = PausingStore(res.store)
+    real, res.store = res.store, pausing
+    task = asyncio.create_task(service.promote(res, att_id))
+    await asyncio.wait_for(pausing.copied.wait(), 5)
+    return task, pausing, real
+
+
+async def test_delete_during_promotion_aborts_and_cleans_up(client, tenant, res, storage_files):
+    att = await upload(client, tenant, promote="false")
+    await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    task, pausing, real = await _promote_paused(res, uuid.UUID(att["id"]))
+    assert len((await storage_files())[1]) == 1  # the copy is in the store
+    r = await client.delete(f"/v1/attachments/{att['id']}", headers=tenant.headers)
+    assert r.status_code == 202
+    pausing.release.set()
+    assert await task == "aborted"
+    res.store = real
+    await run_worker(res)  # the destroy job
+    assert (await state_of(client, tenant, att["id"]))["state"] == "deleted"
+    assert await storage_files() == ([], [])
+
+
+async def test_replace_during_promotion_aborts_old_and_keeps_new(client, tenant, res,
+                                                                 storage_files):
+    slot = {"record_type": "user", "record_id": "3", "record_name": "avatar"}
+    old = await upload(client, tenant, b"old", promote="false", **slot)
+    await client.post(f"/v1/attachments/{old['id']}/promote", headers=tenant.headers)
+    task, pausing, real = await _promote_paused(res, uuid.UUID(old["id"]))
+    new = await upload(client, tenant, b"new", **slot)
+    pausing.release.set()
+    assert await task == "aborted"
+    res.store = real
+    await run_worker(res)
+    assert (await state_of(client, tenant, old["id"]))["state"] == "deleted"
+    assert (await state_of(client, tenant, new["id"]))["state"] == "stored"
+    cache, store = await storage_files()
+    assert cache == [] and len(store) == 1 and new["id"] in store[0]
+
+
+async def test_same_promotion_twice_at_once_stores_exactly_one_file(client, tenant, res,
+                                                                   storage_files):
+    att = await upload(client, tenant, b"z" * 5000, promote="false")
+    await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    outcomes = await asyncio.gather(*[service.promote(res, uuid.UUID(att["id"]))
+                                      for _ in range(4)])
+    assert sorted(outcomes) == ["skipped", "skipped", "skipped", "stored"]
+    cache, store = await storage_files()
+    assert cache == [] and len(store) == 1
+    r = await client.get(f"/v1/attachments/{att['id']}/content", headers=tenant.headers)
+    assert r.content == b"z" * 5000

@@ -1,0 +1,84 @@
+"""The arq worker: job functions, the sweep loop, and resources from the shared builder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.exceptions
+from arq import func
+from arq.worker import Worker
+
+from app import jobs
+from app.attachments import service
+from app.config import Settings
+from app.resources import Resources, build_resources, redis_settings
+from worker import tasks
+
+log = logging.getLogger(__name__)
+
+
+async def sweep_loop(res: Resources, interval: float) -> None:
+    """Re-find lost work from Postgres every interval. Runs in the worker process itself (not
+    as an arq job) so that it keeps going even when Redis was flushed."""
+    while True:
+        try:
+            report = await service.sweep(res)
+            if report and (report.expired or report.promotions or report.destroys
+                           or report.cache_purges):
+                log.info("sweep: %s", report)
+        except Exception:
+            log.exception("sweep failed; trying again next interval")
+        await asyncio.sleep(interval)
+
+
+def functions(settings: Settings) -> list[Any]:
+    # Tight, per-function timeouts: after a SIGKILL, arq re-runs a job only once its
+    # in-progress key expires (the largest timeout + 10 s).
+    return [
+        func(tasks.promote, name=jobs.PROMOTE, timeout=settings.promote_timeout,
+             keep_result=0, max_tries=8),
+        func(tasks.destroy, name=jobs.DESTROY, timeout=30, keep_result=0, max_tries=8),
+        func(tasks.purge_cache, name=jobs.PURGE_CACHE, timeout=30, keep_result=0, max_tries=8),
+    ]
+
+
+def build_worker(settings: Settings, *, resources: Resources | None = None, burst: bool = False,
+                 handle_signals: bool = True, sweep: bool = True) -> Worker:
+    stack = contextlib.AsyncExitStack()
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        res = resources or await stack.enter_async_context(build_resources(settings))
+        ctx["resources"] = res
+        if sweep:
+            ctx["sweeper"] = asyncio.create_task(sweep_loop(res, settings.sweep_interval))
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        sweeper = ctx.get("sweeper")
+        if sweeper:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        await stack.aclose()
+
+    rs = redis_settings(settings)
+    # Keep going through a Redis blip instead of exiting (arq's default).
+    rs.conn_retries = 5
+    rs.retry_on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError]
+    return Worker(
+        functions=functions(settings),
+        queue_name=settings.queue_name,
+        redis_settings=rs,
+        on_startup=startup,
+        on_shutdown=shutdown,
+        burst=burst,
+        handle_signals=handle_signals,
+        max_jobs=settings.worker_max_jobs,
+        job_timeout=settings.promote_timeout,
+        keep_result=0,
+        health_check_interval=30,
+        poll_delay=0.2,
+    )
+

@@ -1,0 +1,58 @@
+"""arq job functions: each a few lines around a domain service call."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from uuid import UUID
+
+from arq import Retry
+
+from app.attachments import service
+from app.resources import Resources
+from app.transient import is_transient
+
+log = logging.getLogger(__name__)
+
+# Backoff for transient failures (storage or network hiccups), indexed by try number.
+RETRY_DEFERS = (2, 5, 15, 30, 60)
+
+
+def _res(ctx: dict[str, Any]) -> Resources:
+    return ctx["resources"]
+
+
+async def _transient(ctx: dict[str, Any], what: str, exc: Exception) -> None:
+    """Retry a transient failure with backoff; anything else propagates and fails the job
+    (the sweep tries it again much later, so a bug is not hammered in a tight loop)."""
+    if not is_transient(exc):
+        return
+    tries = ctx.get("job_try", 1)
+    defer = RETRY_DEFERS[min(tries - 1, len(RETRY_DEFERS) - 1)]
+    log.warning("%s failed (try %d): %s: %s; retrying in %ds", what, tries, type(exc).__name__,
+                exc, defer)
+    raise Retry(defer=defer) from exc
+
+
+async def promote(ctx: dict[str, Any], attachment_id: str) -> str:
+    try:
+        return await service.promote(_res(ctx), UUID(attachment_id))
+    except Exception as e:
+        await _transient(ctx, f"promote {attachment_id}", e)
+        raise
+
+
+async def destroy(ctx: dict[str, Any], attachment_id: str) -> str:
+    try:
+        return await service.destroy(_res(ctx), UUID(attachment_id))
+    except Exception as e:
+        await _transient(ctx, f"destroy {attachment_id}", e)
+        raise
+
+
+async def purge_cache(ctx: dict[str, Any], attachment_id: str) -> str:
+    try:
+        return await service.purge_cache(_res(ctx), UUID(attachment_id))
+    except Exception as e:
+        await _transient(ctx, f"purge_cache {attachment_id}", e)
+        raise
