@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     # Not in the public contract, but operators need them.
     db_pool_size: int = Field(default=10, gt=0)
     default_cache_ttl: int = Field(default=24 * 3600, gt=0)
-    promote_timeout: int = Field(default=60, gt=0)
+    job_timeout: int = Field(default=60, gt=0)
     # A cached upload whose promotion was asked for but has not happened after this long is
     # assumed lost by Redis and re-enqueued by the sweep.
     stale_job_after: int = Field(default=60, gt=0)

@@ -20,18 +20,26 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import pytest_asyncio
 import redis.asyncio as aioredis
+from moto.server import ThreadedMotoServer
 
 from app.auth import service as auth
 from app.config import Settings, load_settings
 from app.main import create_app
 from app.migrate import migrate
 from app.resources import Resources, build_resources
+from app.storage import open_s3_client
 from worker.settings import build_worker
 
 PG_BASE = os.environ.get("STOWAGE_TEST_PG", "postgresql://127.0.0.1:5432")
 REDIS_BASE = os.environ.get("STOWAGE_TEST_REDIS", "redis://127.0.0.1:6379")
 RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+
+# moto accepts any credentials, but botocore refuses to sign without some.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 TEST_DB = f"stowage_test_{RUN_ID}"
 REDIS_DB = 7
 
@@ -52,6 +60,24 @@ async def database_url() -> AsyncIterator[str]:
         await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """URL of an in-process moto S3 server (a real S3 HTTP API) on a free port."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def s3_client(moto_endpoint: str) -> AsyncIterator[Any]:
+    async with contextlib.AsyncExitStack() as stack:
+        yield await open_s3_client(stack, endpoint_url=moto_endpoint, region="us-east-1")
 
 
 @pytest.fixture
@@ -160,7 +186,7 @@ async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
 def env_for(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("database_url", "redis_url", "cache_url", "store_url", "queue_name",
-                 "secret_key", "sweep_interval", "stale_job_after", "promote_timeout",
+                 "secret_key", "sweep_interval", "stale_job_after", "job_timeout",
                  "webhook_allow_private", "public_url"):
         env[f"STOWAGE_{name.upper()}"] = str(getattr(settings, name))
     return env

@@ -35,13 +35,15 @@ async def sweep_loop(res: Resources, interval: float) -> None:
 
 
 def functions(settings: Settings) -> list[Any]:
-    # Tight, per-function timeouts: after a SIGKILL, arq re-runs a job only once its
-    # in-progress key expires (the largest timeout + 10 s).
+    # One tight timeout for all: after a SIGKILL, arq re-runs a job only once its in-progress
+    # key expires, after the LARGEST function timeout + 10 s.
     return [
-        func(tasks.promote, name=jobs.PROMOTE, timeout=settings.promote_timeout,
+        func(tasks.promote, name=jobs.PROMOTE, timeout=settings.job_timeout,
              keep_result=0, max_tries=8),
-        func(tasks.destroy, name=jobs.DESTROY, timeout=30, keep_result=0, max_tries=8),
-        func(tasks.purge_cache, name=jobs.PURGE_CACHE, timeout=30, keep_result=0, max_tries=8),
+        func(tasks.destroy, name=jobs.DESTROY, timeout=settings.job_timeout, keep_result=0,
+             max_tries=8),
+        func(tasks.purge_cache, name=jobs.PURGE_CACHE, timeout=settings.job_timeout,
+             keep_result=0, max_tries=8),
     ]
 
 
@@ -76,7 +78,7 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
         burst=burst,
         handle_signals=handle_signals,
         max_jobs=settings.worker_max_jobs,
-        job_timeout=settings.promote_timeout,
+        job_timeout=settings.job_timeout,
         keep_result=0,
         health_check_interval=30,
         poll_delay=0.2,

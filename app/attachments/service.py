@@ -269,8 +269,9 @@ async def sweep(res: Resources) -> SweepReport | None:
         report.destroys = [r["id"] for r in await repo.unpurged_deleted(conn, grace)]
         report.cache_purges = [r["id"] for r in await repo.cache_leftovers(conn, grace)]
     for r in promotions:
-        await res.jobs.promote(r["id"], r["generation"])
-        report.promotions.append(r["id"])
+        # False when the job is still queued or running: not lost, nothing to report
+        if await res.jobs.promote(r["id"], r["generation"]):
+            report.promotions.append(r["id"])
     for att_id in report.expired + report.destroys:
         await res.jobs.destroy(att_id)
     for att_id in report.cache_purges:

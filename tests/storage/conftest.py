@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from moto.server import ThreadedMotoServer
 
-from app.storage import FilesystemStorage, S3Storage, Storage, open_s3_client
-
-# moto accepts any credentials, but botocore refuses to sign without some.
-os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
-os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
-os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+from app.storage import FilesystemStorage, S3Storage, Storage
 
 MakeStorage = Callable[..., Awaitable[Storage]]
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
-    """URL of an in-process moto S3 server on a free port."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def s3_client(moto_endpoint: str) -> AsyncIterator[Any]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield await open_s3_client(stack, endpoint_url=moto_endpoint, region="us-east-1")
 
 
 @pytest_asyncio.fixture(loop_scope="session")

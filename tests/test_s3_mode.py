@@ -1,0 +1,80 @@
+"""The whole lifecycle with both storages on S3 (a moto server): server-side promotion copy,
+redirect downloads, deletion, and refused uploads that leave no object and no multipart upload."""
+
+from __future__ import annotations
+
+import secrets
+
+import httpx
+import pytest
+
+from app.auth import service as auth
+from app.main import create_app
+from app.resources import build_resources
+from tests.conftest import AppKey, make_settings, run_worker
+
+
+async def bucket_keys(s3_client, bucket: str) -> list[str]:
+    resp = await s3_client.list_objects_v2(Bucket=bucket)
+    return sorted(o["Key"] for o in resp.get("Contents", []))
+
+
+@pytest.fixture
+async def s3_env(tmp_path, database_url, moto_endpoint, s3_client):
+    cache_bucket, store_bucket = f"cache-{secrets.token_hex(4)}", f"store-{secrets.token_hex(4)}"
+    for b in (cache_bucket, store_bucket):
+        await s3_client.create_bucket(Bucket=b)
+    settings = make_settings(tmp_path, database_url, cache_url=f"s3://{cache_bucket}",
+                             store_url=f"s3://{store_bucket}/files", s3_endpoint_url=moto_endpoint,
+                             s3_region="us-east-1", max_upload_size=20 * 1024 * 1024)
+    async with build_resources(settings) as res:
+        async with res.pool.acquire() as conn:
+            await conn.execute("TRUNCATE apps CASCADE")
+        await res.redis.delete(settings.queue_name)
+        app = create_app(settings, res)
+        app.state.resources = res
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as client:
+            new = await auth.create_app(res.pool, "s3")
+            yield res, client, AppKey(new.app_id, new.api_key), cache_bucket, store_bucket
+
+
+async def test_lifecycle_on_s3(s3_env, s3_client):
+    res, client, tenant, cache_bucket, store_bucket = s3_env
+    data = secrets.token_bytes(9 * 1024 * 1024)  # over the 8 MiB multipart threshold
+    r = await client.post("/v1/attachments", headers=tenant.headers,
+                          files={"file": ("blob.bin", data)})
+    assert r.status_code == 201, r.text
+    att = r.json()
+    assert len(await bucket_keys(s3_client, cache_bucket)) == 1
+    await run_worker(res)
+    r = await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)
+    assert r.json()["state"] == "stored"
+    assert await bucket_keys(s3_client, cache_bucket) == []
+    stored = await bucket_keys(s3_client, store_bucket)
+    assert len(stored) == 1 and stored[0].startswith(f"files/{tenant.app_id}/{att['id']}/")
+    head = await s3_client.head_object(Bucket=store_bucket, Key=stored[0])
+    assert head["ContentType"] == "application/octet-stream"
+
+    r = await client.get(f"/v1/attachments/{att['id']}/content", headers=tenant.headers)
+    assert r.status_code == 307
+    async with httpx.AsyncClient() as plain:
+        got = await plain.get(r.headers["location"])
+    assert got.status_code == 200 and got.content == data
+    assert "blob.bin" in got.headers["content-disposition"]
+
+    await client.delete(f"/v1/attachments/{att['id']}", headers=tenant.headers)
+    await run_worker(res)
+    assert await bucket_keys(s3_client, store_bucket) == []
+
+
+async def test_refused_s3_upload_leaves_no_object_or_multipart(s3_env, s3_client):
+    res, client, tenant, cache_bucket, _ = s3_env
+    r = await client.post("/v1/attachments", headers=tenant.headers,
+                          files={"file": ("big.bin", b"\x01" * (21 * 1024 * 1024))})
+    assert r.status_code == 413
+    assert await bucket_keys(s3_client, cache_bucket) == []
+    uploads = await s3_client.list_multipart_uploads(Bucket=cache_bucket)
+    assert uploads.get("Uploads", []) == []
+    async with res.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM attachments") == 0
