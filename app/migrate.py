@@ -44,8 +44,10 @@ async def create_database_if_missing(dsn: str) -> bool:
         await conn.execute(f"CREATE DATABASE {quoted}")
         log.info("created database %s", name)
         return True
-    except asyncpg.DuplicateDatabaseError:
-        return False  # another process won the race; fine
+    except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+        # another process won the race (Postgres reports a concurrent CREATE DATABASE of the
+        # same name as a unique violation on pg_database, not as a duplicate database)
+        return False
     finally:
         await conn.close()
 

@@ -1,0 +1,311 @@
+"""The `stowage` console script, run for real in a subprocess against the test database."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from app.auth.service import KEY_PREFIX
+from app.config import Settings
+from app.migrate import migration_files
+from tests.conftest import PG_BASE, env_for
+
+# The console script pip installed next to the interpreter ([project.scripts] in pyproject).
+STOWAGE = str(Path(sys.executable).with_name("stowage"))
+CLI_TIMEOUT = 60.0
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __str__(self) -> str:
+        return f"exit {self.returncode}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+
+
+async def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        STOWAGE, *args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), CLI_TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError(f"stowage {' '.join(args)} did not finish in {CLI_TIMEOUT}s") from None
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(f"{PG_BASE}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def new_database() -> AsyncIterator[Callable[[], str]]:
+    """Names of databases that do not exist yet; whatever got created is dropped afterwards."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"stowage_clitest_{secrets.token_hex(4)}"
+        names.append(name)
+        return f"{PG_BASE}/{name}"
+
+    yield make
+    for name in names:
+        await drop_database(name)
+
+
+@pytest.fixture
+def cli_env(settings: Settings) -> dict[str, str]:
+    return env_for(settings)
+
+
+def only_json(result: Result) -> dict:
+    assert result.returncode == 0, str(result)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, f"--json must print exactly one line on stdout\n{result}"
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict), str(result)
+    return data
+
+
+def auth(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def test_console_script_is_installed() -> None:
+    assert Path(STOWAGE).is_file(), f"{STOWAGE} missing: is the project installed (pip -e .)?"
+
+
+# --- apps and keys -------------------------------------------------------------------------------
+
+async def test_apps_create_json_prints_one_object_and_the_key_works(
+    client: httpx.AsyncClient, cli_env: dict[str, str]
+) -> None:
+    result = await run_cli("apps", "create", "cli-demo", "--json", env=cli_env)
+    data = only_json(result)
+    assert set(data) == {"app_id", "key_id", "api_key"}
+    uuid.UUID(data["app_id"])
+    uuid.UUID(data["key_id"])
+    assert isinstance(data["api_key"], str) and len(data["api_key"]) >= 32
+
+    r = await client.get("/v1/attachments", headers=auth(data["api_key"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["items"] == []
+    r = await client.get("/v1/attachments", headers=auth(data["api_key"] + "x"))
+    assert r.status_code == 401
+
+
+async def test_apps_create_without_json_shows_id_and_key(
+    client: httpx.AsyncClient, cli_env: dict[str, str]
+) -> None:
+    result = await run_cli("apps", "create", "cli-plain", env=cli_env)
+    assert result.returncode == 0, str(result)
+    listed = await run_cli("apps", "list", env=cli_env)
+    line = next(ln for ln in listed.stdout.splitlines() if "cli-plain" in ln)
+    app_id = line.split()[0]
+    assert app_id in result.stdout
+    # the printed key is the one that works
+    key = next(tok for tok in result.stdout.split() if tok.startswith(KEY_PREFIX))
+    r = await client.get("/v1/attachments", headers=auth(key))
+    assert r.status_code == 200, r.text
+
+
+async def test_apps_list_keys_create_list_and_revoke(
+    client: httpx.AsyncClient, cli_env: dict[str, str]
+) -> None:
+    name = f"cli-{secrets.token_hex(3)}"
+    first = only_json(await run_cli("apps", "create", name, "--json", env=cli_env))
+    app_id = first["app_id"]
+
+    listed = await run_cli("apps", "list", env=cli_env)
+    assert listed.returncode == 0, str(listed)
+    assert any(app_id in ln and name in ln for ln in listed.stdout.splitlines()), str(listed)
+
+    second = only_json(await run_cli("keys", "create", app_id, "--json", env=cli_env))
+    assert set(second) == {"app_id", "key_id", "api_key"}
+    assert second["app_id"] == app_id
+    assert second["key_id"] != first["key_id"]
+    assert second["api_key"] != first["api_key"]
+    for key in (first["api_key"], second["api_key"]):
+        r = await client.get("/v1/attachments", headers=auth(key))
+        assert r.status_code == 200, r.text
+
+    keys = await run_cli("keys", "list", app_id, env=cli_env)
+    assert keys.returncode == 0, str(keys)
+    lines = [ln for ln in keys.stdout.splitlines() if ln.strip()]
+    assert len(lines) == 2, str(keys)
+    assert {ln.split()[0] for ln in lines} == {first["key_id"], second["key_id"]}
+    # the secret itself is never shown again
+    assert first["api_key"] not in keys.stdout and second["api_key"] not in keys.stdout
+
+    revoked = await run_cli("keys", "revoke", first["key_id"], env=cli_env)
+    assert revoked.returncode == 0, str(revoked)
+    r = await client.get("/v1/attachments", headers=auth(first["api_key"]))
+    assert r.status_code == 401, r.text
+    r = await client.get("/v1/attachments", headers=auth(second["api_key"]))
+    assert r.status_code == 200, r.text
+
+    # revoking twice is harmless, and the key stays dead
+    again = await run_cli("keys", "revoke", first["key_id"], env=cli_env)
+    assert again.returncode == 0, str(again)
+    r = await client.get("/v1/attachments", headers=auth(first["api_key"]))
+    assert r.status_code == 401
+
+    keys = await run_cli("keys", "list", app_id, env=cli_env)
+    by_id = {ln.split()[0]: ln for ln in keys.stdout.splitlines() if ln.strip()}
+    assert set(by_id) == {first["key_id"], second["key_id"]}
+    assert "revoked" in by_id[first["key_id"]]
+    assert "revoked" not in by_id[second["key_id"]]
+
+
+@pytest.mark.parametrize("verb", [["keys", "list"], ["keys", "create"], ["keys", "revoke"]])
+async def test_unknown_ids_fail_with_a_message(cli_env: dict[str, str], verb: list[str]) -> None:
+    missing = str(uuid.uuid4())
+    result = await run_cli(*verb, missing, env=cli_env)
+    assert result.returncode != 0, str(result)
+    assert result.stdout == "", str(result)
+    assert missing in result.stderr, str(result)
+    assert "Traceback" not in result.stderr, str(result)
+
+
+@pytest.mark.parametrize("args", [
+    ["keys", "revoke", "not-a-uuid"],
+    ["keys", "list", "not-a-uuid"],
+    ["keys", "create", "not-a-uuid", "--json"],
+    ["apps", "create"],
+    ["apps"],
+    ["nonsense"],
+])
+async def test_usage_errors_exit_2(cli_env: dict[str, str], args: list[str]) -> None:
+    result = await run_cli(*args, env=cli_env)
+    assert result.returncode == 2, str(result)
+    assert result.stdout == ""
+    assert "usage:" in result.stderr
+    if "not-a-uuid" in args:
+        assert "not-a-uuid" in result.stderr
+
+
+# --- migrate -------------------------------------------------------------------------------------
+
+async def applied_migrations(dsn: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch("SELECT version, applied_at FROM schema_migrations ORDER BY 1")
+    finally:
+        await conn.close()
+
+
+EXPECTED = sorted(p.name for p in migration_files())
+
+
+async def test_migrate_creates_the_database_and_is_idempotent(
+    cli_env: dict[str, str], new_database: Callable[[], str]
+) -> None:
+    assert EXPECTED, "no migrations found"
+    dsn = new_database()
+    env = {**cli_env, "STOWAGE_DATABASE_URL": dsn}
+
+    first = await run_cli("migrate", env=env)
+    assert first.returncode == 0, str(first)
+    rows = await applied_migrations(dsn)
+    assert [r["version"] for r in rows] == EXPECTED
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = {r["tablename"] for r in await conn.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    finally:
+        await conn.close()
+    assert {"apps", "api_keys", "attachments"} <= tables
+
+    again = await run_cli("migrate", env=env)
+    assert again.returncode == 0, str(again)
+    for name in EXPECTED:
+        assert name not in again.stdout, f"{name} applied twice\n{again}"
+    assert await applied_migrations(dsn) == rows  # same versions, same applied_at
+
+
+async def test_concurrent_migrate_on_a_new_database(
+    cli_env: dict[str, str], new_database: Callable[[], str]
+) -> None:
+    dsn = new_database()
+    env = {**cli_env, "STOWAGE_DATABASE_URL": dsn}
+    # Several at once: both the CREATE DATABASE and the migrations themselves race.
+    results = await asyncio.gather(*(run_cli("migrate", env=env) for _ in range(6)))
+    for result in results:
+        assert result.returncode == 0, str(result)
+    rows = await applied_migrations(dsn)
+    assert [r["version"] for r in rows] == EXPECTED
+    # each migration was applied by exactly one of them
+    for name in EXPECTED:
+        assert sum(name in r.stdout for r in results) == 1, "\n".join(map(str, results))
+
+    again = await run_cli("migrate", env=env)
+    assert again.returncode == 0, str(again)
+    assert not any(name in again.stdout for name in EXPECTED), str(again)
+    assert await applied_migrations(dsn) == rows
+
+
+async def test_migrate_on_an_existing_database(
+    database_url: str, cli_env: dict[str, str]
+) -> None:
+    before = await applied_migrations(database_url)
+    result = await run_cli("migrate", env={**cli_env, "STOWAGE_DATABASE_URL": database_url})
+    assert result.returncode == 0, str(result)
+    assert await applied_migrations(database_url) == before
+
+
+# --- help ----------------------------------------------------------------------------------------
+
+VERBS = ["migrate", "apps", "keys", "serve", "worker", "dev"]
+
+
+def run_help(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([STOWAGE, *args, "--help"], capture_output=True, text=True,
+                          timeout=CLI_TIMEOUT, check=False)
+
+
+def test_top_level_help_names_every_verb() -> None:
+    result = run_help()
+    assert result.returncode == 0, result.stderr
+    for verb in VERBS:
+        assert verb in result.stdout, f"{verb!r} missing from stowage --help"
+
+
+@pytest.mark.parametrize(("args", "mentions"), [
+    (["migrate"], []),
+    (["apps"], ["create", "list"]),
+    (["apps", "create"], ["NAME", "--json"]),
+    (["apps", "list"], []),
+    (["keys"], ["create", "list", "revoke"]),
+    (["keys", "create"], ["APP", "--json"]),
+    (["keys", "list"], ["APP"]),
+    (["keys", "revoke"], ["KEY_ID"]),
+    (["serve"], ["--host", "--port"]),
+    (["worker"], []),
+    (["dev"], ["--host", "--port"]),
+])
+def test_subcommand_help(args: list[str], mentions: list[str]) -> None:
+    result = run_help(*args)
+    assert result.returncode == 0, result.stderr
+    assert f"stowage {' '.join(args)}" in result.stdout
+    for word in mentions:
+        assert word.lower() in result.stdout.lower(), f"{word!r} missing from {args} --help"
