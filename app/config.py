@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_retry_delays: str = "5,30,120,600,1800,3600,10800,21600,43200"
     sweep_interval: int = Field(default=30, gt=0)
+    webhook_timeout: float = Field(default=10.0, gt=0)
+    # an endpoint failing this long without a single success is disabled (default 5 days)
+    webhook_disable_after: int = Field(default=5 * 24 * 3600, gt=0)
 
     # Not in the public contract, but operators need them.
     db_pool_size: int = Field(default=10, gt=0)

@@ -25,10 +25,12 @@ class JobQueue:
         self.redis = redis
         self.queue_name = queue_name
 
-    async def _enqueue(self, function: str, job_id: str, *args: object) -> bool:
+    async def _enqueue(self, function: str, job_id: str, *args: object,
+                       defer_by: float | None = None) -> bool:
         try:
             job = await self.redis.enqueue_job(
-                function, *args, _job_id=job_id, _queue_name=self.queue_name
+                function, *args, _job_id=job_id, _queue_name=self.queue_name,
+                _defer_by=defer_by,
             )
         except Exception as e:  # Redis down: the sweep re-enqueues from Postgres
             log.warning("enqueue %s failed (%s); the sweep will retry", job_id, e)
@@ -45,7 +47,10 @@ class JobQueue:
     async def purge_cache(self, att_id: UUID) -> bool:
         return await self._enqueue(PURGE_CACHE, f"{PURGE_CACHE}:{att_id}", str(att_id))
 
-    async def deliver_webhook(self, delivery_id: UUID, attempt: int) -> bool:
+    async def deliver_webhook(self, delivery_id: UUID, attempts: int,
+                              defer_by: float | None = None) -> bool:
+        # attempts made so far is in the id: each retry is a new job, a re-enqueue is not
         return await self._enqueue(
-            DELIVER_WEBHOOK, f"{DELIVER_WEBHOOK}:{delivery_id}:{attempt}", str(delivery_id)
+            DELIVER_WEBHOOK, f"{DELIVER_WEBHOOK}:{delivery_id}:{attempts}", str(delivery_id),
+            defer_by=defer_by,
         )

@@ -11,6 +11,7 @@ import httpx
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 
+from app.attachments.watch import StateWatcher
 from app.config import Settings
 from app.db import create_pool as create_db_pool
 from app.jobs import JobQueue
@@ -28,6 +29,7 @@ class Resources:
     store: Storage
     profiles: Profiles
     http: httpx.AsyncClient
+    watcher: StateWatcher
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -60,6 +62,8 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
         # holding a worker slot.
         http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(10.0, connect=5.0))
         stack.push_async_callback(http.aclose)
+        watcher = StateWatcher(settings.database_url)
+        stack.push_async_callback(watcher.close)
         yield Resources(
             settings=settings,
             pool=pool,
@@ -69,4 +73,5 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
             store=store,
             profiles=profiles,
             http=http,
+            watcher=watcher,
         )

@@ -101,8 +101,9 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     return load_settings(**values)
 
 
-@pytest.fixture
-async def res(settings: Settings) -> AsyncIterator[Resources]:
+@contextlib.asynccontextmanager
+async def fresh_resources(settings: Settings) -> AsyncIterator[Resources]:
+    """Resources over an empty database and an empty queue."""
     async with build_resources(settings) as resources:
         async with resources.pool.acquire() as conn:
             await conn.execute("TRUNCATE apps CASCADE")
@@ -110,12 +111,24 @@ async def res(settings: Settings) -> AsyncIterator[Resources]:
         yield resources
 
 
-@pytest.fixture
-async def client(res: Resources) -> AsyncIterator[httpx.AsyncClient]:
+@contextlib.asynccontextmanager
+async def api_client(res: Resources) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(res.settings, res)
     app.state.resources = res  # ASGITransport does not run the lifespan
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://stowage.test") as c:
+        yield c
+
+
+@pytest.fixture
+async def res(settings: Settings) -> AsyncIterator[Resources]:
+    async with fresh_resources(settings) as resources:
+        yield resources
+
+
+@pytest.fixture
+async def client(res: Resources) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(res) as c:
         yield c
 
 
@@ -187,7 +200,8 @@ def env_for(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for name in ("database_url", "redis_url", "cache_url", "store_url", "queue_name",
                  "secret_key", "sweep_interval", "stale_job_after", "job_timeout",
-                 "webhook_allow_private", "public_url"):
+                 "webhook_allow_private", "public_url", "webhook_timeout",
+                 "webhook_retry_delays", "webhook_disable_after", "max_upload_size"):
         env[f"STOWAGE_{name.upper()}"] = str(getattr(settings, name))
     return env
 

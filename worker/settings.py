@@ -44,6 +44,9 @@ def functions(settings: Settings) -> list[Any]:
              max_tries=8),
         func(tasks.purge_cache, name=jobs.PURGE_CACHE, timeout=settings.job_timeout,
              keep_result=0, max_tries=8),
+        func(tasks.deliver_webhook, name=jobs.DELIVER_WEBHOOK,
+             timeout=min(settings.job_timeout, settings.webhook_timeout + 15), keep_result=0,
+             max_tries=8),
     ]
 
 
@@ -81,6 +84,7 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
         job_timeout=settings.job_timeout,
         keep_result=0,
         health_check_interval=30,
-        poll_delay=0.2,
+        # short: a webhook's latency from commit to receiver includes up to one poll delay
+        poll_delay=0.05,
     )
 

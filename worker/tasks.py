@@ -11,6 +11,7 @@ from arq import Retry
 from app.attachments import service
 from app.resources import Resources
 from app.transient import is_transient
+from app.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -55,4 +56,14 @@ async def purge_cache(ctx: dict[str, Any], attachment_id: str) -> str:
         return await service.purge_cache(_res(ctx), UUID(attachment_id))
     except Exception as e:
         await _transient(ctx, f"purge_cache {attachment_id}", e)
+        raise
+
+
+async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
+    # HTTP failures are the delivery's own business (backoff in Postgres); only our own
+    # database trouble is retried here
+    try:
+        return await webhooks.deliver(_res(ctx), UUID(delivery_id))
+    except Exception as e:
+        await _transient(ctx, f"deliver_webhook {delivery_id}", e)
         raise

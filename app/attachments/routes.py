@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
+from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
 from app.attachments import service
 from app.attachments.downloads import is_active, parse_range
 from app.attachments.schemas import AttachmentList, AttachmentOut, State, present
@@ -20,7 +20,6 @@ from app.errors import (
     UnsupportedMediaType,
     UploadTooLarge,
 )
-from app.ids import parse_uuid
 from app.resources import Resources
 from app.storage import content_disposition
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
@@ -28,13 +27,7 @@ from app.uploads.options import parse_options
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
-PROBLEM = {"content": {"application/problem+json": {}}}
-COMMON_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid API key", **PROBLEM},
-    404: {"description": "No such attachment for this app", **PROBLEM},
-    422: {"description": "Invalid input", **PROBLEM},
-    503: {"description": "Postgres unreachable; retry after Retry-After", **PROBLEM},
-}
+COMMON_ERRORS = not_found_response("attachment")
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     **COMMON_ERRORS,
     400: {"description": "Malformed body", **PROBLEM},
@@ -74,10 +67,7 @@ RAW_BODY = {
 
 
 def _attachment_id(value: str) -> UUID:
-    att_id = parse_uuid(value)
-    if att_id is None:
-        raise AttachmentNotFound(f"no attachment {value}")
-    return att_id
+    return path_id(value, AttachmentNotFound)
 
 
 def _created(res: Resources, row: Any) -> JSONResponse:
@@ -172,25 +162,13 @@ async def upload_raw(
 )
 async def get_attachment(
     attachment_id: str,
+    wait: float = Query(0, ge=0, le=60, description="long-poll: answer as soon as the state"
+                        " is no longer `cached`, or after this many seconds"),
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),
 ) -> dict[str, Any]:
-    row = await service.get(res, app_id, _attachment_id(attachment_id))
+    row = await service.wait_for_change(res, app_id, _attachment_id(attachment_id), wait)
     return present(row, res.settings.public_url)
-
-
-def _encode_cursor(att_id: UUID | None) -> str | None:
-    return base64.urlsafe_b64encode(att_id.bytes).decode().rstrip("=") if att_id else None
-
-
-def _decode_cursor(cursor: str | None) -> UUID | None:
-    if not cursor:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return UUID(bytes=raw)
-    except ValueError:
-        raise InvalidInput("cursor is not one this API handed out", field="cursor") from None
 
 
 @router.get(
@@ -211,11 +189,11 @@ async def list_attachments(
 ) -> dict[str, Any]:
     page = await service.list_attachments(
         res, app_id, state=state, record_type=record_type, record_id=record_id,
-        record_name=record_name, before=_decode_cursor(cursor), limit=limit,
+        record_name=record_name, before=decode_cursor(cursor), limit=limit,
     )
     return {
         "items": [present(r, res.settings.public_url) for r in page.items],
-        "next_cursor": _encode_cursor(page.next_before),
+        "next_cursor": encode_cursor(page.next_before),
     }
 
 

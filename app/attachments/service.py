@@ -23,6 +23,9 @@ from app.resources import Resources
 from app.storage import StorageObjectNotFound
 from app.uploads.ingest import Received, check_against_profile, receive
 from app.uploads.options import UploadOptions
+from app.webhooks import service as webhooks
+from app.webhooks.outbox import emit_attachment
+from app.webhooks.service import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +72,12 @@ async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyn
                                   max_upload_size=res.settings.max_upload_size,
                                   metadata=staged.file.metadata)
         cache_ttl = prof.cache_ttl or res.settings.default_cache_ttl
-        row, replaced = await _insert_replacing_slot(res, staged, options, prof.name, cache_ttl)
+        row, replaced, deliveries = await _insert_replacing_slot(res, staged, options, prof.name,
+                                                                 cache_ttl)
     except BaseException:
         await discard(res, staged)
         raise
+    await dispatch(res, deliveries)
     for old in replaced:
         await res.jobs.destroy(old["id"])
     if options.promote:
@@ -82,7 +87,7 @@ async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyn
 
 async def _insert_replacing_slot(res: Resources, staged: Staged, options: UploadOptions,
                                  profile: str, cache_ttl: int
-                                 ) -> tuple[asyncpg.Record, list[asyncpg.Record]]:
+                                 ) -> tuple[asyncpg.Record, list[asyncpg.Record], list[UUID]]:
     slot = options.record
     async with res.pool.acquire() as conn, conn.transaction():
         replaced = []
@@ -103,7 +108,11 @@ async def _insert_replacing_slot(res: Resources, staged: Staged, options: Upload
             record_name=slot.name if slot else None,
             promote=options.promote, cache_ttl=cache_ttl,
         )
-        return row, replaced
+        url = res.settings.public_url
+        deliveries = [d for old in replaced
+                      for d in await emit_attachment(conn, "attachment.deleted", old, url)]
+        deliveries += await emit_attachment(conn, "attachment.cached", row, url)
+        return row, replaced, deliveries
 
 
 async def upload(res: Resources, app_id: UUID, chunks: AsyncIterable[bytes],
@@ -119,6 +128,25 @@ async def get(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
     if row is None:
         raise AttachmentNotFound(f"no attachment {att_id}")
     return row
+
+
+async def wait_for_change(res: Resources, app_id: UUID, att_id: UUID, wait: float
+                          ) -> asyncpg.Record:
+    """The attachment, once it is no longer `cached` or after `wait` seconds (long-poll).
+
+    Holds no pooled connection while waiting: one LISTEN connection serves every waiter.
+    """
+    row = await get(res, app_id, att_id)
+    if wait <= 0 or row["state"] != "cached":
+        return row
+    await res.watcher.start()
+    with res.watcher.subscribe(att_id) as changed:
+        row = await get(res, app_id, att_id)  # it may have changed before we subscribed
+        if row["state"] != "cached":
+            return row
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed, wait)
+    return await get(res, app_id, att_id)
 
 
 @dataclass
@@ -156,8 +184,15 @@ async def request_promotion(res: Resources, app_id: UUID, att_id: UUID) -> async
 async def delete(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
     """Mark deleted at once; the files go in the background. Deleting twice is fine."""
     await get(res, app_id, att_id)
+    deliveries: list[UUID] = []
     async with res.pool.acquire() as conn:
-        row = await repo.mark_deleted(conn, att_id) or await repo.get(conn, att_id)
+        async with conn.transaction():
+            row = await repo.mark_deleted(conn, att_id)
+            if row is not None:
+                deliveries = await emit_attachment(conn, "attachment.deleted", row,
+                                                   res.settings.public_url)
+        row = row or await repo.get(conn, att_id)
+    await dispatch(res, deliveries)
     await res.jobs.destroy(att_id)
     return row
 
@@ -203,11 +238,15 @@ async def promote(res: Resources, att_id: UUID) -> str:
         derivatives: dict = {}
         async with conn.transaction():
             stored = await repo.mark_stored(conn, att_id, cached_key, store_key, {}, derivatives)
+            if stored is not None:
+                deliveries = await emit_attachment(conn, "attachment.stored", stored,
+                                                   res.settings.public_url)
         if stored is None:
             # replaced or deleted meanwhile: what this run wrote belongs to nobody
             for key in written:
                 await res.store.delete(key)
             return "aborted"
+    await dispatch(res, deliveries)
     await purge_cache(res, att_id)
     return "stored"
 
@@ -217,8 +256,12 @@ async def _fail(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,
     async with conn.transaction():
         failed = await repo.mark_failed(conn, row["id"], row["key"],
                                         {"code": error.code, "detail": error.detail})
+        if failed is not None:
+            deliveries = await emit_attachment(conn, "attachment.failed", failed,
+                                               res.settings.public_url)
     if failed is None:
         return "aborted"
+    await dispatch(res, deliveries)
     await res.store.delete_prefix(keys.prefix(row["app_id"], row["id"]))
     await res.jobs.purge_cache(row["id"])
     return "failed"
@@ -254,6 +297,7 @@ class SweepReport:
     promotions: list[UUID] = field(default_factory=list)
     destroys: list[UUID] = field(default_factory=list)
     cache_purges: list[UUID] = field(default_factory=list)
+    deliveries: list[UUID] = field(default_factory=list)
 
 
 async def sweep(res: Resources) -> SweepReport | None:
@@ -264,7 +308,11 @@ async def sweep(res: Resources) -> SweepReport | None:
     async with res.pool.acquire() as conn, conn.transaction():
         if not await repo.try_lock_sweep(conn):
             return None
-        report.expired = [r["id"] for r in await repo.expire_cached(conn)]
+        expired = await repo.expire_cached(conn)
+        report.expired = [r["id"] for r in expired]
+        for row in expired:
+            report.deliveries += await emit_attachment(conn, "attachment.deleted", row,
+                                                       res.settings.public_url)
         promotions = await repo.stale_promotions(conn, grace)
         report.destroys = [r["id"] for r in await repo.unpurged_deleted(conn, grace)]
         report.cache_purges = [r["id"] for r in await repo.cache_leftovers(conn, grace)]
@@ -276,4 +324,6 @@ async def sweep(res: Resources) -> SweepReport | None:
         await res.jobs.destroy(att_id)
     for att_id in report.cache_purges:
         await res.jobs.purge_cache(att_id)
+    await dispatch(res, report.deliveries)
+    report.deliveries += await webhooks.sweep_due(res)
     return report

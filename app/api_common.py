@@ -1,0 +1,42 @@
+"""Pieces every router shares: opaque cursors, path ids, OpenAPI problem responses."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from uuid import UUID
+
+from app.errors import InvalidInput, NotFound
+from app.ids import parse_uuid
+
+PROBLEM = {"content": {"application/problem+json": {}}}
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key", **PROBLEM},
+    422: {"description": "Invalid input", **PROBLEM},
+    503: {"description": "Postgres unreachable; retry after Retry-After", **PROBLEM},
+}
+
+
+def not_found_response(what: str) -> dict[int | str, dict[str, Any]]:
+    return {**AUTH_ERRORS, 404: {"description": f"No such {what} for this app", **PROBLEM}}
+
+
+def encode_cursor(last_id: UUID | None) -> str | None:
+    return base64.urlsafe_b64encode(last_id.bytes).decode().rstrip("=") if last_id else None
+
+
+def decode_cursor(cursor: str | None) -> UUID | None:
+    if not cursor:
+        return None
+    try:
+        return UUID(bytes=base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except ValueError:
+        raise InvalidInput("cursor is not one this API handed out", field="cursor") from None
+
+
+def path_id(value: str, error: type[NotFound]) -> UUID:
+    """A UUID from the path; anything else is simply not found (404, not 422)."""
+    parsed = parse_uuid(value)
+    if parsed is None:
+        raise error(f"no such id {value}")
+    return parsed

@@ -1,0 +1,130 @@
+"""One HTTP attempt of a webhook: SSRF guard, Standard Webhooks signature, capped response."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+from standardwebhooks import Webhook
+
+MAX_RESPONSE_BYTES = 16 * 1024
+USER_AGENT = "Stowage-Webhooks/1"
+
+
+class BlockedDestination(Exception):
+    """The URL resolves to an address webhooks may not reach."""
+
+
+@dataclass
+class AttemptResult:
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    response_body: str | None
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def is_forbidden_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
+            or ip.is_reserved or ip.is_unspecified)
+
+
+async def resolve_public(host: str, port: int, allow_private: bool) -> str:
+    """An address to connect to; refuses private ones unless allowed. We connect to this very
+    address afterwards, so a DNS answer that changes between check and use (rebinding) does
+    not get past the check."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise BlockedDestination(f"cannot resolve {host}: {e}") from None
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    if not allow_private:
+        bad = [str(a) for a in addresses if is_forbidden_address(a)]
+        if bad:
+            raise BlockedDestination(
+                f"{host} resolves to a private, loopback, link-local or multicast address"
+                f" ({', '.join(bad)}); set STOWAGE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+            )
+    return str(addresses[0])
+
+
+def encode_body(body: dict[str, Any]) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def signed_headers(secret: str, msg_id: str, payload: str, now: datetime) -> dict[str, str]:
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        # standardwebhooks wants an aware UTC datetime and the exact text that is sent
+        "webhook-signature": Webhook(secret).sign(msg_id, now, payload),
+        "content-type": "application/json",
+        "user-agent": USER_AGENT,
+    }
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+async def attempt(http: httpx.AsyncClient, *, url: str, secret: str, msg_id: str,
+                  body: dict[str, Any], allow_private: bool, timeout_s: float) -> AttemptResult:
+    started = time.monotonic()
+
+    def elapsed() -> int:
+        return int((time.monotonic() - started) * 1000)
+
+    payload = encode_body(body)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        ip = await resolve_public(host, port, allow_private)
+    except BlockedDestination as e:
+        return AttemptResult(None, str(e), elapsed(), None)
+    netloc_ip = f"[{ip}]" if ":" in ip else ip
+    target = urlunsplit(parts._replace(netloc=f"{netloc_ip}:{port}"))
+    headers = signed_headers(secret, msg_id, payload, datetime.now(UTC))
+    headers["host"] = parts.netloc.rsplit("@", 1)[-1]
+    try:
+        async with http.stream(
+            "POST", target, content=payload.encode(), headers=headers, timeout=timeout_s,
+            extensions={"sni_hostname": host} if parts.scheme == "https" else {},
+        ) as resp:
+            chunks, size = [], 0
+            async for chunk in resp.aiter_bytes():
+                chunks.append(chunk)
+                size += len(chunk)
+                if size >= MAX_RESPONSE_BYTES:
+                    break  # a receiver's answer is a log line, not a download
+            text = b"".join(chunks)[:MAX_RESPONSE_BYTES].decode("utf-8", "replace")
+            return AttemptResult(resp.status_code, None if resp.is_success else
+                                 f"HTTP {resp.status_code}", elapsed(), text,
+                                 _retry_after(resp.headers.get("retry-after")))
+    except httpx.TimeoutException:
+        return AttemptResult(None, f"no answer within {timeout_s:g} s", elapsed(), None)
+    except httpx.HTTPError as e:
+        return AttemptResult(None, f"{type(e).__name__}: {e}"[:500], elapsed(), None)

@@ -1,0 +1,113 @@
+"""HTTP adapter for webhook endpoints and their delivery log."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+
+from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
+from app.deps import current_app_id, resources
+from app.errors import NotFound, WebhookEndpointNotFound
+from app.resources import Resources
+from app.webhooks import service
+from app.webhooks.schemas import (
+    DeliveryList,
+    DeliveryOut,
+    EndpointCreate,
+    EndpointList,
+    EndpointOut,
+    EndpointPatch,
+    present_delivery,
+    present_endpoint,
+)
+
+router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+ERRORS = not_found_response("webhook endpoint")
+
+
+def _endpoint_id(value: str) -> UUID:
+    return path_id(value, WebhookEndpointNotFound)
+
+
+@router.post("", status_code=201, response_model=EndpointOut, responses=ERRORS,
+             summary="Subscribe a URL to events; the answer holds its signing secret")
+async def create_endpoint(body: EndpointCreate, app_id: UUID = Depends(current_app_id),
+                          res: Resources = Depends(resources)) -> JSONResponse:
+    row = await service.create_endpoint(res, app_id, body.url, body.events, body.description)
+    return JSONResponse(present_endpoint(row), status_code=201,
+                        headers={"Location": f"/v1/webhook-endpoints/{row['id']}"})
+
+
+@router.get("", response_model=EndpointList, responses=ERRORS, summary="List endpoints")
+async def list_endpoints(cursor: str | None = None, limit: int = Query(50, ge=1, le=200),
+                         app_id: UUID = Depends(current_app_id),
+                         res: Resources = Depends(resources)) -> dict[str, Any]:
+    rows = await service.list_endpoints(res, app_id, decode_cursor(cursor), limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": [present_endpoint(r) for r in rows],
+            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None}
+
+
+@router.get("/{endpoint_id}", response_model=EndpointOut, responses=ERRORS,
+            summary="Get an endpoint")
+async def get_endpoint(endpoint_id: str, app_id: UUID = Depends(current_app_id),
+                       res: Resources = Depends(resources)) -> dict[str, Any]:
+    return present_endpoint(await service.get_endpoint(res, app_id, _endpoint_id(endpoint_id)))
+
+
+@router.patch("/{endpoint_id}", response_model=EndpointOut, responses=ERRORS,
+              summary="Change url, events, description, enabled; rotate the secret")
+async def patch_endpoint(endpoint_id: str, body: EndpointPatch,
+                         app_id: UUID = Depends(current_app_id),
+                         res: Resources = Depends(resources)) -> dict[str, Any]:
+    patch = body.model_dump(exclude_unset=True)
+    for key in ("url", "enabled"):  # explicit nulls mean nothing for these
+        if key in patch and patch[key] is None:
+            del patch[key]
+    row = await service.update_endpoint(res, app_id, _endpoint_id(endpoint_id), patch)
+    return present_endpoint(row)
+
+
+@router.delete("/{endpoint_id}", status_code=204, responses=ERRORS, summary="Delete an endpoint")
+async def delete_endpoint(endpoint_id: str, app_id: UUID = Depends(current_app_id),
+                          res: Resources = Depends(resources)) -> Response:
+    await service.delete_endpoint(res, app_id, _endpoint_id(endpoint_id))
+    return Response(status_code=204)
+
+
+@router.get("/{endpoint_id}/deliveries", response_model=DeliveryList, responses=ERRORS,
+            summary="The delivery log, newest first")
+async def list_deliveries(endpoint_id: str,
+                          status: Literal["pending", "delivered", "failed"] | None = None,
+                          cursor: str | None = None, limit: int = Query(50, ge=1, le=200),
+                          app_id: UUID = Depends(current_app_id),
+                          res: Resources = Depends(resources)) -> dict[str, Any]:
+    rows = await service.list_deliveries(res, app_id, _endpoint_id(endpoint_id), status,
+                                         decode_cursor(cursor), limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return {"items": [present_delivery(r) for r in rows],
+            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None}
+
+
+@router.post("/{endpoint_id}/deliveries/{delivery_id}/retry", status_code=202,
+             response_model=DeliveryOut, responses=ERRORS, summary="Deliver again now")
+async def retry_delivery(endpoint_id: str, delivery_id: str,
+                         app_id: UUID = Depends(current_app_id),
+                         res: Resources = Depends(resources)) -> JSONResponse:
+    row = await service.retry_delivery(res, app_id, _endpoint_id(endpoint_id),
+                                       path_id(delivery_id, NotFound))
+    return JSONResponse(present_delivery(row), status_code=202)
+
+
+@router.post("/{endpoint_id}/test", status_code=202, response_model=DeliveryOut,
+             responses={**ERRORS, 409: {"description": "The endpoint is disabled", **PROBLEM}},
+             summary="Send a webhook.test event to this endpoint")
+async def test_endpoint(endpoint_id: str, app_id: UUID = Depends(current_app_id),
+                        res: Resources = Depends(resources)) -> JSONResponse:
+    row = await service.send_test(res, app_id, _endpoint_id(endpoint_id))
+    return JSONResponse(present_delivery(row), status_code=202)

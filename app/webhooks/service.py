@@ -1,0 +1,222 @@
+"""Webhook endpoints, and delivering the outbox: attempts, backoff, disabling, redelivery."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import logging
+import random
+import secrets
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import asyncpg
+
+from app.errors import InvalidInput, InvalidState, NotFound, WebhookEndpointNotFound
+from app.failpoints import failpoint
+from app.ids import uuid7
+from app.resources import Resources
+from app.webhooks import delivery as http_delivery
+from app.webhooks import repository as repo
+from app.webhooks.outbox import EVENT_TYPES, TEST_EVENT, emit
+
+log = logging.getLogger(__name__)
+
+MAX_URL_LENGTH = 2048
+RETRY_AFTER_CAP_S = 24 * 3600
+JITTER = 0.2
+
+
+def new_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def validate_url(url: str, allow_private: bool) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidInput("url must be an absolute http:// or https:// URL", field="url")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidInput(f"url is longer than {MAX_URL_LENGTH} characters", field="url")
+    try:
+        literal = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        literal = None  # a name: checked when resolved, at every delivery
+    if literal is not None and not allow_private and http_delivery.is_forbidden_address(literal):
+        raise InvalidInput("url points to a private, loopback or link-local address",
+                           field="url")
+    return url
+
+
+def validate_events(events: list[str] | None) -> list[str] | None:
+    if events is None:
+        return None
+    unknown = sorted(set(events) - set(EVENT_TYPES))
+    if unknown:
+        raise InvalidInput(f"unknown event types {unknown}; known: {list(EVENT_TYPES)}",
+                           field="events")
+    if not events:
+        raise InvalidInput("events must name at least one type, or be left out for all",
+                           field="events")
+    return sorted(set(events))
+
+
+async def create_endpoint(res: Resources, app_id: UUID, url: str, events: list[str] | None,
+                          description: str | None) -> asyncpg.Record:
+    url = validate_url(url, res.settings.webhook_allow_private)
+    async with res.pool.acquire() as conn:
+        return await repo.insert_endpoint(conn, id=uuid7(), app_id=app_id, url=url,
+                                          secret=new_secret(), events=validate_events(events),
+                                          description=description)
+
+
+async def get_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID) -> asyncpg.Record:
+    async with res.pool.acquire() as conn:
+        row = await repo.get_endpoint(conn, app_id, endpoint_id)
+    if row is None:
+        raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
+    return row
+
+
+async def list_endpoints(res: Resources, app_id: UUID, before: UUID | None, limit: int
+                         ) -> list[asyncpg.Record]:
+    async with res.pool.acquire() as conn:
+        return await repo.list_endpoints(conn, app_id, before, limit)
+
+
+async def update_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID,
+                          patch: dict[str, Any]) -> asyncpg.Record:
+    """Apply a PATCH: url, events, description, enabled, rotate_secret."""
+    changes: dict[str, Any] = {}
+    if "url" in patch:
+        changes["url"] = validate_url(patch["url"], res.settings.webhook_allow_private)
+    if "events" in patch:
+        changes["events"] = validate_events(patch["events"])
+    if "description" in patch:
+        changes["description"] = patch["description"]
+    if "enabled" in patch:
+        changes["enabled"] = bool(patch["enabled"])
+        if patch["enabled"]:  # a fresh start: the failure clock restarts too
+            changes["disabled_reason"] = None
+            changes["failing_since"] = None
+    if patch.get("rotate_secret"):
+        changes["secret"] = new_secret()
+    if not changes:
+        return await get_endpoint(res, app_id, endpoint_id)
+    async with res.pool.acquire() as conn:
+        row = await repo.update_endpoint(conn, app_id, endpoint_id, changes)
+    if row is None:
+        raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
+    return row
+
+
+async def delete_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID) -> None:
+    async with res.pool.acquire() as conn:
+        if not await repo.delete_endpoint(conn, app_id, endpoint_id):
+            raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
+
+
+async def list_deliveries(res: Resources, app_id: UUID, endpoint_id: UUID, status: str | None,
+                          before: UUID | None, limit: int) -> list[asyncpg.Record]:
+    await get_endpoint(res, app_id, endpoint_id)
+    async with res.pool.acquire() as conn:
+        return await repo.list_deliveries(conn, endpoint_id, status, before, limit)
+
+
+async def retry_delivery(res: Resources, app_id: UUID, endpoint_id: UUID, delivery_id: UUID
+                         ) -> asyncpg.Record:
+    await get_endpoint(res, app_id, endpoint_id)
+    async with res.pool.acquire() as conn:
+        row = await repo.reset_delivery(conn, endpoint_id, delivery_id)
+        if row is None:
+            raise NotFound(f"no delivery {delivery_id} for endpoint {endpoint_id}")
+        await res.jobs.deliver_webhook(row["id"], row["attempts"])
+        return await repo.get_delivery(conn, endpoint_id, delivery_id)
+
+
+async def send_test(res: Resources, app_id: UUID, endpoint_id: UUID) -> asyncpg.Record:
+    endpoint = await get_endpoint(res, app_id, endpoint_id)
+    async with res.pool.acquire() as conn, conn.transaction():
+        ids = await emit(conn, app_id, TEST_EVENT,
+                         {"endpoint_id": str(endpoint_id), "message": "Hello from Stowage"},
+                         only_endpoint=endpoint["id"])
+    if not ids:  # a disabled endpoint gets nothing, not even a ping
+        raise InvalidState(f"webhook endpoint {endpoint_id} is disabled")
+    await dispatch(res, ids)
+    async with res.pool.acquire() as conn:
+        return await repo.get_delivery(conn, endpoint_id, ids[0])
+
+
+async def dispatch(res: Resources, delivery_ids: list[UUID]) -> None:
+    """Enqueue the first attempt of fresh deliveries (after their transaction committed)."""
+    for delivery_id in delivery_ids:
+        await res.jobs.deliver_webhook(delivery_id, 0)
+
+
+def next_delay(delays: list[int], attempts: int, retry_after: float | None) -> float | None:
+    """Seconds until the next attempt after `attempts` tries, or None when they are spent."""
+    if attempts > len(delays):
+        return None
+    base = delays[attempts - 1]
+    delay = base * random.uniform(1 - JITTER, 1 + JITTER)  # spread retries of an outage
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
+    return delay
+
+
+async def deliver(res: Resources, delivery_id: UUID) -> str:
+    """Make one attempt of a due delivery. Idempotent: not due or taken → "skipped"."""
+    settings = res.settings
+    # longer than one attempt can take (httpx's timeout is per phase: connect, write, read)
+    lease = int(3 * settings.webhook_timeout) + 5
+    async with res.pool.acquire() as conn:
+        claimed = await repo.claim_delivery(conn, delivery_id, lease)
+    if claimed is None:
+        return "skipped"
+    if not claimed["enabled"]:
+        async with res.pool.acquire() as conn:
+            await repo.finish_delivery(conn, delivery_id, status="failed", status_code=None,
+                                       error="endpoint disabled", next_attempt_in_s=None)
+        return "failed"
+    await failpoint("deliver.before_send")
+    result = await http_delivery.attempt(
+        res.http, url=claimed["url"], secret=claimed["secret"],
+        msg_id=f"msg_{claimed['event_id']}", body=claimed["body"],
+        allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout,
+    )
+    async with res.pool.acquire() as conn, conn.transaction():
+        await repo.insert_attempt(conn, delivery_id, result.status_code, result.error,
+                                  result.duration_ms, result.response_body)
+        if result.ok:
+            await repo.finish_delivery(conn, delivery_id, status="delivered",
+                                       status_code=result.status_code, error=None,
+                                       next_attempt_in_s=None)
+            await repo.record_success(conn, claimed["endpoint_id"])
+            return "delivered"
+        if result.status_code == 410:  # the receiver asks us to stop, for good
+            await repo.disable_endpoint(conn, claimed["endpoint_id"],
+                                        "the receiver answered 410 Gone")
+            await repo.finish_delivery(conn, delivery_id, status="failed", status_code=410,
+                                       error=result.error, next_attempt_in_s=None)
+            return "failed"
+        await repo.record_failure(conn, claimed["endpoint_id"], settings.webhook_disable_after)
+        delay = next_delay(settings.retry_delays, claimed["attempts"], result.retry_after_s)
+        await repo.finish_delivery(conn, delivery_id,
+                                   status="pending" if delay is not None else "failed",
+                                   status_code=result.status_code, error=result.error,
+                                   next_attempt_in_s=delay)
+    if delay is None:
+        return "failed"
+    await res.jobs.deliver_webhook(delivery_id, claimed["attempts"], defer_by=delay)
+    return "retrying"
+
+
+async def sweep_due(res: Resources) -> list[UUID]:
+    """Re-enqueue deliveries that are due but whose job Redis may have lost."""
+    async with res.pool.acquire() as conn:
+        due = await repo.due_deliveries(conn, grace_s=2)
+    enqueued = []
+    for row in due:
+        if await res.jobs.deliver_webhook(row["id"], row["attempts"]):
+            enqueued.append(row["id"])
+    return enqueued

@@ -1,0 +1,317 @@
+"""Webhooks against a real HTTP receiver: signatures, retries, one webhook-id, the outbox
+surviving Redis and worker loss, filters, tenants, SSRF, disabling, and the long-poll."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from app.attachments import service
+from app.auth import service as auth
+from app.webhooks import service as webhooks
+from tests.conftest import (
+    AppKey,
+    api_client,
+    env_for,
+    fresh_resources,
+    make_settings,
+    process,
+    run_worker,
+    wait_for,
+)
+from tests.receiver import Receiver, Reply
+
+
+@pytest.fixture
+def receiver():
+    with Receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def hooks(tmp_path, database_url, request):
+    """Resources, client and tenant with fast retries; override with @pytest.mark.settings."""
+    marker = request.node.get_closest_marker("settings")
+    overrides = {"webhook_retry_delays": "0,0,0", "webhook_timeout": 0.5,
+                 **(marker.kwargs if marker else {})}
+    settings = make_settings(tmp_path, database_url, **overrides)
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        new = await auth.create_app(res.pool, "hooks")
+        yield res, client, AppKey(new.app_id, new.api_key)
+
+
+async def subscribe(client, tenant, url, **body):
+    r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
+                          json={"url": url, **body})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def upload(client, tenant, data=b"hello", **fields):
+    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
+                          files={"file": ("a.txt", data)})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def deliveries(client, tenant, endpoint_id):
+    r = await client.get(f"/v1/webhook-endpoints/{endpoint_id}/deliveries",
+                         headers=tenant.headers)
+    assert r.status_code == 200
+    return r.json()["items"]
+
+
+async def test_endpoint_crud_and_validation(hooks, receiver):
+    _, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, description="main")
+    assert ep["secret"].startswith("whsec_") and ep["enabled"] is True
+    assert ep["events"] is None
+    for bad in [{"url": "ftp://x/y"}, {"url": "not a url"}, {"url": "http:///nohost"},
+                {"url": receiver.url, "events": ["attachment.exploded"]},
+                {"url": receiver.url, "events": []}, {"url": receiver.url, "extra": 1}]:
+        r = await client.post("/v1/webhook-endpoints", headers=tenant.headers, json=bad)
+        assert r.status_code == 422, bad
+        assert r.headers["content-type"] == "application/problem+json"
+    r = await client.get(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers)
+    assert r.json()["url"] == receiver.url
+    r = await client.patch(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers,
+                           json={"events": ["attachment.stored"], "rotate_secret": True,
+                                 "enabled": False})
+    assert r.status_code == 200
+    assert r.json()["events"] == ["attachment.stored"] and r.json()["enabled"] is False
+    assert r.json()["secret"] != ep["secret"]
+    r = await client.patch(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers,
+                           json={"url": "gopher://x"})
+    assert r.status_code == 422
+    listed = (await client.get("/v1/webhook-endpoints", headers=tenant.headers)).json()
+    assert [e["id"] for e in listed["items"]] == [ep["id"]]
+    assert (await client.delete(f"/v1/webhook-endpoints/{ep['id']}",
+                                headers=tenant.headers)).status_code == 204
+    assert (await client.get(f"/v1/webhook-endpoints/{ep['id']}",
+                             headers=tenant.headers)).status_code == 404
+
+
+async def test_events_are_signed_and_carry_the_attachment(hooks, receiver):
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url)
+    att = await upload(client, tenant)
+    await run_worker(res)
+    assert [r.json["type"] for r in receiver.received] == ["attachment.cached",
+                                                           "attachment.stored"]
+    stored = receiver.of_type("attachment.stored")[0]
+    event = Webhook(ep["secret"]).verify(stored.body, stored.headers)
+    assert event["data"]["id"] == att["id"] and event["data"]["state"] == "stored"
+    assert event["data"]["generation"] > att["generation"]
+    assert datetime.fromisoformat(event["timestamp"]) <= datetime.now(UTC)
+    other = "whsec_" + "A" * 43 + "="
+    with pytest.raises(WebhookVerificationError):
+        Webhook(other).verify(stored.body, stored.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(ep["secret"]).verify(stored.body + b" ", stored.headers)
+    assert stored.headers["webhook-id"] != receiver.of_type("attachment.cached")[0].headers[
+        "webhook-id"]
+
+
+async def test_retries_after_500_and_timeout_keep_one_webhook_id(hooks, receiver):
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    receiver.script = [Reply(500), Reply(200, delay=1.5), Reply(200)]  # 500, timeout, ok
+    await upload(client, tenant, promote="false")
+    await run_worker(res)
+    assert len(receiver.received) == 3
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+    for r in receiver.received:
+        Webhook(ep["secret"]).verify(r.body, r.headers)
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert (log["status"], log["attempts"], log["last_status_code"]) == ("delivered", 3, 200)
+    assert log["delivered_at"] and log["next_attempt_at"] is None
+    await run_worker(res)  # nothing more is sent after the success
+    await service.sweep(res)
+    await run_worker(res)
+    assert len(receiver.received) == 3
+
+
+async def test_gives_up_after_the_last_delay_then_manual_retry(hooks, receiver):
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    receiver.default = Reply(500)
+    await upload(client, tenant, promote="false")
+    await run_worker(res)
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert (log["status"], log["attempts"], log["last_status_code"]) == ("failed", 4, 500)
+    assert log["last_error"] == "HTTP 500" and log["event_type"] == "attachment.cached"
+    receiver.default = Reply(204)
+    r = await client.post(f"/v1/webhook-endpoints/{ep['id']}/deliveries/{log['id']}/retry",
+                          headers=tenant.headers)
+    assert r.status_code == 202
+    await run_worker(res)
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert log["status"] == "delivered" and log["attempts"] == 5
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+
+
+async def test_retry_after_is_honoured_and_410_disables(hooks, receiver):
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    receiver.script = [Reply(503, headers={"Retry-After": "120"})]
+    await upload(client, tenant, promote="false")
+    # one attempt, by hand: a burst worker would wait out the 120 s deferral
+    await res.redis.delete(res.settings.queue_name)
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert await webhooks.deliver(res, uuid.UUID(log["id"])) == "retrying"
+    [log] = await deliveries(client, tenant, ep["id"])
+    due = datetime.fromisoformat(log["next_attempt_at"])
+    assert log["status"] == "pending" and (due - datetime.now(UTC)).total_seconds() > 100
+    assert await webhooks.deliver(res, uuid.UUID(log["id"])) == "skipped"  # not due yet
+    await res.redis.delete(res.settings.queue_name)
+
+    receiver.script = [Reply(410)]
+    await upload(client, tenant, promote="false")
+    await run_worker(res)
+    got = (await client.get(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers)).json()
+    assert got["enabled"] is False and "410" in got["disabled_reason"]
+
+
+@pytest.mark.settings(webhook_disable_after=1)
+async def test_endpoint_failing_too_long_is_disabled_then_reenabled(hooks, receiver):
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    receiver.default = Reply(500)
+    await upload(client, tenant, promote="false")
+    await run_worker(res)
+    await asyncio.sleep(1.2)
+    await upload(client, tenant, promote="false")
+    await run_worker(res)
+    got = (await client.get(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers)).json()
+    assert got["enabled"] is False and "no successful delivery" in got["disabled_reason"]
+    sent = len(receiver.received)
+    await upload(client, tenant, promote="false")
+    await run_worker(res)
+    assert len(receiver.received) == sent  # disabled: nothing new is sent
+    r = await client.patch(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers,
+                           json={"enabled": True})
+    assert r.json()["enabled"] is True and r.json()["disabled_reason"] is None
+
+
+async def test_filters_tenants_and_test_ping(hooks, receiver):
+    res_, client, tenant = hooks
+    only_stored = await subscribe(client, tenant, receiver.url + "?stored",
+                                  events=["attachment.stored"])
+    other = await auth.create_app(res_.pool, "other")
+    other_key = AppKey(other.app_id, other.api_key)
+    with Receiver() as other_receiver:
+        await subscribe(client, other_key, other_receiver.url)
+        await upload(client, tenant)
+        await run_worker(res_)
+        assert other_receiver.received == []
+    assert [r.json["type"] for r in receiver.received] == ["attachment.stored"]
+    r = await client.post(f"/v1/webhook-endpoints/{only_stored['id']}/test",
+                          headers=tenant.headers)
+    assert r.status_code == 202
+    await run_worker(res_)
+    ping = receiver.of_type("webhook.test")
+    assert len(ping) == 1 and ping[0].json["data"]["endpoint_id"] == only_stored["id"]
+    r = await client.post(f"/v1/webhook-endpoints/{only_stored['id']}/test",
+                          headers=other_key.headers)
+    assert r.status_code == 404
+
+
+@pytest.mark.settings(webhook_allow_private=False)
+async def test_ssrf_guard_refuses_private_destinations(hooks, receiver):
+    res, client, tenant = hooks
+    r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
+                          json={"url": receiver.url})
+    assert r.status_code == 422 and "private" in r.json()["detail"]
+    for url in ["http://10.0.0.8/x", "http://[::1]/x", "http://169.254.169.254/latest"]:
+        r = await client.post("/v1/webhook-endpoints", headers=tenant.headers, json={"url": url})
+        assert r.status_code == 422, url
+    ep = await subscribe(client, tenant, f"http://localhost:{receiver.port}/hook")
+    await upload(client, tenant, promote="false")
+    await run_worker(res)
+    assert receiver.received == []
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert log["status"] == "failed" and "private" in log["last_error"]
+
+
+async def test_deleted_and_failed_events(hooks, receiver):
+    res, client, tenant = hooks
+    await subscribe(client, tenant, receiver.url)
+    att = await upload(client, tenant, promote="false")
+    row = await service.get(res, tenant.app_id, uuid.UUID(att["id"]))
+    await res.cache.delete(row["key"])
+    await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    await run_worker(res)
+    [failed] = receiver.of_type("attachment.failed")
+    assert failed.json["data"]["error"]["code"] == "file_missing"
+    await client.delete(f"/v1/attachments/{att['id']}", headers=tenant.headers)
+    await run_worker(res)
+    [deleted] = receiver.of_type("attachment.deleted")
+    assert deleted.json["data"]["id"] == att["id"] and deleted.json["data"]["url"] is None
+
+
+async def test_events_survive_a_redis_flush(hooks, receiver, redis_client):
+    res, client, tenant = hooks
+    await subscribe(client, tenant, receiver.url)
+    await upload(client, tenant, promote="false")
+    await redis_client.flushdb()  # the committed event's job is gone
+    await asyncio.sleep(2.1)  # past the sweep's grace for due deliveries
+    report = await service.sweep(res)
+    assert len(report.deliveries) == 1
+    await run_worker(res)
+    assert [r.json["type"] for r in receiver.received] == ["attachment.cached"]
+
+
+@pytest.mark.settings(job_timeout=3, webhook_timeout=1)
+async def test_worker_sigkilled_between_commit_and_delivery(hooks, receiver, tmp_path):
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    env = env_for(res.settings)
+    await upload(client, tenant, promote="false")
+
+    async def claimed():
+        return (await deliveries(client, tenant, ep["id"]))[0]["attempts"] == 1
+
+    with process(["worker"], {**env, "STOWAGE_FAILPOINTS": "deliver.before_send=sleep:120"},
+                 tmp_path / "w1.log") as first:
+        await wait_for(claimed, within=20)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(5)
+    assert receiver.received == []
+    with process(["worker"], env, tmp_path / "w2.log"):
+        await wait_for(lambda: _has(receiver), within=40, interval=0.2)
+        await asyncio.sleep(1.0)
+    assert len(receiver.received) == 1
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert log["status"] == "delivered" and log["attempts"] == 2
+
+
+async def _has(receiver) -> bool:
+    return bool(receiver.received)
+
+
+async def test_long_poll_wakes_on_promotion(hooks):
+    res, client, tenant = hooks
+    att = await upload(client, tenant, promote="false")
+    started = time.monotonic()
+    r = await client.get(f"/v1/attachments/{att['id']}?wait=1", headers=tenant.headers)
+    assert r.json()["state"] == "cached"
+    assert 0.9 < time.monotonic() - started < 3  # the deadline answers with the current state
+    poll = asyncio.create_task(client.get(f"/v1/attachments/{att['id']}?wait=30",
+                                          headers=tenant.headers))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    await run_worker(res)
+    promoted_at = time.monotonic()
+    r = await asyncio.wait_for(poll, 5)
+    assert r.json()["state"] == "stored"
+    assert time.monotonic() - promoted_at < 1.0
+    r = await client.get(f"/v1/attachments/{att['id']}?wait=61", headers=tenant.headers)
+    assert r.status_code == 422
