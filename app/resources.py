@@ -11,6 +11,7 @@ import httpx
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 
+from app.attachments.links import Links
 from app.attachments.watch import StateWatcher
 from app.config import Settings
 from app.db import create_pool as create_db_pool
@@ -30,6 +31,7 @@ class Resources:
     profiles: Profiles
     http: httpx.AsyncClient
     watcher: StateWatcher
+    links: Links
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
@@ -74,4 +76,5 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
             profiles=profiles,
             http=http,
             watcher=watcher,
+            links=Links(settings.public_url, settings.signing_key, settings.download_url_ttl),
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -149,3 +150,29 @@ async def test_health_and_readiness(client):
     r = await client.get("/readyz")
     assert r.status_code == 200
     assert r.json()["checks"] == {"postgres": "ok", "redis": "ok", "cache": "ok", "store": "ok"}
+
+
+async def test_signed_url_works_without_the_key_and_refuses_tampering(client, tenant):
+    att = await upload(client, tenant, b"signed bytes")
+    other = await upload(client, tenant, b"other")
+    r = await client.get(att["url"])  # no Authorization header
+    assert r.status_code == 200 and r.content == b"signed bytes"
+    assert r.headers["x-content-type-options"] == "nosniff"
+    r = await client.get(att["url"], headers={"Range": "bytes=0-5"})
+    assert r.status_code == 206 and r.content == b"signed"
+    token = att["url"].split("token=")[1]
+    for bad in [att["url"][:-2] + "xx", other["url"].replace(other["id"], att["id"]),
+                f"/v1/attachments/{att['id']}/content?token={token[::-1]}"]:
+        r = await client.get(bad)
+        assert r.status_code == 403, bad
+        assert r.headers["content-type"] == "application/problem+json"
+    r = await client.get(f"/v1/attachments/{att['id']}/content")
+    assert r.status_code == 401  # neither a link nor a key
+
+
+async def test_signed_url_expires(client, tenant, res):
+    att = await upload(client, tenant, b"short-lived")
+    res.links.ttl = 1
+    await asyncio.sleep(2.1)
+    r = await client.get(att["url"])
+    assert r.status_code == 403 and "expired" in r.json()["detail"]

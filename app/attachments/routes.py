@@ -7,12 +7,13 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 
 from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
 from app.attachments import service
 from app.attachments.downloads import is_active, parse_range
 from app.attachments.schemas import AttachmentList, AttachmentOut, State, present
-from app.deps import current_app_id, resources
+from app.deps import bearer, current_app_id, resources
 from app.errors import (
     AttachmentNotFound,
     InvalidInput,
@@ -71,7 +72,7 @@ def _attachment_id(value: str) -> UUID:
 
 
 def _created(res: Resources, row: Any) -> JSONResponse:
-    body = present(row, res.settings.public_url)
+    body = present(row, res.links)
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/attachments/{row['id']}"})
 
 
@@ -168,7 +169,7 @@ async def get_attachment(
     res: Resources = Depends(resources),
 ) -> dict[str, Any]:
     row = await service.wait_for_change(res, app_id, _attachment_id(attachment_id), wait)
-    return present(row, res.settings.public_url)
+    return present(row, res.links)
 
 
 @router.get(
@@ -192,7 +193,7 @@ async def list_attachments(
         record_name=record_name, before=decode_cursor(cursor), limit=limit,
     )
     return {
-        "items": [present(r, res.settings.public_url) for r in page.items],
+        "items": [present(r, res.links) for r in page.items],
         "next_cursor": encode_cursor(page.next_before),
     }
 
@@ -210,7 +211,7 @@ async def promote_attachment(
     res: Resources = Depends(resources),
 ) -> JSONResponse:
     row = await service.request_promotion(res, app_id, _attachment_id(attachment_id))
-    return JSONResponse(present(row, res.settings.public_url), status_code=202)
+    return JSONResponse(present(row, res.links), status_code=202)
 
 
 @router.delete(
@@ -226,7 +227,7 @@ async def delete_attachment(
     res: Resources = Depends(resources),
 ) -> JSONResponse:
     row = await service.delete(res, app_id, _attachment_id(attachment_id))
-    return JSONResponse(present(row, res.settings.public_url), status_code=202)
+    return JSONResponse(present(row, res.links), status_code=202)
 
 
 @router.get(
@@ -236,6 +237,7 @@ async def delete_attachment(
         200: {"description": "The file", "content": {"application/octet-stream": {}}},
         206: {"description": "The requested byte range"},
         307: {"description": "Redirect to a short-lived storage URL"},
+        403: {"description": "Bad or expired signed link", **PROBLEM},
         409: {"description": "The attachment is deleted or failed", **PROBLEM},
         416: {"description": "Range not satisfiable", **PROBLEM},
     },
@@ -244,11 +246,22 @@ async def delete_attachment(
 async def download(
     attachment_id: str,
     request: Request,
-    app_id: UUID = Depends(current_app_id),
+    token: str | None = Query(None, description="the signed token of the attachment's `url`"),
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     res: Resources = Depends(resources),
 ) -> Response:
-    row = await service.get(res, app_id, _attachment_id(attachment_id))
+    row = await _readable(request, res, _attachment_id(attachment_id), token, credentials)
     return await serve_file(request, res, row)
+
+
+async def _readable(request: Request, res: Resources, att_id: UUID, token: str | None,
+                    credentials: HTTPAuthorizationCredentials | None,
+                    derivative: str | None = None) -> Any:
+    """Downloads take a signed link (for browsers) or the API key."""
+    if token is not None:
+        return await service.get_by_link(res, att_id, token, derivative)
+    app_id = await current_app_id(request, credentials)
+    return await service.get(res, app_id, att_id)
 
 
 async def serve_file(request: Request, res: Resources, row: Any) -> Response:

@@ -8,6 +8,8 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
+from app.attachments.links import Links
+
 State = Literal["cached", "stored", "failed", "deleted"]
 
 
@@ -47,10 +49,9 @@ class AttachmentList(BaseModel):
     next_cursor: str | None
 
 
-def present(row: Any, public_url: str) -> dict[str, Any]:
+def present(row: Any, links: Links) -> dict[str, Any]:
     """The attachment object as clients and webhook receivers see it."""
-    base = f"{public_url.rstrip('/')}/v1/attachments/{row['id']}"
-    live = row["state"] != "deleted"
+    live = row["state"] in ("cached", "stored")
     record = None
     if row["record_type"] is not None:
         record = {"type": row["record_type"], "id": row["record_id"], "name": row["record_name"]}
@@ -66,10 +67,10 @@ def present(row: Any, public_url: str) -> dict[str, Any]:
         "client_metadata": row["client_metadata"],
         "record": record,
         "derivatives": {
-            name: {**d, "url": f"{base}/derivatives/{name}"}
+            name: {**d, "url": links.derivative_url(row["id"], name) if live else None}
             for name, d in (row["derivatives"] or {}).items()
-        } if live else {},
-        "url": f"{base}/content" if live else None,
+        },
+        "url": links.content_url(row["id"]) if live else None,
         "error": row["error"],
         # lets a receiver drop an event older than one it already handled
         "generation": row["generation"],

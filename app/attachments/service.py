@@ -108,10 +108,9 @@ async def _insert_replacing_slot(res: Resources, staged: Staged, options: Upload
             record_name=slot.name if slot else None,
             promote=options.promote, cache_ttl=cache_ttl,
         )
-        url = res.settings.public_url
         deliveries = [d for old in replaced
-                      for d in await emit_attachment(conn, "attachment.deleted", old, url)]
-        deliveries += await emit_attachment(conn, "attachment.cached", row, url)
+                      for d in await emit_attachment(conn, "attachment.deleted", old, res.links)]
+        deliveries += await emit_attachment(conn, "attachment.cached", row, res.links)
         return row, replaced, deliveries
 
 
@@ -120,6 +119,17 @@ async def upload(res: Resources, app_id: UUID, chunks: AsyncIterable[bytes],
     """Stage and record in one go (raw body, tus): the options are all known up front."""
     staged = await stage(res, app_id, options.profile, chunks)
     return await record(res, staged, options)
+
+
+async def get_by_link(res: Resources, att_id: UUID, token: str,
+                      derivative: str | None = None) -> asyncpg.Record:
+    """The attachment behind a signed download link (no API key involved)."""
+    res.links.verify(token, att_id, derivative)
+    async with res.pool.acquire() as conn:
+        row = await repo.get(conn, att_id)
+    if row is None:
+        raise AttachmentNotFound(f"no attachment {att_id}")
+    return row
 
 
 async def get(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
@@ -190,7 +200,7 @@ async def delete(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
             row = await repo.mark_deleted(conn, att_id)
             if row is not None:
                 deliveries = await emit_attachment(conn, "attachment.deleted", row,
-                                                   res.settings.public_url)
+                                                   res.links)
         row = row or await repo.get(conn, att_id)
     await dispatch(res, deliveries)
     await res.jobs.destroy(att_id)
@@ -240,7 +250,7 @@ async def promote(res: Resources, att_id: UUID) -> str:
             stored = await repo.mark_stored(conn, att_id, cached_key, store_key, {}, derivatives)
             if stored is not None:
                 deliveries = await emit_attachment(conn, "attachment.stored", stored,
-                                                   res.settings.public_url)
+                                                   res.links)
         if stored is None:
             # replaced or deleted meanwhile: what this run wrote belongs to nobody
             for key in written:
@@ -258,7 +268,7 @@ async def _fail(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,
                                         {"code": error.code, "detail": error.detail})
         if failed is not None:
             deliveries = await emit_attachment(conn, "attachment.failed", failed,
-                                               res.settings.public_url)
+                                               res.links)
     if failed is None:
         return "aborted"
     await dispatch(res, deliveries)
@@ -312,7 +322,7 @@ async def sweep(res: Resources) -> SweepReport | None:
         report.expired = [r["id"] for r in expired]
         for row in expired:
             report.deliveries += await emit_attachment(conn, "attachment.deleted", row,
-                                                       res.settings.public_url)
+                                                       res.links)
         promotions = await repo.stale_promotions(conn, grace)
         report.destroys = [r["id"] for r in await repo.unpurged_deleted(conn, grace)]
         report.cache_purges = [r["id"] for r in await repo.cache_leftovers(conn, grace)]

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.attachments.links import Links
 from app.attachments.schemas import present, timestamp
 from app.ids import uuid7
 from app.webhooks import repository as repo
@@ -30,6 +31,6 @@ async def emit(conn: asyncpg.Connection, app_id: UUID, event_type: str, data: di
 
 
 async def emit_attachment(conn: asyncpg.Connection, event_type: str, row: Any,
-                          public_url: str) -> list[UUID]:
-    return await emit(conn, row["app_id"], event_type, present(row, public_url),
+                          links: Links) -> list[UUID]:
+    return await emit(conn, row["app_id"], event_type, present(row, links),
                       attachment_id=row["id"])
