@@ -19,6 +19,7 @@ from app.config import Settings, load_settings
 from app.db import CONNECTION_ERRORS
 from app.ops.routes import router as ops_router
 from app.resources import Resources, build_resources
+from app.uploads.presigned_routes import router as presigned_router
 from app.webhooks.routes import router as webhooks_router
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     )
     _install_error_handlers(app)
     app.include_router(attachments_router)
+    app.include_router(presigned_router)
     app.include_router(webhooks_router)
     app.include_router(ops_router)
     return app

@@ -244,3 +244,26 @@ async def wait_for(predicate, within: float = 10.0, interval: float = 0.1) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def s3_env(tmp_path, database_url, moto_endpoint, s3_client):
+    """Both storages on S3 (moto): (res, client, tenant, cache_bucket, store_bucket)."""
+    cache_bucket, store_bucket = f"cache-{secrets.token_hex(4)}", f"store-{secrets.token_hex(4)}"
+    for b in (cache_bucket, store_bucket):
+        await s3_client.create_bucket(Bucket=b)
+    settings = make_settings(tmp_path, database_url, cache_url=f"s3://{cache_bucket}",
+                             store_url=f"s3://{store_bucket}/files", s3_endpoint_url=moto_endpoint,
+                             s3_region="us-east-1", max_upload_size=20 * 1024 * 1024)
+    async with build_resources(settings) as res:
+        async with res.pool.acquire() as conn:
+            await conn.execute("TRUNCATE apps CASCADE")
+        await res.redis.delete(settings.queue_name)
+        app = create_app(settings, res)
+        app.state.resources = res
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://t") as client:
+            new = await auth.create_app(res.pool, "s3")
+            yield res, client, AppKey(new.app_id, new.api_key), cache_bucket, store_bucket
+
+

@@ -18,6 +18,7 @@ from app.attachments import service
 from app.auth import service as auth
 from app.main import create_app
 from app.resources import build_resources
+from app.sweep import sweep
 from tests.conftest import (
     AppKey,
     env_for,
@@ -166,7 +167,7 @@ async def test_redis_unreachable_upload_still_lands_and_sweep_enqueues(proxied):
     assert ready.status_code == 503 and ready.json()["checks"]["redis"] != "ok"
     await rd.start()
     await asyncio.sleep(res.settings.stale_job_after + 0.1)
-    report = await service.sweep(res)
+    report = await sweep(res)
     assert att_id in report.promotions
     await run_worker(res)
     assert (await service.get(res, tenant.app_id, att_id))["state"] == "stored"

@@ -8,6 +8,7 @@ import uuid
 
 from app.attachments import keys, service
 from app.storage import Storage
+from app.sweep import sweep
 from tests.conftest import run_worker
 
 
@@ -104,7 +105,7 @@ async def test_unpromoted_upload_expires_after_ttl(client, tenant, res, storage_
     att = await upload(client, tenant, promote="false")
     async with res.pool.acquire() as conn:
         await conn.execute("UPDATE attachments SET expires_at = now() - interval '1 second'")
-    report = await service.sweep(res)
+    report = await sweep(res)
     assert report.expired == [uuid.UUID(att["id"])]
     got = await state_of(client, tenant, att["id"])
     assert got["state"] == "deleted" and got["error"]["code"] == "expired"
@@ -120,7 +121,7 @@ async def test_sweep_recovers_jobs_redis_lost(client, tenant, res, redis_client,
     await run_worker(res)
     assert (await state_of(client, tenant, kept["id"]))["state"] == "cached"
     await asyncio.sleep(res.settings.stale_job_after + 0.2)
-    report = await service.sweep(res)
+    report = await sweep(res)
     assert uuid.UUID(kept["id"]) in report.promotions
     assert uuid.UUID(gone["id"]) in report.destroys
     await run_worker(res)
@@ -141,7 +142,7 @@ async def test_sweep_purges_a_leftover_cached_copy(client, tenant, res, storage_
                            " updated_at = now() - interval '1 hour' WHERE id=$1", row["id"],
                            store_key)
     await res.redis.delete(res.settings.queue_name)
-    report = await service.sweep(res)
+    report = await sweep(res)
     assert report.cache_purges == [row["id"]]
     await run_worker(res)
     assert (await storage_files())[0] == []

@@ -6,37 +6,13 @@ from __future__ import annotations
 import secrets
 
 import httpx
-import pytest
 
-from app.auth import service as auth
-from app.main import create_app
-from app.resources import build_resources
-from tests.conftest import AppKey, make_settings, run_worker
+from tests.conftest import run_worker
 
 
 async def bucket_keys(s3_client, bucket: str) -> list[str]:
     resp = await s3_client.list_objects_v2(Bucket=bucket)
     return sorted(o["Key"] for o in resp.get("Contents", []))
-
-
-@pytest.fixture
-async def s3_env(tmp_path, database_url, moto_endpoint, s3_client):
-    cache_bucket, store_bucket = f"cache-{secrets.token_hex(4)}", f"store-{secrets.token_hex(4)}"
-    for b in (cache_bucket, store_bucket):
-        await s3_client.create_bucket(Bucket=b)
-    settings = make_settings(tmp_path, database_url, cache_url=f"s3://{cache_bucket}",
-                             store_url=f"s3://{store_bucket}/files", s3_endpoint_url=moto_endpoint,
-                             s3_region="us-east-1", max_upload_size=20 * 1024 * 1024)
-    async with build_resources(settings) as res:
-        async with res.pool.acquire() as conn:
-            await conn.execute("TRUNCATE apps CASCADE")
-        await res.redis.delete(settings.queue_name)
-        app = create_app(settings, res)
-        app.state.resources = res
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://t") as client:
-            new = await auth.create_app(res.pool, "s3")
-            yield res, client, AppKey(new.app_id, new.api_key), cache_bucket, store_bucket
 
 
 async def test_lifecycle_on_s3(s3_env, s3_client):

@@ -15,6 +15,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.attachments import service
 from app.auth import service as auth
+from app.sweep import sweep
 from app.webhooks import service as webhooks
 from tests.conftest import (
     AppKey,
@@ -133,7 +134,7 @@ async def test_retries_after_500_and_timeout_keep_one_webhook_id(hooks, receiver
     assert (log["status"], log["attempts"], log["last_status_code"]) == ("delivered", 3, 200)
     assert log["delivered_at"] and log["next_attempt_at"] is None
     await run_worker(res)  # nothing more is sent after the success
-    await service.sweep(res)
+    await sweep(res)
     await run_worker(res)
     assert len(receiver.received) == 3
 
@@ -262,7 +263,7 @@ async def test_events_survive_a_redis_flush(hooks, receiver, redis_client):
     await upload(client, tenant, promote="false")
     await redis_client.flushdb()  # the committed event's job is gone
     await asyncio.sleep(2.1)  # past the sweep's grace for due deliveries
-    report = await service.sweep(res)
+    report = await sweep(res)
     assert len(report.deliveries) == 1
     await run_worker(res)
     assert [r.json["type"] for r in receiver.received] == ["attachment.cached"]

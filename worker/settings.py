@@ -12,9 +12,9 @@ from arq import func
 from arq.worker import Worker
 
 from app import jobs
-from app.attachments import service
 from app.config import Settings
 from app.resources import Resources, build_resources, redis_settings
+from app.sweep import sweep as run_sweep
 from worker import tasks
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ async def sweep_loop(res: Resources, interval: float) -> None:
     as an arq job) so that it keeps going even when Redis was flushed."""
     while True:
         try:
-            report = await service.sweep(res)
+            report = await run_sweep(res)
             if report and (report.expired or report.promotions or report.destroys
                            or report.cache_purges):
                 log.info("sweep: %s", report)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import ValidationError
 
 from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
 from app.attachments import service
@@ -23,8 +26,10 @@ from app.errors import (
 )
 from app.resources import Resources
 from app.storage import content_disposition
+from app.uploads import presigned
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
 from app.uploads.options import parse_options
+from app.uploads.presigned_routes import RegisterRequest
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
@@ -40,6 +45,7 @@ MULTIPART_BODY = {
     "requestBody": {
         "required": True,
         "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/RegisterRequest"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -82,7 +88,7 @@ def _created(res: Resources, row: Any) -> JSONResponse:
     response_model=AttachmentOut,
     responses=UPLOAD_ERRORS,
     openapi_extra=MULTIPART_BODY,
-    summary="Upload a file (multipart/form-data, streamed)",
+    summary="Upload a file (multipart/form-data, streamed), or register a presigned upload",
 )
 async def upload_multipart(
     request: Request,
@@ -90,8 +96,11 @@ async def upload_multipart(
     res: Resources = Depends(resources),
 ) -> JSONResponse:
     content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        return await _register_presigned(request, app_id, res)
     if not content_type.startswith("multipart/"):
-        raise UnsupportedMediaType("send the file as multipart/form-data (part 'file')")
+        raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
+                                   " JSON {\"cached_key\"} after a presigned upload")
     events = iter_multipart(request.stream(), boundary_of(content_type))
     fields: dict[str, str] = {}
     staged = None
@@ -117,6 +126,20 @@ async def upload_multipart(
             await service.discard(res, staged)
         raise
     row = await service.record(res, staged, options)
+    return _created(res, row)
+
+
+async def _register_presigned(request: Request, app_id: UUID, res: Resources) -> JSONResponse:
+    try:
+        body = RegisterRequest.model_validate_json(await request.body())
+    except ValidationError as e:
+        raise RequestValidationError(e.errors()) from None
+    options = parse_options({
+        "filename": body.filename, "profile": body.profile, "record_type": body.record_type,
+        "record_id": body.record_id, "record_name": body.record_name,
+        "promote": str(body.promote).lower(), "metadata": json.dumps(body.metadata),
+    })
+    row = await presigned.register(res, app_id, body.cached_key, options)
     return _created(res, row)
 
 

@@ -23,7 +23,6 @@ from app.resources import Resources
 from app.storage import StorageObjectNotFound
 from app.uploads.ingest import Received, check_against_profile, receive
 from app.uploads.options import UploadOptions
-from app.webhooks import service as webhooks
 from app.webhooks.outbox import emit_attachment
 from app.webhooks.service import dispatch
 
@@ -308,11 +307,12 @@ class SweepReport:
     destroys: list[UUID] = field(default_factory=list)
     cache_purges: list[UUID] = field(default_factory=list)
     deliveries: list[UUID] = field(default_factory=list)
+    presigns_expired: int = 0
 
 
 async def sweep(res: Resources) -> SweepReport | None:
-    """Find from Postgres the work Redis may have lost and enqueue it again; expire stale
-    cached uploads. None when another worker is sweeping right now."""
+    """Find from Postgres the attachment work Redis may have lost and enqueue it again; expire
+    stale cached uploads. None when another worker is sweeping right now."""
     report = SweepReport()
     grace = res.settings.stale_job_after
     async with res.pool.acquire() as conn, conn.transaction():
@@ -335,5 +335,4 @@ async def sweep(res: Resources) -> SweepReport | None:
     for att_id in report.cache_purges:
         await res.jobs.purge_cache(att_id)
     await dispatch(res, report.deliveries)
-    report.deliveries += await webhooks.sweep_due(res)
     return report

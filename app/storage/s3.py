@@ -228,6 +228,17 @@ class S3Storage:
         )
         return url
 
+    async def presigned_post(self, key: str, *, max_size: int, expires_in: int
+                             ) -> dict[str, Any]:
+        """A browser-style POST policy for exactly this key and at most max_size bytes."""
+        post: dict[str, Any] = await self.client.generate_presigned_post(
+            Bucket=self.bucket,
+            Key=self.object_key(key),
+            Conditions=post_policy_conditions(max_size),
+            ExpiresIn=expires_in,
+        )
+        return post
+
     async def ping(self) -> None:
         await self.client.head_bucket(Bucket=self.bucket)
 
@@ -460,3 +471,8 @@ def _is_not_found(exc: ClientError) -> bool:
     return _error_code(exc) in _NOT_FOUND_CODES or (
         status == 404 and _error_code(exc) != "NoSuchBucket"
     )
+
+
+def post_policy_conditions(max_size: int) -> list[Any]:
+    # the key and bucket conditions are added by botocore from Bucket and Key
+    return [["content-length-range", 0, max_size]]

@@ -1,0 +1,20 @@
+"""The worker's periodic sweep over every domain: Postgres is the truth, Redis only carries
+work, so whatever Redis lost is found here and enqueued again."""
+
+from __future__ import annotations
+
+from app.attachments import service as attachments
+from app.attachments.service import SweepReport
+from app.resources import Resources
+from app.uploads import presigned
+from app.webhooks import service as webhooks
+
+
+async def sweep(res: Resources) -> SweepReport | None:
+    """One pass; None when another worker holds the sweep lock right now."""
+    report = await attachments.sweep(res)
+    if report is None:
+        return None
+    report.deliveries += await webhooks.sweep_due(res)
+    report.presigns_expired = await presigned.sweep_expired(res)
+    return report

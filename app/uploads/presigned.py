@@ -1,0 +1,103 @@
+"""Direct-to-S3 uploads: hand out a POST policy for the attachment's own cache key, then
+register what arrived there after checking it like any other upload."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.attachments import keys
+from app.attachments import service as attachments
+from app.errors import InvalidInput, InvalidState, UploadTooLarge
+from app.ids import uuid7
+from app.media.image import image_dimensions
+from app.media.sniff import SNIFF_BYTES, sniff_mime
+from app.resources import Resources
+from app.uploads import presigned_repository as repo
+from app.uploads.ingest import Received, check_against_profile
+from app.uploads.options import UploadOptions
+
+PRESIGN_TTL_S = 3600
+# objects of expired presigns get this much longer, for uploads still in flight at expiry
+SWEEP_GRACE_S = 3600
+
+
+def _require_s3(res: Resources) -> None:
+    if res.cache.kind != "s3":
+        raise InvalidState("presigned uploads need an S3 cache (STOWAGE_CACHE_URL=s3://…);"
+                           " this service caches on its filesystem: upload to /v1/attachments")
+
+
+async def create(res: Resources, app_id: UUID, *, filename: str | None, size: int,
+                 profile: str | None) -> dict[str, Any]:
+    _require_s3(res)
+    prof = res.profiles.get(profile)
+    limit = prof.size_limit(res.settings.max_upload_size)
+    if size > limit:
+        raise UploadTooLarge(f"{size} bytes is over the limit of {limit} (profile {prof.name!r})")
+    att_id = uuid7()
+    key = keys.cache_key(app_id, att_id)
+    expires_at = datetime.now(UTC) + timedelta(seconds=PRESIGN_TTL_S)
+    post = await res.cache.presigned_post(key, max_size=limit,  # type: ignore[attr-defined]
+                                          expires_in=PRESIGN_TTL_S)
+    async with res.pool.acquire() as conn:
+        await repo.insert(conn, attachment_id=att_id, app_id=app_id, key=key,
+                          profile=prof.name, filename=filename, max_size=limit,
+                          expires_at=expires_at)
+    return {"key": key, "method": "POST", "url": post["url"], "fields": post["fields"],
+            "headers": {}, "expires_at": expires_at}
+
+
+async def register(res: Resources, app_id: UUID, cached_key: str, options: UploadOptions
+                   ) -> asyncpg.Record:
+    """Turn an object uploaded with a presign into an attachment; refused → nothing left."""
+    _require_s3(res)
+    if await res.cache.stat(cached_key) is None:  # checked before the presign is used up
+        raise InvalidInput("nothing has been uploaded to cached_key (yet)", field="cached_key")
+    async with res.pool.acquire() as conn:
+        presign = await repo.claim(conn, app_id, cached_key)
+    if presign is None:
+        raise InvalidInput("cached_key was not handed out to this app by"
+                           " POST /v1/presigned-uploads, or is already registered",
+                           field="cached_key")
+    try:
+        received = await _inspect(res, cached_key, presign, options)
+    except BaseException:
+        await res.cache.delete(cached_key)
+        raise
+    staged = attachments.Staged(app_id=app_id, att_id=presign["attachment_id"],
+                                profile=options.profile or presign["profile"], file=received)
+    if options.filename is None:
+        options = UploadOptions(**{**options.__dict__, "filename": presign["filename"]})
+    return await attachments.record(res, staged, options)
+
+
+async def _inspect(res: Resources, key: str, presign: Any, options: UploadOptions) -> Received:
+    info = await res.cache.stat(key)
+    if info is None:
+        raise InvalidInput("the uploaded object vanished", field="cached_key")
+    prof = res.profiles.get(options.profile or presign["profile"])
+    head = await res.cache.read_head(key, SNIFF_BYTES)
+    mime_type = sniff_mime(head)
+    metadata = (image_dimensions(head) if mime_type.startswith("image/") else None) or {}
+    check_against_profile(prof, mime_type=mime_type, size=info.size,
+                          max_upload_size=res.settings.max_upload_size, metadata=metadata)
+    # the client's bytes never passed through us: read them once for the checksum
+    hasher = hashlib.sha256()
+    async for chunk in res.cache.read(key):
+        hasher.update(chunk)
+    return Received(key=key, size=info.size, sha256=hasher.hexdigest(), mime_type=mime_type,
+                    metadata=metadata)
+
+
+async def sweep_expired(res: Resources) -> int:
+    """Remove objects uploaded with a presign that expired without registration."""
+    async with res.pool.acquire() as conn:
+        expired = await repo.take_expired(conn, SWEEP_GRACE_S)
+    for row in expired:
+        await res.cache.delete(row["key"])
+    return len(expired)

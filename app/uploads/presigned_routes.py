@@ -1,0 +1,62 @@
+"""HTTP adapter for direct-to-S3 uploads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api_common import AUTH_ERRORS, PROBLEM
+from app.deps import current_app_id, resources
+from app.resources import Resources
+from app.uploads import presigned
+
+router = APIRouter(prefix="/v1", tags=["uploads"])
+
+
+class PresignRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    filename: str | None = Field(None, max_length=255)
+    size: int = Field(ge=0, description="bytes the client will upload")
+    profile: str | None = None
+
+
+class PresignOut(BaseModel):
+    key: str = Field(description="pass it as `cached_key` to POST /v1/attachments afterwards")
+    method: str
+    url: str
+    fields: dict[str, str]
+    headers: dict[str, str]
+    expires_at: datetime
+
+
+class RegisterRequest(BaseModel):
+    """Body of POST /v1/attachments (application/json) after a presigned upload."""
+
+    model_config = ConfigDict(extra="forbid")
+    cached_key: str
+    filename: str | None = Field(None, max_length=255)
+    profile: str | None = None
+    record_type: str | None = None
+    record_id: str | None = None
+    record_name: str | None = None
+    promote: bool = True
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+@router.post(
+    "/presigned-uploads",
+    status_code=201,
+    response_model=PresignOut,
+    responses={**AUTH_ERRORS,
+               409: {"description": "The cache is not on S3", **PROBLEM},
+               413: {"description": "Larger than the profile allows", **PROBLEM}},
+    summary="A POST policy for uploading straight to the S3 cache",
+)
+async def create_presigned_upload(body: PresignRequest, app_id: UUID = Depends(current_app_id),
+                                  res: Resources = Depends(resources)) -> dict[str, Any]:
+    return await presigned.create(res, app_id, filename=body.filename, size=body.size,
+                                  profile=body.profile)
