@@ -18,6 +18,7 @@ PROMOTE = "promote"
 DESTROY = "destroy"
 PURGE_CACHE = "purge_cache"
 DELIVER_WEBHOOK = "deliver_webhook"
+REPROCESS = "reprocess"
 
 
 class JobQueue:
@@ -43,6 +44,9 @@ class JobQueue:
 
     async def destroy(self, att_id: UUID) -> bool:
         return await self._enqueue(DESTROY, f"{DESTROY}:{att_id}", str(att_id))
+
+    async def reprocess(self, att_id: UUID, generation: int) -> bool:
+        return await self._enqueue(REPROCESS, f"{REPROCESS}:{att_id}:{generation}", str(att_id))
 
     async def purge_cache(self, att_id: UUID) -> bool:
         return await self._enqueue(PURGE_CACHE, f"{PURGE_CACHE}:{att_id}", str(att_id))

@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import UnknownProfile
+from app.media.derivatives import DerivativeSpec
 
 DEFAULT = "default"
+SCRIPTABLE_TYPES = {"image/svg+xml", "text/html", "application/xhtml+xml"}
 
 
 class ProfileError(Exception):
@@ -24,10 +26,16 @@ class Profile:
     types: tuple[str, ...] = ()  # empty: any type
     cache_ttl: int | None = None
     max_pixels: int | None = None
-    derivatives: dict[str, dict[str, Any]] = field(default_factory=dict)
+    derivatives: dict[str, DerivativeSpec] = field(default_factory=dict)
 
     def allows_type(self, mime_type: str) -> bool:
-        return not self.types or any(fnmatch.fnmatchcase(mime_type, t) for t in self.types)
+        if not self.types or mime_type in self.types:
+            return True
+        # "image/*" means raster images: SVG is a document that runs scripts, so it must be
+        # named explicitly to be allowed
+        if mime_type in SCRIPTABLE_TYPES:
+            return False
+        return any(fnmatch.fnmatchcase(mime_type, t) for t in self.types)
 
     def size_limit(self, global_max: int) -> int:
         return min(self.max_size, global_max) if self.max_size else global_max
@@ -45,6 +53,13 @@ class Profiles:
             raise UnknownProfile(
                 f"unknown profile {name!r}; known: {', '.join(sorted(self._profiles))}"
             ) from None
+
+    def get_or_default(self, name: str) -> Profile:
+        """For rows recorded under a profile since removed from the file."""
+        return self._profiles.get(name) or self._profiles[DEFAULT]
+
+    def max_pixels(self) -> int:
+        return max((p.max_pixels or 0 for p in self._profiles.values()), default=0)
 
     def names(self) -> list[str]:
         return sorted(self._profiles)
@@ -85,7 +100,15 @@ def _parse_profile(path: Path, name: str, body: Any) -> Profile:
     types = body.get("types", [])
     if not isinstance(types, list) or not all(isinstance(t, str) and "/" in t for t in types):
         raise fail("types", 'must be a list of MIME types such as "image/png" or "image/*"')
-    derivatives = body.get("derivatives", {})
-    if not isinstance(derivatives, dict):
+    raw_derivatives = body.get("derivatives", {})
+    if not isinstance(raw_derivatives, dict):
         raise fail("derivatives", "must be a table")
+    derivatives = {}
+    for dname, draw in raw_derivatives.items():
+        if not isinstance(draw, dict):
+            raise fail(f"derivatives.{dname}", "must be a table")
+        try:
+            derivatives[dname] = DerivativeSpec.from_profile(dname, draw)
+        except ValueError as e:
+            raise fail(f"derivatives.{dname}", str(e)) from None
     return Profile(name=name, types=tuple(types), derivatives=derivatives, **ints)

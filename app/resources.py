@@ -16,6 +16,7 @@ from app.attachments.watch import StateWatcher
 from app.config import Settings
 from app.db import create_pool as create_db_pool
 from app.jobs import JobQueue
+from app.media.render import allow_pixels
 from app.profiles import Profiles, load_profiles
 from app.storage import Storage, open_s3_client, storage_from_url
 
@@ -47,6 +48,8 @@ def redis_settings(settings: Settings) -> RedisSettings:
 async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with contextlib.AsyncExitStack() as stack:
         profiles = load_profiles(settings.profiles_file)
+        if profiles.max_pixels():
+            allow_pixels(profiles.max_pixels())
         pool = await create_db_pool(settings.database_url, max_size=settings.db_pool_size)
         stack.push_async_callback(pool.close)
         redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)

@@ -44,6 +44,8 @@ def functions(settings: Settings) -> list[Any]:
              max_tries=8),
         func(tasks.purge_cache, name=jobs.PURGE_CACHE, timeout=settings.job_timeout,
              keep_result=0, max_tries=8),
+        func(tasks.reprocess, name=jobs.REPROCESS, timeout=settings.job_timeout, keep_result=0,
+             max_tries=8),
         func(tasks.deliver_webhook, name=jobs.DELIVER_WEBHOOK,
              timeout=min(settings.job_timeout, settings.webhook_timeout + 15), keep_result=0,
              max_tries=8),

@@ -67,3 +67,11 @@ async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
     except Exception as e:
         await _transient(ctx, f"deliver_webhook {delivery_id}", e)
         raise
+
+
+async def reprocess(ctx: dict[str, Any], attachment_id: str) -> str:
+    try:
+        return await service.reprocess(_res(ctx), UUID(attachment_id))
+    except Exception as e:
+        await _transient(ctx, f"reprocess {attachment_id}", e)
+        raise

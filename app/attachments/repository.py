@@ -121,6 +121,17 @@ async def mark_stored(
     )
 
 
+async def swap_derivatives(conn: asyncpg.Connection, att_id: UUID, generation: int,
+                           derivatives: dict[str, Any]) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE attachments SET derivatives = $3, updated_at = now(),"
+        " generation = generation + 1"
+        " WHERE id = $1 AND state = 'stored' AND generation = $2"
+        f" RETURNING {COLUMNS}",
+        att_id, generation, derivatives,
+    )
+
+
 async def mark_failed(
     conn: asyncpg.Connection, att_id: UUID, cached_key: str, error: dict[str, str]
 ) -> asyncpg.Record | None:

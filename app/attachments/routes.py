@@ -19,13 +19,14 @@ from app.attachments.schemas import AttachmentList, AttachmentOut, State, presen
 from app.deps import bearer, current_app_id, resources
 from app.errors import (
     AttachmentNotFound,
+    DerivativeNotFound,
     InvalidInput,
     InvalidState,
     UnsupportedMediaType,
     UploadTooLarge,
 )
 from app.resources import Resources
-from app.storage import content_disposition
+from app.storage import Storage, content_disposition
 from app.uploads import presigned
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
 from app.uploads.options import parse_options
@@ -291,19 +292,23 @@ async def serve_file(request: Request, res: Resources, row: Any) -> Response:
     if row["state"] not in ("cached", "stored"):
         raise InvalidState(f"attachment {row['id']} is {row['state']}; it has no file")
     storage = res.store if row["storage"] == "store" else res.cache
-    mime, size = row["mime_type"], row["size"]
+    return await serve_object(request, storage, key=row["key"], mime=row["mime_type"],
+                              size=row["size"], etag=row["sha256"], filename=row["filename"])
+
+
+async def serve_object(request: Request, storage: Storage, *, key: str, mime: str, size: int,
+                       etag: str, filename: str | None) -> Response:
+    """Redirect to the storage (S3) or stream it ourselves with Range support (filesystem)."""
     as_attachment = is_active(mime)
-    disposition = content_disposition(row["filename"], as_attachment)
     url = await storage.presigned_get_url(
-        row["key"], expires_in=300, filename=row["filename"], content_type=mime,
-        as_attachment=as_attachment,
+        key, expires_in=300, filename=filename, content_type=mime, as_attachment=as_attachment,
     )
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     headers = {
         "Accept-Ranges": "bytes",
-        "ETag": f'"{row["sha256"]}"',
-        "Content-Disposition": disposition,
+        "ETag": f'"{etag}"',
+        "Content-Disposition": content_disposition(filename, as_attachment),
         "X-Content-Type-Options": "nosniff",
         "Cache-Control": "private, max-age=3600",
     }
@@ -312,10 +317,58 @@ async def serve_file(request: Request, res: Resources, row: Any) -> Response:
     byte_range = parse_range(request.headers.get("range"), size)
     if byte_range is None:
         headers["Content-Length"] = str(size)
-        return StreamingResponse(storage.read(row["key"]), media_type=mime, headers=headers)
+        return StreamingResponse(storage.read(key), media_type=mime, headers=headers)
     start, end = byte_range
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
-    return StreamingResponse(storage.read(row["key"], start, end), status_code=206,
-                             media_type=mime, headers=headers)
+    return StreamingResponse(storage.read(key, start, end), status_code=206, media_type=mime,
+                             headers=headers)
 
+
+@router.get(
+    "/attachments/{attachment_id}/derivatives/{name}",
+    responses={
+        **COMMON_ERRORS,
+        200: {"description": "The derivative", "content": {"image/*": {}}},
+        206: {"description": "The requested byte range"},
+        307: {"description": "Redirect to a short-lived storage URL"},
+        403: {"description": "Bad or expired signed link", **PROBLEM},
+        409: {"description": "The attachment is not stored", **PROBLEM},
+    },
+    summary="Download a derivative (thumbnail…)",
+)
+async def download_derivative(
+    attachment_id: str,
+    name: str,
+    request: Request,
+    token: str | None = Query(None, description="the signed token of the derivative's `url`"),
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    res: Resources = Depends(resources),
+) -> Response:
+    row = await _readable(request, res, _attachment_id(attachment_id), token, credentials,
+                          derivative=name)
+    derivative = (row["derivatives"] or {}).get(name)
+    if derivative is None:
+        raise DerivativeNotFound(f"attachment {row['id']} has no derivative {name!r}")
+    if row["state"] != "stored":
+        raise InvalidState(f"attachment {row['id']} is {row['state']}")
+    return await serve_object(request, res.store, key=derivative["key"],
+                              mime=derivative["mime_type"], size=derivative["size"],
+                              etag=f"{row['sha256'][:16]}-{row['generation']}-{name}",
+                              filename=None)
+
+
+@router.post(
+    "/attachments/{attachment_id}/reprocess",
+    status_code=202,
+    response_model=AttachmentOut,
+    responses={**COMMON_ERRORS, 409: {"description": "Not stored", **PROBLEM}},
+    summary="Rebuild the derivatives from the profile as it is now",
+)
+async def reprocess_attachment(
+    attachment_id: str,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> JSONResponse:
+    row = await service.request_reprocess(res, app_id, _attachment_id(attachment_id))
+    return JSONResponse(present(row, res.links), status_code=202)

@@ -67,7 +67,8 @@ def present(row: Any, links: Links) -> dict[str, Any]:
         "client_metadata": row["client_metadata"],
         "record": record,
         "derivatives": {
-            name: {**d, "url": links.derivative_url(row["id"], name) if live else None}
+            name: {**{k: v for k, v in d.items() if k != "key"},
+                   "url": links.derivative_url(row["id"], name) if live else None}
             for name, d in (row["derivatives"] or {}).items()
         },
         "url": links.content_url(row["id"]) if live else None,

@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -19,8 +20,10 @@ from app.attachments import repository as repo
 from app.errors import AttachmentNotFound, InvalidState
 from app.failpoints import failpoint
 from app.ids import uuid7
+from app.media.derivatives import ImageProcessingError
+from app.media.render import render
 from app.resources import Resources
-from app.storage import StorageObjectNotFound
+from app.storage import Storage, StorageObjectNotFound
 from app.uploads.ingest import Received, check_against_profile, receive
 from app.uploads.options import UploadOptions
 from app.webhooks.outbox import emit_attachment
@@ -240,16 +243,17 @@ async def promote(res: Resources, att_id: UUID) -> str:
         try:
             await res.store.copy_from(res.cache, cached_key, store_key,
                                       content_type=row["mime_type"])
+            derivatives = await _build_derivatives(res, row, res.cache, cached_key, written)
         except StorageObjectNotFound:
             return await _fail(res, conn, row, PermanentError(
                 "file_missing", "the uploaded file is no longer in the cache"))
+        except ImageProcessingError as e:
+            return await _fail(res, conn, row, PermanentError(e.code, e.detail))
         await failpoint("promote.after_copy")
-        derivatives: dict = {}
         async with conn.transaction():
             stored = await repo.mark_stored(conn, att_id, cached_key, store_key, {}, derivatives)
             if stored is not None:
-                deliveries = await emit_attachment(conn, "attachment.stored", stored,
-                                                   res.links)
+                deliveries = await emit_attachment(conn, "attachment.stored", stored, res.links)
         if stored is None:
             # replaced or deleted meanwhile: what this run wrote belongs to nobody
             for key in written:
@@ -258,6 +262,71 @@ async def promote(res: Resources, att_id: UUID) -> str:
     await dispatch(res, deliveries)
     await purge_cache(res, att_id)
     return "stored"
+
+
+async def _build_derivatives(res: Resources, row: asyncpg.Record, source: Storage, key: str,
+                             written: list[str]) -> dict[str, dict[str, Any]]:
+    """Render the profile's derivatives into the store; every key written is appended to
+    `written` as it is written, so an aborted run knows what to remove.
+
+    The keys carry the row's generation: a re-run of this job overwrites its own files, and a
+    reprocess never overwrites the set that is live until its swap commits.
+    """
+    profile = res.profiles.get_or_default(row["profile"])
+    if not profile.derivatives:
+        return {}
+    rendered = await render(source, key, list(profile.derivatives.values()),
+                            profile.max_pixels)
+    out = {}
+    for name, r in rendered.items():
+        dkey = keys.derivative_key(row["app_id"], row["id"], f"g{row['generation']}/{name}",
+                                   r.ext)
+        written.append(dkey)
+        await res.store.write(dkey, _once(r.data), content_type=r.mime_type)
+        out[name] = {"mime_type": r.mime_type, "size": r.size, "width": r.width,
+                     "height": r.height, "key": dkey}
+    return out
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def request_reprocess(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+    row = await get(res, app_id, att_id)
+    if row["state"] != "stored":
+        raise InvalidState(f"attachment {att_id} is {row['state']}; only stored attachments"
+                           " can be reprocessed", state=row["state"])
+    await res.jobs.reprocess(att_id, row["generation"])
+    return row
+
+
+async def reprocess(res: Resources, att_id: UUID) -> str:
+    """Rebuild derivatives from the stored original (after a profile changed), swapping the
+    whole set in one UPDATE; the old files go only after that commits."""
+    async with _attachment_lock(res, att_id) as conn:
+        row = await repo.get(conn, att_id)
+        if row is None or row["state"] != "stored":
+            return "skipped"
+        written: list[str] = []
+        try:
+            derivatives = await _build_derivatives(res, row, res.store, row["key"], written)
+        except ImageProcessingError as e:
+            log.warning("reprocess %s: %s (%s); keeping the current derivatives", att_id,
+                        e.code, e.detail)
+            for key in written:
+                await res.store.delete(key)
+            return "failed"
+        async with conn.transaction():
+            swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives)
+        if swapped is None:
+            for key in written:
+                await res.store.delete(key)
+            return "aborted"
+    for old in (row["derivatives"] or {}).values():
+        if old.get("key") not in written:
+            await res.store.delete(old["key"])
+    return "reprocessed"
 
 
 async def _fail(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,

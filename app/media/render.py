@@ -1,0 +1,55 @@
+"""Run derivative rendering off the event loop, in a bounded pool of threads.
+
+Pillow releases the GIL while it decodes, resizes and encodes, so threads use every core
+without pickling megabytes of pixels between processes; the pool's size bounds both CPU and
+memory (one decoded image per thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from PIL import Image
+
+from app.media.derivatives import DerivativeSpec, Rendered, build_all
+from app.storage import Storage
+
+_POOL = ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1),
+                           thread_name_prefix="derivatives")
+
+
+def allow_pixels(max_pixels: int) -> None:
+    """Let Pillow open what profiles allow; its own bomb guard would otherwise fire first."""
+    if max_pixels * 2 > (Image.MAX_IMAGE_PIXELS or 0):
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+@contextlib.asynccontextmanager
+async def local_path(storage: Storage, key: str) -> AsyncIterator[Path]:
+    """A path to read the object from: the file itself, or a temporary download from S3."""
+    if storage.kind == "file":
+        yield storage.path_for(key)  # type: ignore[attr-defined]
+        return
+    fd, name = tempfile.mkstemp(prefix="stowage-")
+    path = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            async for chunk in storage.read(key):
+                await asyncio.to_thread(f.write, chunk)
+        yield path
+    finally:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+
+async def render(storage: Storage, key: str, specs: Sequence[DerivativeSpec],
+                 max_pixels: int | None) -> dict[str, Rendered]:
+    async with local_path(storage, key) as path:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(_POOL, lambda: build_all(path, specs,
+                                                                   max_pixels=max_pixels))
