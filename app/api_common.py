@@ -9,8 +9,10 @@ from uuid import UUID
 from app.errors import InvalidInput, NotFound
 from app.ids import parse_uuid
 
-PROBLEM = {"content": {"application/problem+json": {}}}
+PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {
+    "schema": {"$ref": "#/components/schemas/Problem"}}}}
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed request body", **PROBLEM},
     401: {"description": "Missing or invalid API key", **PROBLEM},
     422: {"description": "Invalid input", **PROBLEM},
     503: {"description": "Postgres unreachable; retry after Retry-After", **PROBLEM},

@@ -18,8 +18,9 @@ log = logging.getLogger("stowage")
 
 
 def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.ops.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def _uuid(value: str) -> UUID:
@@ -101,25 +102,45 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
+    from app.ops.doctor import diagnose, report
+
+    text, healthy = report(asyncio.run(diagnose(settings)))
+    print(text)
+    return 0 if healthy else 1
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info",
-                timeout_graceful_shutdown=30)
+    # SIGTERM: stop accepting, let in-flight uploads finish within the grace period
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
+                timeout_graceful_shutdown=settings.shutdown_grace)
     return 0
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.settings import build_worker
 
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        from app.ops.metrics import REGISTRY
+
+        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host,
+                          registry=REGISTRY)
     build_worker(settings).run()
     return 0
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from app.devserver import run_dev
+    from app.ops.logs import configure_logging
+
+    if "log_format" not in settings.model_fields_set:
+        configure_logging(settings.log_level, "text")  # a human is watching
 
     asyncio.run(run_dev(settings, args.host, args.port))
     return 0
@@ -166,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     p = sub.add_parser("worker", help="run the arq worker (promotion, deletion, webhooks, sweeps)")
     p.set_defaults(fn=cmd_worker)
+    p = sub.add_parser("doctor", help="check configuration, PostgreSQL, Redis and both storages")
+    p.set_defaults(fn=cmd_doctor)
     return parser
 
 

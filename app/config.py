@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,7 +44,14 @@ class Settings(BaseSettings):
     stale_job_after: int = Field(default=60, gt=0)
     worker_max_jobs: int = Field(default=10, gt=0)
     download_url_ttl: int = Field(default=3600, gt=0)
+    # cap on ?wait= (API: at most 60); lower it behind a proxy with a shorter read timeout
+    long_poll_max: float = Field(default=60, ge=0, le=60)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    # seconds in-flight requests (API) and jobs (worker) get to finish after SIGTERM
+    shutdown_grace: int = Field(default=30, ge=0)
+    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)  # 0: off
+    worker_metrics_host: str = "0.0.0.0"
     # Separate queues let several deployments (or test runs) share one Redis.
     queue_name: str = "stowage:queue"
 

@@ -45,7 +45,8 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
     log.info("migrations applied: %s", applied or "none pending")
     async with build_resources(settings) as res:
         server = _Server(uvicorn.Config(create_app(settings, res), host=host, port=port,
-                                        log_level="info"))
+                                        log_config=None,
+                                        timeout_graceful_shutdown=settings.shutdown_grace))
         worker = build_worker(settings, resources=res, handle_signals=False)
         worker_task = asyncio.create_task(worker.async_run())
         try:

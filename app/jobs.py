@@ -12,6 +12,8 @@ from uuid import UUID
 
 from arq.connections import ArqRedis
 
+from app.ops.logs import request_id_var
+
 log = logging.getLogger(__name__)
 
 PROMOTE = "promote"
@@ -31,7 +33,7 @@ class JobQueue:
         try:
             job = await self.redis.enqueue_job(
                 function, *args, _job_id=job_id, _queue_name=self.queue_name,
-                _defer_by=defer_by,
+                _defer_by=defer_by, request_id=request_id_var.get(),
             )
         except Exception as e:  # Redis down: the sweep re-enqueues from Postgres
             log.warning("enqueue %s failed (%s); the sweep will retry", job_id, e)

@@ -17,6 +17,7 @@ from app import errors
 from app.attachments.routes import router as attachments_router
 from app.config import Settings, load_settings
 from app.db import CONNECTION_ERRORS
+from app.ops.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.resources import Resources, build_resources
 from app.uploads.presigned_routes import router as presigned_router
@@ -65,6 +66,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         # nobody is listening; the upload's cleanup already ran as the exception unwound
         return Response(status_code=499)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # still a problem document, and never the exception's text (it may hold internals)
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(errors.StowageError("an unexpected error happened; it is"
+                                                    " logged with this request's id"), request)
+
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
         err = errors.ServiceUnavailable("a dependency (Postgres or Redis) is unreachable; retry")
@@ -73,6 +81,42 @@ def _install_error_handlers(app: FastAPI) -> None:
     for exc_type in (*CONNECTION_ERRORS, redis.exceptions.ConnectionError,
                      redis.exceptions.TimeoutError):
         app.add_exception_handler(exc_type, _unavailable)
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Add the RFC 9457 Problem schema every error response refers to, with the list of
+    problem types, to the generated document."""
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
+                           routes=app.routes)
+        types = sorted({e.slug for e in errors.ALL_ERRORS} | {"method-not-allowed",
+                                                               "http-error"})
+        spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = {
+            "type": "object",
+            "description": "RFC 9457 problem details. `type` is "
+            f"{errors.PROBLEM_BASE}<name>, one of: {', '.join(types)}.",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string", "format": "uri"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "instance": {"type": "string"},
+            },
+            "additionalProperties": True,
+        }
+        from app.uploads.presigned_routes import RegisterRequest
+
+        spec["components"]["schemas"]["RegisterRequest"] = RegisterRequest.model_json_schema(
+            ref_template="#/components/schemas/{model}")
+        app.openapi_schema = spec
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
@@ -96,6 +140,8 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
         lifespan=lifespan,
     )
     _install_error_handlers(app)
+    _install_openapi(app)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(attachments_router)
     app.include_router(presigned_router)
     app.include_router(webhooks_router)

@@ -96,6 +96,8 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
         "sweep_interval": 1,
         "stale_job_after": 1,
         "webhook_allow_private": True,
+        "worker_metrics_port": 0,
+        "log_format": "json",
     }
     values.update(overrides)
     return load_settings(**values)
@@ -201,7 +203,8 @@ def env_for(settings: Settings) -> dict[str, str]:
     for name in ("database_url", "redis_url", "cache_url", "store_url", "queue_name",
                  "secret_key", "sweep_interval", "stale_job_after", "job_timeout",
                  "webhook_allow_private", "public_url", "webhook_timeout",
-                 "webhook_retry_delays", "webhook_disable_after", "max_upload_size"):
+                 "webhook_retry_delays", "webhook_disable_after", "max_upload_size",
+                 "shutdown_grace", "worker_metrics_port", "log_format"):
         env[f"STOWAGE_{name.upper()}"] = str(getattr(settings, name))
     return env
 

@@ -316,3 +316,10 @@ async def test_long_poll_wakes_on_promotion(hooks):
     assert time.monotonic() - promoted_at < 1.0
     r = await client.get(f"/v1/attachments/{att['id']}?wait=61", headers=tenant.headers)
     assert r.status_code == 422
+
+
+async def test_broken_url_is_422_not_500(hooks):
+    _, client, tenant = hooks
+    r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
+                          json={"url": "http://[::1/x"})
+    assert r.status_code == 422 and "valid URL" in r.json()["detail"]

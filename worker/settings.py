@@ -82,6 +82,8 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
         on_shutdown=shutdown,
         burst=burst,
         handle_signals=handle_signals,
+        # SIGTERM: finish running jobs (up to the grace period) instead of cancelling them
+        job_completion_wait=settings.shutdown_grace,
         max_jobs=settings.worker_max_jobs,
         job_timeout=settings.job_timeout,
         keep_result=0,

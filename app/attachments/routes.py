@@ -25,6 +25,7 @@ from app.errors import (
     UnsupportedMediaType,
     UploadTooLarge,
 )
+from app.ops.metrics import track_upload
 from app.resources import Resources
 from app.storage import Storage, content_disposition
 from app.uploads import presigned
@@ -37,7 +38,7 @@ router = APIRouter(prefix="/v1", tags=["attachments"])
 COMMON_ERRORS = not_found_response("attachment")
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     **COMMON_ERRORS,
-    400: {"description": "Malformed body", **PROBLEM},
+    409: {"description": "JSON registration, but the cache is not on S3", **PROBLEM},
     413: {"description": "Larger than the profile or service allows", **PROBLEM},
     415: {"description": "File type not allowed by the profile", **PROBLEM},
 }
@@ -102,6 +103,14 @@ async def upload_multipart(
     if not content_type.startswith("multipart/"):
         raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
                                    " JSON {\"cached_key\"} after a presigned upload")
+    with track_upload("multipart") as accepted:
+        row = await _upload_multipart(request, content_type, app_id, res)
+        accepted.append(row["size"])
+    return _created(res, row)
+
+
+async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
+                            res: Resources) -> Any:
     events = iter_multipart(request.stream(), boundary_of(content_type))
     fields: dict[str, str] = {}
     staged = None
@@ -126,8 +135,7 @@ async def upload_multipart(
         if staged is not None:
             await service.discard(res, staged)
         raise
-    row = await service.record(res, staged, options)
-    return _created(res, row)
+    return await service.record(res, staged, options)
 
 
 async def _register_presigned(request: Request, app_id: UUID, res: Resources) -> JSONResponse:
@@ -140,7 +148,9 @@ async def _register_presigned(request: Request, app_id: UUID, res: Resources) ->
         "record_id": body.record_id, "record_name": body.record_name,
         "promote": str(body.promote).lower(), "metadata": json.dumps(body.metadata),
     })
-    row = await presigned.register(res, app_id, body.cached_key, options)
+    with track_upload("presigned") as accepted:
+        row = await presigned.register(res, app_id, body.cached_key, options)
+        accepted.append(row["size"])
     return _created(res, row)
 
 
@@ -175,7 +185,9 @@ async def upload_raw(
         limit = res.profiles.get(options.profile).size_limit(res.settings.max_upload_size)
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
-    row = await service.upload(res, app_id, request.stream(), options)
+    with track_upload("raw") as accepted:
+        row = await service.upload(res, app_id, request.stream(), options)
+        accepted.append(row["size"])
     return _created(res, row)
 
 
@@ -192,6 +204,7 @@ async def get_attachment(
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),
 ) -> dict[str, Any]:
+    wait = min(wait, res.settings.long_poll_max)
     row = await service.wait_for_change(res, app_id, _attachment_id(attachment_id), wait)
     return present(row, res.links)
 
@@ -256,9 +269,11 @@ async def delete_attachment(
 
 @router.get(
     "/attachments/{attachment_id}/content",
+    response_class=Response,
     responses={
         **COMMON_ERRORS,
-        200: {"description": "The file", "content": {"application/octet-stream": {}}},
+        200: {"description": "The file, with its sniffed Content-Type",
+              "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
         206: {"description": "The requested byte range"},
         307: {"description": "Redirect to a short-lived storage URL"},
         403: {"description": "Bad or expired signed link", **PROBLEM},
@@ -327,9 +342,11 @@ async def serve_object(request: Request, storage: Storage, *, key: str, mime: st
 
 @router.get(
     "/attachments/{attachment_id}/derivatives/{name}",
+    response_class=Response,
     responses={
         **COMMON_ERRORS,
-        200: {"description": "The derivative", "content": {"image/*": {}}},
+        200: {"description": "The derivative",
+              "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
         206: {"description": "The requested byte range"},
         307: {"description": "Redirect to a short-lived storage URL"},
         403: {"description": "Bad or expired signed link", **PROBLEM},

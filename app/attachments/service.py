@@ -22,6 +22,7 @@ from app.failpoints import failpoint
 from app.ids import uuid7
 from app.media.derivatives import ImageProcessingError
 from app.media.render import render
+from app.ops import metrics
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound
 from app.uploads.ingest import Received, check_against_profile, receive
@@ -259,6 +260,7 @@ async def promote(res: Resources, att_id: UUID) -> str:
             for key in written:
                 await res.store.delete(key)
             return "aborted"
+    metrics.PROMOTION_LAG.observe((stored["stored_at"] - stored["created_at"]).total_seconds())
     await dispatch(res, deliveries)
     await purge_cache(res, att_id)
     return "stored"
@@ -275,8 +277,9 @@ async def _build_derivatives(res: Resources, row: asyncpg.Record, source: Storag
     profile = res.profiles.get_or_default(row["profile"])
     if not profile.derivatives:
         return {}
-    rendered = await render(source, key, list(profile.derivatives.values()),
-                            profile.max_pixels)
+    with metrics.timed(metrics.DERIVATIVE_SECONDS):
+        rendered = await render(source, key, list(profile.derivatives.values()),
+                                profile.max_pixels)
     out = {}
     for name, r in rendered.items():
         dkey = keys.derivative_key(row["app_id"], row["id"], f"g{row['generation']}/{name}",

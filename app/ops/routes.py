@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import resources
+from app.ops import gauges, metrics
 from app.resources import Resources
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT = 2.0
 
@@ -49,3 +53,13 @@ async def readyz(res: Resources = Depends(resources)) -> JSONResponse:
     ok = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
                         status_code=200 if ok else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics_endpoint(res: Resources = Depends(resources)) -> Response:
+    try:
+        await gauges.refresh(res)
+    except Exception as e:  # a scrape must still show the counters when a dependency is down
+        log.warning("gauges not refreshed: %s", e)
+    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -67,16 +67,15 @@ class FilesystemStorage:
             async for chunk in chunks:
                 total += len(chunk)
                 if not buf and len(chunk) >= self.write_buffer_size:
-                    await target.write(chunk)
+                    await target.write_behind(chunk)
                     continue
                 buf += chunk
                 if len(buf) >= self.write_buffer_size:
-                    await target.write(buf)
-                    # A fresh buffer, not clear(): the old one may still be referenced by
-                    # a worker thread if we get cancelled mid-write.
+                    await target.write_behind(buf)
+                    # A fresh buffer, not clear(): the old one is still being written.
                     buf = bytearray()
             if buf:
-                await target.write(buf)
+                await target.write_behind(buf)
             await target.commit()
         except BaseException:
             await run_shielded(target.discard())
@@ -216,11 +215,17 @@ class _AtomicFile:
     async def open(self) -> None:
         await self.run(self._open)
 
-    async def write(self, data: bytes | bytearray) -> None:
+    async def write_behind(self, data: bytes | bytearray) -> None:
+        """Start writing `data` once the previous write is done, without waiting for it: the
+        caller receives the next MiB from the network while this one goes to disk."""
         assert self._file is not None
-        await self.run(self._file.write, data)
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+        self._inflight = asyncio.get_running_loop().run_in_executor(None, self._file.write, data)
 
     async def commit(self) -> None:
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
         await self.run(self._commit)
 
     async def discard(self) -> None:

@@ -14,16 +14,19 @@ EventType = Literal["attachment.cached", "attachment.stored", "attachment.failed
                     "attachment.deleted"]
 
 
+URL_PATTERN = r"^https?://[^/?#\s]+"
+
+
 class EndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(max_length=2048)
+    url: str = Field(max_length=2048, pattern=URL_PATTERN)
     events: list[EventType] | None = None
     description: str | None = Field(None, max_length=500)
 
 
 class EndpointPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str | None = Field(None, max_length=2048)
+    url: str | None = Field(None, max_length=2048, pattern=URL_PATTERN)
     events: list[EventType] | None = None
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None

@@ -16,6 +16,7 @@ import asyncpg
 from app.errors import InvalidInput, InvalidState, NotFound, WebhookEndpointNotFound
 from app.failpoints import failpoint
 from app.ids import uuid7
+from app.ops import metrics
 from app.resources import Resources
 from app.webhooks import delivery as http_delivery
 from app.webhooks import repository as repo
@@ -33,13 +34,17 @@ def new_secret() -> str:
 
 
 def validate_url(url: str, allow_private: bool) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as e:  # e.g. a broken IPv6 literal
+        raise InvalidInput(f"url is not a valid URL: {e}", field="url") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise InvalidInput("url must be an absolute http:// or https:// URL", field="url")
     if len(url) > MAX_URL_LENGTH:
         raise InvalidInput(f"url is longer than {MAX_URL_LENGTH} characters", field="url")
     try:
-        literal = ipaddress.ip_address(parts.hostname)
+        literal = ipaddress.ip_address(hostname)
     except ValueError:
         literal = None  # a name: checked when resolved, at every delivery
     if literal is not None and not allow_private and http_delivery.is_forbidden_address(literal):
@@ -184,6 +189,9 @@ async def deliver(res: Resources, delivery_id: UUID) -> str:
         msg_id=f"msg_{claimed['event_id']}", body=claimed["body"],
         allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout,
     )
+    metrics.WEBHOOK_SECONDS.observe(result.duration_ms / 1000)
+    metrics.WEBHOOK_DELIVERIES.labels(
+        "ok" if result.ok else str(result.status_code or "no_answer")).inc()
     async with res.pool.acquire() as conn, conn.transaction():
         await repo.insert_attempt(conn, delivery_id, result.status_code, result.error,
                                   result.duration_ms, result.response_body)

@@ -1,0 +1,24 @@
+"""Read the state gauges from their sources of truth at scrape time."""
+
+from __future__ import annotations
+
+from arq.constants import in_progress_key_prefix
+
+from app.ops import metrics
+from app.ops import repository as repo
+from app.resources import Resources
+
+
+async def refresh(res: Resources) -> None:
+    metrics.QUEUE_DEPTH.set(await res.redis.zcard(res.settings.queue_name))
+    in_progress = 0
+    async for _ in res.redis.scan_iter(match=f"{in_progress_key_prefix}*", count=500):
+        in_progress += 1
+    metrics.JOBS_IN_PROGRESS.set(in_progress)
+    async with res.pool.acquire() as conn:
+        by_state = await repo.attachments_by_state(conn)
+        by_status = await repo.deliveries_by_status(conn)
+    for state in ("cached", "stored", "failed", "deleted"):
+        metrics.ATTACHMENTS.labels(state).set(by_state.get(state, 0))
+    for status in ("pending", "delivered", "failed"):
+        metrics.DELIVERIES.labels(status).set(by_status.get(status, 0))

@@ -1,0 +1,78 @@
+"""Prometheus metrics. Counters and histograms are updated where things happen; the gauges
+(queue depth, attachments by state) are read from Redis and Postgres when scraped."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_SIZE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+UPLOADS = Counter("stowage_uploads_total", "Uploads by mode and outcome",
+                  ["mode", "outcome"], registry=REGISTRY)
+UPLOAD_BYTES = Counter("stowage_upload_bytes_total", "Bytes accepted into the cache",
+                       ["mode"], registry=REGISTRY)
+UPLOAD_SECONDS = Histogram("stowage_upload_duration_seconds", "Upload request duration",
+                           ["mode"], buckets=_SIZE_BUCKETS, registry=REGISTRY)
+PROMOTIONS = Counter("stowage_promotions_total", "Promotions by outcome", ["outcome"],
+                     registry=REGISTRY)
+PROMOTION_SECONDS = Histogram("stowage_promotion_duration_seconds", "Promotion job duration",
+                              buckets=_SIZE_BUCKETS, registry=REGISTRY)
+PROMOTION_LAG = Histogram("stowage_promotion_lag_seconds",
+                          "From upload (created_at) to stored", buckets=_SIZE_BUCKETS,
+                          registry=REGISTRY)
+DERIVATIVE_SECONDS = Histogram("stowage_derivative_duration_seconds",
+                               "Time to render one attachment's derivatives",
+                               buckets=_SIZE_BUCKETS, registry=REGISTRY)
+JOBS = Counter("stowage_jobs_total", "Worker jobs by function and outcome",
+               ["function", "outcome"], registry=REGISTRY)
+WEBHOOK_DELIVERIES = Counter("stowage_webhook_attempts_total",
+                             "Webhook delivery attempts by outcome", ["outcome"],
+                             registry=REGISTRY)
+WEBHOOK_SECONDS = Histogram("stowage_webhook_attempt_duration_seconds",
+                            "Webhook attempt duration", buckets=_SIZE_BUCKETS,
+                            registry=REGISTRY)
+QUEUE_DEPTH = Gauge("stowage_queue_depth", "Jobs waiting in the arq queue", registry=REGISTRY)
+JOBS_IN_PROGRESS = Gauge("stowage_jobs_in_progress", "Jobs running on some worker",
+                         registry=REGISTRY)
+ATTACHMENTS = Gauge("stowage_attachments", "Attachments by state", ["state"],
+                    registry=REGISTRY)
+DELIVERIES = Gauge("stowage_webhook_deliveries", "Webhook deliveries by status", ["status"],
+                   registry=REGISTRY)
+
+
+@contextmanager
+def track_upload(mode: str) -> Iterator[list[int]]:
+    """Count an upload by outcome (the error's slug when refused) and time it; the caller
+    appends the accepted size to the yielded list."""
+    from app.errors import StowageError
+
+    accepted: list[int] = []
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield accepted
+        outcome = "ok"
+    except StowageError as e:
+        outcome = e.slug
+        raise
+    finally:
+        UPLOADS.labels(mode, outcome).inc()
+        UPLOAD_SECONDS.labels(mode).observe(time.perf_counter() - started)
+        if accepted:
+            UPLOAD_BYTES.labels(mode).inc(sum(accepted))
+
+
+@contextmanager
+def timed(histogram: Histogram, *labels: str) -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        (histogram.labels(*labels) if labels else histogram).observe(
+            time.perf_counter() - started)
