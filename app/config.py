@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     store_url: str = "file://./var/store"
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
+    # the S3 endpoint as clients reach it, for presigned URLs (default: s3_endpoint_url)
+    s3_public_endpoint_url: str | None = None
     max_upload_size: int = Field(default=5 * GiB, gt=0)
     profiles_file: Path | None = None
     public_url: str = "http://127.0.0.1:8000"

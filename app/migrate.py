@@ -54,6 +54,10 @@ async def create_database_if_missing(dsn: str) -> bool:
 
 async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
     """Create the database if needed and apply pending migrations; returns those applied."""
+    if not migration_files(directory):
+        # a packaged install without its migrations would otherwise "succeed" doing nothing
+        raise FileNotFoundError(f"no migrations found in {directory}; set"
+                                " STOWAGE_MIGRATIONS_DIR to the project's migrations/")
     await create_database_if_missing(dsn)
     conn = await asyncpg.connect(dsn)
     applied: list[str] = []

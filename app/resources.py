@@ -54,13 +54,18 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(pool.close)
         redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
         stack.push_async_callback(redis.aclose)
-        s3 = None
+        s3 = presign = None
         if "s3://" in (settings.cache_url[:5], settings.store_url[:5]):
             s3 = await open_s3_client(
                 stack, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
             )
-        cache = storage_from_url(settings.cache_url, s3_client=s3)
-        store = storage_from_url(settings.store_url, s3_client=s3)
+            if settings.s3_public_endpoint_url:
+                presign = await open_s3_client(
+                    stack, endpoint_url=settings.s3_public_endpoint_url,
+                    region=settings.s3_region,
+                )
+        cache = storage_from_url(settings.cache_url, s3_client=s3, s3_presign_client=presign)
+        store = storage_from_url(settings.store_url, s3_client=s3, s3_presign_client=presign)
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(store.aclose)
         # Webhooks must not follow redirects (SSRF); timeouts keep a slow receiver from

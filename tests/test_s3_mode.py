@@ -7,7 +7,8 @@ import secrets
 
 import httpx
 
-from tests.conftest import run_worker
+from app.resources import build_resources
+from tests.conftest import make_settings, run_worker
 
 
 async def bucket_keys(s3_client, bucket: str) -> list[str]:
@@ -54,3 +55,19 @@ async def test_refused_s3_upload_leaves_no_object_or_multipart(s3_env, s3_client
     assert uploads.get("Uploads", []) == []
     async with res.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM attachments") == 0
+
+
+async def test_presigned_urls_use_the_public_endpoint_and_sigv4(tmp_path, database_url,
+                                                                moto_endpoint, s3_client):
+    bucket = f"pub-{secrets.token_hex(4)}"
+    await s3_client.create_bucket(Bucket=bucket)
+    settings = make_settings(tmp_path, database_url, cache_url=f"s3://{bucket}",
+                             store_url=f"s3://{bucket}/store", s3_endpoint_url=moto_endpoint,
+                             s3_region="us-east-1",
+                             s3_public_endpoint_url="http://files.example.test:9000")
+    async with build_resources(settings) as res:
+        url = await res.store.presigned_get_url("a/b", expires_in=60)
+        post = await res.cache.presigned_post("a/c", max_size=10, expires_in=60)
+    assert url.startswith(f"http://files.example.test:9000/{bucket}/store/a/b?")
+    assert "X-Amz-Signature=" in url and "AWSAccessKeyId" not in url
+    assert post["url"].startswith("http://files.example.test:9000/")

@@ -61,11 +61,11 @@ def parse_storage_url(url: str) -> tuple[Literal["file", "s3"], str, str]:
     )
 
 
-def storage_from_url(url: str, s3_client: Any = None) -> Storage:
+def storage_from_url(url: str, s3_client: Any = None, s3_presign_client: Any = None) -> Storage:
     """Build the storage a URL names. `s3://` URLs need an open client (see open_s3_client)."""
     scheme, location, prefix = parse_storage_url(url)
     if scheme == "file":
         return FilesystemStorage(location)
     if s3_client is None:
         raise ValueError(f"storage URL {url!r} needs an S3 client, but none was configured")
-    return S3Storage(s3_client, location, prefix)
+    return S3Storage(s3_client, location, prefix, presign_client=s3_presign_client)

@@ -59,6 +59,9 @@ async def open_s3_client(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         s3={"addressing_style": "path"},
+        # SigV4 for presigned URLs too: botocore would otherwise sign them with SigV2,
+        # which AWS has deprecated and some regions and buckets refuse
+        signature_version="s3v4",
         max_pool_connections=max_pool_connections,
         retries={"mode": "standard", "max_attempts": 5},
     )
@@ -76,13 +79,17 @@ class S3Storage:
     copy_part_size = 512 * MiB
     copy_concurrency = 4
 
-    def __init__(self, client: S3Client, bucket: str, prefix: str = "") -> None:
+    def __init__(self, client: S3Client, bucket: str, prefix: str = "",
+                 presign_client: S3Client | None = None) -> None:
         if not bucket:
             raise ValueError("S3 bucket name must not be empty")
         prefix = prefix.strip("/")
         if prefix:
             validate_key(prefix)
         self.client = client
+        # URLs handed to clients may need another endpoint than the one we reach S3 by
+        # (e.g. http://minio:9000 inside compose, a public name outside)
+        self.presign_client = presign_client or client
         self.bucket = bucket
         self.prefix = prefix
 
@@ -223,7 +230,7 @@ class S3Storage:
         }
         if content_type is not None:
             params["ResponseContentType"] = content_type
-        url: str = await self.client.generate_presigned_url(
+        url: str = await self.presign_client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=expires_in
         )
         return url
@@ -231,7 +238,7 @@ class S3Storage:
     async def presigned_post(self, key: str, *, max_size: int, expires_in: int
                              ) -> dict[str, Any]:
         """A browser-style POST policy for exactly this key and at most max_size bytes."""
-        post: dict[str, Any] = await self.client.generate_presigned_post(
+        post: dict[str, Any] = await self.presign_client.generate_presigned_post(
             Bucket=self.bucket,
             Key=self.object_key(key),
             Conditions=post_policy_conditions(max_size),
