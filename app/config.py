@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     stale_job_after: int = Field(default=60, gt=0)
     worker_max_jobs: int = Field(default=10, gt=0)
     download_url_ttl: int = Field(default=3600, gt=0)
+    # an incomplete tus upload untouched this long is removed (S3 multipart aborted)
+    tus_expiry: int = Field(default=24 * 3600, gt=0)
     # cap on ?wait= (API: at most 60); lower it behind a proxy with a shorter read timeout
     long_poll_max: float = Field(default=60, ge=0, le=60)
     log_level: str = "INFO"

@@ -21,6 +21,7 @@ from app.ops.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.resources import Resources, build_resources
 from app.uploads.presigned_routes import router as presigned_router
+from app.uploads.tus_routes import router as tus_router
 from app.webhooks.routes import router as webhooks_router
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.add_middleware(RequestIdMiddleware)
     app.include_router(attachments_router)
     app.include_router(presigned_router)
+    app.include_router(tus_router)
     app.include_router(webhooks_router)
     app.include_router(ops_router)
     return app

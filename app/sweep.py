@@ -6,7 +6,7 @@ from __future__ import annotations
 from app.attachments import service as attachments
 from app.attachments.service import SweepReport
 from app.resources import Resources
-from app.uploads import presigned
+from app.uploads import presigned, tus
 from app.webhooks import service as webhooks
 
 
@@ -17,4 +17,5 @@ async def sweep(res: Resources) -> SweepReport | None:
         return None
     report.deliveries += await webhooks.sweep_due(res)
     report.presigns_expired = await presigned.sweep_expired(res)
+    report.tus_expired = await tus.expire_uploads(res)
     return report

@@ -37,6 +37,8 @@ async def test_schemathesis_finds_no_server_errors_or_contract_breaks(settings, 
              "--seed", "20261125", "--workers", "1", "--no-color",
              ],
             capture_output=True, text=True, timeout=600,
+            env={**os.environ,
+                 "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py"))},
 
         )
     (tmp_path / "st.out").write_text(run.stdout + run.stderr)

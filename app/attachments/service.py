@@ -380,6 +380,7 @@ class SweepReport:
     cache_purges: list[UUID] = field(default_factory=list)
     deliveries: list[UUID] = field(default_factory=list)
     presigns_expired: int = 0
+    tus_expired: int = 0
 
 
 async def sweep(res: Resources) -> SweepReport | None:

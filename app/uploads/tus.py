@@ -1,0 +1,846 @@
+"""tus 1.0 resumable uploads (core, creation, creation-with-upload, termination, checksum,
+expiration): protocol parsing, upload state, and the bytes in the cache storage.
+
+Free of FastAPI: tus_routes.py translates HTTP to these calls.
+
+The state of an upload lives in Postgres (tus_uploads), its bytes in the cache storage under
+the upload's own prefix, so an upload resumes on any API instance, after any restart.
+
+- One writer at a time: every PATCH (and completion, termination, expiry) first takes a lease
+  on the row and renews it while it works. A second PATCH meanwhile gets 423; once a dead
+  holder's lease runs out, anyone may take over.
+- The stored offset is always bytes that are durable: the filesystem file is fsynced before
+  the offset moves, S3 parts are durable when UploadPart answers. Bytes written past the
+  stored offset were never acknowledged and are overwritten (or truncated) by the next PATCH.
+- S3: a multipart upload whose parts are all ``part_size_for(length)`` (>= 5 MiB) except the
+  last; the bytes after the last whole part wait in a small "tail" object, merged into the
+  next part by the next PATCH. At most one part is in memory.
+- Completion: when the last byte is durable the row becomes ``completing`` and the
+  attachment's id is chosen and stored in the same UPDATE. The file is then streamed through
+  the normal ingest path (sniff, profile check, hash) into that attachment's cache key, and
+  recorded. A completion that dies half-way is redone by the next PATCH or HEAD with the same
+  attachment id: either the attachment row exists (then only the bookkeeping is left) or the
+  cache key is simply overwritten. Never two attachments for one upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+from botocore.exceptions import ClientError
+
+from app.attachments import keys
+from app.attachments import repository as attachments_repo
+from app.attachments.service import Staged, record
+from app.errors import (
+    InvalidInput,
+    MalformedRequest,
+    NotFound,
+    StowageError,
+    UnsupportedMediaType,
+    UploadTooLarge,
+)
+from app.ids import uuid7
+from app.ops.metrics import track_upload
+from app.resources import Resources
+from app.storage import StorageObjectNotFound
+from app.storage.base import run_shielded
+from app.uploads import tus_repository as repo
+from app.uploads.ingest import receive
+from app.uploads.options import RecordSlot, UploadOptions, parse_options
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "checksum", "expiration")
+CHECKSUM_ALGORITHMS: dict[str, Callable[[], Any]] = {
+    "sha1": hashlib.sha1,
+    "sha256": hashlib.sha256,
+    "md5": hashlib.md5,
+}
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+# Upload-Metadata keys that mean something here; others (Uppy's name, filetype, ...) are kept
+# in the echoed header but otherwise ignored.
+METADATA_KEYS = ("filename", "profile", "record_type", "record_id", "record_name", "promote",
+                 "metadata")
+
+LEASE_SECONDS = 60.0
+LEASE_RENEW_EVERY = 15.0
+
+MiB = 1024 * 1024
+S3_MIN_PART = 5 * MiB
+S3_MAX_PARTS = 10_000
+FS_WRITE_BUFFER = 1 * MiB
+# Without a checksum (which covers the whole PATCH body) progress is made durable every so
+# often, so a server crash in a long PATCH loses at most this much.
+FS_CHECKPOINT_BYTES = 16 * MiB
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+class TusUploadNotFound(NotFound):
+    slug, title = "tus-upload-not-found", "Upload not found"
+
+
+class TusUploadGone(StowageError):
+    status, slug, title = 410, "tus-upload-gone", "Upload expired or lost"
+
+
+class TusOffsetMismatch(StowageError):
+    status, slug, title = 409, "tus-offset-mismatch", "Upload-Offset does not match"
+
+
+class TusUploadLocked(StowageError):
+    status, slug, title = 423, "tus-upload-locked", "Upload is being written by another request"
+
+
+class TusVersionUnsupported(StowageError):
+    status, slug, title = 412, "tus-version-unsupported", "Tus-Resumable 1.0.0 is required"
+
+
+class TusChecksumMismatch(StowageError):
+    status, slug, title = 460, "tus-checksum-mismatch", "Checksum mismatch"
+
+
+class TusWrongContentType(UnsupportedMediaType):
+    slug, title = "tus-content-type", "PATCH needs Content-Type: application/offset+octet-stream"
+
+
+TUS_ERRORS: list[type[StowageError]] = [
+    TusUploadNotFound, TusUploadGone, TusOffsetMismatch, TusUploadLocked,
+    TusVersionUnsupported, TusChecksumMismatch, TusWrongContentType,
+]
+
+
+class _DataLost(Exception):
+    """The stored offset promises bytes the storage no longer has."""
+
+
+# --- protocol parsing --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str
+    digest: bytes
+
+    def new(self) -> Any:
+        return CHECKSUM_ALGORITHMS[self.algorithm]()
+
+
+def parse_checksum(header: str | None) -> Checksum | None:
+    """``Upload-Checksum: <algorithm> <base64 digest>``; unsupported or malformed: 400."""
+    if not header or not header.strip():
+        return None
+    algorithm, _, value = header.strip().partition(" ")
+    algorithm = algorithm.lower()
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise MalformedRequest(
+            f"unsupported checksum algorithm {algorithm!r}; supported:"
+            f" {', '.join(CHECKSUM_ALGORITHMS)}", header="Upload-Checksum")
+    try:
+        digest = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedRequest("Upload-Checksum: the digest is not base64",
+                               header="Upload-Checksum") from None
+    if len(digest) != CHECKSUM_ALGORITHMS[algorithm]().digest_size:
+        raise MalformedRequest(f"Upload-Checksum: not a {algorithm} digest",
+                               header="Upload-Checksum")
+    return Checksum(algorithm, digest)
+
+
+def parse_length(name: str, value: str | None) -> int:
+    """A non-negative integer header (Upload-Length, Upload-Offset); 400 otherwise."""
+    if value is None:
+        raise MalformedRequest(f"the {name} header is required", header=name)
+    v = value.strip()
+    if not v.isdigit() or not v.isascii() or len(v) > 19:
+        raise MalformedRequest(f"{name} must be a non-negative integer, not {value!r}",
+                               header=name)
+    return int(v)
+
+
+def parse_metadata(header: str | None) -> dict[str, str | None]:
+    """``Upload-Metadata: key base64,key2 base64,flag``; anything malformed: 422."""
+    out: dict[str, str | None] = {}
+    if not header:
+        return out
+    for pair in header.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        parts = pair.split(" ")
+        key = parts[0]
+        if len(parts) > 2 or not key:
+            raise InvalidInput(f"Upload-Metadata: malformed pair {pair[:50]!r}",
+                               field="Upload-Metadata")
+        if key in out:
+            raise InvalidInput(f"Upload-Metadata: {key!r} given twice", field="Upload-Metadata")
+        value = None
+        if len(parts) == 2:
+            try:
+                value = base64.b64decode(parts[1], validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                raise InvalidInput(f"Upload-Metadata: the value of {key!r} is not base64 UTF-8",
+                                   field="Upload-Metadata") from None
+        out[key] = value
+    return out
+
+
+def options_from_metadata(meta: dict[str, str | None]) -> UploadOptions:
+    """The upload options the metadata names, validated like any other upload's (422)."""
+    fields = {k: meta.get(k) for k in METADATA_KEYS}
+    if not fields["filename"] and meta.get("name"):
+        fields["filename"] = meta["name"]  # what Uppy and tus-js-client examples send
+    return parse_options(fields)
+
+
+def _options_json(o: UploadOptions) -> dict[str, Any]:
+    return {
+        "profile": o.profile, "filename": o.filename, "promote": o.promote,
+        "record": [o.record.type, o.record.id, o.record.name] if o.record else None,
+        "client_metadata": o.client_metadata,
+    }
+
+
+def _options_of(row: asyncpg.Record) -> UploadOptions:
+    o = row["options"]
+    return UploadOptions(
+        profile=o["profile"], filename=o["filename"], promote=o["promote"],
+        record=RecordSlot(*o["record"]) if o["record"] else None,
+        client_metadata=o["client_metadata"],
+    )
+
+
+# --- status ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class UploadStatus:
+    id: UUID
+    length: int
+    offset: int
+    metadata_header: str | None
+    expires_at: datetime
+    attachment_id: UUID | None  # set once the attachment exists
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> UploadStatus:
+        return cls(
+            id=row["id"], length=row["length"], offset=row["upload_offset"],
+            metadata_header=row["metadata_header"], expires_at=row["expires_at"],
+            attachment_id=row["attachment_id"] if row["state"] == "done" else None,
+        )
+
+
+def expiry_seconds(res: Resources) -> int:
+    return res.settings.tus_expiry
+
+
+def max_size(res: Resources) -> int:
+    """Tus-Max-Size: what the default profile accepts."""
+    return res.profiles.get(None).size_limit(res.settings.max_upload_size)
+
+
+def storage_key(app_id: UUID, upload_id: UUID) -> str:
+    return f"{keys.prefix(app_id, upload_id)}tus"
+
+
+def tail_key(app_id: UUID, upload_id: UUID, end: int) -> str:
+    # named by where it ends: a new tail never overwrites the one the database points at
+    return f"{keys.prefix(app_id, upload_id)}tus-tail-{end}"
+
+
+def part_size_for(length: int) -> int:
+    """S3 part size: 5 MiB, or larger (whole MiB) when the upload needs more than 10,000."""
+    need = -(-length // S3_MAX_PARTS)
+    return max(S3_MIN_PART, -(-need // MiB) * MiB)
+
+
+# --- the service -------------------------------------------------------------------------------
+
+async def create(res: Resources, app_id: UUID, *, length: int,
+                 metadata_header: str | None) -> UploadStatus:
+    """Create an upload (validating its options now); an empty one is complete at once."""
+    options = options_from_metadata(parse_metadata(metadata_header))
+    profile = res.profiles.get(options.profile)
+    limit = profile.size_limit(res.settings.max_upload_size)
+    if length > limit:
+        raise UploadTooLarge(f"Upload-Length {length} is over the limit of {limit} bytes"
+                             f" (profile {profile.name!r})")
+    upload_id = uuid7()
+    async with res.pool.acquire() as conn:
+        row = await repo.insert(
+            conn, id=upload_id, app_id=app_id, length=length, profile=profile.name,
+            options=_options_json(options), metadata_header=metadata_header or None,
+            storage_key=storage_key(app_id, upload_id), expiry=expiry_seconds(res),
+        )
+    if length == 0:
+        async with _leased(res, app_id, upload_id) as (row, token):
+            row = await _save(res, row, token, offset=0)
+            row = await _complete(res, row, token)
+    return UploadStatus.of(row)
+
+
+async def status(res: Resources, app_id: UUID, upload_id: UUID) -> UploadStatus:
+    """The upload's offset (HEAD). Finishes a completion its request left half-done."""
+    async with res.pool.acquire() as conn:
+        row = await repo.get_for_app(conn, app_id, upload_id)
+    if row is None:
+        raise TusUploadNotFound(f"no upload {upload_id}")
+    if row["state"] == "completing":
+        with contextlib.suppress(TusUploadLocked):  # its request is still at work
+            async with _leased(res, app_id, upload_id) as (row, token):
+                if row["state"] == "completing":
+                    row = await _complete(res, row, token)
+    elif row["state"] == "receiving" and row["expired"]:
+        raise TusUploadGone(f"upload {upload_id} expired")
+    return UploadStatus.of(row)
+
+
+async def append(res: Resources, app_id: UUID, upload_id: UUID, *, offset: int,
+                 chunks: AsyncIterable[bytes], content_length: int | None,
+                 checksum: Checksum | None) -> UploadStatus:
+    """PATCH: append the body at ``offset``; with the last byte, make the attachment."""
+    async with _leased(res, app_id, upload_id) as (row, token):
+        if row["state"] != "receiving":
+            # every byte is here already: a retried final PATCH only learns the outcome
+            if offset != row["length"] or content_length:
+                raise TusOffsetMismatch(f"the upload is complete at {row['length']} bytes",
+                                        upload_offset=row["length"])
+            if row["state"] == "completing":
+                row = await _complete(res, row, token)
+            return UploadStatus.of(row)
+        if row["expired"]:
+            raise TusUploadGone(f"upload {upload_id} expired")
+        if offset != row["upload_offset"]:
+            raise TusOffsetMismatch(
+                f"Upload-Offset is {offset} but the upload is at {row['upload_offset']}",
+                upload_offset=row["upload_offset"])
+        if content_length is not None and offset + content_length > row["length"]:
+            raise UploadTooLarge(f"{offset} + {content_length} bytes is over the Upload-Length"
+                                 f" of {row['length']}")
+        row = await _receive(res, row, token, chunks, checksum)
+        if row["state"] == "completing":
+            row = await _complete(res, row, token)
+        return UploadStatus.of(row)
+
+
+async def terminate(res: Resources, app_id: UUID, upload_id: UUID) -> None:
+    """DELETE: remove the upload and its bytes (a finished upload's attachment stays)."""
+    async with _leased(res, app_id, upload_id) as (row, token):
+        await _drop(res, row, token)
+
+
+async def expire_uploads(res: Resources, *, batch: int = 100) -> int:
+    """For the worker's sweep: remove uploads past their expiry (bytes, S3 multipart
+    uploads, rows); returns how many. First it finishes uploads whose every byte arrived but
+    whose completing request died, so those become their attachment instead."""
+    finished = await _finish_stalled(res, batch)
+    if finished:
+        log.info("finished %d stalled tus completion(s)", finished)
+    removed = 0
+    while True:
+        token = uuid.uuid4()
+        async with res.pool.acquire() as conn:
+            rows = await repo.claim_expired(conn, token, LEASE_SECONDS, batch)
+        for row in rows:
+            try:
+                async with _lease_kept(res, row["id"], token):
+                    await _drop(res, row, token)
+                removed += 1
+            except Exception:
+                # the lease runs out and a later sweep tries again
+                log.exception("could not remove expired tus upload %s", row["id"])
+        if len(rows) < batch:
+            return removed
+
+
+async def _finish_stalled(res: Resources, batch: int) -> int:
+    token = uuid.uuid4()
+    async with res.pool.acquire() as conn:
+        rows = await repo.claim_stalled_completions(conn, token, LEASE_SECONDS, LEASE_SECONDS,
+                                                    batch)
+    finished = 0
+    for row in rows:
+        try:
+            async with _lease_kept(res, row["id"], token):
+                await _complete(res, row, token)
+            finished += 1
+        except (UploadTooLarge, UnsupportedMediaType, InvalidInput):
+            pass  # refused: _complete removed it
+        except Exception:
+            log.exception("could not finish tus upload %s; trying again later", row["id"])
+    return finished
+
+
+# --- leases ------------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def _leased(res: Resources, app_id: UUID, upload_id: UUID
+                  ) -> AsyncIterator[tuple[asyncpg.Record, UUID]]:
+    """Hold the upload's lease (renewed in the background) for the duration of the block."""
+    token = uuid.uuid4()
+    async with res.pool.acquire() as conn:
+        row = await repo.acquire_lease(conn, app_id, upload_id, token, LEASE_SECONDS)
+        if row is None:
+            if await repo.get_for_app(conn, app_id, upload_id) is None:
+                raise TusUploadNotFound(f"no upload {upload_id}")
+            raise TusUploadLocked(f"another request is writing upload {upload_id}; retry")
+    async with _lease_kept(res, upload_id, token):
+        yield row, token
+
+
+@contextlib.asynccontextmanager
+async def _lease_kept(res: Resources, upload_id: UUID, token: UUID) -> AsyncIterator[None]:
+    """Renew a lease taken with ``token`` while the block runs; release it afterwards."""
+    renewer = asyncio.create_task(_keep_lease(res, upload_id, token))
+    try:
+        yield
+    finally:
+        renewer.cancel()
+        await run_shielded(_release(res, upload_id, token))
+
+
+async def _keep_lease(res: Resources, upload_id: UUID, token: UUID) -> None:
+    while True:
+        await asyncio.sleep(LEASE_RENEW_EVERY)
+        try:
+            async with res.pool.acquire() as conn:
+                if not await repo.renew_lease(conn, upload_id, token, LEASE_SECONDS):
+                    return  # lost (or the row is gone): the next save notices
+        except Exception as exc:
+            log.warning("could not renew the lease of tus upload %s: %s", upload_id, exc)
+
+
+async def _release(res: Resources, upload_id: UUID, token: UUID) -> None:
+    async with res.pool.acquire() as conn:
+        await repo.release_lease(conn, upload_id, token)
+
+
+async def _save(res: Resources, row: asyncpg.Record, token: UUID, *, offset: int,
+                s3_upload_id: str | None = None, s3_parts: list[dict[str, Any]] | None = None,
+                tail: str | None = None, tail_size: int = 0) -> asyncpg.Record:
+    """Move the durable offset; at the last byte the upload becomes ``completing``."""
+    async with res.pool.acquire() as conn:
+        new = await repo.save_progress(
+            conn, row["id"], token, committed_offset=row["upload_offset"], offset=offset,
+            s3_upload_id=s3_upload_id, s3_parts=s3_parts or [], tail_key=tail,
+            tail_size=tail_size, attachment_id=uuid7() if offset == row["length"] else None,
+            expiry=expiry_seconds(res), lease=LEASE_SECONDS,
+        )
+    if new is None:
+        raise TusUploadLocked("another request took this upload over; retry from its offset")
+    return new
+
+
+# --- receiving bytes ---------------------------------------------------------------------------
+
+async def _receive(res: Resources, row: asyncpg.Record, token: UUID,
+                   chunks: AsyncIterable[bytes], checksum: Checksum | None) -> asyncpg.Record:
+    """Stream a PATCH body into the upload; returns the row as saved."""
+    checkpoints = checksum is None
+    sink: _FileSink | _S3Sink
+    if res.cache.kind == "s3":
+        sink = _S3Sink(res, row, token, checkpoints)
+    else:
+        sink = _FileSink(res, row, token, checkpoints)
+    try:
+        await sink.open()
+    except _DataLost:
+        await sink.close()
+        await _drop(res, row, token)
+        raise TusUploadGone("the bytes of this upload are lost; start a new upload") from None
+    hasher = checksum.new() if checksum else None
+    room = row["length"] - row["upload_offset"]
+    received = 0
+    source = aiter(chunks)
+    try:
+        while True:
+            try:
+                chunk = await anext(source)
+            except StopAsyncIteration:
+                break
+            except Exception:
+                # The body broke off (the client went away). tus allows partial progress:
+                # keep what arrived, unless a checksum covers the whole body.
+                if hasher is None:
+                    try:
+                        await sink.save()
+                    except Exception:
+                        log.exception("could not keep the partial PATCH of %s", row["id"])
+                raise
+            if not chunk:
+                continue
+            received += len(chunk)
+            if received > room:
+                raise UploadTooLarge(f"the body goes past the Upload-Length of {row['length']}")
+            if hasher is not None:
+                if len(chunk) >= 256 * 1024:
+                    await asyncio.to_thread(hasher.update, chunk)
+                else:
+                    hasher.update(chunk)
+            await sink.write(chunk)
+        if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
+            await sink.discard()
+            raise TusChecksumMismatch(f"the body does not match its {checksum.algorithm}"
+                                      " checksum; it was discarded")
+        return await sink.save()
+    finally:
+        await run_shielded(sink.close())
+
+
+class _FileSink:
+    """Writes at the stored offset into one file (pwrite, not O_APPEND: a stale writer that
+    lost its lease can then only rewrite the same bytes at the same places)."""
+
+    def __init__(self, res: Resources, row: asyncpg.Record, token: UUID,
+                 checkpoints: bool) -> None:
+        self.res = res
+        self.row = row
+        self.token = token
+        self.checkpoints = checkpoints
+        self.path: Path = res.cache.path_for(row["storage_key"])  # type: ignore[attr-defined]
+        self.pos = row["upload_offset"]
+        self.fd: int | None = None
+        self.buf = bytearray()
+        self._inflight: asyncio.Future[Any] | None = None
+
+    @property
+    def committed(self) -> int:
+        return int(self.row["upload_offset"])
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        # shielded: a cancelled request must not close the fd under a running thread
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._inflight = fut
+        return await asyncio.shield(fut)
+
+    async def open(self) -> None:
+        self.fd = await self._run(_open_upload_file, self.path, self.pos)
+
+    async def write(self, chunk: bytes) -> None:
+        self.buf += chunk
+        if len(self.buf) >= FS_WRITE_BUFFER:
+            await self._flush()
+            if (self.checkpoints and self.pos - self.committed >= FS_CHECKPOINT_BYTES
+                    and self.pos < self.row["length"]):
+                await self._commit()
+
+    async def save(self) -> asyncpg.Record:
+        await self._flush()
+        if self.pos != self.committed:
+            await self._commit()
+        return self.row
+
+    async def discard(self) -> None:
+        self.buf = bytearray()
+        self.pos = self.committed
+        if self.fd is not None:
+            await self._run(os.ftruncate, self.fd, self.committed)
+
+    async def close(self) -> None:
+        if self._inflight is not None:
+            await asyncio.wait([self._inflight])
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    async def _flush(self) -> None:
+        if self.buf:
+            # a fresh buffer, not clear(): a thread may still hold the old one
+            buf, self.buf = self.buf, bytearray()
+            assert self.fd is not None
+            await self._run(_pwrite_all, self.fd, buf, self.pos)
+            self.pos += len(buf)
+
+    async def _commit(self) -> None:
+        assert self.fd is not None
+        await self._run(os.fsync, self.fd)
+        self.row = await _save(self.res, self.row, self.token, offset=self.pos)
+
+
+def _open_upload_file(path: Path, offset: int) -> int:
+    created = not path.exists()
+    if created:
+        _make_dirs(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size < offset:
+            raise _DataLost(str(path))
+        if size > offset:
+            os.ftruncate(fd, offset)  # never acknowledged: a PATCH that died before saving
+        if created:
+            _fsync_dir(path.parent)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _pwrite_all(fd: int, data: bytearray, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
+def _make_dirs(path: Path) -> None:
+    missing = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+        _fsync_dir(d.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
+class _S3Sink:
+    """Fills parts of exactly ``part_size_for(length)`` bytes; what is left over at the end of
+    a PATCH becomes the tail object, and the first bytes of the next part."""
+
+    def __init__(self, res: Resources, row: asyncpg.Record, token: UUID,
+                 checkpoints: bool) -> None:
+        self.res = res
+        self.row = row
+        self.token = token
+        self.checkpoints = checkpoints
+        self.storage: Any = res.cache
+        self.client = self.storage.client
+        self.bucket = self.storage.bucket
+        self.obj_key = self.storage.object_key(row["storage_key"])
+        self.part_size = part_size_for(row["length"])
+        self.upload_id: str | None = row["s3_upload_id"]
+        self.parts: list[dict[str, Any]] = list(row["s3_parts"])
+        self.buf = bytearray()
+
+    @property
+    def position(self) -> int:
+        return sum(p["Size"] for p in self.parts) + len(self.buf)
+
+    async def open(self) -> None:
+        key = self.row["tail_key"]
+        if key:
+            try:
+                async for data in self.storage.read(key):
+                    self.buf += data
+            except StorageObjectNotFound:
+                raise _DataLost(key) from None
+        if self.position != self.row["upload_offset"]:
+            raise _DataLost(self.obj_key)
+
+    async def write(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while len(self.buf) + len(view) >= self.part_size:
+            take = self.part_size - len(self.buf)
+            self.buf += view[:take]
+            view = view[take:]
+            await self._upload_part(self.buf)
+            self.buf = bytearray()
+            if self.checkpoints and self.position < self.row["length"]:
+                await self._commit(self.position, tail=None)
+        self.buf += view
+
+    async def save(self) -> asyncpg.Record:
+        position = self.position
+        if position == self.row["upload_offset"]:
+            return self.row  # nothing new: the buffer is the stored tail
+        tail = None
+        if position == self.row["length"]:
+            if self.parts:
+                if self.buf:
+                    await self._upload_part(self.buf)  # the last part may be small
+            else:
+                # never reached a whole part: one plain object, no multipart upload
+                await self.client.put_object(Bucket=self.bucket, Key=self.obj_key,
+                                             Body=self.buf)
+            self.buf = bytearray()
+        elif self.buf:
+            tail = tail_key(self.row["app_id"], self.row["id"], position)
+            await self.client.put_object(Bucket=self.bucket, Key=self.storage.object_key(tail),
+                                         Body=bytes(self.buf))
+        try:
+            await self._commit(position, tail=tail)
+        except BaseException:
+            if tail:
+                await run_shielded(self.storage.delete(tail))
+            raise
+        return self.row
+
+    async def discard(self) -> None:
+        # parts uploaded by this request but not saved are overwritten by the next one, which
+        # starts from the same part number
+        self.buf = bytearray()
+        self.parts = list(self.row["s3_parts"])
+
+    async def close(self) -> None:
+        return None
+
+    async def _commit(self, offset: int, tail: str | None) -> None:
+        old_tail = self.row["tail_key"]
+        self.row = await _save(self.res, self.row, self.token, offset=offset,
+                               s3_upload_id=self.upload_id, s3_parts=self.parts, tail=tail,
+                               tail_size=len(self.buf) if tail else 0)
+        if old_tail and old_tail != tail:
+            try:
+                await self.storage.delete(old_tail)
+            except Exception as exc:  # removed with the upload's prefix later anyway
+                log.warning("could not delete tus tail %s: %s", old_tail, exc)
+
+    async def _upload_part(self, body: bytearray) -> None:
+        if self.upload_id is None:
+            resp = await self.client.create_multipart_upload(Bucket=self.bucket, Key=self.obj_key)
+            self.upload_id = resp["UploadId"]
+            # recorded at once, so that termination or expiry can always abort it
+            async with self.res.pool.acquire() as conn:
+                row = await repo.set_s3_upload_id(conn, self.row["id"], self.token,
+                                                  self.upload_id)
+            if row is None:
+                await run_shielded(self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=self.obj_key, UploadId=self.upload_id))
+                raise TusUploadLocked("another request took this upload over")
+            self.row = row
+        number = len(self.parts) + 1
+        resp = await self.client.upload_part(Bucket=self.bucket, Key=self.obj_key,
+                                             UploadId=self.upload_id, PartNumber=number,
+                                             Body=body)
+        self.parts.append({"PartNumber": number, "ETag": resp["ETag"], "Size": len(body)})
+
+
+# --- completion and removal --------------------------------------------------------------------
+
+async def _complete(res: Resources, row: asyncpg.Record, token: UUID) -> asyncpg.Record:
+    """Turn a ``completing`` upload into its attachment (idempotent; see the module doc)."""
+    app_id, att_id = row["app_id"], row["attachment_id"]
+    if not await _attachment_exists(res, att_id):
+        row = await _assemble(res, row, token)
+        options = _options_of(row)
+        try:
+            # counted here, once per upload (not per PATCH); the time is the completion's
+            with track_upload("tus") as accepted:
+                profile = res.profiles.get(options.profile or row["profile"])
+                received = await receive(
+                    _assembled(res, row), storage=res.cache,
+                    key=keys.cache_key(app_id, att_id), profile=profile,
+                    max_upload_size=res.settings.max_upload_size,
+                )
+                await record(res, Staged(app_id=app_id, att_id=att_id, profile=profile.name,
+                                         file=received), options)
+                accepted.append(received.size)
+        except (UploadTooLarge, UnsupportedMediaType, InvalidInput):
+            # refused for good: like any refused upload, it leaves nothing behind
+            await _drop(res, row, token)
+            raise
+    async with res.pool.acquire() as conn:
+        done = await repo.mark_done(conn, row["id"], token, expiry_seconds(res))
+    if done is None:
+        raise TusUploadLocked("another request took this upload over")
+    try:
+        await _delete_data(res, row)
+    except Exception as exc:  # the expiry sweep removes them again
+        log.warning("could not remove the bytes of finished tus upload %s: %s", row["id"], exc)
+    return done
+
+
+async def _assemble(res: Resources, row: asyncpg.Record, token: UUID) -> asyncpg.Record:
+    """S3: complete the multipart upload (once; a retry finds it already done)."""
+    if res.cache.kind != "s3" or not row["s3_upload_id"] or not row["s3_parts"]:
+        return row
+    storage: Any = res.cache
+    parts = [{"ETag": p["ETag"], "PartNumber": p["PartNumber"]} for p in row["s3_parts"]]
+    try:
+        await storage.client.complete_multipart_upload(
+            Bucket=storage.bucket, Key=storage.object_key(row["storage_key"]),
+            UploadId=row["s3_upload_id"], MultipartUpload={"Parts": parts},
+        )
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+            raise
+        info = await storage.stat(row["storage_key"])
+        if info is None or info.size != row["length"]:
+            raise
+    async with res.pool.acquire() as conn:
+        new = await repo.set_s3_upload_id(conn, row["id"], token, None)
+    if new is None:
+        raise TusUploadLocked("another request took this upload over")
+    return new
+
+
+def _assembled(res: Resources, row: asyncpg.Record) -> AsyncIterator[bytes]:
+    if row["length"] == 0:
+        return _nothing()
+    return res.cache.read(row["storage_key"], 0, row["length"] - 1)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # an empty async generator
+
+
+async def _attachment_exists(res: Resources, att_id: UUID | None) -> bool:
+    if att_id is None:
+        return False
+    async with res.pool.acquire() as conn:
+        return await attachments_repo.get(conn, att_id) is not None
+
+
+async def _drop(res: Resources, row: asyncpg.Record, token: UUID) -> None:
+    """Remove an upload: its bytes, an unfinished attachment's staged file, the row."""
+    await _delete_data(res, row)
+    att_id = row["attachment_id"]
+    if att_id is not None and not await _attachment_exists(res, att_id):
+        await res.cache.delete(keys.cache_key(row["app_id"], att_id))
+    async with res.pool.acquire() as conn:
+        await repo.delete(conn, row["id"], token)
+
+
+async def _delete_data(res: Resources, row: asyncpg.Record) -> None:
+    if res.cache.kind == "s3":
+        await _abort_multipart(res, row)
+    await res.cache.delete_prefix(keys.prefix(row["app_id"], row["id"]))
+
+
+async def _abort_multipart(res: Resources, row: asyncpg.Record) -> None:
+    """Abort the upload's multipart upload(s), including one whose id never got saved."""
+    storage: Any = res.cache
+    obj_key = storage.object_key(row["storage_key"])
+    ids = {row["s3_upload_id"]} - {None}
+    resp = await storage.client.list_multipart_uploads(Bucket=storage.bucket, Prefix=obj_key)
+    ids |= {u["UploadId"] for u in resp.get("Uploads", []) if u["Key"] == obj_key}
+    for upload_id in ids:
+        try:
+            await storage.client.abort_multipart_upload(Bucket=storage.bucket, Key=obj_key,
+                                                        UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise

@@ -1,0 +1,351 @@
+"""HTTP adapter for tus 1.0 at /v1/tus/: headers in, service calls, headers out.
+
+Every response of these routes (errors included) carries Tus-Resumable and the CORS headers
+browser clients such as Uppy need; OPTIONS answers without an API key (CORS preflight).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC
+from typing import Any
+from uuid import UUID
+
+import redis.exceptions
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from app.api_common import PROBLEM, path_id
+from app.db import CONNECTION_ERRORS
+from app.deps import current_app_id, resources
+from app.errors import MalformedRequest, ServiceUnavailable, StowageError
+from app.resources import Resources
+from app.uploads import tus
+from app.uploads.tus import (
+    CHECKSUM_ALGORITHMS,
+    OFFSET_CONTENT_TYPE,
+    TUS_EXTENSIONS,
+    TUS_VERSION,
+    TusUploadNotFound,
+    TusVersionUnsupported,
+    TusWrongContentType,
+    UploadStatus,
+)
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+CORS_ALLOW_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata,"
+    " Upload-Defer-Length, Upload-Concat, Upload-Checksum, X-HTTP-Method-Override,"
+    " X-Requested-With"
+)
+CORS_EXPOSE_HEADERS = (
+    "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size,"
+    " Tus-Extension, Upload-Metadata, Upload-Expires, Stowage-Attachment-Id"
+)
+CORS_MAX_AGE = "86400"
+_UNAVAILABLE = (*CONNECTION_ERRORS, redis.exceptions.ConnectionError,
+                redis.exceptions.TimeoutError)
+
+
+def _cors_headers(request: Request) -> dict[str, str]:
+    # API keys travel in Authorization, never in cookies: any origin may call, as with curl
+    origin = request.headers.get("origin")
+    return {
+        "Access-Control-Allow-Origin": origin or "*",
+        "Access-Control-Allow-Methods": CORS_ALLOW_METHODS,
+        "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+        "Access-Control-Expose-Headers": CORS_EXPOSE_HEADERS,
+        "Access-Control-Max-Age": CORS_MAX_AGE,
+        "Vary": "Origin",
+    }
+
+
+def _problem(exc: StowageError, request: Request) -> JSONResponse:
+    headers = dict(getattr(exc, "tus_headers", None) or {})
+    if exc.status == 412:
+        headers["Tus-Version"] = TUS_VERSION
+    if isinstance(exc, ServiceUnavailable):
+        headers["Retry-After"] = "5"
+    return JSONResponse(exc.problem(instance=request.url.path), status_code=exc.status,
+                        media_type=PROBLEM_JSON, headers=headers)
+
+
+class TusRoute(APIRoute):
+    """Adds the tus and CORS headers to every response, errors included (the app-wide error
+    handlers know nothing of them)."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def tus_handler(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except StowageError as exc:
+                response = _problem(exc, request)
+            except _UNAVAILABLE as exc:
+                log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
+                response = _problem(ServiceUnavailable(
+                    "a dependency (Postgres or Redis) is unreachable; retry"), request)
+            if request.method != "OPTIONS":
+                response.headers["Tus-Resumable"] = TUS_VERSION
+            response.headers.update(_cors_headers(request))
+            return response
+
+        return tus_handler
+
+
+async def require_tus_resumable(request: Request) -> None:
+    """412 unless ``Tus-Resumable: 1.0.0`` (every request but OPTIONS)."""
+    if request.method == "OPTIONS":
+        return
+    if request.headers.get("tus-resumable", "").strip() != TUS_VERSION:
+        raise TusVersionUnsupported(f"send the header Tus-Resumable: {TUS_VERSION}")
+
+
+router = APIRouter(prefix="/v1/tus", tags=["tus"], route_class=TusRoute,
+                   dependencies=[Depends(require_tus_resumable)])
+
+TUS_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Malformed tus header", **PROBLEM},
+    401: {"description": "Missing or invalid API key", **PROBLEM},
+    404: {"description": "No such upload for this app", **PROBLEM},
+    412: {"description": "Tus-Resumable 1.0.0 missing (see Tus-Version)", **PROBLEM},
+    422: {"description": "Invalid input", **PROBLEM},
+    423: {"description": "Another request is writing this upload; retry", **PROBLEM},
+    503: {"description": "Postgres or Redis unreachable; retry after Retry-After", **PROBLEM},
+}
+COMPLETION_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Over Upload-Length, or larger than the profile allows", **PROBLEM},
+    415: {"description": "PATCH Content-Type is not application/offset+octet-stream, or the"
+                         " completed file's type is not allowed by the profile", **PROBLEM},
+    422: {"description": "Invalid Upload-Metadata, or the completed file is refused by the"
+                         " profile", **PROBLEM},
+}
+
+
+def _header(name: str, schema: dict[str, Any], description: str,
+            required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "header", "required": required, "schema": schema,
+            "description": description}
+
+
+TUS_RESUMABLE = _header("Tus-Resumable", {"type": "string", "enum": [TUS_VERSION]},
+                        "the protocol version", required=True)
+UPLOAD_CHECKSUM = _header("Upload-Checksum", {"type": "string"},
+                          "`<sha1|sha256|md5> <base64 digest>` of this request's body")
+BODY: dict[str, Any] = {
+    "content": {OFFSET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+}
+CREATE_DOC: dict[str, Any] = {
+    "parameters": [
+        TUS_RESUMABLE,
+        _header("Upload-Length", {"type": "integer", "minimum": 0},
+                "the size of the whole file in bytes", required=True),
+        _header("Upload-Metadata", {"type": "string"},
+                "comma-separated `key base64(value)` pairs"),
+        UPLOAD_CHECKSUM,
+    ],
+    "requestBody": {"required": False, **BODY},
+}
+PATCH_DOC: dict[str, Any] = {
+    "parameters": [
+        TUS_RESUMABLE,
+        _header("Upload-Offset", {"type": "integer", "minimum": 0},
+                "where these bytes go: must equal the upload's offset", required=True),
+        UPLOAD_CHECKSUM,
+    ],
+    "requestBody": {"required": True, **BODY},
+}
+TUS_ONLY_DOC: dict[str, Any] = {"parameters": [TUS_RESUMABLE]}
+
+
+def _headers_doc(*names: str) -> dict[str, Any]:
+    return {n: {"schema": {"type": "string"}} for n in names}
+
+
+def _upload_id(value: str) -> UUID:
+    return path_id(value, TusUploadNotFound)
+
+
+def _http_date(status: UploadStatus) -> str:
+    return email.utils.format_datetime(status.expires_at.astimezone(UTC), usegmt=True)
+
+
+def _status_headers(status: UploadStatus) -> dict[str, str]:
+    headers = {"Upload-Offset": str(status.offset), "Upload-Expires": _http_date(status)}
+    if status.attachment_id is not None:
+        headers["Stowage-Attachment-Id"] = str(status.attachment_id)
+    return headers
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return tus.parse_length("Content-Length", value) if value is not None else None
+
+
+def _is_offset_stream(request: Request) -> bool:
+    ctype = request.headers.get("content-type", "")
+    return ctype.split(";", 1)[0].strip().lower() == OFFSET_CONTENT_TYPE
+
+
+def _location(res: Resources, upload_id: UUID) -> str:
+    return f"{res.settings.public_url.rstrip('/')}/v1/tus/{upload_id}"
+
+
+# --- discovery ---------------------------------------------------------------------------------
+
+@router.options(
+    "/", status_code=204, response_class=Response,
+    summary="tus discovery (no API key; also answers CORS preflight)",
+    responses={204: {"description": "What this server supports", "headers": _headers_doc(
+        "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
+        "Tus-Checksum-Algorithm")}},
+)
+@router.options("", status_code=204, response_class=Response, include_in_schema=False)
+@router.options("/{upload_id}", status_code=204, response_class=Response,
+                include_in_schema=False)
+async def discover(res: Resources = Depends(resources)) -> Response:
+    return Response(status_code=204, headers={
+        "Tus-Resumable": TUS_VERSION,
+        "Tus-Version": TUS_VERSION,
+        "Tus-Extension": ",".join(TUS_EXTENSIONS),
+        "Tus-Max-Size": str(tus.max_size(res)),
+        "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
+    })
+
+
+# --- creation ----------------------------------------------------------------------------------
+
+@router.post(
+    "/", status_code=201, response_class=Response, openapi_extra=CREATE_DOC,
+    summary="Create an upload (tus creation, creation-with-upload)",
+    description="Headers: `Upload-Length`, `Upload-Metadata` (keys `filename`, `profile`,"
+                " `record_type`, `record_id`, `record_name`, `promote`, `metadata`, values"
+                " base64). With `Content-Type: application/offset+octet-stream` the body is the"
+                " first bytes. 201 with `Location`, `Upload-Offset`, `Upload-Expires`, and"
+                " `Stowage-Attachment-Id` once the last byte is in.",
+    responses={**TUS_ERRORS, **COMPLETION_ERRORS,
+               201: {"description": "Created", "headers": _headers_doc(
+                   "Location", "Upload-Offset", "Upload-Expires", "Stowage-Attachment-Id")},
+               460: {"description": "Upload-Checksum mismatch; bytes discarded", **PROBLEM}},
+)
+@router.post("", status_code=201, response_class=Response, include_in_schema=False)
+async def create_upload(
+    request: Request,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> Response:
+    if request.headers.get("upload-concat"):
+        raise MalformedRequest("the concatenation extension is not supported")
+    if request.headers.get("upload-length") is None and request.headers.get("upload-defer-length"):
+        raise MalformedRequest("Upload-Defer-Length is not supported; send Upload-Length")
+    length = tus.parse_length("Upload-Length", request.headers.get("upload-length"))
+    with_body = _is_offset_stream(request)
+    checksum = tus.parse_checksum(request.headers.get("upload-checksum")) if with_body else None
+    content_length = _content_length(request) if with_body else None
+    status = await tus.create(res, app_id, length=length,
+                              metadata_header=request.headers.get("upload-metadata"))
+    location = _location(res, status.id)
+    if with_body and content_length != 0 and status.offset < status.length:
+        try:
+            status = await tus.append(res, app_id, status.id, offset=0, chunks=request.stream(),
+                                      content_length=content_length, checksum=checksum)
+        except StowageError as exc:
+            # the upload exists: tell the client where, so it can resume
+            exc.tus_headers = {"Location": location}  # type: ignore[attr-defined]
+            raise
+    return Response(status_code=201, headers={"Location": location, **_status_headers(status)})
+
+
+# --- one upload --------------------------------------------------------------------------------
+
+@router.head(
+    "/{upload_id}", status_code=200, response_class=Response, openapi_extra=TUS_ONLY_DOC,
+    summary="The upload's offset (tus HEAD)",
+    description="`Upload-Offset`, `Upload-Length`, `Upload-Metadata`, `Upload-Expires`; once"
+                " complete also `Stowage-Attachment-Id`.",
+    responses={**TUS_ERRORS, **COMPLETION_ERRORS, 410: {"description": "Expired", **PROBLEM},
+               200: {"description": "The upload", "headers": _headers_doc(
+                   "Upload-Offset", "Upload-Length", "Upload-Metadata", "Upload-Expires",
+                   "Stowage-Attachment-Id")}},
+)
+async def head_upload(
+    upload_id: str,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> Response:
+    status = await tus.status(res, app_id, _upload_id(upload_id))
+    headers = {**_status_headers(status), "Upload-Length": str(status.length),
+               "Cache-Control": "no-store"}
+    if status.metadata_header:
+        headers["Upload-Metadata"] = status.metadata_header
+    return Response(status_code=200, headers=headers)
+
+
+@router.patch(
+    "/{upload_id}", status_code=204, response_class=Response, openapi_extra=PATCH_DOC,
+    summary="Append bytes (tus PATCH)",
+    description="Headers: `Upload-Offset` (must equal the upload's), `Content-Type:"
+                " application/offset+octet-stream`, optional `Upload-Checksum: <sha1|sha256|md5>"
+                " <base64>`. 204 with the new `Upload-Offset`; with the last byte the attachment"
+                " is made and `Stowage-Attachment-Id` names it.",
+    responses={**TUS_ERRORS, **COMPLETION_ERRORS,
+               204: {"description": "Appended", "headers": _headers_doc(
+                   "Upload-Offset", "Upload-Expires", "Stowage-Attachment-Id")},
+               409: {"description": "Upload-Offset does not match the upload's", **PROBLEM},
+               410: {"description": "Expired", **PROBLEM},
+               460: {"description": "Upload-Checksum mismatch; bytes discarded", **PROBLEM}},
+)
+async def patch_upload(
+    upload_id: str,
+    request: Request,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> Response:
+    if not _is_offset_stream(request):
+        raise TusWrongContentType(f"send the bytes as Content-Type: {OFFSET_CONTENT_TYPE}")
+    upload = _upload_id(upload_id)
+    offset = tus.parse_length("Upload-Offset", request.headers.get("upload-offset"))
+    checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
+    status = await tus.append(res, app_id, upload, offset=offset, chunks=request.stream(),
+                              content_length=_content_length(request), checksum=checksum)
+    return Response(status_code=204, headers=_status_headers(status))
+
+
+@router.delete(
+    "/{upload_id}", status_code=204, response_class=Response, openapi_extra=TUS_ONLY_DOC,
+    summary="Terminate an upload (tus termination)",
+    description="Removes the upload and its bytes. An attachment already made from it stays.",
+    responses=TUS_ERRORS,
+)
+async def delete_upload(
+    upload_id: str,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> Response:
+    await tus.terminate(res, app_id, _upload_id(upload_id))
+    return Response(status_code=204)
+
+
+@router.post("/{upload_id}", response_class=Response, include_in_schema=False)
+async def method_override(
+    upload_id: str,
+    request: Request,
+    app_id: UUID = Depends(current_app_id),
+    res: Resources = Depends(resources),
+) -> Response:
+    """``X-HTTP-Method-Override``: for clients behind proxies that allow only GET and POST."""
+    method = request.headers.get("x-http-method-override", "").strip().upper()
+    if method == "PATCH":
+        return await patch_upload(upload_id, request, app_id, res)
+    if method == "DELETE":
+        return await delete_upload(upload_id, app_id, res)
+    if method == "HEAD":
+        return await head_upload(upload_id, app_id, res)
+    raise MalformedRequest("POST to an upload needs X-HTTP-Method-Override: PATCH or DELETE")
