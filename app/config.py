@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     profiles_file: Path | None = None
     public_url: str = "http://127.0.0.1:8000"
     secret_key: str = ""
+    # turns the operator's dashboard (/dashboard) on; empty: off (404)
+    admin_token: str = ""
     webhook_allow_private: bool = False
     webhook_retry_delays: str = "5,30,120,600,1800,3600,10800,21600,43200"
     sweep_interval: int = Field(default=30, gt=0)

@@ -16,6 +16,8 @@ from starlette.requests import ClientDisconnect
 from app import errors
 from app.attachments.routes import router as attachments_router
 from app.config import Settings, load_settings
+from app.dashboard.events_routes import router as attachment_events_router
+from app.dashboard.routes import router as dashboard_router
 from app.db import CONNECTION_ERRORS
 from app.ops.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
@@ -147,5 +149,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.include_router(presigned_router)
     app.include_router(tus_router)
     app.include_router(webhooks_router)
+    app.include_router(attachment_events_router)
+    app.include_router(dashboard_router)
     app.include_router(ops_router)
     return app

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app import activity
 from app.attachments import keys
 from app.attachments import repository as repo
 from app.errors import AttachmentNotFound, InvalidState
@@ -111,6 +112,8 @@ async def _insert_replacing_slot(res: Resources, staged: Staged, options: Upload
             record_name=slot.name if slot else None,
             promote=options.promote, cache_ttl=cache_ttl,
         )
+        for old in replaced:
+            await activity.record(conn, old["id"], "replaced", {"by": str(staged.att_id)})
         deliveries = [d for old in replaced
                       for d in await emit_attachment(conn, "attachment.deleted", old, res.links)]
         deliveries += await emit_attachment(conn, "attachment.cached", row, res.links)
@@ -238,6 +241,8 @@ async def promote(res: Resources, att_id: UUID) -> str:
         row = await repo.get(conn, att_id)
         if row is None or row["state"] != "cached" or row["promote_requested_at"] is None:
             return "skipped"
+        await activity.record(conn, att_id, "promotion.started",
+                              {"generation": row["generation"]})
         cached_key = row["key"]
         store_key = keys.store_key(row["app_id"], att_id, row["mime_type"])
         written = [store_key]
@@ -257,6 +262,8 @@ async def promote(res: Resources, att_id: UUID) -> str:
                 deliveries = await emit_attachment(conn, "attachment.stored", stored, res.links)
         if stored is None:
             # replaced or deleted meanwhile: what this run wrote belongs to nobody
+            await activity.record(conn, att_id, "promotion.aborted",
+                                  {"reason": "replaced or deleted while it was promoted"})
             for key in written:
                 await res.store.delete(key)
             return "aborted"
@@ -301,6 +308,9 @@ async def request_reprocess(res: Resources, app_id: UUID, att_id: UUID) -> async
         raise InvalidState(f"attachment {att_id} is {row['state']}; only stored attachments"
                            " can be reprocessed", state=row["state"])
     await res.jobs.reprocess(att_id, row["generation"])
+    async with res.pool.acquire() as conn:
+        await activity.record(conn, att_id, "reprocess.requested",
+                              {"generation": row["generation"]})
     return row
 
 
@@ -317,12 +327,19 @@ async def reprocess(res: Resources, att_id: UUID) -> str:
         except ImageProcessingError as e:
             log.warning("reprocess %s: %s (%s); keeping the current derivatives", att_id,
                         e.code, e.detail)
+            await activity.record(conn, att_id, "reprocess.failed",
+                                  {"code": e.code, "detail": e.detail})
             for key in written:
                 await res.store.delete(key)
             return "failed"
         async with conn.transaction():
             swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives)
+            if swapped is not None:
+                await activity.record(conn, att_id, "reprocessed",
+                                      {"derivatives": sorted(derivatives)})
         if swapped is None:
+            await activity.record(conn, att_id, "reprocess.aborted",
+                                  {"reason": "changed while it was reprocessed"})
             for key in written:
                 await res.store.delete(key)
             return "aborted"

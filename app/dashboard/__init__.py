@@ -1,0 +1,1 @@
+"""The operator's dashboard (/dashboard) and the attachment timeline it shares with the API."""

@@ -1,0 +1,246 @@
+"""SQL the operator's dashboard reads: across every app, by time, with health figures.
+
+Writes are not here: the dashboard's actions go through the services of attachments and
+webhooks, so an operator's promote or retry is exactly a client's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+# --- overview --------------------------------------------------------------------------------
+
+async def apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT id, name FROM apps ORDER BY name, id")
+
+
+async def state_counts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Attachments per state, one row per app (apps without any included)."""
+    return await conn.fetch(
+        "SELECT a.id AS app_id, a.name,"
+        " count(t.id) FILTER (WHERE t.state = 'cached') AS cached,"
+        " count(t.id) FILTER (WHERE t.state = 'stored') AS stored,"
+        " count(t.id) FILTER (WHERE t.state = 'failed') AS failed,"
+        " count(t.id) FILTER (WHERE t.state = 'deleted') AS deleted,"
+        " count(t.id) AS total"
+        " FROM apps a LEFT JOIN attachments t ON t.app_id = a.id"
+        " GROUP BY a.id, a.name ORDER BY a.name, a.id"
+    )
+
+
+async def promotion_lag(conn: asyncpg.Connection, window_s: int) -> asyncpg.Record:
+    """p50/p95 seconds from "promotion asked for" to stored, over what was stored recently.
+
+    Measured from promote_requested_at, which is created_at for an upload promoted at once:
+    a two-phase upload's wait for its client's promote call is not the service's lag.
+    """
+    return await conn.fetchrow(
+        "SELECT count(*) AS n,"
+        " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM"
+        "   stored_at - coalesce(promote_requested_at, created_at))) AS p50,"
+        " percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM"
+        "   stored_at - coalesce(promote_requested_at, created_at))) AS p95"
+        " FROM attachments WHERE stored_at >= now() - make_interval(secs => $1)",
+        window_s,
+    )
+
+
+async def hourly_activity(conn: asyncpg.Connection, hours: int) -> list[asyncpg.Record]:
+    """Uploads (created) and promotions (stored) in each of the last `hours` hours, the
+    current one included; hours without any are there with zeros."""
+    return await conn.fetch(
+        "WITH hours AS (SELECT generate_series("
+        "   date_trunc('hour', now()) - make_interval(hours => $1 - 1),"
+        "   date_trunc('hour', now()), interval '1 hour') AS h)"
+        " SELECT h AS hour,"
+        " (SELECT count(*) FROM attachments"
+        "   WHERE created_at >= h AND created_at < h + interval '1 hour') AS uploads,"
+        " (SELECT count(*) FROM attachments"
+        "   WHERE stored_at >= h AND stored_at < h + interval '1 hour') AS promotions"
+        " FROM hours ORDER BY h",
+        hours,
+    )
+
+
+async def webhook_counts(conn: asyncpg.Connection, failed_window_s: int
+                         ) -> list[asyncpg.Record]:
+    """Per app: endpoints, disabled ones, deliveries pending, deliveries failed lately."""
+    return await conn.fetch(
+        "SELECT ep.app_id, count(*) AS endpoints,"
+        " count(*) FILTER (WHERE NOT ep.enabled) AS disabled,"
+        " coalesce(sum(p.n), 0)::bigint AS pending, coalesce(sum(f.n), 0)::bigint AS failed"
+        " FROM webhook_endpoints ep"
+        " LEFT JOIN LATERAL (SELECT count(*) AS n FROM webhook_deliveries d"
+        "   WHERE d.endpoint_id = ep.id AND d.status = 'pending') p ON true"
+        " LEFT JOIN LATERAL (SELECT count(*) AS n FROM webhook_deliveries d"
+        "   WHERE d.endpoint_id = ep.id AND d.status = 'failed'"
+        "   AND d.updated_at >= now() - make_interval(secs => $1)) f ON true"
+        " GROUP BY ep.app_id",
+        failed_window_s,
+    )
+
+
+async def disabled_endpoints(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT ep.id, ep.app_id, a.name AS app_name, ep.url, ep.disabled_reason,"
+        " ep.updated_at, ep.last_success_at"
+        " FROM webhook_endpoints ep JOIN apps a ON a.id = ep.app_id"
+        " WHERE NOT ep.enabled ORDER BY ep.updated_at DESC LIMIT $1",
+        limit,
+    )
+
+
+# --- attachments -----------------------------------------------------------------------------
+
+LIST_COLUMNS = (
+    "t.id, t.app_id, a.name AS app_name, t.profile, t.state, t.filename, t.mime_type, t.size,"
+    " t.record_type, t.record_id, t.record_name, t.created_at, t.stored_at, t.error"
+)
+
+
+async def list_attachments(
+    conn: asyncpg.Connection,
+    *,
+    app_id: UUID | None,
+    state: str | None,
+    profile: str | None,
+    record_type: str | None,
+    record_id: str | None,
+    record_name: str | None,
+    created_from: datetime | None,
+    created_to: datetime | None,
+    before: UUID | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Newest first (ids are UUIDv7), every filter optional; `before` is the cursor."""
+    return await conn.fetch(
+        f"SELECT {LIST_COLUMNS} FROM attachments t JOIN apps a ON a.id = t.app_id"
+        " WHERE ($1::uuid IS NULL OR t.app_id = $1)"
+        " AND ($2::text IS NULL OR t.state = $2)"
+        " AND ($3::text IS NULL OR t.profile = $3)"
+        " AND ($4::text IS NULL OR t.record_type = $4)"
+        " AND ($5::text IS NULL OR t.record_id = $5)"
+        " AND ($6::text IS NULL OR t.record_name = $6)"
+        " AND ($7::timestamptz IS NULL OR t.created_at >= $7)"
+        " AND ($8::timestamptz IS NULL OR t.created_at < $8)"
+        " AND ($9::uuid IS NULL OR t.id < $9)"
+        " ORDER BY t.id DESC LIMIT $10",
+        app_id, state, profile, record_type, record_id, record_name, created_from,
+        created_to, before, limit,
+    )
+
+
+async def profiles_in_use(conn: asyncpg.Connection) -> list[str]:
+    """Profile names found on attachments: a profile removed from the file still has them."""
+    rows = await conn.fetch("SELECT DISTINCT profile FROM attachments ORDER BY profile")
+    return [r["profile"] for r in rows]
+
+
+# --- an attachment's timeline ----------------------------------------------------------------
+
+async def attachment_events(conn: asyncpg.Connection, attachment_id: UUID, limit: int
+                            ) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT e.id, e.type, e.created_at, e.body,"
+        " (SELECT count(*) FROM webhook_deliveries d WHERE d.event_id = e.id) AS deliveries"
+        " FROM events e WHERE e.attachment_id = $1 ORDER BY e.created_at, e.id LIMIT $2",
+        attachment_id, limit,
+    )
+
+
+async def attachment_deliveries(conn: asyncpg.Connection, attachment_id: UUID,
+                                snippet_chars: int, limit: int) -> list[asyncpg.Record]:
+    """Every delivery of the attachment's events with each of its attempts (one row per
+    attempt; a delivery not attempted yet is one row with NULL attempt columns)."""
+    return await conn.fetch(
+        "SELECT d.id AS delivery_id, d.event_id, e.type AS event_type, d.endpoint_id,"
+        " ep.url, d.status, d.attempts, d.next_attempt_at, d.created_at,"
+        " wa.id AS attempt_id, wa.attempted_at, wa.status_code, wa.error, wa.duration_ms,"
+        " left(wa.response_body, $2) AS response_body,"
+        " row_number() OVER (PARTITION BY d.id ORDER BY wa.id) AS attempt_no"
+        " FROM events e JOIN webhook_deliveries d ON d.event_id = e.id"
+        " JOIN webhook_endpoints ep ON ep.id = d.endpoint_id"
+        " LEFT JOIN webhook_attempts wa ON wa.delivery_id = d.id"
+        " WHERE e.attachment_id = $1"
+        " ORDER BY coalesce(wa.attempted_at, d.created_at), wa.id LIMIT $3",
+        attachment_id, snippet_chars, limit,
+    )
+
+
+# --- webhooks --------------------------------------------------------------------------------
+
+ENDPOINT_COLUMNS = (
+    "ep.id, ep.app_id, a.name AS app_name, ep.url, ep.events, ep.description, ep.enabled,"
+    " ep.disabled_reason, ep.failing_since, ep.last_success_at, ep.created_at, ep.updated_at"
+)
+
+
+async def endpoints_with_health(conn: asyncpg.Connection, app_id: UUID | None, window: int
+                                ) -> list[asyncpg.Record]:
+    """Endpoints (of one app, or all) with the outcome of their last `window` finished
+    deliveries and how many are pending."""
+    return await conn.fetch(
+        f"SELECT {ENDPOINT_COLUMNS}, h.finished, h.delivered, h.last_delivery_at,"
+        " (SELECT count(*) FROM webhook_deliveries d"
+        "   WHERE d.endpoint_id = ep.id AND d.status = 'pending') AS pending"
+        " FROM webhook_endpoints ep JOIN apps a ON a.id = ep.app_id"
+        " LEFT JOIN LATERAL (SELECT count(*) AS finished,"
+        "   count(*) FILTER (WHERE r.status = 'delivered') AS delivered,"
+        "   max(r.created_at) AS last_delivery_at"
+        "   FROM (SELECT d.status, d.created_at FROM webhook_deliveries d"
+        "     WHERE d.endpoint_id = ep.id AND d.status <> 'pending'"
+        "     ORDER BY d.created_at DESC LIMIT $2) r) h ON true"
+        " WHERE ($1::uuid IS NULL OR ep.app_id = $1)"
+        " ORDER BY a.name, ep.id",
+        app_id, window,
+    )
+
+
+async def get_endpoint(conn: asyncpg.Connection, endpoint_id: UUID) -> asyncpg.Record | None:
+    """Any app's endpoint: the operator sees them all."""
+    return await conn.fetchrow(
+        f"SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ep JOIN apps a ON a.id = ep.app_id"
+        " WHERE ep.id = $1",
+        endpoint_id,
+    )
+
+
+async def endpoint_deliveries(conn: asyncpg.Connection, endpoint_id: UUID,
+                              status: str | None, before: UUID | None, limit: int
+                              ) -> list[asyncpg.Record]:
+    """The delivery log, newest first, with what was sent (the event body)."""
+    return await conn.fetch(
+        "SELECT d.id, d.event_id, e.type AS event_type, e.attachment_id, e.body, d.status,"
+        " d.attempts, d.last_status_code, d.last_error, d.next_attempt_at, d.delivered_at,"
+        " d.created_at, d.updated_at"
+        " FROM webhook_deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.endpoint_id = $1 AND ($2::text IS NULL OR d.status = $2)"
+        " AND ($3::uuid IS NULL OR (d.created_at, d.id) <"
+        "   (SELECT created_at, id FROM webhook_deliveries WHERE id = $3))"
+        " ORDER BY d.created_at DESC, d.id DESC LIMIT $4",
+        endpoint_id, status, before, limit,
+    )
+
+
+async def attempts_of(conn: asyncpg.Connection, delivery_ids: list[UUID], snippet_chars: int
+                      ) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, delivery_id, attempted_at, status_code, error, duration_ms,"
+        " left(response_body, $2) AS response_body"
+        " FROM webhook_attempts WHERE delivery_id = ANY($1::uuid[]) ORDER BY delivery_id, id",
+        delivery_ids, snippet_chars,
+    )
+
+
+async def failed_deliveries_since(conn: asyncpg.Connection, endpoint_id: UUID,
+                                  since: datetime, limit: int) -> list[asyncpg.Record]:
+    """Deliveries that ended failed at or after `since` (a failed delivery is final, so its
+    updated_at is when it failed)."""
+    return await conn.fetch(
+        "SELECT id FROM webhook_deliveries WHERE endpoint_id = $1 AND status = 'failed'"
+        " AND updated_at >= $2 ORDER BY updated_at LIMIT $3",
+        endpoint_id, since, limit,
+    )
