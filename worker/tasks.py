@@ -1,8 +1,7 @@
-"""arq job functions: each a few lines around a domain service call."""
+"""arq job functions: each one line around a domain service call."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,89 +23,43 @@ log = logging.getLogger(__name__)
 RETRY_DEFERS = (2, 5, 15, 30, 60)
 
 
-def _res(ctx: dict[str, Any]) -> Resources:
-    return ctx["resources"]
+def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
+        ) -> Callable[..., Awaitable[str]]:
+    """An arq function around a domain call on one id: the request id of the request that
+    caused it in the logs, retries with backoff for transient failures, and its outcome (the
+    returned word, "retry" or "error") counted."""
 
-
-def counted(fn: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[str]]:
-    """Count every run by its outcome: the returned word, "retry", or "error"."""
-
-    @functools.wraps(fn)
-    async def wrapper(ctx: dict[str, Any], *args: Any, request_id: str | None = None) -> str:
-        # the id of the request that caused this job, so its logs line up with the API's
+    async def run(ctx: dict[str, Any], target_id: str, request_id: str | None = None) -> str:
         token = request_id_var.set(request_id or f"job:{ctx.get('job_id')}")
         outcome = "error"
         started = time.perf_counter()
         try:
-            outcome = await fn(ctx, *args)
+            outcome = await call(ctx["resources"], UUID(target_id))
             return outcome
-        except Retry:
+        except Exception as e:
+            if not is_transient(e):
+                raise  # a bug: the sweep tries again much later, not in a tight loop
             outcome = "retry"
-            raise
+            tries = ctx.get("job_try", 1)
+            defer = RETRY_DEFERS[min(tries - 1, len(RETRY_DEFERS) - 1)]
+            log.warning("%s %s failed (try %d): %s: %s; retrying in %ds", name, target_id,
+                        tries, type(e).__name__, e, defer)
+            raise Retry(defer=defer) from e
         finally:
             request_id_var.reset(token)
-            metrics.JOBS.labels(fn.__name__, outcome).inc()
-            if fn.__name__ == "promote":
+            metrics.JOBS.labels(name, outcome).inc()
+            if name == "promote":
                 metrics.PROMOTIONS.labels(outcome).inc()
                 metrics.PROMOTION_SECONDS.observe(time.perf_counter() - started)
 
-    return wrapper
+    run.__name__ = run.__qualname__ = name
+    return run
 
 
-async def _transient(ctx: dict[str, Any], what: str, exc: Exception) -> None:
-    """Retry a transient failure with backoff; anything else propagates and fails the job
-    (the sweep tries it again much later, so a bug is not hammered in a tight loop)."""
-    if not is_transient(exc):
-        return
-    tries = ctx.get("job_try", 1)
-    defer = RETRY_DEFERS[min(tries - 1, len(RETRY_DEFERS) - 1)]
-    log.warning("%s failed (try %d): %s: %s; retrying in %ds", what, tries, type(exc).__name__,
-                exc, defer)
-    raise Retry(defer=defer) from exc
-
-
-@counted
-async def promote(ctx: dict[str, Any], attachment_id: str) -> str:
-    try:
-        return await service.promote(_res(ctx), UUID(attachment_id))
-    except Exception as e:
-        await _transient(ctx, f"promote {attachment_id}", e)
-        raise
-
-
-@counted
-async def destroy(ctx: dict[str, Any], attachment_id: str) -> str:
-    try:
-        return await service.destroy(_res(ctx), UUID(attachment_id))
-    except Exception as e:
-        await _transient(ctx, f"destroy {attachment_id}", e)
-        raise
-
-
-@counted
-async def purge_cache(ctx: dict[str, Any], attachment_id: str) -> str:
-    try:
-        return await service.purge_cache(_res(ctx), UUID(attachment_id))
-    except Exception as e:
-        await _transient(ctx, f"purge_cache {attachment_id}", e)
-        raise
-
-
-@counted
-async def deliver_webhook(ctx: dict[str, Any], delivery_id: str) -> str:
-    # HTTP failures are the delivery's own business (backoff in Postgres); only our own
-    # database trouble is retried here
-    try:
-        return await webhooks.deliver(_res(ctx), UUID(delivery_id))
-    except Exception as e:
-        await _transient(ctx, f"deliver_webhook {delivery_id}", e)
-        raise
-
-
-@counted
-async def reprocess(ctx: dict[str, Any], attachment_id: str) -> str:
-    try:
-        return await service.reprocess(_res(ctx), UUID(attachment_id))
-    except Exception as e:
-        await _transient(ctx, f"reprocess {attachment_id}", e)
-        raise
+promote = job("promote", service.promote)
+destroy = job("destroy", service.destroy)
+purge_cache = job("purge_cache", service.purge_cache)
+reprocess = job("reprocess", service.reprocess)
+# HTTP failures are the delivery's own business (backoff kept in Postgres); only our own
+# database trouble is retried by arq
+deliver_webhook = job("deliver_webhook", webhooks.deliver)
