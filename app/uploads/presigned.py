@@ -3,6 +3,7 @@ register what arrived there after checking it like any other upload."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,7 +73,7 @@ async def register(res: Resources, app_id: UUID, cached_key: str, options: Uploa
     staged = attachments.Staged(app_id=app_id, att_id=presign["attachment_id"],
                                 profile=options.profile or presign["profile"], file=received)
     if options.filename is None:
-        options = UploadOptions(**{**options.__dict__, "filename": presign["filename"]})
+        options = dataclasses.replace(options, filename=presign["filename"])
     return await attachments.record(res, staged, options)
 
 
