@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import botocore.exceptions
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,7 @@ from app.db import CONNECTION_ERRORS
 from app.ops.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.resources import Resources, build_resources
+from app.transient import is_transient
 from app.uploads.presigned_routes import router as presigned_router
 from app.uploads.tus_routes import router as tus_router
 from app.webhooks.routes import router as webhooks_router
@@ -78,8 +80,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
-        err = errors.ServiceUnavailable("a dependency (Postgres or Redis) is unreachable; retry")
+        err = errors.ServiceUnavailable("a dependency (Postgres, Redis or storage) is"
+                                        " unreachable; retry")
         return problem_response(err, request, {"Retry-After": RETRY_AFTER_S})
+
+    async def _storage(request: Request, exc: Exception) -> JSONResponse:
+        if is_transient(exc):  # S3 down or throttling after botocore's own retries
+            return await _unavailable(request, exc)
+        return await _unexpected(request, exc)
+
+    for exc_type in (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError):
+        app.add_exception_handler(exc_type, _storage)
 
     for exc_type in (*CONNECTION_ERRORS, redis.exceptions.ConnectionError,
                      redis.exceptions.TimeoutError):
