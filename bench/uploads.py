@@ -1,18 +1,23 @@
 #!/usr/bin/env python3
 """Upload throughput and server memory: Stowage vs the Node tus server vs a discard sink.
 
-One command, one run, one generated file, the same client (curl) for every target:
+One command, one run, one generated file, the same client for every target of a kind (curl
+for single-request uploads, bench/tus_client.py for chunked tus):
 
-    python bench/uploads.py [--size-mib 1024] [--runs 1] [--json out.json]
+    python bench/uploads.py [--size-mib 1024] [--runs 1] [--targets a,b,...] [--json out.json]
+    python bench/uploads.py --size-mib 256      # the issue-5 table (every target by default)
 
-Targets (see bench/README.md for what each column means):
+Targets (see bench/README.md for what each column means; `--targets` takes the keys):
 
-* disk write / disk write + fsync: no HTTP at all, what the filesystem takes.
-* sink (node) / sink (python): loopback HTTP PUT into a server that discards the body, the
-  physical limit of one HTTP stream here (the peer's sink.mjs / sink.py).
+* disk, disk-fsync: no HTTP at all, what the filesystem takes.
+* sink-node, sink-python: loopback HTTP PUT into a server that discards the body, the physical
+  limit of one HTTP stream here (the peer's sink.mjs / sink.py).
 * tus-node: @tus/server + @tus/file-store, POST creation then one PATCH with the whole file.
-* stowage multipart / stowage raw: POST /v1/attachments (multipart/form-data) and
+* tus-node-chunked: the same server, PATCHes of --chunk-mib (8) MiB from bench/tus_client.py.
+* stowage-multipart, stowage-raw: POST /v1/attachments (multipart/form-data) and
   POST /v1/attachments/raw, both with promote=false so no worker is needed.
+* stowage-tus: POST /v1/tus/ then PATCHes of --chunk-mib MiB, the same client as
+  tus-node-chunked, promote=false in Upload-Metadata.
 
 Every server runs as its own process, so its RSS and CPU time can be sampled alone.
 """
@@ -20,46 +25,59 @@ Every server runs as its own process, so its RSS and CPU time can be sampled alo
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import hashlib
 import json
 import os
-import platform
 import resource
-import secrets
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psutil
+from _common import (
+    DEFAULT_PEER_DIR,
+    DEFAULT_PG,
+    DEFAULT_REDIS,
+    MB,
+    REPO,
+    MiB,
+    Server,
+    Stowage,
+    TusNode,
+    clean_env,
+    cpu_seconds,
+    empty_dir,
+    free_port,
+    machine,
+    start_server,
+    start_stowage,
+    start_tus_node,
+    terminate_cleanly,
+)
 
-MiB = 1024 * 1024
-MB = 1_000_000
 BLOCK = MiB
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_PEER_DIR = Path("/work/shared/peers/tus-node")
 DEFAULT_JSON = REPO / "bench" / "results" / "uploads.json"
+TUS_CLIENT = Path(__file__).resolve().parent / "tus_client.py"
 SAMPLE_INTERVAL = 0.02
 WARMUP_MIB = 8
 # curl's own timers: the transfer starts at pretransfer and ends when the response is read.
 CURL_WRITE_OUT = "%{http_code} %{time_pretransfer} %{time_total}"
 # No "Expect: 100-continue" round trip: the body goes right after the headers, everywhere.
 CURL_BASE = ["curl", "-sS", "--no-progress-meter", "-H", "Expect:"]
+# --targets keys, in the order the rows are printed
+TARGET_KEYS = ("disk", "disk-fsync", "sink-node", "sink-python", "tus-node", "tus-node-chunked",
+               "stowage-multipart", "stowage-raw", "stowage-tus")
 
 
 # --- payload ---------------------------------------------------------------------------------
@@ -88,65 +106,6 @@ def sha256_of(path: Path) -> str:
         while block := f.read(BLOCK):
             hasher.update(block)
     return hasher.hexdigest()
-
-
-def empty_dir(path: Path) -> None:
-    """Remove what a target stored, keeping the directory its server writes into."""
-    for child in path.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
-# --- processes -------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A server subprocess, logging to a file (a full pipe would stall it)."""
-
-    def __init__(self, name: str, cmd: list[str], *, env: dict[str, str], cwd: Path,
-                 log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name.replace(' ', '-')}.log"
-        with open(self.log_path, "wb") as log:
-            # Own session: a Ctrl-C meant for the bench must not kill a server mid-upload
-            # before the bench's own cleanup stops it.
-            self.popen = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid = self.popen.pid
-
-    def wait_http(self, url: str, timeout: float = 30.0) -> None:
-        """Until `url` answers at all (any status): the server is accepting requests."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{self.name} did not answer {url} in {timeout}s:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
 
 
 # --- memory and CPU of the server ------------------------------------------------------------
@@ -201,13 +160,9 @@ def _read_status_kib(pid: int, key: str) -> int:
     raise KeyError(key)
 
 
-def cpu_seconds(pid: int) -> float:
-    times = psutil.Process(pid).cpu_times()
-    return times.user + times.system
-
-
 def children_cpu_seconds() -> float:
-    """CPU time of this process's finished children: the curl runs, as each is waited for."""
+    """CPU time of this process's finished children: the clients (curl, tus_client.py), as
+    each is waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -255,12 +210,20 @@ def expect(cond: bool, what: str, res: CurlResult | None = None) -> None:
 # --- targets ---------------------------------------------------------------------------------
 
 @dataclass
+class Transfer:
+    seconds: float  # of the transfer, after checking it worked
+    # CPU seconds the client spent in the transfer, if it measured them itself; otherwise
+    # measure() takes the CPU time of the child processes it waited for (curl)
+    client_cpu: float | None = None
+
+
+@dataclass
 class Target:
     """Something to upload into: `upload` does the timed transfer and verifies it."""
 
     name: str
     server: Server | None  # the process whose RSS/CPU is measured; None for disk references
-    upload: Callable[[Payload], float]  # seconds of the transfer, after checking it worked
+    upload: Callable[[Payload], Transfer]
     cleanup: Callable[[], None] = lambda: None  # drop what was stored, between runs
 
 
@@ -268,7 +231,7 @@ def disk_target(name: str, dest_dir: Path, fsync: bool) -> Target:
     """Copy the payload with 1 MiB writes: what the filesystem alone takes (no HTTP)."""
     dest = dest_dir / "disk-copy.bin"
 
-    def upload(payload: Payload) -> float:
+    def upload(payload: Payload) -> Transfer:
         start = time.perf_counter()
         with open(payload.path, "rb") as src, open(dest, "wb") as out:
             while block := src.read(BLOCK):
@@ -276,158 +239,174 @@ def disk_target(name: str, dest_dir: Path, fsync: bool) -> Target:
             if fsync:
                 out.flush()
                 os.fsync(out.fileno())
-        return time.perf_counter() - start
+        return Transfer(time.perf_counter() - start)
 
     return Target(name, None, upload, lambda: dest.unlink(missing_ok=True))
 
 
 def sink_target(name: str, server: Server, url: str, work: Path) -> Target:
-    def upload(payload: Payload) -> float:
+    def upload(payload: Payload) -> Transfer:
         res = curl(["-T", str(payload.path), url], work)
         expect(res.status == 204, f"{name} answered 204", res)
         received = int(res.headers.get("x-bytes-received", -1))
         expect(received == payload.size, f"{name} received {received} of {payload.size} bytes")
-        return res.seconds
+        return Transfer(res.seconds)
 
     return Target(name, server, upload)
 
 
-def tus_target(server: Server, base: str, files: Path, work: Path) -> Target:
-    """tus 1.0: create with Upload-Length, then one PATCH streaming the whole file."""
+def tus_chunked(url: str, payload: Payload, chunk_mib: float, *,
+                headers: dict[str, str] | None = None,
+                metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    """One chunked tus upload by bench/tus_client.py in its own process (so its CPU time is
+    counted as the client's, like curl's); returns its JSON result."""
+    cmd = [sys.executable, str(TUS_CLIENT), url, str(payload.path),
+           "--chunk-mib", str(chunk_mib)]
+    cmd += [arg for name, value in (headers or {}).items()
+            for arg in ("--header", f"{name}: {value}")]
+    cmd += [arg for key, value in (metadata or {}).items()
+            for arg in ("--metadata", f"{key}={value}")]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"chunked tus upload to {url} failed: {out.stderr.strip()}")
+    result: dict[str, Any] = json.loads(out.stdout)
+    offset = int(result["headers"].get("upload-offset", -1))
+    expect(result["status"] == 204 and offset == payload.size,
+           f"last PATCH: 204 with Upload-Offset {offset} == {payload.size}")
+    return result
+
+
+def tus_node_targets(node: TusNode, work: Path, chunk_mib: float,
+                     keys: set[str]) -> list[Target]:
+    """tus 1.0 into the Node peer: one PATCH with the whole file (curl), and/or PATCHes of
+    `chunk_mib` MiB (tus_client.py, the client the stowage-tus row uses too)."""
     tus = ["-H", "Tus-Resumable: 1.0.0"]
 
-    def upload(payload: Payload) -> float:
+    def verify(location: str, payload: Payload) -> None:
+        # byte for byte, outside the timing
+        stored = node.files / location.rsplit("/", 1)[-1]
+        expect(sha256_of(stored) == payload.sha256, "tus stored file matches the payload")
+
+    def single(payload: Payload) -> Transfer:
         meta = base64.b64encode(payload.path.name.encode()).decode()
         created = curl([*tus, "-X", "POST", "-H", f"Upload-Length: {payload.size}",
-                        "-H", f"Upload-Metadata: filename {meta}", f"{base}/files"], work)
+                        "-H", f"Upload-Metadata: filename {meta}", f"{node.base}/files"], work)
         expect(created.status == 201 and "location" in created.headers, "tus creation", created)
         location = created.headers["location"]
         if location.startswith("/"):
-            location = base + location
+            location = node.base + location
         res = curl([*tus, "-X", "PATCH", "-H", "Content-Type: application/offset+octet-stream",
                     "-H", "Upload-Offset: 0", "-T", str(payload.path), location], work)
         expect(res.status == 204, "tus PATCH answered 204", res)
         offset = int(res.headers.get("upload-offset", -1))
         expect(offset == payload.size, f"tus Upload-Offset {offset} == {payload.size}")
-        # byte for byte, outside the timing
-        stored = files / location.rsplit("/", 1)[-1]
-        expect(sha256_of(stored) == payload.sha256, "tus stored file matches the payload")
-        return res.seconds
+        verify(location, payload)
+        return Transfer(res.seconds)
 
-    return Target("tus-node", server, upload, lambda: empty_dir(files))
+    def chunked(payload: Payload) -> Transfer:
+        result = tus_chunked(f"{node.base}/files", payload, chunk_mib,
+                             metadata={"filename": payload.path.name})
+        verify(result["location"], payload)
+        return Transfer(result["seconds"], result["cpu_seconds"])
+
+    targets = []
+    if "tus-node" in keys:
+        targets.append(Target("tus-node", node.server, single, lambda: empty_dir(node.files)))
+    if "tus-node-chunked" in keys:
+        targets.append(Target(f"tus-node ({chunk_mib:g} MiB chunks)", node.server, chunked,
+                              lambda: empty_dir(node.files)))
+    return targets
 
 
-def stowage_targets(server: Server, base: str, api_key: str, cache: Path,
-                    work: Path) -> list[Target]:
-    auth = ["-H", f"Authorization: Bearer {api_key}"]
+def stowage_targets(stowage: Stowage, cache: Path, work: Path, chunk_mib: float,
+                    keys: set[str]) -> list[Target]:
+    auth = ["-H", f"Authorization: Bearer {stowage.api_key}"]
+    base = stowage.base
 
-    def check(name: str, res: CurlResult, payload: Payload) -> float:
-        expect(res.status == 201, f"{name} answered 201", res)
-        att = json.loads(res.body)
+    def check(name: str, att: dict[str, Any], payload: Payload) -> None:
         expect(att["size"] == payload.size, f"{name} size {att['size']} == {payload.size}")
         expect(att["sha256"] == payload.sha256, f"{name} sha256 matches the payload")
-        return res.seconds
 
-    def multipart(payload: Payload) -> float:
+    def check_response(name: str, res: CurlResult, payload: Payload) -> Transfer:
+        expect(res.status == 201, f"{name} answered 201", res)
+        check(name, json.loads(res.body), payload)
+        return Transfer(res.seconds)
+
+    def multipart(payload: Payload) -> Transfer:
         # promote before the file: fields ahead of the file part are validated up front
         res = curl([*auth, "-F", "promote=false",
                     "-F", f"file=@{payload.path};type=application/octet-stream",
                     f"{base}/v1/attachments"], work)
-        return check("stowage multipart", res, payload)
+        return check_response("stowage multipart", res, payload)
 
-    def raw(payload: Payload) -> float:
+    def raw(payload: Payload) -> Transfer:
         res = curl([*auth, "-X", "POST", "-H", "Content-Type: application/octet-stream",
                     "-T", str(payload.path),
                     f"{base}/v1/attachments/raw?filename={payload.path.name}&promote=false"],
                    work)
-        return check("stowage raw", res, payload)
+        return check_response("stowage raw", res, payload)
+
+    def tus(payload: Payload) -> Transfer:
+        result = tus_chunked(f"{base}/v1/tus/", payload, chunk_mib, headers=stowage.auth_header,
+                             metadata={"filename": payload.path.name, "promote": "false"})
+        att_id = result["headers"].get("stowage-attachment-id")
+        expect(bool(att_id), "stowage tus: the last PATCH names the Stowage-Attachment-Id")
+        # outside the timing: the attachment as the API reports it
+        req = urllib.request.Request(f"{base}/v1/attachments/{att_id}",
+                                     headers=stowage.auth_header)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            check("stowage tus", json.loads(resp.read()), payload)
+        return Transfer(result["seconds"], result["cpu_seconds"])
 
     # The rows stay in the bench database (dropped at the end); only the bytes go.
-    return [Target("stowage multipart", server, multipart, lambda: empty_dir(cache)),
-            Target("stowage raw", server, raw, lambda: empty_dir(cache))]
+    made = {"stowage-multipart": Target("stowage multipart", stowage.server, multipart),
+            "stowage-raw": Target("stowage raw", stowage.server, raw),
+            "stowage-tus": Target(f"stowage tus ({chunk_mib:g} MiB chunks)", stowage.server,
+                                  tus)}
+    targets = [t for key, t in made.items() if key in keys]
+    for t in targets:
+        t.cleanup = lambda: empty_dir(cache)
+    return targets
 
 
 # --- starting the servers --------------------------------------------------------------------
 
-def clean_env() -> dict[str, str]:
-    """The environment without STOWAGE_* settings, so a developer's shell cannot leak in."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("STOWAGE_")}
-
-
-def start_sinks(stack: contextlib.ExitStack, peer: Path, tmp: Path) -> list[Target]:
+def start_sinks(stack: contextlib.ExitStack, peer: Path, tmp: Path,
+                keys: set[str]) -> list[Target]:
     targets = []
-    for name, cmd in (("sink (node)", ["node", "sink.mjs"]),
-                      ("sink (python)", [sys.executable, "sink.py"])):
+    for key, name, cmd in (("sink-node", "sink (node)", ["node", "sink.mjs"]),
+                           ("sink-python", "sink (python)", [sys.executable, "sink.py"])):
+        if key not in keys:
+            continue
         port = free_port()
-        server = Server(name, cmd, env={**clean_env(), "SINK_PORT": str(port)}, cwd=peer,
-                        log_dir=tmp)
-        stack.callback(server.stop)
+        server = start_server(stack, name, cmd, env={**clean_env(), "SINK_PORT": str(port)},
+                              cwd=peer, log_dir=tmp)
         server.wait_http(f"http://127.0.0.1:{port}/")
         targets.append(sink_target(name, server, f"http://127.0.0.1:{port}/upload", tmp))
     return targets
 
 
-def start_tus(stack: contextlib.ExitStack, peer: Path, tmp: Path) -> Target:
-    if not (peer / "node_modules").is_dir():
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=peer,
-                       check=True)
-    files = tmp / "tus-files"
-    files.mkdir()
-    port = free_port()
-    env = {**clean_env(), "TUS_HOST": "127.0.0.1", "TUS_PORT": str(port), "TUS_DIR": str(files)}
-    server = Server("tus-node", ["node", "server.mjs"], env=env, cwd=peer, log_dir=tmp)
-    stack.callback(server.stop)
-    base = f"http://127.0.0.1:{port}"
-    server.wait_http(f"{base}/files")
-    return tus_target(server, base, files, tmp)
-
-
-async def _drop_database(pg_base: str, name: str) -> None:
-    conn = await asyncpg.connect(f"{pg_base}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-def stowage_cli(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    out = subprocess.run([sys.executable, "-m", "app.cli", *args], env=env, cwd=cwd,
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"stowage {' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    return out.stdout
-
-
-def start_stowage(stack: contextlib.ExitStack, tmp: Path, pg_base: str, redis_url: str,
-                  payload_size: int) -> list[Target]:
-    """A fresh database, an app and its key, then `stowage serve` on a free port."""
-    db_name = f"stowage_bench_{secrets.token_hex(4)}"
-    cache = tmp / "stowage-cache"
-    env = {
-        **clean_env(),
-        "STOWAGE_DATABASE_URL": f"{pg_base}/{db_name}",
-        "STOWAGE_REDIS_URL": redis_url,
-        "STOWAGE_QUEUE_NAME": f"stowage:bench:{secrets.token_hex(4)}",
-        "STOWAGE_CACHE_URL": f"file://{cache}",
-        "STOWAGE_STORE_URL": f"file://{tmp / 'stowage-store'}",
-        "STOWAGE_MAX_UPLOAD_SIZE": str(max(2 * payload_size, 5 * 1024 * MiB)),
-        "STOWAGE_SECRET_KEY": "bench",
-        # `python -m app.cli` from the temp dir finds this checkout even if not pip-installed
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
-    # Registered before migrate creates it, so a failure half-way still drops it.
-    stack.callback(lambda: asyncio.run(_drop_database(pg_base, db_name)))
-    # cwd=tmp: no .env file of the repo is read
-    stowage_cli(["migrate"], env, tmp)
-    api_key = json.loads(stowage_cli(["apps", "create", "bench", "--json"], env, tmp))["api_key"]
-    port = free_port()
-    server = Server("stowage", [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
-                    env=env, cwd=tmp, log_dir=tmp)
-    stack.callback(server.stop)
-    base = f"http://127.0.0.1:{port}"
-    server.wait_http(f"{base}/healthz")
-    cache.mkdir(exist_ok=True)
-    return stowage_targets(server, base, api_key, cache, tmp)
+def make_targets(stack: contextlib.ExitStack, args: argparse.Namespace, tmp: Path,
+                 payload_size: int) -> list[Target]:
+    """Start only the servers the chosen targets need; rows in TARGET_KEYS order."""
+    keys = set(args.targets)
+    targets = []
+    if "disk" in keys:
+        targets.append(disk_target("disk write", tmp, fsync=False))
+    if "disk-fsync" in keys:
+        targets.append(disk_target("disk write + fsync", tmp, fsync=True))
+    targets += start_sinks(stack, args.peer_dir, tmp, keys)
+    if keys & {"tus-node", "tus-node-chunked"}:
+        node = start_tus_node(stack, args.peer_dir, tmp)
+        targets += tus_node_targets(node, tmp, args.chunk_mib, keys)
+    if keys & {"stowage-multipart", "stowage-raw", "stowage-tus"}:
+        cache = tmp / "stowage-cache"
+        stowage = start_stowage(stack, tmp, args.pg, args.redis, extra_env={
+            "STOWAGE_MAX_UPLOAD_SIZE": str(max(2 * payload_size, 5 * 1024 * MiB)),
+        })
+        cache.mkdir(exist_ok=True)
+        targets += stowage_targets(stowage, cache, tmp, args.chunk_mib, keys)
+    return targets
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -440,7 +419,8 @@ class Measurement:
     rss_peak_mib: float | None = None
     rss_growth_mib: float | None = None
     server_cpu_pct: float | None = None  # of one core, over the transfer
-    client_cpu_pct: float | None = None  # curl's, likewise: both share this machine's cores
+    # the client's (curl or tus_client.py), likewise: both share this machine's cores
+    client_cpu_pct: float | None = None
 
 
 @dataclass
@@ -486,14 +466,17 @@ def measure(target: Target, payload: Payload, prewarm: bool = False) -> Measurem
     if prewarm:
         prewarm_page_cache(payload)
     if target.server is None:
-        seconds = target.upload(payload)
+        seconds = target.upload(payload).seconds
         return Measurement(seconds, payload.size / MB / seconds)
     pid = target.server.pid
     cpu_before, client_before = cpu_seconds(pid), children_cpu_seconds()
     with RssSampler(pid) as rss:
-        seconds = target.upload(payload)
+        transfer = target.upload(payload)
+    seconds = transfer.seconds
     cpu = cpu_seconds(pid) - cpu_before
-    client_cpu = children_cpu_seconds() - client_before
+    client_cpu = transfer.client_cpu
+    if client_cpu is None:
+        client_cpu = children_cpu_seconds() - client_before
     return Measurement(
         seconds=seconds,
         mb_s=payload.size / MB / seconds,
@@ -521,7 +504,7 @@ def run_all(targets: list[Target], payload: Payload, warmup: Payload,
             m = measure(target, payload, prewarm)
             target.cleanup()
             summaries[target.name].runs.append(m)
-            print(f"  run {i + 1}/{runs} {target.name:<18} {m.mb_s:8.1f} MB/s", flush=True)
+            print(f"  run {i + 1}/{runs} {target.name:<26} {m.mb_s:8.1f} MB/s", flush=True)
     return list(summaries.values())
 
 
@@ -535,15 +518,26 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}%"
 
 
+def peers(summaries: list[Summary]) -> tuple[float | None, float | None]:
+    """MB/s of the two tus-node rows: one PATCH (curl), and chunked (tus_client.py)."""
+    single = next((s.mb_s for s in summaries if s.name == "tus-node"), None)
+    chunked = next((s.mb_s for s in summaries if s.name.startswith("tus-node (")), None)
+    return single, chunked
+
+
+def _ratio(mb_s: float, peer: float | None) -> str:
+    return f"{mb_s / peer:.2f}×" if peer else "–"
+
+
 def table(summaries: list[Summary]) -> str:
-    tus = next((s.mb_s for s in summaries if s.name == "tus-node"), None)
-    lines = ["| target | MB/s | vs tus-node | RSS baseline MiB | RSS peak MiB | RSS growth MiB"
-             " | server CPU | curl CPU |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    single, chunked = peers(summaries)
+    lines = ["| target | MB/s | vs tus-node | vs tus-node chunked | RSS baseline MiB"
+             " | RSS peak MiB | RSS growth MiB | server CPU | client CPU |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         cpu, client = s.median("server_cpu_pct"), s.median("client_cpu_pct")
         lines.append(
-            f"| {s.name} | {s.mb_s:.0f} | {_fmt(s.mb_s / tus if tus else None, '.2f')}× "
+            f"| {s.name} | {s.mb_s:.0f} | {_ratio(s.mb_s, single)} | {_ratio(s.mb_s, chunked)} "
             f"| {_fmt(s.best('rss_baseline_mib'), '.0f')} "
             f"| {_fmt(s.worst('rss_peak_mib'), '.0f')} "
             f"| {_fmt(s.worst('rss_growth_mib'), '.1f')} | {_pct(cpu)} | {_pct(client)} |"
@@ -551,38 +545,35 @@ def table(summaries: list[Summary]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    def version(cmd: list[str]) -> str:
-        with contextlib.suppress(OSError, subprocess.CalledProcessError):
-            return subprocess.run(cmd, capture_output=True, text=True,
-                                  check=True).stdout.splitlines()[0].strip()
-        return "?"
-
-    cpu_model = next((line.split(":", 1)[1].strip()
-                      for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
-    return {
-        "cpus": os.cpu_count(), "cpu_model": cpu_model,
-        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
-        "kernel": platform.release(), "python": platform.python_version(),
-        "node": version(["node", "-v"]), "curl": version(["curl", "-V"]).split(" (")[0],
-        "stowage_commit": version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
-    }
+def per_run_table(summaries: list[Summary]) -> str:
+    runs = max(len(s.runs) for s in summaries)
+    lines = ["| target | " + " | ".join(f"run {i + 1}" for i in range(runs)) + " |",
+             "|---|" + "---:|" * runs]
+    for s in summaries:
+        lines.append(f"| {s.name} | " + " | ".join(f"{m.mb_s:.0f}" for m in s.runs) + " |")
+    return "\n".join(lines)
 
 
 def write_json(path: Path, args: argparse.Namespace, payload: Payload,
                summaries: list[Summary]) -> None:
-    tus = next((s.mb_s for s in summaries if s.name == "tus-node"), None)
+    single, chunked = peers(summaries)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": machine(),
         "size_bytes": payload.size,
         "runs": args.runs,
+        "chunk_mib": args.chunk_mib,
+        "targets": args.targets,
         "prewarm": args.prewarm,
         "mb": "10^6 bytes",
         "results": [{"name": s.name, "median_mb_s": round(s.mb_s, 1),
-                     "vs_tus_node": round(s.mb_s / tus, 3) if tus else None,
+                     "vs_tus_node": round(s.mb_s / single, 3) if single else None,
+                     "vs_tus_node_chunked": round(s.mb_s / chunked, 3) if chunked else None,
+                     "rss_growth_mib_worst": s.worst("rss_growth_mib"),
+                     "rss_peak_mib_worst": s.worst("rss_peak_mib"),
+                     "server_cpu_pct_median": s.median("server_cpu_pct"),
+                     "client_cpu_pct_median": s.median("client_cpu_pct"),
                      "runs": [asdict(m) for m in s.runs]} for s in summaries],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -591,40 +582,42 @@ def write_json(path: Path, args: argparse.Namespace, payload: Payload,
 
 # --- main ------------------------------------------------------------------------------------
 
+def _target_list(value: str) -> list[str]:
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = sorted(set(keys) - set(TARGET_KEYS))
+    if unknown or not keys:
+        raise argparse.ArgumentTypeError(
+            f"unknown target(s) {', '.join(unknown) or '(none given)'}; choose from"
+            f" {','.join(TARGET_KEYS)}")
+    return [k for k in TARGET_KEYS if k in keys]  # the table's order, whatever was typed
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=1024, help="payload size (default 1024)")
     p.add_argument("--runs", type=int, default=1, help="timed runs per target (median)")
+    p.add_argument("--targets", type=_target_list, default=list(TARGET_KEYS),
+                   help=f"comma-separated, default all: {','.join(TARGET_KEYS)}")
+    p.add_argument("--chunk-mib", type=float, default=8,
+                   help="PATCH size of the chunked tus targets (default 8)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     p.add_argument("--peer-dir", type=Path, default=DEFAULT_PEER_DIR,
                    help="the tus-node peer (server.mjs, sink.mjs, sink.py)")
     p.add_argument("--tmp-dir", type=Path, default=None,
                    help="where payload and every server's files go (one filesystem for all;"
                         " default: the system temp dir)")
-    p.add_argument("--pg", default="postgresql://127.0.0.1:5432",
+    p.add_argument("--pg", default=DEFAULT_PG,
                    help="PostgreSQL server for the throwaway bench database")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--redis", default=DEFAULT_REDIS)
     p.add_argument("--prewarm", action="store_true",
                    help="before each upload, write and delete a scratch copy of the payload so"
                         " the upload reuses warm page-cache pages (isolates the servers' own"
                         " work from a VM's slow first touch of memory)")
     args = p.parse_args(argv)
-    if args.size_mib < WARMUP_MIB or args.runs < 1:
-        p.error(f"--size-mib must be at least {WARMUP_MIB} and --runs at least 1")
+    if args.size_mib < WARMUP_MIB or args.runs < 1 or args.chunk_mib <= 0:
+        p.error(f"--size-mib must be at least {WARMUP_MIB}, --runs at least 1 and --chunk-mib"
+                " positive")
     return args
-
-
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so servers, temp files and the database still go."""
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -638,18 +631,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"payload: {args.size_mib} MiB of random bytes in {tmp}", flush=True)
         payload = make_payload(tmp / "payload.bin", args.size_mib)
         warmup = make_payload(tmp / "warmup.bin", WARMUP_MIB)
-        targets = [
-            disk_target("disk write", tmp, fsync=False),
-            disk_target("disk write + fsync", tmp, fsync=True),
-            *start_sinks(stack, args.peer_dir, tmp),
-            start_tus(stack, args.peer_dir, tmp),
-            *start_stowage(stack, tmp, args.pg, args.redis, payload.size),
-        ]
+        targets = make_targets(stack, args, tmp, payload.size)
         summaries = run_all(targets, payload, warmup, args.runs, args.prewarm)
     print()
     print(f"{args.size_mib} MiB, {args.runs} run(s){', --prewarm' * args.prewarm},"
           " median MB/s (10^6 bytes/s):")
     print(table(summaries))
+    if args.runs > 1:
+        print()
+        print(per_run_table(summaries))
     write_json(args.json, args, payload, summaries)
     print(f"\nJSON: {args.json}")
     return 0
