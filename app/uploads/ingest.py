@@ -123,3 +123,22 @@ async def _read_head(source: AsyncIterator[bytes], limit: int) -> bytes:
         if len(buf) > limit:
             raise UploadTooLarge(f"the file is larger than {limit} bytes")
     return bytes(buf)
+
+
+async def inspect(storage: Storage, key: str, *, profile: Profile,
+                  max_upload_size: int) -> Received:
+    """Describe and check an object already in `storage` (a presigned or tus upload): the
+    same facts and refusals as `receive`, without writing the bytes again."""
+    info = await storage.stat(key)
+    if info is None:
+        raise InvalidInput("the uploaded file is not there (anymore)")
+    head = await storage.read_head(key, SNIFF_BYTES)
+    mime_type = sniff_mime(head)
+    metadata = (image_dimensions(head) if mime_type.startswith("image/") else None) or {}
+    check_against_profile(profile, mime_type=mime_type, size=info.size,
+                          max_upload_size=max_upload_size, metadata=metadata)
+    hasher = hashlib.sha256()
+    async for chunk in storage.read(key):
+        await asyncio.to_thread(hasher.update, chunk)  # 1 MiB chunks: off the event loop
+    return Received(key=key, size=info.size, sha256=hasher.hexdigest(), mime_type=mime_type,
+                    metadata=metadata)

@@ -4,7 +4,6 @@ register what arrived there after checking it like any other upload."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -15,11 +14,9 @@ from app.attachments import keys
 from app.attachments import service as attachments
 from app.errors import InvalidInput, InvalidState, UploadTooLarge
 from app.ids import uuid7
-from app.media.image import image_dimensions
-from app.media.sniff import SNIFF_BYTES, sniff_mime
 from app.resources import Resources
 from app.uploads import presigned_repository as repo
-from app.uploads.ingest import Received, check_against_profile
+from app.uploads.ingest import Received, inspect
 from app.uploads.options import UploadOptions
 
 PRESIGN_TTL_S = 3600
@@ -78,21 +75,9 @@ async def register(res: Resources, app_id: UUID, cached_key: str, options: Uploa
 
 
 async def _inspect(res: Resources, key: str, presign: Any, options: UploadOptions) -> Received:
-    info = await res.cache.stat(key)
-    if info is None:
-        raise InvalidInput("the uploaded object vanished", field="cached_key")
     prof = res.profiles.get(options.profile or presign["profile"])
-    head = await res.cache.read_head(key, SNIFF_BYTES)
-    mime_type = sniff_mime(head)
-    metadata = (image_dimensions(head) if mime_type.startswith("image/") else None) or {}
-    check_against_profile(prof, mime_type=mime_type, size=info.size,
-                          max_upload_size=res.settings.max_upload_size, metadata=metadata)
-    # the client's bytes never passed through us: read them once for the checksum
-    hasher = hashlib.sha256()
-    async for chunk in res.cache.read(key):
-        hasher.update(chunk)
-    return Received(key=key, size=info.size, sha256=hasher.hexdigest(), mime_type=mime_type,
-                    metadata=metadata)
+    return await inspect(res.cache, key, profile=prof,
+                         max_upload_size=res.settings.max_upload_size)
 
 
 async def sweep_expired(res: Resources) -> int:

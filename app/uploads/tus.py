@@ -61,7 +61,7 @@ from app.resources import Resources
 from app.storage import StorageObjectNotFound
 from app.storage.base import run_shielded
 from app.uploads import tus_repository as repo
-from app.uploads.ingest import receive
+from app.uploads.ingest import inspect
 from app.uploads.options import RecordSlot, UploadOptions, parse_options
 
 log = logging.getLogger(__name__)
@@ -749,11 +749,15 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID) -> asyncpg
             # counted here, once per upload (not per PATCH); the time is the completion's
             with track_upload("tus") as accepted:
                 profile = res.profiles.get(options.profile or row["profile"])
-                received = await receive(
-                    _assembled(res, row), storage=res.cache,
-                    key=keys.cache_key(app_id, att_id), profile=profile,
-                    max_upload_size=res.settings.max_upload_size,
-                )
+                # checked and hashed where it lies, then linked (filesystem) or copied
+                # server-side (S3) to the attachment's key: the bytes are not written again
+                if row["length"] == 0 and await res.cache.stat(row["storage_key"]) is None:
+                    await res.cache.write(row["storage_key"], _nothing())
+                received = await inspect(res.cache, row["storage_key"], profile=profile,
+                                         max_upload_size=res.settings.max_upload_size)
+                received.key = keys.cache_key(app_id, att_id)
+                await res.cache.copy_from(res.cache, row["storage_key"], received.key,
+                                          content_type=received.mime_type)
                 await record(res, Staged(app_id=app_id, att_id=att_id, profile=profile.name,
                                          file=received), options)
                 accepted.append(received.size)
@@ -794,12 +798,6 @@ async def _assemble(res: Resources, row: asyncpg.Record, token: UUID) -> asyncpg
     if new is None:
         raise TusUploadLocked("another request took this upload over")
     return new
-
-
-def _assembled(res: Resources, row: asyncpg.Record) -> AsyncIterator[bytes]:
-    if row["length"] == 0:
-        return _nothing()
-    return res.cache.read(row["storage_key"], 0, row["length"] - 1)
 
 
 async def _nothing() -> AsyncIterator[bytes]:
