@@ -30,6 +30,15 @@ def _uuid(value: str) -> UUID:
         raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
 
 
+def _grace(value: str) -> float:
+    from app.ops.fsck import grace_seconds
+
+    try:
+        return grace_seconds(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 async def _with_pool(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -> Any:
     from app.db import create_pool
 
@@ -108,6 +117,14 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     text, healthy = report(asyncio.run(diagnose(settings)))
     print(text)
     return 0 if healthy else 1
+
+
+def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
+    from app.ops.fsck import fsck_with_settings, render
+
+    report = asyncio.run(fsck_with_settings(settings, repair=args.repair, grace=args.grace))
+    print(render(report, as_json=args.json))
+    return report.exit_code
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -189,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_worker)
     p = sub.add_parser("doctor", help="check configuration, PostgreSQL, Redis and both storages")
     p.set_defaults(fn=cmd_doctor)
+    p = sub.add_parser("fsck", help="compare both storages with PostgreSQL: orphan files and"
+                       " attachments whose files are missing")
+    p.add_argument("--repair", action="store_true",
+                   help="remove orphans older than --grace; mark attachments with missing files"
+                   " failed (file_missing)")
+    p.add_argument("--grace", type=_grace, default=3600.0, metavar="SECONDS",
+                   help="leave objects younger than this alone (default 3600: uploads in flight"
+                   " have their file before their row)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(fn=cmd_fsck)
     return parser
 
 

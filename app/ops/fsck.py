@@ -1,0 +1,735 @@
+"""`stowage fsck`: compare both storages with PostgreSQL, the source of truth.
+
+Finds two kinds of problems:
+
+- **orphans**: objects in the cache or the store that nothing owns. Owners are attachments
+  (cached: their cache object and any store file a promotion is writing; stored: their
+  original and the derivatives their ``derivatives`` column names; deleted or failed ones
+  still waiting for the worker to remove their files), unregistered presigned uploads (their
+  cache key) and tus uploads (everything under their own prefix, and the cache key of the
+  attachment a completing upload is making). Leftover ``_doctor/`` probes are orphans too.
+  Keys Stowage never makes are reported as *unrecognized* and never removed.
+- **broken attachments**: a cached attachment without its cache object, a stored one without
+  its original or one of its derivatives.
+
+Scales with the number of objects, not memory: each storage is listed as a stream, keys are
+checked against PostgreSQL a batch at a time (one query per table for ~1000 keys), and the
+live files found are copied into a session-temporary table; one anti-join at the end then
+names the attachments whose files were not found, which are each checked again by ``stat``
+before being reported.
+
+Objects younger than the grace period are never reported as orphans nor touched: an upload in
+flight has its file before its row (they are counted as ``recent``).
+
+``repair`` removes orphans older than the grace period and marks broken attachments
+``failed`` (``error.code`` ``file_missing``, with an ``attachment.failed`` event written in the
+same transaction), like a promotion that finds its file gone. Every repair holds the worker's
+per-attachment advisory lock (an attachment a job is working on is skipped, counted as not
+repaired) and re-reads PostgreSQL first.
+
+Free of FastAPI and arq; SQL is in fsck_repository.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from app.attachments import keys
+from app.config import Settings
+from app.ops import fsck_repository as repo
+from app.resources import Resources, build_resources
+from app.storage import FilesystemStorage, S3Storage, Storage
+from app.storage.s3 import _is_not_found
+from app.uploads.presigned import PRESIGN_TTL_S, SWEEP_GRACE_S
+from app.webhooks.outbox import emit_attachment
+from app.webhooks.service import dispatch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRACE_S = 3600.0
+BATCH_SIZE = 1000
+EXAMPLES = 20
+# stat/HEAD requests in flight at once while judging orphan candidates and broken rows
+STAT_CONCURRENCY = 16
+# repairs lock this many attachments at a time
+REPAIR_CHUNK = 100
+DOCTOR_PREFIX = "_doctor/"
+
+# Verdicts of the ownership check of one key.
+LIVE = "live"  # a file an attachment serves right now
+PENDING = "pending"  # owned by work not finished yet (promotion, purge, tus, presign)
+ORPHAN = "orphan"
+
+# Why an object is an orphan (the `reason` of an example).
+NO_OWNER = "no_owner"  # no attachment, presign or tus upload with this id
+WRONG_APP = "wrong_app"  # the id exists, but in another app
+DELETED = "deleted"  # the attachment is deleted and its files were purged
+CACHE_PURGED = "cache_purged"  # the cached copy of a stored/failed attachment, purged
+FAILED = "failed"  # a store file of a failed attachment
+UNREFERENCED = "unreferenced"  # not the original nor a current derivative (old generation)
+UNEXPECTED = "unexpected_key"  # a cache key Stowage never makes inside an attachment prefix
+DOCTOR_PROBE = "doctor_probe"  # a `stowage doctor` probe left behind
+
+
+def grace_seconds(value: str) -> float:
+    """argparse type for --grace: a non-negative number of seconds."""
+    seconds = float(value)
+    if not seconds >= 0:  # also refuses nan
+        raise ValueError(f"grace must be >= 0 seconds, got {value!r}")
+    return seconds
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """`{app_id}/{owner_id}/{rest}`: owner_id is an attachment's or a tus upload's id."""
+
+    app_id: UUID
+    owner_id: UUID
+    rest: str
+
+
+def parse_key(key: str) -> ParsedKey | None:
+    parts = key.split("/", 2)
+    if len(parts) != 3 or not parts[2]:
+        return None
+    app, owner, rest = parts
+    try:
+        app_id, owner_id = UUID(app), UUID(owner)
+    except ValueError:
+        return None
+    if str(app_id) != app or str(owner_id) != owner:  # keys only ever hold the canonical form
+        return None
+    return ParsedKey(app_id, owner_id, rest)
+
+
+def uuid7_time(value: UUID) -> float | None:
+    """Creation time (epoch seconds) of a UUIDv7, None for other versions."""
+    if value.version != 7:
+        return None
+    return (value.int >> 80) / 1000
+
+
+# --- ownership ---------------------------------------------------------------------------------
+
+@dataclass
+class Owners:
+    """The rows that may own the keys of one batch."""
+
+    attachments: dict[UUID, Any] = field(default_factory=dict)
+    presigns: dict[UUID, Any] = field(default_factory=dict)  # by attachment id
+    tus: dict[UUID, Any] = field(default_factory=dict)  # by tus upload id
+    tus_completing: dict[UUID, Any] = field(default_factory=dict)  # by attachment id
+
+
+Verdict = tuple[str, str | None]  # (LIVE | PENDING | ORPHAN, reason)
+
+
+def classify_cache(key: str, p: ParsedKey, owners: Owners) -> Verdict:
+    tus = owners.tus.get(p.owner_id)
+    if tus is not None and tus["app_id"] == p.app_id:
+        return PENDING, "tus upload"  # its bytes and tails; removed with it
+    att = owners.attachments.get(p.owner_id)
+    if p.rest != "upload":
+        # e.g. the bytes of a tus upload whose row is gone
+        return ORPHAN, (UNEXPECTED if att is not None else NO_OWNER)
+    if att is not None:
+        if att["app_id"] != p.app_id:
+            return ORPHAN, WRONG_APP
+        state = att["state"]
+        if state == "cached":
+            if att["storage"] == "cache" and att["key"] == key:
+                return LIVE, None
+            return ORPHAN, UNREFERENCED
+        if state in ("stored", "failed"):
+            return (PENDING, "cache purge") if att["cache_purged_at"] is None else (
+                ORPHAN, CACHE_PURGED)
+        return (PENDING, "destroy") if att["purged_at"] is None else (ORPHAN, DELETED)
+    presign = owners.presigns.get(p.owner_id)
+    if presign is not None and presign["app_id"] == p.app_id and presign["key"] == key:
+        return PENDING, "presigned upload"
+    completing = owners.tus_completing.get(p.owner_id)
+    if completing is not None and completing["app_id"] == p.app_id:
+        return PENDING, "tus completion"
+    return ORPHAN, NO_OWNER
+
+
+def classify_store(key: str, p: ParsedKey, owners: Owners) -> Verdict:
+    att = owners.attachments.get(p.owner_id)
+    if att is None:
+        return ORPHAN, NO_OWNER
+    if att["app_id"] != p.app_id:
+        return ORPHAN, WRONG_APP
+    state = att["state"]
+    if state == "cached":
+        return PENDING, "promotion"  # a promotion writes here before the row says stored
+    if state == "stored":
+        if att["storage"] == "store" and att["key"] == key:
+            return LIVE, None
+        if key in derivative_keys(att):
+            return LIVE, None
+        return ORPHAN, UNREFERENCED
+    if state == "failed":
+        return ORPHAN, FAILED
+    return (PENDING, "destroy") if att["purged_at"] is None else (ORPHAN, DELETED)
+
+
+def derivative_keys(att: Any) -> set[str]:
+    out = set()
+    for d in (att["derivatives"] or {}).values():
+        if isinstance(d, dict) and isinstance(d.get("key"), str):
+            out.add(d["key"])
+    return out
+
+
+_CLASSIFIERS: dict[str, Callable[[str, ParsedKey, Owners], Verdict]] = {
+    "cache": classify_cache, "store": classify_store,
+}
+
+
+def classify(areas: tuple[str, ...], key: str, p: ParsedKey, owners: Owners
+             ) -> tuple[Verdict, list[str]]:
+    """The verdict over every storage the key may belong to (two when cache and store share
+    one location), and the storages in which it is a live file."""
+    verdicts = [(area, _CLASSIFIERS[area](key, p, owners)) for area in areas]
+    live = [area for area, (kind, _) in verdicts if kind == LIVE]
+    if live:
+        return (LIVE, None), live
+    for _, v in verdicts:
+        if v[0] == PENDING:
+            return v, []
+    reasons = [v[1] for _, v in verdicts]
+    return (ORPHAN, next((r for r in reasons if r != UNEXPECTED), reasons[0])), []
+
+
+async def load_owners(conn: asyncpg.Connection, parsed: Iterable[ParsedKey],
+                      tables: set[str]) -> Owners:
+    parsed = list(parsed)
+    ids = sorted({p.owner_id for p in parsed})
+    owners = Owners()
+    owners.attachments = {r["id"]: r for r in await repo.attachments_by_id(conn, ids)}
+    rowless = sorted({p.owner_id for p in parsed
+                      if p.rest == "upload" and p.owner_id not in owners.attachments})
+    if "presigned_uploads" in tables:
+        owners.presigns = {r["attachment_id"]: r
+                           for r in await repo.presigns_by_attachment_id(conn, rowless)}
+    if "tus_uploads" in tables:
+        tus_ids = [i for i in ids if i not in owners.attachments]
+        owners.tus = {r["id"]: r for r in await repo.tus_by_id(conn, tus_ids)}
+        owners.tus_completing = {r["attachment_id"]: r
+                                 for r in await repo.tus_completing_for(conn, rowless)}
+    return owners
+
+
+# --- object age --------------------------------------------------------------------------------
+
+class _Unknown:
+    """Age of an object in a storage fsck cannot ask (never removed)."""
+
+
+UNKNOWN_AGE = _Unknown()
+
+
+async def object_modified(storage: Storage, key: str) -> datetime | _Unknown | None:
+    """When the object was last written (filesystem mtime, S3 LastModified); None if it is
+    gone, UNKNOWN_AGE for a backend that cannot tell."""
+    if isinstance(storage, FilesystemStorage):
+        path = storage.path_for(key)
+        try:
+            mtime = (await asyncio.to_thread(os.stat, path)).st_mtime
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return datetime.fromtimestamp(mtime, UTC)
+    if isinstance(storage, S3Storage):
+        from botocore.exceptions import ClientError
+
+        try:
+            head = await storage.client.head_object(Bucket=storage.bucket,
+                                                    Key=storage.object_key(key))
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise
+        return head["LastModified"]
+    return UNKNOWN_AGE
+
+
+# --- where the storages are --------------------------------------------------------------------
+
+def _location(storage: Storage) -> tuple[Any, ...]:
+    if isinstance(storage, FilesystemStorage):
+        return ("file", Path(os.path.realpath(storage.root)))
+    if isinstance(storage, S3Storage):
+        endpoint = getattr(getattr(storage.client, "meta", None), "endpoint_url", None)
+        return ("s3", endpoint, storage.bucket, storage.prefix)
+    return ("other", id(storage))
+
+
+def nested_prefix(outer: Storage, inner: Storage) -> str | None:
+    """The key prefix under which `inner`'s objects appear when listing `outer`: "" when
+    both are the same place, "sub/" when inner lives inside outer, None when apart."""
+    a, b = _location(outer), _location(inner)
+    if a[0] != b[0] or a[0] == "other":
+        return "" if a == b else None
+    if a[0] == "file":
+        if a[1] == b[1]:
+            return ""
+        try:
+            rel = b[1].relative_to(a[1])
+        except ValueError:
+            return None
+        return rel.as_posix() + "/"
+    if a[1:3] != b[1:3]:
+        return None
+    outer_prefix, inner_prefix = a[3], b[3]
+    if outer_prefix == inner_prefix:
+        return ""
+    if not outer_prefix:
+        return inner_prefix + "/"
+    if inner_prefix.startswith(outer_prefix + "/"):
+        return inner_prefix[len(outer_prefix) + 1:] + "/"
+    return None
+
+
+@dataclass
+class _Pass:
+    """One listing: of `storage`, whose keys belong to `areas`, minus another storage's
+    keys nested inside it."""
+
+    storage: Storage
+    areas: tuple[str, ...]
+    skip: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "+".join(self.areas)
+
+
+def plan_passes(cache: Storage, store: Storage) -> list[_Pass]:
+    if nested_prefix(cache, store) == "":
+        return [_Pass(cache, ("cache", "store"))]
+    store_in_cache, cache_in_store = nested_prefix(cache, store), nested_prefix(store, cache)
+    return [
+        _Pass(cache, ("cache",), (store_in_cache,) if store_in_cache else ()),
+        _Pass(store, ("store",), (cache_in_store,) if cache_in_store else ()),
+    ]
+
+
+# --- the report --------------------------------------------------------------------------------
+
+@dataclass
+class Orphan:
+    storage: str
+    key: str
+    reason: str
+    owner_id: str | None  # the id in the key: an attachment's or a tus upload's
+    age_s: float | None
+    removed: bool = False
+
+
+@dataclass
+class BrokenAttachment:
+    attachment_id: str
+    app_id: str
+    state: str
+    missing: list[str]  # "store:{key}"
+    marked_failed: bool = False
+
+
+@dataclass
+class FsckReport:
+    repair: bool
+    grace_s: float
+    started_at: str = ""
+    duration_s: float = 0.0
+    scanned: dict[str, int] = field(default_factory=dict)  # objects listed, per storage
+    orphans: int = 0
+    orphans_removed: int = 0
+    recent: int = 0  # unowned but younger than the grace period: left alone
+    unrecognized: int = 0  # keys Stowage never makes: reported, never removed
+    broken: int = 0
+    broken_repaired: int = 0
+    skipped_busy: int = 0  # repairs skipped because a worker job held the attachment
+    examples_limit: int = EXAMPLES
+    orphan_examples: list[Orphan] = field(default_factory=list)
+    broken_examples: list[BrokenAttachment] = field(default_factory=list)
+    unrecognized_examples: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return self.orphans + self.broken + self.unrecognized
+
+    @property
+    def clean(self) -> bool:
+        return self.problems == 0
+
+    @property
+    def unresolved(self) -> int:
+        return (self.orphans - self.orphans_removed) + (self.broken - self.broken_repaired) \
+            + self.unrecognized
+
+    @property
+    def exit_code(self) -> int:
+        """0 when nothing is wrong or everything found was repaired, else 1."""
+        return 0 if self.unresolved == 0 else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(clean=self.clean, unresolved=self.unresolved, exit_code=self.exit_code)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_text(self) -> str:
+        scanned = ", ".join(f"{name} {n}" for name, n in self.scanned.items()) or "none"
+        lines = [f"objects scanned: {scanned}, in {self.duration_s:.1f}s"
+                 f" (grace {self.grace_s:g}s{', repair' if self.repair else ''})"]
+        lines.append(f"orphans: {self.orphans}"
+                     + (f" (removed {self.orphans_removed})" if self.repair else ""))
+        for o in self.orphan_examples:
+            age = "age ?" if o.age_s is None else f"age {_human(o.age_s)}"
+            done = "  removed" if o.removed else ""
+            lines.append(f"  {o.storage:<5}  {o.key}  {o.reason}  {age}{done}")
+        lines.append(f"broken attachments: {self.broken}"
+                     + (f" (marked failed {self.broken_repaired})" if self.repair else ""))
+        for b in self.broken_examples:
+            done = "  -> failed" if b.marked_failed else ""
+            lines.append(f"  {b.attachment_id}  {b.state}  missing {', '.join(b.missing)}"
+                         f"{done}")
+        if self.unrecognized:
+            lines.append(f"unrecognized keys (never removed): {self.unrecognized}")
+            lines += [f"  {k}" for k in self.unrecognized_examples]
+        if self.recent:
+            lines.append(f"recent unowned objects (younger than the grace period, left alone):"
+                         f" {self.recent}")
+        if self.skipped_busy:
+            lines.append(f"not repaired, a worker job held the attachment: {self.skipped_busy}")
+        if self.clean:
+            lines.append("clean")
+        elif self.unresolved == 0:
+            lines.append("problems found, all repaired")
+        else:
+            lines.append(f"problems found: {self.unresolved} unresolved"
+                         + ("" if self.repair else " (run with --repair to fix)"))
+        return "\n".join(lines)
+
+
+def _human(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+# --- the check ---------------------------------------------------------------------------------
+
+async def fsck(res: Resources, *, repair: bool = False, grace: float = DEFAULT_GRACE_S,
+               examples: int = EXAMPLES, batch_size: int = BATCH_SIZE) -> FsckReport:
+    """Check (and with `repair`, fix) both storages against PostgreSQL."""
+    if grace < 0:
+        raise ValueError("grace must be >= 0")
+    checker = _Checker(res, repair=repair, grace=grace, examples=examples,
+                       batch_size=batch_size)
+    return await checker.run()
+
+
+async def fsck_with_settings(settings: Settings, *, repair: bool = False,
+                             grace: float = DEFAULT_GRACE_S,
+                             examples: int = EXAMPLES) -> FsckReport:
+    """For the CLI: build the resources, run, close them."""
+    async with build_resources(settings) as res:
+        return await fsck(res, repair=repair, grace=grace, examples=examples)
+
+
+def render(report: FsckReport, *, as_json: bool) -> str:
+    return report.to_json() if as_json else report.to_text()
+
+
+@dataclass
+class _Candidate:
+    areas: tuple[str, ...]  # the storages the key may belong to (see classify)
+    area: str  # the one it is reported under
+    storage: Storage
+    key: str
+    parsed: ParsedKey | None
+    reason: str
+
+
+class _Checker:
+    def __init__(self, res: Resources, *, repair: bool, grace: float, examples: int,
+                 batch_size: int) -> None:
+        self.res = res
+        self.repair = repair
+        self.grace = grace
+        self.examples = examples
+        self.batch_size = batch_size
+        self.report = FsckReport(repair=repair, grace_s=grace, examples_limit=examples)
+        self.stat_limit = asyncio.Semaphore(STAT_CONCURRENCY)
+        self.tables: set[str] = set()
+        self.conn: asyncpg.Connection
+
+    async def run(self) -> FsckReport:
+        t0 = time.monotonic()
+        self.report.started_at = datetime.now(UTC).isoformat()
+        async with self.res.pool.acquire() as conn:
+            self.conn = conn
+            self.tables = await repo.tables_present(conn)
+            await repo.create_scan_tables(conn)
+            try:
+                scan_started = await repo.db_now(conn)
+                for p in plan_passes(self.res.cache, self.res.store):
+                    await self._scan(p)
+                await self._find_broken(scan_started)
+            finally:
+                try:
+                    await repo.drop_scan_tables(conn)
+                except Exception as exc:  # a dead connection: its temp tables died with it
+                    log.warning("fsck: could not drop its temporary tables: %s", exc)
+        self.report.duration_s = round(time.monotonic() - t0, 3)
+        r = self.report
+        log.info("fsck: %d orphan(s) (%d removed), %d broken (%d repaired), %d unrecognized",
+                 r.orphans, r.orphans_removed, r.broken, r.broken_repaired, r.unrecognized)
+        return r
+
+    # -- listing and ownership -----------------------------------------------------------------
+
+    async def _scan(self, p: _Pass) -> None:
+        self.report.scanned.setdefault(p.name, 0)
+        batch: list[str] = []
+        keys_iter = p.storage.list_keys()
+        try:
+            async for key in keys_iter:
+                if any(key.startswith(s) for s in p.skip):
+                    continue  # the other storage's, listed on its own
+                self.report.scanned[p.name] += 1
+                batch.append(key)
+                if len(batch) >= self.batch_size:
+                    await self._check_batch(p, batch)
+                    batch = []
+                    if self.report.scanned[p.name] % (100 * self.batch_size) == 0:
+                        log.info("fsck: %d %s object(s) checked", self.report.scanned[p.name],
+                                 p.name)
+            if batch:
+                await self._check_batch(p, batch)
+        finally:
+            await keys_iter.aclose()
+
+    async def _check_batch(self, p: _Pass, batch: list[str]) -> None:
+        parsed = [(key, parse_key(key)) for key in batch]
+        owners = await load_owners(self.conn, (k for _, k in parsed if k), self.tables)
+        seen: list[tuple[str, str]] = []
+        candidates: list[_Candidate] = []
+        for key, pk in parsed:
+            if pk is None:
+                if key.startswith(DOCTOR_PREFIX):
+                    candidates.append(_Candidate(p.areas, p.areas[0], p.storage, key, None,
+                                                 DOCTOR_PROBE))
+                else:
+                    self.report.unrecognized += 1
+                    if len(self.report.unrecognized_examples) < self.examples:
+                        self.report.unrecognized_examples.append(f"{p.name}:{key}")
+                continue
+            (kind, reason), live_in = classify(p.areas, key, pk, owners)
+            if kind == LIVE:
+                seen += [(area, key) for area in live_in]
+            elif kind == ORPHAN:
+                area = _area_for(p.areas, pk)
+                candidates.append(_Candidate(p.areas, area, p.storage, key, pk,
+                                             reason or NO_OWNER))
+        if seen:
+            await repo.add_seen(self.conn, seen)
+        if candidates:
+            await self._judge(candidates)
+
+    async def _judge(self, candidates: list[_Candidate]) -> None:
+        """Keep the orphans older than the grace period; remove them when repairing."""
+        ages = await self._gather(self._age(c) for c in candidates)
+        now = time.time()
+        old: list[tuple[_Candidate, Orphan]] = []
+        for c, age in zip(candidates, ages, strict=True):
+            if age is None:
+                continue  # gone meanwhile
+            if isinstance(age, float) and (age < self.grace or self._maybe_registering(c, now)):
+                self.report.recent += 1
+                continue
+            found = Orphan(storage=c.area, key=c.key, reason=c.reason,
+                           owner_id=str(c.parsed.owner_id) if c.parsed else None,
+                           age_s=round(age, 1) if isinstance(age, float) else None)
+            self.report.orphans += 1
+            if len(self.report.orphan_examples) < self.examples:
+                self.report.orphan_examples.append(found)
+            if self.repair and isinstance(age, float):
+                old.append((c, found))
+        for i in range(0, len(old), REPAIR_CHUNK):
+            await self._remove(old[i:i + REPAIR_CHUNK])
+
+    def _maybe_registering(self, c: _Candidate, now: float) -> bool:
+        """A presigned upload's object loses its presign row when registration starts, and
+        registration reads the whole object before the attachment row exists: its key has no
+        owner then, however old the object. Registration can only start while the presign
+        lives (PRESIGN_TTL_S, then SWEEP_GRACE_S), so an id that young is left alone."""
+        if self.res.cache.kind != "s3" or c.area != "cache" or c.reason != NO_OWNER:
+            return False
+        if c.parsed is None or c.parsed.rest != "upload":
+            return False
+        made = uuid7_time(c.parsed.owner_id)
+        return made is not None and now - made < self.grace + PRESIGN_TTL_S + SWEEP_GRACE_S
+
+    async def _age(self, c: _Candidate) -> float | _Unknown | None:
+        async with self.stat_limit:
+            modified = await object_modified(c.storage, c.key)
+        if modified is None or isinstance(modified, _Unknown):
+            return modified
+        return max(0.0, time.time() - modified.timestamp())
+
+    async def _remove(self, chunk: list[tuple[_Candidate, Orphan]]) -> None:
+        """Under each attachment's lock, with fresh rows: delete what is still an orphan."""
+        ids = sorted({c.parsed.owner_id for c, _ in chunk if c.parsed})
+        locked = [i for i in ids if await repo.try_lock_attachment(self.conn, i)]
+        try:
+            owners = await load_owners(self.conn, (c.parsed for c, _ in chunk if c.parsed),
+                                       self.tables)
+            for c, found in chunk:
+                if c.parsed is not None:
+                    if c.parsed.owner_id not in locked:
+                        self.report.skipped_busy += 1
+                        continue
+                    (kind, _), _ = classify(c.areas, c.key, c.parsed, owners)
+                    if kind != ORPHAN:
+                        # owned again (e.g. a row appeared meanwhile): not an orphan after all
+                        self.report.orphans -= 1
+                        if found in self.report.orphan_examples:
+                            self.report.orphan_examples.remove(found)
+                        continue
+                await c.storage.delete(c.key)
+                found.removed = True
+                self.report.orphans_removed += 1
+                log.info("fsck: removed orphan %s:%s (%s)", c.area, c.key, c.reason)
+        finally:
+            for i in locked:
+                await repo.unlock_attachment(self.conn, i)
+
+    # -- broken attachments --------------------------------------------------------------------
+
+    async def _find_broken(self, scan_started: datetime) -> None:
+        if not await repo.collect_missing(self.conn, scan_started):
+            return
+        after: UUID | None = None
+        while rows := await repo.missing_page(self.conn, after, self.batch_size):
+            groups: dict[UUID, list[Any]] = {}
+            for r in rows:
+                groups.setdefault(r["id"], []).append(r)
+            after = rows[-1]["id"]
+            for att_rows in groups.values():
+                await self._check_broken(att_rows)
+
+    def _storage(self, name: str) -> Storage:
+        return self.res.cache if name == "cache" else self.res.store
+
+    async def _still_missing(self, rows: list[Any]) -> list[Any]:
+        async def gone(r: Any) -> bool:
+            async with self.stat_limit:
+                return await self._storage(r["storage"]).stat(r["key"]) is None
+        flags = await self._gather(gone(r) for r in rows)
+        return [r for r, missing in zip(rows, flags, strict=True) if missing]
+
+    async def _check_broken(self, rows: list[Any]) -> None:
+        first = rows[0]
+        att_id = first["id"]
+        missing = await self._still_missing(rows)
+        if not missing or not _unchanged(await repo.get_attachment(self.conn, att_id), first):
+            return  # found after all, or the row moved on since the listing
+        found = BrokenAttachment(attachment_id=str(att_id), app_id=str(first["app_id"]),
+                                 state=first["state"],
+                                 missing=[f"{r['storage']}:{r['key']}" for r in missing])
+        self.report.broken += 1
+        if len(self.report.broken_examples) < self.examples:
+            self.report.broken_examples.append(found)
+        if self.repair:
+            await self._mark_failed(first, missing, found)
+
+    async def _mark_failed(self, first: Any, missing: list[Any],
+                           found: BrokenAttachment) -> None:
+        att_id = first["id"]
+        if not await repo.try_lock_attachment(self.conn, att_id):
+            self.report.skipped_busy += 1
+            return
+        deliveries: list[UUID] = []
+        try:
+            # under the lock no job moves files: check once more what is really gone
+            if not _unchanged(await repo.get_attachment(self.conn, att_id), first):
+                self._forget_broken(found)
+                return
+            missing = await self._still_missing(missing)
+            if not missing:
+                self._forget_broken(found)
+                return
+            error = {"code": "file_missing", "detail": _missing_detail(first, missing)}
+            async with self.conn.transaction():
+                failed = await repo.mark_file_missing(self.conn, att_id, first["state"],
+                                                      first["row_key"], first["generation"],
+                                                      error)
+                if failed is not None:
+                    deliveries = await emit_attachment(self.conn, "attachment.failed", failed,
+                                                       self.res.links)
+            if failed is None:
+                self._forget_broken(found)
+                return
+            found.marked_failed = True
+            self.report.broken_repaired += 1
+            log.warning("fsck: attachment %s marked failed: %s", att_id, error["detail"])
+            # like a failed promotion: a failed attachment keeps no files
+            await self.res.store.delete_prefix(keys.prefix(first["app_id"], att_id))
+        finally:
+            await repo.unlock_attachment(self.conn, att_id)
+        await _best_effort(dispatch(self.res, deliveries), "enqueue webhook deliveries")
+        await _best_effort(self.res.jobs.purge_cache(att_id), "enqueue the cache purge")
+
+    def _forget_broken(self, found: BrokenAttachment) -> None:
+        self.report.broken -= 1
+        if found in self.report.broken_examples:
+            self.report.broken_examples.remove(found)
+
+    async def _gather(self, aws: Iterable[Awaitable[Any]]) -> list[Any]:
+        return list(await asyncio.gather(*aws))
+
+
+def _area_for(areas: tuple[str, ...], p: ParsedKey) -> str:
+    if len(areas) == 1:
+        return areas[0]
+    return "cache" if p.rest == "upload" or p.rest.startswith("tus") else "store"
+
+
+def _unchanged(row: Any, seen: Any) -> bool:
+    return row is not None and (row["state"], row["key"], row["generation"]) == (
+        seen["state"], seen["row_key"], seen["generation"])
+
+
+def _missing_detail(first: Any, missing: list[Any]) -> str:
+    prefix = keys.prefix(first["app_id"], first["id"])
+    if first["state"] == "cached":
+        return "the uploaded file is no longer in the cache (found by stowage fsck)"
+    names = ", ".join(r["key"].removeprefix(prefix) for r in missing)
+    return f"missing from the store: {names} (found by stowage fsck)"
+
+
+async def _best_effort(aw: Awaitable[Any], what: str) -> None:
+    """After commit: the worker's sweep re-finds deliveries and cache leftovers Redis lost."""
+    try:
+        await aw
+    except Exception as exc:
+        log.warning("fsck: could not %s: %s (the worker's sweep will)", what, exc)
