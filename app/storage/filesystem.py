@@ -61,7 +61,7 @@ class FilesystemStorage:
         target = _AtomicFile(path)
         total = 0
         try:
-            await target.run(_ensure_dir, path.parent)
+            await target.run(ensure_dir, path.parent)
             await target.open()
             buf = bytearray()
             async for chunk in chunks:
@@ -175,7 +175,7 @@ class FilesystemStorage:
         return None
 
     def _check_root(self) -> None:
-        _ensure_dir(self.root)
+        ensure_dir(self.root)
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(errno.EACCES, "storage root is not writable", str(self.root))
 
@@ -263,7 +263,7 @@ class _AtomicFile:
         self._file.close()
         os.replace(self.tmp, self.path)
         self._committed = True
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def _discard(self) -> None:
         if self._file is not None:
@@ -294,7 +294,7 @@ def _take(it: Iterator[T], n: int) -> list[T]:
     return list(itertools.islice(it, n))
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -306,7 +306,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _ensure_dir(path: Path) -> None:
+def ensure_dir(path: Path) -> None:
     """mkdir -p, fsyncing each parent so that new directories survive a crash too."""
     if path.is_dir():
         return
@@ -318,13 +318,13 @@ def _ensure_dir(path: Path) -> None:
     for d in reversed(missing):
         with contextlib.suppress(FileExistsError):  # a concurrent writer won the race
             d.mkdir()
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
 
 
 def _copy_local(src: Path, dest: Path, src_key: str) -> None:
     if not src.is_file():
         raise StorageObjectNotFound(src_key)
-    _ensure_dir(dest.parent)
+    ensure_dir(dest.parent)
     tmp = temp_path_for(dest)
     try:
         try:
@@ -334,7 +334,7 @@ def _copy_local(src: Path, dest: Path, src_key: str) -> None:
             # Cross-device, hard links unsupported, link limit reached...
             _copy_file_durably(src, tmp)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

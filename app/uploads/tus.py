@@ -29,7 +29,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import errno
 import hashlib
 import logging
 import os
@@ -60,6 +59,7 @@ from app.ops.metrics import track_upload
 from app.resources import Resources
 from app.storage import StorageObjectNotFound
 from app.storage.base import run_shielded
+from app.storage.filesystem import ensure_dir, fsync_dir
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import inspect
 from app.uploads.options import RecordSlot, UploadOptions, parse_options
@@ -578,7 +578,7 @@ class _FileSink:
 def _open_upload_file(path: Path, offset: int) -> int:
     created = not path.exists()
     if created:
-        _make_dirs(path.parent)
+        ensure_dir(path.parent)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -587,7 +587,7 @@ def _open_upload_file(path: Path, offset: int) -> int:
         if size > offset:
             os.ftruncate(fd, offset)  # never acknowledged: a PATCH that died before saving
         if created:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     except BaseException:
         os.close(fd)
         raise
@@ -605,29 +605,6 @@ def _pwrite_all(fd: int, data: bytearray, pos: int) -> None:
         # start writeback now (and drop the pages once clean): the fsync that makes the
         # offset durable at the end of the PATCH then has little left to wait for
         os.posix_fadvise(fd, start, pos - start, os.POSIX_FADV_DONTNEED)
-
-
-def _make_dirs(path: Path) -> None:
-    missing = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        p = p.parent
-    for d in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            d.mkdir()
-        _fsync_dir(d.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
-            raise
-    finally:
-        os.close(fd)
 
 
 class _S3Sink:
