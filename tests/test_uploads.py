@@ -198,3 +198,21 @@ async def test_non_multipart_body_is_415(client, tenant):
                                                       "Content-Type": "text/plain"}, content=b"x")
     assert r.status_code == 415
     assert r.json()["type"].endswith("unsupported-media-type")
+
+
+async def test_multipart_data_resembling_the_boundary_survives_any_chunking(client, tenant):
+    # near-boundaries force the parser to hold bytes back and emit them later (look-behind)
+    # (never the whole delimiter "\r\n--XyZ", which a part may not contain)
+    data = b"".join(b"line %d\r\n--Xy\r\n-\r\n--XyA\r\n--X" % i for i in range(3000))
+    body = multipart_body("XyZ", [("file", "tricky.bin", data)])
+
+    async def tiny_chunks():
+        for i in range(0, len(body), 7):
+            yield body[i:i + 7]
+
+    r = await client.post("/v1/attachments", headers={
+        **tenant.headers, "Content-Type": "multipart/form-data; boundary=XyZ"},
+        content=tiny_chunks())
+    assert r.status_code == 201, r.text
+    assert r.json()["size"] == len(data)
+    assert r.json()["sha256"] == hashlib.sha256(data).hexdigest()

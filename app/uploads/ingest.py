@@ -73,7 +73,7 @@ async def receive(
     size = len(head)
     hashing: asyncio.Future[None] | None = None
 
-    async def hash_behind(block: bytes) -> None:
+    async def hash_behind(block: bytes | bytearray) -> None:
         # hashlib drops the GIL: hashing block N in a thread overlaps with receiving block
         # N+1 and writing block N, instead of stalling the event loop (~0.5 s per GiB).
         # Awaiting the previous one first keeps the updates in order.
@@ -95,13 +95,13 @@ async def receive(
                 )
             buf += chunk
             if len(buf) >= BLOCK:
-                block, buf = bytes(buf), bytearray()
+                # handed over as is (no copy) and never touched again: a new buffer follows
+                block, buf = buf, bytearray()
                 await hash_behind(block)
                 yield block
         if buf:
-            block = bytes(buf)
-            await hash_behind(block)
-            yield block
+            await hash_behind(buf)
+            yield buf
 
     try:
         await storage.write(key, body(), content_type=mime_type)

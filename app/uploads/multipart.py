@@ -33,7 +33,7 @@ class FileStart:
 
 @dataclass(frozen=True)
 class FileData:
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,9 @@ class _Collector:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
-            self.events.append(FileData(bytes(data[start:end])))
+            # a view, not a copy: the chunk is immutable bytes, and the consumer copies once
+            # anyway when it coalesces blocks
+            self.events.append(FileData(memoryview(data)[start:end]))
         elif self._field is not None:
             value = self._field[1]
             value.extend(data[start:end])
@@ -148,7 +150,7 @@ async def iter_multipart(chunks: AsyncIterable[bytes], boundary: bytes) -> Async
         raise MalformedRequest("the multipart body ended before its closing boundary")
 
 
-async def file_bytes(events: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+async def file_bytes(events: AsyncIterator[Event]) -> AsyncIterator[bytes | memoryview]:
     """The data of the file part just started, pulled from the shared event stream."""
     async for event in events:
         if isinstance(event, FileData):
