@@ -21,14 +21,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import platform
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,16 +34,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
-from redis import asyncio as aioredis
+from _common import drop_database, drop_queue, free_port, percentile, terminate_cleanly
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "webhook_latency.json"
@@ -57,12 +53,6 @@ ARQ_LINE = re.compile(r"\s(\d+\.\d+)s ([→←]) (([a-z_]+):[^\s(]+)")
 
 
 # --- percentiles -----------------------------------------------------------------------------
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest rank: always a latency that really happened, never an interpolated one."""
-    ordered = sorted(values)
-    return ordered[max(math.ceil(p / 100 * len(ordered)) - 1, 0)]
-
 
 @dataclass
 class Stats:
@@ -161,12 +151,6 @@ def _wall(iso: str | None) -> float | None:
 
 # --- processes -------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stowage_cmd() -> list[str]:
     """The installed console script, as an operator runs it (python -m as a fallback)."""
     script = Path(sys.executable).with_name("stowage")
@@ -222,27 +206,6 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> str:
     return out.stdout
 
 
-async def drop_database(pg_base: str, name: str) -> None:
-    conn = await asyncpg.connect(f"{pg_base}/postgres")
-    try:
-        # FORCE: a killed server's connections must not keep the database alive
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-async def drop_queue(redis_url: str, queue: str) -> None:
-    """Whatever the run left in the shared Redis: its queue, the jobs still in it, health."""
-    redis = aioredis.from_url(redis_url)
-    try:
-        job_ids = [j.decode() for j in await redis.zrange(queue, 0, -1)]
-        keys = [queue, f"{queue}:health-check",
-                *(f"arq:{kind}:{j}" for j in job_ids for kind in ("job", "retry"))]
-        await redis.delete(*keys)
-    finally:
-        await redis.aclose()
-
-
 @dataclass
 class Stowage:
     base: str
@@ -261,6 +224,7 @@ def start_stowage(stack: contextlib.ExitStack, tmp: Path, pg_base: str,
         "STOWAGE_DATABASE_URL": f"{pg_base}/{db_name}",
         "STOWAGE_REDIS_URL": redis_url,
         "STOWAGE_QUEUE_NAME": queue,
+        "STOWAGE_WORKER_METRICS_PORT": "0",  # never collide with a worker already on 9100
         "STOWAGE_CACHE_URL": f"file://{tmp / 'cache'}",
         "STOWAGE_STORE_URL": f"file://{tmp / 'store'}",
         "STOWAGE_WEBHOOK_ALLOW_PRIVATE": "true",
@@ -484,19 +448,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rate <= 0 or args.duration <= 0 or args.size <= 0 or args.grace < 0:
         p.error("--rate, --duration and --size must be positive, --grace not negative")
     return args
-
-
-@contextlib.contextmanager
-def terminate_cleanly() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so processes, temp files and the database still go."""
-    def handler(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def keep_logs(tmp: Path, dest: Path) -> None:
