@@ -74,8 +74,10 @@ async def test_register_refusals_leave_nothing(s3_env, s3_client, other_tenant_s
     assert listed.get("Contents", []) == []
     async with res.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM attachments") == 0
-    for bad in [{"cached_key": "made/up/key"}, {"nope": 1}, {"cached_key": p["key"],
-                                                            "record_type": "x"}]:
+    for bad in [{"cached_key": "made/up/key"}, {"nope": 1},
+                {"cached_key": p["key"], "record_type": "x"},
+                {"cached_key": p["key"], "metadata": {"big": "x" * 20_000}},
+                {"cached_key": p["key"], "metadata": [1, 2]}]:
         r = await client.post("/v1/attachments", headers=tenant.headers, json=bad)
         assert r.status_code == 422, bad
         assert r.headers["content-type"] == "application/problem+json"

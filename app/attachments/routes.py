@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from uuid import UUID
 
@@ -30,7 +29,7 @@ from app.resources import Resources
 from app.storage import Storage, content_disposition
 from app.uploads import presigned
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
-from app.uploads.options import parse_options
+from app.uploads.options import make_options, parse_options
 from app.uploads.presigned_routes import RegisterRequest
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
@@ -143,11 +142,11 @@ async def _register_presigned(request: Request, app_id: UUID, res: Resources) ->
         body = RegisterRequest.model_validate_json(await request.body())
     except ValidationError as e:
         raise RequestValidationError(e.errors()) from None
-    options = parse_options({
-        "filename": body.filename, "profile": body.profile, "record_type": body.record_type,
-        "record_id": body.record_id, "record_name": body.record_name,
-        "promote": str(body.promote).lower(), "metadata": json.dumps(body.metadata),
-    })
+    options = make_options(
+        profile=body.profile, filename=body.filename, record_type=body.record_type,
+        record_id=body.record_id, record_name=body.record_name, promote=body.promote,
+        client_metadata=body.metadata,
+    )
     with track_upload("presigned") as accepted:
         row = await presigned.register(res, app_id, body.cached_key, options)
         accepted.append(row["size"])
@@ -179,10 +178,10 @@ async def upload_raw(
         "record_id": record_id, "record_name": record_name, "promote": promote,
         "metadata": metadata,
     })
-    res.profiles.get(options.profile)  # an unknown profile is refused before the body
+    # an unknown profile, or a declared length over the limit, is refused before the body
+    limit = res.profiles.get(options.profile).size_limit(res.settings.max_upload_size)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit():
-        limit = res.profiles.get(options.profile).size_limit(res.settings.max_upload_size)
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
     with track_upload("raw") as accepted:

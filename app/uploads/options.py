@@ -41,9 +41,12 @@ def parse_bool(name: str, value: str | None, default: bool) -> bool:
     raise InvalidInput(f"{name} must be true or false, not {value!r}", field=name)
 
 
-def parse_options(fields: Mapping[str, str | None]) -> UploadOptions:
-    """Validate the textual options; raises InvalidInput (422) on the first bad one."""
-    slot_parts = [fields.get(k) or None for k in ("record_type", "record_id", "record_name")]
+def make_options(*, profile: str | None = None, filename: str | None = None,
+                 record_type: str | None = None, record_id: str | None = None,
+                 record_name: str | None = None, promote: bool = True,
+                 client_metadata: dict[str, Any] | None = None) -> UploadOptions:
+    """Validate typed options (a JSON body); raises InvalidInput (422) on the first bad one."""
+    slot_parts = [record_type or None, record_id or None, record_name or None]
     record = None
     if any(slot_parts):
         if not all(slot_parts):
@@ -51,10 +54,23 @@ def parse_options(fields: Mapping[str, str | None]) -> UploadOptions:
                 "record_type, record_id and record_name must be given together, or none"
             )
         record = RecordSlot(*slot_parts)  # type: ignore[arg-type]
+    client_metadata = client_metadata or {}
+    if client_metadata and len(json.dumps(client_metadata, separators=(",", ":")).encode()
+                               ) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes",
+                           field="metadata")
+    if filename:  # a path from the client's machine: keep the last component only
+        filename = filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or None
+    return UploadOptions(profile=profile or None, filename=filename or None, record=record,
+                         promote=promote, client_metadata=client_metadata)
+
+
+def parse_options(fields: Mapping[str, str | None]) -> UploadOptions:
+    """Validate textual options (form fields, query strings, tus metadata)."""
     client_metadata: dict[str, Any] = {}
     raw_meta = fields.get("metadata")
     if raw_meta:
-        if len(raw_meta.encode()) > MAX_METADATA_BYTES:
+        if len(raw_meta.encode()) > MAX_METADATA_BYTES:  # before parsing it
             raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes",
                                field="metadata")
         try:
@@ -63,13 +79,10 @@ def parse_options(fields: Mapping[str, str | None]) -> UploadOptions:
             raise InvalidInput(f"metadata is not valid JSON: {e}", field="metadata") from None
         if not isinstance(client_metadata, dict):
             raise InvalidInput("metadata must be a JSON object", field="metadata")
-    filename = fields.get("filename") or None
-    if filename is not None:
-        filename = filename.replace("\\", "/").rsplit("/", 1)[-1][:255] or None
-    return UploadOptions(
-        profile=fields.get("profile") or None,
-        filename=filename,
-        record=record,
+    return make_options(
+        profile=fields.get("profile"), filename=fields.get("filename"),
+        record_type=fields.get("record_type"), record_id=fields.get("record_id"),
+        record_name=fields.get("record_name"),
         promote=parse_bool("promote", fields.get("promote"), True),
         client_metadata=client_metadata,
     )
