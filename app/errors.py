@@ -117,9 +117,12 @@ class ServiceUnavailable(StowageError):
     status, slug, title = 503, "service-unavailable", "Service temporarily unavailable"
 
 
-ALL_ERRORS: list[type[StowageError]] = [
-    StowageError, Unauthorized, Forbidden, NotFound, AttachmentNotFound, DerivativeNotFound,
-    WebhookEndpointNotFound, AppNotFound, InvalidInput, UnknownProfile, InvalidRecordSlot,
-    MalformedRequest, UploadTooLarge, UnsupportedMediaType, InvalidState, RangeNotSatisfiable,
-    ServiceUnavailable,
-]
+def problem_slugs() -> set[str]:
+    """Every problem type, including those defined next to their domain (tus): derived from
+    the class tree, so a new error cannot be left out of the OpenAPI document."""
+    slugs, todo = set(), [StowageError]
+    while todo:
+        cls = todo.pop()
+        slugs.add(cls.slug)
+        todo.extend(cls.__subclasses__())
+    return slugs

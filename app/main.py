@@ -107,8 +107,7 @@ def _install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
                            routes=app.routes)
-        types = sorted({e.slug for e in errors.ALL_ERRORS} | {"method-not-allowed",
-                                                               "http-error"})
+        types = sorted(errors.problem_slugs() | {"method-not-allowed", "http-error"})
         spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = {
             "type": "object",
             "description": "RFC 9457 problem details. `type` is "

@@ -143,6 +143,9 @@ async def test_openapi_lists_every_endpoint(client):
                  "/v1/attachments/{attachment_id}/content", "/healthz", "/readyz"]:
         assert path in paths, path
     assert "multipart/form-data" in paths["/v1/attachments"]["post"]["requestBody"]["content"]
+    problem_types = spec["components"]["schemas"]["Problem"]["description"]
+    for slug in ["attachment-not-found", "upload-too-large", "tus-checksum-mismatch"]:
+        assert slug in problem_types, slug
 
 
 async def test_health_and_readiness(client):

@@ -74,6 +74,20 @@ RAW_BODY = {
 }
 
 
+def download_responses(what: str, media_type: str) -> dict[int | str, dict[str, Any]]:
+    """What a download answers: the bytes, a range, a redirect to storage, or a problem."""
+    return {
+        **COMMON_ERRORS,
+        200: {"description": what,
+              "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}},
+        206: {"description": "The requested byte range"},
+        307: {"description": "Redirect to a short-lived storage URL"},
+        403: {"description": "Bad or expired signed link", **PROBLEM},
+        409: {"description": "The attachment has no file (deleted or failed)", **PROBLEM},
+        416: {"description": "Range not satisfiable", **PROBLEM},
+    }
+
+
 def _attachment_id(value: str) -> UUID:
     return path_id(value, AttachmentNotFound)
 
@@ -269,16 +283,7 @@ async def delete_attachment(
 @router.get(
     "/attachments/{attachment_id}/content",
     response_class=Response,
-    responses={
-        **COMMON_ERRORS,
-        200: {"description": "The file, with its sniffed Content-Type",
-              "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-        206: {"description": "The requested byte range"},
-        307: {"description": "Redirect to a short-lived storage URL"},
-        403: {"description": "Bad or expired signed link", **PROBLEM},
-        409: {"description": "The attachment is deleted or failed", **PROBLEM},
-        416: {"description": "Range not satisfiable", **PROBLEM},
-    },
+    responses=download_responses("The file, with its sniffed Content-Type", "*/*"),
     summary="Download the file",
 )
 async def download(
@@ -342,15 +347,7 @@ async def serve_object(request: Request, storage: Storage, *, key: str, mime: st
 @router.get(
     "/attachments/{attachment_id}/derivatives/{name}",
     response_class=Response,
-    responses={
-        **COMMON_ERRORS,
-        200: {"description": "The derivative",
-              "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}}},
-        206: {"description": "The requested byte range"},
-        307: {"description": "Redirect to a short-lived storage URL"},
-        403: {"description": "Bad or expired signed link", **PROBLEM},
-        409: {"description": "The attachment is not stored", **PROBLEM},
-    },
+    responses=download_responses("The derivative", "image/*"),
     summary="Download a derivative (thumbnail…)",
 )
 async def download_derivative(
