@@ -107,17 +107,15 @@ async def mark_stored(
     att_id: UUID,
     cached_key: str,
     store_key: str,
-    metadata: dict[str, Any],
     derivatives: dict[str, Any],
 ) -> asyncpg.Record | None:
     """The compare-and-set at the heart of atomic promotion: None if the row moved on."""
     return await conn.fetchrow(
         "UPDATE attachments SET state = 'stored', storage = 'store', key = $3,"
-        " metadata = metadata || $4::jsonb, derivatives = $5, stored_at = now(),"
-        " updated_at = now(), generation = generation + 1"
+        " derivatives = $4, stored_at = now(), updated_at = now(), generation = generation + 1"
         " WHERE id = $1 AND state = 'cached' AND key = $2"
         f" RETURNING {COLUMNS}",
-        att_id, cached_key, store_key, metadata, derivatives,
+        att_id, cached_key, store_key, derivatives,
     )
 
 

@@ -257,15 +257,14 @@ async def promote(res: Resources, att_id: UUID) -> str:
             return await _fail(res, conn, row, PermanentError(e.code, e.detail))
         await failpoint("promote.after_copy")
         async with conn.transaction():
-            stored = await repo.mark_stored(conn, att_id, cached_key, store_key, {}, derivatives)
+            stored = await repo.mark_stored(conn, att_id, cached_key, store_key, derivatives)
             if stored is not None:
                 deliveries = await emit_attachment(conn, "attachment.stored", stored, res.links)
         if stored is None:
             # replaced or deleted meanwhile: what this run wrote belongs to nobody
             await activity.record(conn, att_id, "promotion.aborted",
                                   {"reason": "replaced or deleted while it was promoted"})
-            for key in written:
-                await res.store.delete(key)
+            await _remove(res.store, written)
             return "aborted"
     metrics.PROMOTION_LAG.observe((stored["stored_at"] - stored["created_at"]).total_seconds())
     await dispatch(res, deliveries)
@@ -302,6 +301,12 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+async def _remove(storage: Storage, keys_written: list[str]) -> None:
+    """What an aborted or failed job wrote: it belongs to nobody."""
+    for key in keys_written:
+        await storage.delete(key)
+
+
 async def request_reprocess(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
     row = await get(res, app_id, att_id)
     if row["state"] != "stored":
@@ -329,8 +334,7 @@ async def reprocess(res: Resources, att_id: UUID) -> str:
                         e.code, e.detail)
             await activity.record(conn, att_id, "reprocess.failed",
                                   {"code": e.code, "detail": e.detail})
-            for key in written:
-                await res.store.delete(key)
+            await _remove(res.store, written)
             return "failed"
         async with conn.transaction():
             swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives)
@@ -340,8 +344,7 @@ async def reprocess(res: Resources, att_id: UUID) -> str:
         if swapped is None:
             await activity.record(conn, att_id, "reprocess.aborted",
                                   {"reason": "changed while it was reprocessed"})
-            for key in written:
-                await res.store.delete(key)
+            await _remove(res.store, written)
             return "aborted"
     for old in (row["derivatives"] or {}).values():
         if old.get("key") not in written:

@@ -192,7 +192,14 @@ class FilesystemStorage:
 
 
 WRITEBACK_WINDOW = 16 << 20
-_FADVISE = hasattr(os, "posix_fadvise")
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing these bytes back now (and to drop the pages once
+    clean), so a later fsync has little left to wait for and large files do not flood the page
+    cache. A hint: a no-op where posix_fadvise does not exist."""
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 class _AtomicFile:
@@ -246,12 +253,12 @@ class _AtomicFile:
         # before the last one (and to drop those pages once clean): the disk works while the
         # upload streams, so the fsync before the 201 has little left to do, and a large
         # upload does not flood the page cache. Measured here: fsync of 1 GiB 0.25 s → 0.03 s.
-        if _FADVISE and before // WRITEBACK_WINDOW != self._written // WRITEBACK_WINDOW:
+        if before // WRITEBACK_WINDOW != self._written // WRITEBACK_WINDOW:
             end = (self._written // WRITEBACK_WINDOW - 1) * WRITEBACK_WINDOW
             if end > 0:
                 self._file.flush()
-                os.posix_fadvise(self._file.fileno(), max(end - WRITEBACK_WINDOW, 0),
-                                 WRITEBACK_WINDOW, os.POSIX_FADV_DONTNEED)
+                start_writeback(self._file.fileno(), max(end - WRITEBACK_WINDOW, 0),
+                                WRITEBACK_WINDOW)
 
     def _open(self) -> None:
         self._file = open(self.tmp, "xb")  # closed by _commit/_discard

@@ -59,7 +59,7 @@ from app.ops.metrics import track_upload
 from app.resources import Resources
 from app.storage import StorageObjectNotFound
 from app.storage.base import run_shielded
-from app.storage.filesystem import ensure_dir, fsync_dir
+from app.storage.filesystem import ensure_dir, fsync_dir, start_writeback
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import inspect
 from app.uploads.options import RecordSlot, UploadOptions, parse_options
@@ -601,10 +601,7 @@ def _pwrite_all(fd: int, data: bytearray, pos: int) -> None:
         n = os.pwrite(fd, view, pos)
         view = view[n:]
         pos += n
-    if hasattr(os, "posix_fadvise"):
-        # start writeback now (and drop the pages once clean): the fsync that makes the
-        # offset durable at the end of the PATCH then has little left to wait for
-        os.posix_fadvise(fd, start, pos - start, os.POSIX_FADV_DONTNEED)
+    start_writeback(fd, start, pos - start)  # the PATCH's closing fsync is then short
 
 
 class _S3Sink:
