@@ -323,3 +323,40 @@ async def test_broken_url_is_422_not_500(hooks):
     r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
                           json={"url": "http://[::1/x"})
     assert r.status_code == 422 and "valid URL" in r.json()["detail"]
+
+
+async def test_endpoint_disabled_after_fan_out_gets_nothing(hooks, receiver):
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    await upload(client, tenant, promote="false")  # the delivery row exists now
+    r = await client.patch(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers,
+                           json={"enabled": False})
+    assert r.json()["enabled"] is False
+    await run_worker(res)
+    assert receiver.received == []
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert (log["status"], log["last_error"]) == ("failed", "endpoint disabled")
+
+
+async def test_long_poll_answers_when_its_listen_connection_is_lost(hooks):
+    res, client, tenant = hooks
+    att = await upload(client, tenant, promote="false")
+    poll = asyncio.create_task(client.get(f"/v1/attachments/{att['id']}?wait=30",
+                                          headers=tenant.headers))
+    await asyncio.sleep(0.3)
+    assert not poll.done()
+    async with res.pool.acquire() as conn:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+    assert killed == 1
+    r = await asyncio.wait_for(poll, 5)  # answered with the current state, not left hanging
+    assert r.status_code == 200 and r.json()["state"] == "cached"
+    # and the next long-poll listens again
+    poll = asyncio.create_task(client.get(f"/v1/attachments/{att['id']}?wait=30",
+                                          headers=tenant.headers))
+    await asyncio.sleep(0.3)
+    await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
+    await run_worker(res)
+    r = await asyncio.wait_for(poll, 5)
+    assert r.json()["state"] == "stored"
