@@ -360,3 +360,27 @@ async def test_long_poll_answers_when_its_listen_connection_is_lost(hooks):
     await run_worker(res)
     r = await asyncio.wait_for(poll, 5)
     assert r.json()["state"] == "stored"
+
+
+async def test_endpoints_and_delivery_log_page_with_cursors(hooks, receiver):
+    _, client, tenant = hooks
+    eps = [await subscribe(client, tenant, f"{receiver.url}?{i}") for i in range(3)]
+    for _ in range(5):
+        await upload(client, tenant, promote="false")
+
+    async def all_pages(path):
+        seen, cursor = [], None
+        while True:
+            r = await client.get(path, headers=tenant.headers,
+                                 params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+            body = r.json()
+            assert len(body["items"]) <= 2
+            seen += [x["id"] for x in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                return seen
+
+    assert await all_pages("/v1/webhook-endpoints") == [e["id"] for e in reversed(eps)]
+    log = await all_pages(f"/v1/webhook-endpoints/{eps[0]['id']}/deliveries")
+    assert len(log) == len(set(log)) == 5
+    assert log == [d["id"] for d in await deliveries(client, tenant, eps[0]["id"])]

@@ -24,6 +24,7 @@ from app.ids import uuid7
 from app.media.derivatives import ImageProcessingError
 from app.media.render import render
 from app.ops import metrics
+from app.pagination import Page, page_of
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound
 from app.uploads.ingest import Received, check_against_profile, receive
@@ -165,12 +166,6 @@ async def wait_for_change(res: Resources, app_id: UUID, att_id: UUID, wait: floa
     return await get(res, app_id, att_id)
 
 
-@dataclass
-class Page:
-    items: list[asyncpg.Record]
-    next_before: UUID | None = None
-
-
 async def list_attachments(res: Resources, app_id: UUID, *, state: str | None = None,
                            record_type: str | None = None, record_id: str | None = None,
                            record_name: str | None = None, before: UUID | None = None,
@@ -180,9 +175,7 @@ async def list_attachments(res: Resources, app_id: UUID, *, state: str | None = 
             conn, app_id, state=state, record_type=record_type, record_id=record_id,
             record_name=record_name, before=before, limit=limit + 1,
         )
-    if len(rows) > limit:
-        return Page(items=rows[:limit], next_before=rows[limit - 1]["id"])
-    return Page(items=rows)
+    return page_of(rows, limit)
 
 
 async def request_promotion(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:

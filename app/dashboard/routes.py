@@ -36,6 +36,7 @@ from app.dashboard.session import (
 from app.deps import resources
 from app.errors import NotFound, StowageError
 from app.ids import parse_uuid
+from app.pagination import Page
 
 HERE = Path(__file__).resolve().parent
 # Slows down guessing the admin token from one connection; constant so it tells nothing.
@@ -353,7 +354,7 @@ async def attachments_page(request: Request, _: Session = Depends(session)) -> R
     filters, query, problems = _filters(request)
     before = parse_uuid(query.get("before", "")) if query.get("before") else None
     if problems or ("app" in query and filters.app_id is None):
-        page = service.AttachmentPage([], None)
+        page = Page([])
     else:
         page = await service.list_attachments(res, filters, before)
     next_query = None

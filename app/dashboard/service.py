@@ -28,6 +28,7 @@ from app.auth import repository as auth_repo
 from app.dashboard import repository as repo
 from app.dashboard import timeline
 from app.errors import AttachmentNotFound, WebhookEndpointNotFound
+from app.pagination import Page, page_of
 from app.resources import Resources
 from app.webhooks import service as webhooks
 
@@ -220,15 +221,9 @@ class AttachmentFilters:
     created_to: datetime | None = None  # exclusive
 
 
-@dataclass
-class AttachmentPage:
-    items: list[asyncpg.Record]
-    next_before: UUID | None
-
-
 async def list_attachments(res: Resources, filters: AttachmentFilters,
                            before: UUID | None = None, limit: int = PAGE_SIZE
-                           ) -> AttachmentPage:
+                           ) -> Page:
     async with res.pool.acquire() as conn:
         rows = await repo.list_attachments(
             conn, app_id=filters.app_id, state=filters.state, profile=filters.profile,
@@ -236,9 +231,7 @@ async def list_attachments(res: Resources, filters: AttachmentFilters,
             record_name=filters.record_name, created_from=filters.created_from,
             created_to=filters.created_to, before=before, limit=limit + 1,
         )
-    if len(rows) > limit:
-        return AttachmentPage(rows[:limit], rows[limit - 1]["id"])
-    return AttachmentPage(rows, None)
+    return page_of(rows, limit)
 
 
 async def apps(res: Resources) -> list[asyncpg.Record]:
@@ -386,16 +379,15 @@ async def endpoint_detail(res: Resources, endpoint_id: UUID, status: str | None 
         raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
     async with res.pool.acquire() as conn:
         rows = await repo.endpoint_deliveries(conn, endpoint_id, status, before, limit + 1)
-        page, next_before = (rows[:limit], rows[limit - 1]["id"]) if len(rows) > limit \
-            else (rows, None)
-        attempts = await repo.attempts_of(conn, [r["id"] for r in page],
+        page = page_of(rows, limit)
+        attempts = await repo.attempts_of(conn, [r["id"] for r in page.items],
                                           RESPONSE_PREVIEW_CHARS)
     by_delivery: dict[UUID, list[Attempt]] = {}
     for a in attempts:
         by_delivery.setdefault(a["delivery_id"], []).append(Attempt(a))
     views = [DeliveryView(row=r, request_body=preview_json(r["body"], BODY_PREVIEW_CHARS),
-                          attempts=by_delivery.get(r["id"], [])) for r in page]
-    return EndpointDetail(health=health, deliveries=views, next_before=next_before)
+                          attempts=by_delivery.get(r["id"], [])) for r in page.items]
+    return EndpointDetail(health=health, deliveries=views, next_before=page.next_before)
 
 
 def preview_json(value: Any, limit: int) -> str:

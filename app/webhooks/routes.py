@@ -45,11 +45,9 @@ async def create_endpoint(body: EndpointCreate, app_id: UUID = Depends(current_a
 async def list_endpoints(cursor: str | None = None, limit: int = Query(50, ge=1, le=200),
                          app_id: UUID = Depends(current_app_id),
                          res: Resources = Depends(resources)) -> dict[str, Any]:
-    rows = await service.list_endpoints(res, app_id, decode_cursor(cursor), limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {"items": [present_endpoint(r) for r in rows],
-            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None}
+    page = await service.list_endpoints(res, app_id, decode_cursor(cursor), limit)
+    return {"items": [present_endpoint(r) for r in page.items],
+            "next_cursor": encode_cursor(page.next_before)}
 
 
 @router.get("/{endpoint_id}", response_model=EndpointOut, responses=ERRORS,
@@ -86,12 +84,10 @@ async def list_deliveries(endpoint_id: str,
                           cursor: str | None = None, limit: int = Query(50, ge=1, le=200),
                           app_id: UUID = Depends(current_app_id),
                           res: Resources = Depends(resources)) -> dict[str, Any]:
-    rows = await service.list_deliveries(res, app_id, _endpoint_id(endpoint_id), status,
-                                         decode_cursor(cursor), limit + 1)
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {"items": [present_delivery(r) for r in rows],
-            "next_cursor": encode_cursor(rows[-1]["id"]) if more else None}
+    page = await service.list_deliveries(res, app_id, _endpoint_id(endpoint_id), status,
+                                         decode_cursor(cursor), limit)
+    return {"items": [present_delivery(r) for r in page.items],
+            "next_cursor": encode_cursor(page.next_before)}
 
 
 @router.post("/{endpoint_id}/deliveries/{delivery_id}/retry", status_code=202,

@@ -17,6 +17,7 @@ from app.errors import InvalidInput, InvalidState, NotFound, WebhookEndpointNotF
 from app.failpoints import failpoint
 from app.ids import uuid7
 from app.ops import metrics
+from app.pagination import Page, page_of
 from app.resources import Resources
 from app.webhooks import delivery as http_delivery
 from app.webhooks import repository as repo
@@ -84,9 +85,9 @@ async def get_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID) -> async
 
 
 async def list_endpoints(res: Resources, app_id: UUID, before: UUID | None, limit: int
-                         ) -> list[asyncpg.Record]:
+                         ) -> Page:
     async with res.pool.acquire() as conn:
-        return await repo.list_endpoints(conn, app_id, before, limit)
+        return page_of(await repo.list_endpoints(conn, app_id, before, limit + 1), limit)
 
 
 async def update_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID,
@@ -122,10 +123,11 @@ async def delete_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID) -> No
 
 
 async def list_deliveries(res: Resources, app_id: UUID, endpoint_id: UUID, status: str | None,
-                          before: UUID | None, limit: int) -> list[asyncpg.Record]:
+                          before: UUID | None, limit: int) -> Page:
     await get_endpoint(res, app_id, endpoint_id)
     async with res.pool.acquire() as conn:
-        return await repo.list_deliveries(conn, endpoint_id, status, before, limit)
+        rows = await repo.list_deliveries(conn, endpoint_id, status, before, limit + 1)
+    return page_of(rows, limit)
 
 
 async def retry_delivery(res: Resources, app_id: UUID, endpoint_id: UUID, delivery_id: UUID
