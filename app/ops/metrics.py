@@ -9,6 +9,8 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from app.errors import StowageError
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _SIZE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -50,8 +52,6 @@ DELIVERIES = Gauge("stowage_webhook_deliveries", "Webhook deliveries by status",
 def track_upload(mode: str) -> Iterator[list[int]]:
     """Count an upload by outcome (the error's slug when refused) and time it; the caller
     appends the accepted size to the yielded list."""
-    from app.errors import StowageError
-
     accepted: list[int] = []
     started = time.perf_counter()
     outcome = "error"
