@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import httpx
@@ -19,6 +19,7 @@ from app.jobs import JobQueue
 from app.media.render import allow_pixels
 from app.profiles import Profiles, load_profiles
 from app.storage import Storage, open_s3_client, storage_from_url
+from app.uploads.running_digests import RunningDigests
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Resources:
     http: httpx.AsyncClient
     watcher: StateWatcher
     links: Links
+    tus_digests: RunningDigests = field(default_factory=RunningDigests)
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

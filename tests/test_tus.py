@@ -599,6 +599,63 @@ async def test_checksum_mismatch_on_s3_keeps_the_offset(env_factory):
     assert await env.multipart_uploads() == []
 
 
+def _sha256_b64(data: bytes) -> str:
+    return "sha256 " + base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+async def _broken_body(data: bytes) -> AsyncIterator[bytes]:
+    """A PATCH body whose client goes away after ``data``."""
+    yield data
+    raise httpx.ReadError("the client went away")
+
+
+async def test_the_sha256_is_right_however_the_upload_went(env_factory, backend, monkeypatch):
+    """The completion trusts the hash the PATCHes kept only while it covers exactly the
+    durable bytes; otherwise it reads the file back. Either way the sha256 is the file's."""
+    env = await env_factory(backend)
+    reads: list[str] = []
+    read = env.res.cache.read
+
+    def counting_read(key: str, *args: Any, **kwargs: Any) -> Any:
+        # the whole upload read back (not read_head's ranged read, not an S3 tail object)
+        if key.endswith("/tus") and not args and not kwargs:
+            reads.append(key)
+        return read(key, *args, **kwargs)
+
+    monkeypatch.setattr(env.res.cache, "read", counting_read)
+    part = 6 * MiB  # over the S3 part size, so parts and tails are both exercised
+    data = os.urandom(4 * part)
+
+    async def finish(url: str, offset: int) -> dict[str, Any]:
+        r = await patch(env, url, offset, data[offset:])
+        assert r.status_code == 204, r.text
+        att = await env.client.get(f"/v1/attachments/{r.headers['stowage-attachment-id']}",
+                                   headers=env.tenant.headers)
+        return att.json()
+
+    # every PATCH on this process, one refused by its checksum, one cut off half-way
+    url = await create(env, len(data))
+    assert (await patch(env, url, 0, data[:part])).status_code == 204
+    r = await patch(env, url, part, data[part:2 * part], Upload_Checksum=_sha256_b64(b"x"))
+    assert r.status_code == 460
+    with pytest.raises(httpx.ReadError):
+        await patch(env, url, part, _broken_body(data[part:part + part // 2 + 7]))
+    offset = int((await head(env, url)).headers["upload-offset"])
+    assert part < offset <= part + part // 2 + 7
+    att = await finish(url, offset)
+    assert att["sha256"] == hashlib.sha256(data).hexdigest()
+    assert reads == []  # hashed as it arrived: the file was not read back
+
+    # resumed after a restart (or on another instance): this process never saw the start
+    url = await create(env, len(data))
+    assert (await patch(env, url, 0, data[:part])).status_code == 204
+    env.res.tus_digests.forget(UUID(url.rstrip("/").rsplit("/", 1)[1]))
+    assert (await patch(env, url, part, data[part:3 * part])).status_code == 204
+    att = await finish(url, 3 * part)
+    assert att["sha256"] == hashlib.sha256(data).hexdigest()
+    assert reads  # read back and hashed at completion
+
+
 async def test_protocol_errors(env):
     url = await create(env, 10)
     # wrong offset

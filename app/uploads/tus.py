@@ -16,9 +16,11 @@ the upload's own prefix, so an upload resumes on any API instance, after any res
   last; the bytes after the last whole part wait in a small "tail" object, merged into the
   next part by the next PATCH. At most one part is in memory.
 - Completion: when the last byte is durable the row becomes ``completing`` and the
-  attachment's id is chosen and stored in the same UPDATE. The file is then streamed through
-  the normal ingest path (sniff, profile check, hash) into that attachment's cache key, and
-  recorded. A completion that dies half-way is redone by the next PATCH or HEAD with the same
+  attachment's id is chosen and stored in the same UPDATE. The file is then checked where it
+  lies (sniffed, held against the profile), linked or copied server-side to that
+  attachment's cache key, and recorded. Its SHA-256 comes from the PATCHes, which hash what
+  they receive (running_digests.py); only an upload resumed elsewhere is read back to hash.
+  A completion that dies half-way is redone by the next PATCH or HEAD with the same
   attachment id: either the attachment row exists (then only the bookkeeping is left) or the
   cache key is simply overwritten. Never two attachments for one upload.
 """
@@ -61,7 +63,7 @@ from app.storage import StorageObjectNotFound
 from app.storage.base import run_shielded
 from app.storage.filesystem import ensure_dir, fsync_dir, start_writeback
 from app.uploads import tus_repository as repo
-from app.uploads.ingest import inspect
+from app.uploads.ingest import BLOCK, HashBehind, inspect
 from app.uploads.options import RecordSlot, UploadOptions, parse_options
 
 log = logging.getLogger(__name__)
@@ -337,7 +339,9 @@ async def append(res: Resources, app_id: UUID, upload_id: UUID, *, offset: int,
                                  f" of {row['length']}")
         row = await _receive(res, row, token, chunks, checksum)
         if row["state"] == "completing":
-            row = await _complete(res, row, token)
+            digest = res.tus_digests.take(row["id"], row["length"])
+            row = await _complete(res, row, token,
+                                  sha256=digest.hexdigest() if digest is not None else None)
         return UploadStatus.of(row)
 
 
@@ -466,9 +470,34 @@ async def _receive(res: Resources, row: asyncpg.Record, token: UUID,
         await sink.close()
         await _drop(res, row, token)
         raise TusUploadGone("the bytes of this upload are lost; start a new upload") from None
-    hasher = checksum.new() if checksum else None
+    # the whole file's SHA-256 so far (None: not known in this process; the completion then
+    # reads the file back), and the PATCH's own Upload-Checksum
+    running = res.tus_digests.take(row["id"], row["upload_offset"])
+    whole = HashBehind(running) if running is not None else None
+    body_hash = HashBehind(checksum.new()) if checksum else None
+    # a body refused by its checksum is discarded: the hash goes back to this state
+    before = running.copy() if running is not None and checksum else None
+    hashes = [h for h in (whole, body_hash) if h is not None]
     room = row["length"] - row["upload_offset"]
     received = 0
+    buf = bytearray()
+
+    async def push() -> None:
+        # network chunks go on in blocks: one thread hop per block for each hash and the write
+        nonlocal buf
+        if buf:
+            block, buf = buf, bytearray()
+            for h in hashes:
+                await h.feed(block)
+            await sink.write(block)
+
+    async def save() -> asyncpg.Record:
+        saved = await sink.save()
+        if whole is not None and saved["upload_offset"] == row["upload_offset"] + received:
+            await whole.settle()
+            res.tus_digests.keep(row["id"], saved["upload_offset"], whole.hasher)
+        return saved
+
     source = aiter(chunks)
     try:
         while True:
@@ -479,9 +508,10 @@ async def _receive(res: Resources, row: asyncpg.Record, token: UUID,
             except Exception:
                 # The body broke off (the client went away). tus allows partial progress:
                 # keep what arrived, unless a checksum covers the whole body.
-                if hasher is None:
+                if body_hash is None:
                     try:
-                        await sink.save()
+                        await push()
+                        await save()
                     except Exception:
                         log.exception("could not keep the partial PATCH of %s", row["id"])
                 raise
@@ -490,18 +520,21 @@ async def _receive(res: Resources, row: asyncpg.Record, token: UUID,
             received += len(chunk)
             if received > room:
                 raise UploadTooLarge(f"the body goes past the Upload-Length of {row['length']}")
-            if hasher is not None:
-                if len(chunk) >= 256 * 1024:
-                    await asyncio.to_thread(hasher.update, chunk)
-                else:
-                    hasher.update(chunk)
-            await sink.write(chunk)
-        if checksum is not None and hasher is not None and hasher.digest() != checksum.digest:
+            buf += chunk
+            if len(buf) >= BLOCK:
+                await push()
+        await push()
+        if checksum is not None and body_hash is not None and (
+                await body_hash.digest() != checksum.digest):
             await sink.discard()
+            if before is not None:  # back at the offset the PATCH started from
+                res.tus_digests.keep(row["id"], row["upload_offset"], before)
             raise TusChecksumMismatch(f"the body does not match its {checksum.algorithm}"
                                       " checksum; it was discarded")
-        return await sink.save()
+        return await save()
     finally:
+        for h in hashes:
+            await run_shielded(h.settle())
         await run_shielded(sink.close())
 
 
@@ -526,15 +559,21 @@ class _FileSink:
         return int(self.row["upload_offset"])
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        await self._settle()
         # shielded: a cancelled request must not close the fd under a running thread
         fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
         self._inflight = fut
         return await asyncio.shield(fut)
 
+    async def _settle(self) -> None:
+        """Wait for the write in flight; raises its error."""
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+
     async def open(self) -> None:
         self.fd = await self._run(_open_upload_file, self.path, self.pos)
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes | bytearray) -> None:
         self.buf += chunk
         if len(self.buf) >= FS_WRITE_BUFFER:
             await self._flush()
@@ -562,16 +601,19 @@ class _FileSink:
             self.fd = None
 
     async def _flush(self) -> None:
+        """Start writing the buffer, behind: the next block is received meanwhile."""
         if self.buf:
-            # a fresh buffer, not clear(): a thread may still hold the old one
+            # a fresh buffer, not clear(): the thread holds the old one
             buf, self.buf = self.buf, bytearray()
             assert self.fd is not None
-            await self._run(_pwrite_all, self.fd, buf, self.pos)
+            await self._settle()
+            self._inflight = asyncio.get_running_loop().run_in_executor(
+                None, _pwrite_all, self.fd, buf, self.pos)
             self.pos += len(buf)
 
     async def _commit(self) -> None:
         assert self.fd is not None
-        await self._run(os.fsync, self.fd)
+        await self._run(os.fsync, self.fd)  # after the write in flight (_run settles it)
         self.row = await _save(self.res, self.row, self.token, offset=self.pos)
 
 
@@ -718,8 +760,10 @@ class _S3Sink:
 
 # --- completion and removal --------------------------------------------------------------------
 
-async def _complete(res: Resources, row: asyncpg.Record, token: UUID) -> asyncpg.Record:
-    """Turn a ``completing`` upload into its attachment (idempotent; see the module doc)."""
+async def _complete(res: Resources, row: asyncpg.Record, token: UUID, *,
+                    sha256: str | None = None) -> asyncpg.Record:
+    """Turn a ``completing`` upload into its attachment (idempotent; see the module doc).
+    ``sha256``: the file's, when the PATCHes hashed every byte in this process."""
     app_id, att_id = row["app_id"], row["attachment_id"]
     if not await _attachment_exists(res, att_id):
         row = await _assemble(res, row, token)
@@ -733,7 +777,8 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID) -> asyncpg
                 if row["length"] == 0 and await res.cache.stat(row["storage_key"]) is None:
                     await res.cache.write(row["storage_key"], _nothing())
                 received = await inspect(res.cache, row["storage_key"], profile=profile,
-                                         max_upload_size=res.settings.max_upload_size)
+                                         max_upload_size=res.settings.max_upload_size,
+                                         sha256=sha256)
                 received.key = keys.cache_key(app_id, att_id)
                 await res.cache.copy_from(res.cache, row["storage_key"], received.key,
                                           content_type=received.mime_type)
@@ -793,6 +838,7 @@ async def _attachment_exists(res: Resources, att_id: UUID | None) -> bool:
 
 async def _drop(res: Resources, row: asyncpg.Record, token: UUID) -> None:
     """Remove an upload: its bytes, an unfinished attachment's staged file, the row."""
+    res.tus_digests.forget(row["id"])
     await _delete_data(res, row)
     att_id = row["attachment_id"]
     if att_id is not None and not await _attachment_exists(res, att_id):
