@@ -8,6 +8,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app.db import keep_session_state
+
 COLUMNS = (
     "id, app_id, profile, state, storage, key, filename, mime_type, size, sha256, metadata,"
     " client_metadata, derivatives, record_type, record_id, record_name, generation, error,"
@@ -217,6 +219,7 @@ async def lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
 
     Session-level, so it is released if the worker dies and its connection drops.
     """
+    keep_session_state(conn)
     await conn.execute(
         "SELECT pg_advisory_lock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
     )
