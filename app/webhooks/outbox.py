@@ -26,8 +26,8 @@ async def emit(conn: asyncpg.Connection, app_id: UUID, event_type: str, data: di
     enqueue after commit."""
     event_id = uuid7()
     body = {"type": event_type, "timestamp": timestamp(datetime.now(UTC)), "data": data}
-    await repo.insert_event(conn, event_id, app_id, event_type, attachment_id, body)
-    return await repo.insert_deliveries(conn, event_id, app_id, event_type, only_endpoint)
+    return await repo.insert_event(conn, event_id, app_id, event_type, attachment_id, body,
+                                   only_endpoint)
 
 
 async def emit_attachment(conn: asyncpg.Connection, event_type: str, row: Any,
