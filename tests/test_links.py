@@ -1,0 +1,57 @@
+"""Signed download links, as a unit: each token opens exactly one file until it expires."""
+
+from __future__ import annotations
+
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from app.attachments.links import Links
+from app.errors import Forbidden
+
+
+def token_of(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["token"][0]
+
+
+def test_a_token_opens_its_own_file_and_nothing_else():
+    links = Links("https://files.example/", b"k" * 32, ttl=60)
+    a, b = uuid.uuid4(), uuid.uuid4()
+    content = token_of(links.content_url(a))
+    thumb = token_of(links.derivative_url(a, "thumb"))
+    links.verify(content, a)
+    links.verify(thumb, a, "thumb")
+    for token, att, name in [(content, b, None), (content, a, "thumb"), (thumb, a, None),
+                             (thumb, a, "small"), (thumb, b, "thumb")]:
+        with pytest.raises(Forbidden, match="not valid"):
+            links.verify(token, att, name)
+
+
+def test_tampered_tokens_and_other_secrets_are_refused():
+    links = Links("https://files.example", b"k" * 32, ttl=60)
+    att = uuid.uuid4()
+    token = token_of(links.content_url(att))
+    for bad in [token[:-1] + ("A" if token[-1] != "A" else "B"), "", ".", "x.y", token[::-1]]:
+        with pytest.raises(Forbidden):
+            links.verify(bad, att)
+    with pytest.raises(Forbidden):
+        Links("https://files.example", b"j" * 32, ttl=60).verify(token, att)
+
+
+def test_links_expire(monkeypatch):
+    links = Links("https://files.example", b"k" * 32, ttl=60)
+    att = uuid.uuid4()
+    token = token_of(links.content_url(att))
+    now = links._signer.get_timestamp()
+    monkeypatch.setattr(links._signer, "get_timestamp", lambda: now + 61)
+    with pytest.raises(Forbidden, match="expired"):
+        links.verify(token, att)
+
+
+def test_the_url_names_the_file_and_the_token_is_short():
+    links = Links("https://files.example/", b"k" * 32, ttl=60)
+    att = uuid.uuid4()
+    url = links.derivative_url(att, "thumb")
+    assert url.startswith(f"https://files.example/v1/attachments/{att}/derivatives/thumb?token=")
+    assert str(att) not in token_of(url) and len(token_of(url)) < 48
