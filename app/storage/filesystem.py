@@ -61,7 +61,6 @@ class FilesystemStorage:
         target = _AtomicFile(path)
         total = 0
         try:
-            await target.run(ensure_dir, path.parent)
             await target.open()
             buf = bytearray()
             async for chunk in chunks:
@@ -74,9 +73,7 @@ class FilesystemStorage:
                     await target.write_behind(buf)
                     # A fresh buffer, not clear(): the old one is still being written.
                     buf = bytearray()
-            if buf:
-                await target.write_behind(buf)
-            await target.commit()
+            await target.commit(buf)  # the last bytes go with the commit: one thread hop less
         except BaseException:
             await run_shielded(target.discard())
             raise
@@ -217,6 +214,7 @@ class _AtomicFile:
         self._committed = False
         self._inflight: asyncio.Future[Any] | None = None
         self._written = 0
+        self._new_dirs: list[Path] = []
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -235,10 +233,11 @@ class _AtomicFile:
             await asyncio.shield(self._inflight)
         self._inflight = asyncio.get_running_loop().run_in_executor(None, self._write, data)
 
-    async def commit(self) -> None:
+    async def commit(self, last: bytes | bytearray = b"") -> None:
+        """Write `last`, then make the file durable under its name."""
         if self._inflight is not None:
             await asyncio.shield(self._inflight)
-        await self.run(self._commit)
+        await self.run(self._commit, last)
 
     async def discard(self) -> None:
         if self._inflight is not None:
@@ -261,16 +260,24 @@ class _AtomicFile:
                                 WRITEBACK_WINDOW)
 
     def _open(self) -> None:
+        self._new_dirs = make_dirs(self.path.parent)  # made durable by _commit
         self._file = open(self.tmp, "xb")  # closed by _commit/_discard
 
-    def _commit(self) -> None:
+    def _commit(self, last: bytes | bytearray) -> None:
         assert self._file is not None
+        if last:
+            self._write(last)
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.tmp, self.path)
         self._committed = True
         fsync_dir(self.path.parent)
+        # New directories' entries last: on journalling filesystems the fsyncs above have
+        # usually committed them already, so these are cheap (one journal commit per file
+        # where mkdir-then-fsync costs two).
+        for d in reversed(self._new_dirs):
+            fsync_dir(d.parent)
 
     def _discard(self) -> None:
         if self._file is not None:
@@ -315,17 +322,25 @@ def fsync_dir(path: Path) -> None:
 
 def ensure_dir(path: Path) -> None:
     """mkdir -p, fsyncing each parent so that new directories survive a crash too."""
+    for d in make_dirs(path):
+        fsync_dir(d.parent)
+
+
+def make_dirs(path: Path) -> list[Path]:
+    """mkdir -p without fsync; returns the directories it made, outermost first, whose
+    parents the caller must fsync before relying on them after a crash."""
     if path.is_dir():
-        return
+        return []
     missing = []
     p = path
     while not p.exists():
         missing.append(p)
         p = p.parent
-    for d in reversed(missing):
+    missing.reverse()
+    for d in missing:
         with contextlib.suppress(FileExistsError):  # a concurrent writer won the race
             d.mkdir()
-        fsync_dir(d.parent)
+    return missing
 
 
 def _copy_local(src: Path, dest: Path, src_key: str) -> None:

@@ -255,11 +255,11 @@ async def test_cancel_during_commit_leaves_nothing(
     else:
         real_commit = fs_module._AtomicFile._commit
 
-        def slow_commit(self: Any) -> None:
+        def slow_commit(self: Any, *args: Any) -> None:
             loop.call_soon_threadsafe(committing.set)
             try:
                 time.sleep(0.2)
-                real_commit(self)
+                real_commit(self, *args)
             finally:
                 loop.call_soon_threadsafe(committed.set)
 
