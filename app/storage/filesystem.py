@@ -14,6 +14,8 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from app.offload import OrderedOffload
+
 from .base import (
     TEMP_SUFFIX,
     ObjectInfo,
@@ -213,6 +215,7 @@ class _AtomicFile:
         self._file: BinaryIO | None = None
         self._committed = False
         self._inflight: asyncio.Future[Any] | None = None
+        self._writes = OrderedOffload()
         self._written = 0
         self._new_dirs: list[Path] = []
 
@@ -226,20 +229,18 @@ class _AtomicFile:
         await self.run(self._open)
 
     async def write_behind(self, data: bytes | bytearray) -> None:
-        """Start writing `data` once the previous write is done, without waiting for it: the
-        caller receives the next MiB from the network while this one goes to disk."""
+        """Queue `data` to be written after what is queued already, without waiting for it:
+        the caller receives the next MiB from the network while this one goes to disk."""
         assert self._file is not None
-        if self._inflight is not None:
-            await asyncio.shield(self._inflight)
-        self._inflight = asyncio.get_running_loop().run_in_executor(None, self._write, data)
+        await self._writes.submit(self._write, data)
 
     async def commit(self, last: bytes | bytearray = b"") -> None:
         """Write `last`, then make the file durable under its name."""
-        if self._inflight is not None:
-            await asyncio.shield(self._inflight)
+        await self._writes.drain()
         await self.run(self._commit, last)
 
     async def discard(self) -> None:
+        await self._writes.settle()
         if self._inflight is not None:
             await asyncio.wait([self._inflight])
         await asyncio.to_thread(self._discard)

@@ -11,6 +11,7 @@ from typing import Any
 from app.errors import InvalidInput, UnsupportedMediaType, UploadTooLarge
 from app.media.image import image_dimensions
 from app.media.sniff import SNIFF_BYTES, sniff_mime
+from app.offload import OrderedOffload
 from app.profiles import Profile
 from app.storage import Storage
 
@@ -20,33 +21,24 @@ BLOCK = 1 << 20
 
 
 class HashBehind:
-    """Feeds blocks to a hashlib object in a worker thread, one at a time and in order.
-
-    hashlib drops the GIL: hashing block N in a thread overlaps with receiving block N+1 and
-    writing block N, instead of stalling the event loop (~0.5 s per GiB). A block handed over
-    must not be changed afterwards.
+    """Feeds blocks to a hashlib object in worker threads, in order, behind the event loop
+    (hashlib drops the GIL for large blocks). A block handed over must not change afterwards.
     """
 
     def __init__(self, hasher: Any) -> None:
         self.hasher = hasher
-        self._pending: asyncio.Future[None] | None = None
+        self._updates = OrderedOffload()
 
     async def feed(self, block: bytes | bytearray) -> None:
-        if self._pending is not None:
-            await self._pending
-        self._pending = asyncio.get_running_loop().run_in_executor(None, self.hasher.update,
-                                                                   block)
+        await self._updates.submit(self.hasher.update, block)
 
     async def digest(self) -> bytes:
-        await self.settle()
+        await self._updates.drain()
         return bytes(self.hasher.digest())
 
     async def settle(self) -> None:
-        """Wait for the block in flight; never leave a thread touching the hasher."""
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            await asyncio.wait([pending])
-            pending.result()
+        """Wait for the blocks in flight; never leave a thread touching the hasher."""
+        await self._updates.drain()
 
 
 @dataclass

@@ -57,6 +57,7 @@ from app.errors import (
     UploadTooLarge,
 )
 from app.ids import uuid7
+from app.offload import OrderedOffload
 from app.ops.metrics import track_upload
 from app.resources import Resources
 from app.storage import StorageObjectNotFound
@@ -553,6 +554,7 @@ class _FileSink:
         self.fd: int | None = None
         self.buf = bytearray()
         self._inflight: asyncio.Future[Any] | None = None
+        self._writes = OrderedOffload()
 
     @property
     def committed(self) -> int:
@@ -566,9 +568,8 @@ class _FileSink:
         return await asyncio.shield(fut)
 
     async def _settle(self) -> None:
-        """Wait for the write in flight; raises its error."""
-        if self._inflight is not None:
-            await asyncio.shield(self._inflight)
+        """Wait for the queued writes; raises the first one's error."""
+        await self._writes.drain()
 
     async def open(self) -> None:
         self.fd = await self._run(_open_upload_file, self.path, self.pos)
@@ -594,6 +595,7 @@ class _FileSink:
             await self._run(os.ftruncate, self.fd, self.committed)
 
     async def close(self) -> None:
+        await self._writes.settle()
         if self._inflight is not None:
             await asyncio.wait([self._inflight])
         if self.fd is not None:
@@ -601,19 +603,17 @@ class _FileSink:
             self.fd = None
 
     async def _flush(self) -> None:
-        """Start writing the buffer, behind: the next block is received meanwhile."""
+        """Queue the buffer's write, behind: the next blocks are received meanwhile."""
         if self.buf:
             # a fresh buffer, not clear(): the thread holds the old one
             buf, self.buf = self.buf, bytearray()
             assert self.fd is not None
-            await self._settle()
-            self._inflight = asyncio.get_running_loop().run_in_executor(
-                None, _pwrite_all, self.fd, buf, self.pos)
+            await self._writes.submit(_pwrite_all, self.fd, buf, self.pos)
             self.pos += len(buf)
 
     async def _commit(self) -> None:
         assert self.fd is not None
-        await self._run(os.fsync, self.fd)  # after the write in flight (_run settles it)
+        await self._run(os.fsync, self.fd)  # after the queued writes (_run settles them)
         self.row = await _save(self.res, self.row, self.token, offset=self.pos)
 
 
