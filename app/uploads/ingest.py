@@ -32,13 +32,18 @@ class HashBehind:
     async def feed(self, block: bytes | bytearray) -> None:
         await self._updates.submit(self.hasher.update, block)
 
-    async def digest(self) -> bytes:
+    async def drain(self) -> None:
+        """Wait until every block fed is hashed; raise if one failed."""
         await self._updates.drain()
+
+    async def digest(self) -> bytes:
+        await self.drain()
         return bytes(self.hasher.digest())
 
     async def settle(self) -> None:
-        """Wait for the blocks in flight; never leave a thread touching the hasher."""
-        await self._updates.drain()
+        """Wait for the blocks in flight (for cleanup: never raises); never leave a thread
+        touching the hasher."""
+        await self._updates.settle()
 
 
 @dataclass
@@ -119,7 +124,7 @@ async def receive(
         await storage.write(key, body(), content_type=mime_type)
     finally:
         await hashing.settle()
-    return Received(key=key, size=size, sha256=hashing.hasher.hexdigest(), mime_type=mime_type,
+    return Received(key=key, size=size, sha256=(await hashing.digest()).hex(), mime_type=mime_type,
                     metadata=metadata)
 
 

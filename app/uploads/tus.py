@@ -495,7 +495,7 @@ async def _receive(res: Resources, row: asyncpg.Record, token: UUID,
     async def save() -> asyncpg.Record:
         saved = await sink.save()
         if whole is not None and saved["upload_offset"] == row["upload_offset"] + received:
-            await whole.settle()
+            await whole.drain()
             res.tus_digests.keep(row["id"], saved["upload_offset"], whole.hasher)
         return saved
 
