@@ -45,7 +45,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,10 @@ import httpx
 import psutil
 from redis import asyncio as aioredis
 from standardwebhooks import Webhook, WebhookVerificationError
+
+# `python bench/soak.py` and the CI test's `from bench import soak` both find the helpers
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import drop_database, free_port, stowage_cli, stowage_cmd
 
 MiB = 1024 * 1024
 RETRY_DELAYS = "1,1,2,2,3,5,5,5"
@@ -171,18 +174,6 @@ class Receiver:
 
 # --- processes --------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def stowage_cmd() -> list[str]:
-    """The installed console script, as an operator runs it (python -m as a fallback)."""
-    script = Path(sys.executable).with_name("stowage")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
-
-
 class Process:
     """A Stowage subprocess in its own session, logging to a file."""
 
@@ -228,14 +219,6 @@ class Process:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    out = subprocess.run([*stowage_cmd(), *args], env=env, cwd=cwd, capture_output=True,
-                         text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"stowage {' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    return out.stdout
 
 
 async def wait_http(proc: Process, url: str, within: float = 30.0) -> None:
@@ -788,7 +771,7 @@ async def run_soak(cfg: SoakConfig) -> SoakResult:
                                                int(cfg.duration + cfg.quiesce_timeout + 900))
         redis_url = f"{cfg.redis}/{redis_db}"
         stack.push_async_callback(_release_redis, redis_url)
-        stack.push_async_callback(_drop_database, cfg.pg, db_name)
+        stack.push_async_callback(drop_database, cfg.pg, db_name)
         profiles = work / "profiles.toml"
         profiles.write_text(f"[profiles.ephemeral]\ncache_ttl = {EPHEMERAL_TTL}\n")
         port = free_port()
@@ -813,9 +796,9 @@ async def run_soak(cfg: SoakConfig) -> SoakResult:
             "STOWAGE_SHUTDOWN_GRACE": "5",
             "STOWAGE_LOG_FORMAT": "text",
         }
-        await asyncio.to_thread(run_cli, ["migrate"], env, work)
+        await asyncio.to_thread(stowage_cli, ["migrate"], env, work)
         api_key = json.loads(await asyncio.to_thread(
-            run_cli, ["apps", "create", "soak", "--json"], env, work))["api_key"]
+            stowage_cli, ["apps", "create", "soak", "--json"], env, work))["api_key"]
         receiver = Receiver(cfg.fail_rate, random.Random(rng.random()))
         stack.callback(receiver.stop)
         api = Process("api", ["serve", "--port", str(port)], env, work)
@@ -903,14 +886,6 @@ async def run_soak(cfg: SoakConfig) -> SoakResult:
 
 def _json(v: Any) -> Any:
     return json.loads(v) if isinstance(v, str) else v
-
-
-async def _drop_database(pg: str, name: str) -> None:
-    conn = await asyncpg.connect(f"{pg}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def _release_redis(url: str) -> None:

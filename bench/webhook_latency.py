@@ -22,18 +22,12 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import re
-import secrets
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -41,9 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import drop_database, drop_queue, free_port, percentile, terminate_cleanly
+from _common import (
+    DEFAULT_PG,
+    DEFAULT_REDIS,
+    REPO,
+    Server,
+    machine,
+    percentile,
+    start_stowage,
+    terminate_cleanly,
+)
+from _common import write_json as write_doc
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "webhook_latency.json"
 TARGET_P99_MS = 250.0
 WARMUP_UPLOADS = 10
@@ -151,99 +154,21 @@ def _wall(iso: str | None) -> float | None:
 
 # --- processes -------------------------------------------------------------------------------
 
-def stowage_cmd() -> list[str]:
-    """The installed console script, as an operator runs it (python -m as a fallback)."""
-    script = Path(sys.executable).with_name("stowage")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "app.cli"]
-
-
-class Process:
-    """A Stowage subprocess, logging to a file (a full pipe would stall it)."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.name = name
-        self.log_path = cwd / f"{name}.log"
-        with open(self.log_path, "wb") as log:
-            # Own session: a Ctrl-C meant for the bench must not kill it before our cleanup.
-            self.popen = subprocess.Popen([*stowage_cmd(), *args], env=env, cwd=cwd, stdout=log,
-                                          stderr=subprocess.STDOUT, start_new_session=True)
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n"
-                               f"{self.log_tail()}")
-
-    def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-
-
-def wait_http(proc: Process, url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"{proc.name} did not answer {url} in {timeout}s:\n{proc.log_tail()}")
-
-
-def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    out = subprocess.run([*stowage_cmd(), *args], env=env, cwd=cwd, capture_output=True,
-                         text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"stowage {' '.join(args)} failed:\n{out.stderr[-2000:]}")
-    return out.stdout
-
-
 @dataclass
-class Stowage:
+class Deployment:
+    """Stowage as in production: the API and a worker, each in its own process."""
+
     base: str
     api_key: str
-    worker: Process
-    server: Process
+    worker: Server
 
 
-def start_stowage(stack: contextlib.ExitStack, tmp: Path, pg_base: str,
-                  redis_url: str) -> Stowage:
-    db_name = f"stowage_bench_{secrets.token_hex(4)}"
-    queue = f"stowage:bench:{secrets.token_hex(4)}"
-    env = {
-        # no STOWAGE_* from the developer's shell may leak in
-        **{k: v for k, v in os.environ.items() if not k.startswith("STOWAGE_")},
-        "STOWAGE_DATABASE_URL": f"{pg_base}/{db_name}",
-        "STOWAGE_REDIS_URL": redis_url,
-        "STOWAGE_QUEUE_NAME": queue,
-        "STOWAGE_WORKER_METRICS_PORT": "0",  # never collide with a worker already on 9100
-        "STOWAGE_CACHE_URL": f"file://{tmp / 'cache'}",
-        "STOWAGE_STORE_URL": f"file://{tmp / 'store'}",
-        "STOWAGE_WEBHOOK_ALLOW_PRIVATE": "true",
-        "STOWAGE_SECRET_KEY": "bench",
-    }
-    # Registered before migrate creates it, so a failure half-way still drops it.
-    stack.callback(lambda: asyncio.run(drop_database(pg_base, db_name)))
-    stack.callback(lambda: asyncio.run(drop_queue(redis_url, queue)))
-    # cwd=tmp: the repo's .env file is not read
-    run_cli(["migrate"], env, tmp)
-    api_key = json.loads(run_cli(["apps", "create", "bench", "--json"], env, tmp))["api_key"]
-    port = free_port()
-    server = Process("serve", ["serve", "--port", str(port)], env, tmp)
-    stack.callback(server.stop)
-    worker = Process("worker", ["worker"], env, tmp)
-    stack.callback(worker.stop)
-    base = f"http://127.0.0.1:{port}"
-    wait_http(server, f"{base}/healthz")
-    return Stowage(base, api_key, worker, server)
+def start_deployment(stack: contextlib.ExitStack, tmp: Path, pg_base: str,
+                     redis_url: str) -> Deployment:
+    # the receiver listens on 127.0.0.1, which the SSRF guard refuses unless told otherwise
+    api = start_stowage(stack, tmp, pg_base, redis_url,
+                        extra_env={"STOWAGE_WEBHOOK_ALLOW_PRIVATE": "true"})
+    return Deployment(api.base, api.api_key, api.start_worker(stack))
 
 
 # --- the load --------------------------------------------------------------------------------
@@ -288,7 +213,7 @@ async def open_loop(client: httpx.AsyncClient, rate: float, duration: float,
     return uploads
 
 
-async def prepare(client: httpx.AsyncClient, stowage: Stowage, receiver: Receiver,
+async def prepare(client: httpx.AsyncClient, stowage: Deployment, receiver: Receiver,
                   hook_url: str, size: int) -> None:
     """Subscribe the receiver, then prove the whole path works before timing anything."""
     resp = await client.post("/v1/webhook-endpoints",
@@ -317,7 +242,7 @@ class Outcome:
     worker_log_from: int  # offset in the worker's log where the timed run starts
 
 
-async def run_load(stowage: Stowage, receiver: Receiver, hook_url: str, rate: float,
+async def run_load(stowage: Deployment, receiver: Receiver, hook_url: str, rate: float,
                    duration: float, size: int, grace: float) -> Outcome:
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=stowage.base, limits=limits, timeout=60,
@@ -401,16 +326,6 @@ def table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def machine() -> dict[str, Any]:
-    cpu_model = next((line.split(":", 1)[1].strip()
-                      for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("model name")), platform.processor())
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True, check=False).stdout.strip()
-    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "kernel": platform.release(),
-            "python": platform.python_version(), "stowage_commit": commit or "?"}
-
-
 def write_json(path: Path, args: argparse.Namespace, result: dict[str, Any],
                passed: bool) -> None:
     webhook = next(iter(result["rows"].values()))
@@ -425,8 +340,7 @@ def write_json(path: Path, args: argparse.Namespace, result: dict[str, Any],
         **{k: v for k, v in result.items() if k != "rows"},
         "latencies": {name.strip(): s.as_dict() for name, s in result["rows"].items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    write_doc(path, doc)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -439,9 +353,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grace", type=float, default=10,
                    help="seconds to wait for late events after the load (default 10)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
-    p.add_argument("--pg", default="postgresql://127.0.0.1:5432",
+    p.add_argument("--pg", default=DEFAULT_PG,
                    help="PostgreSQL server for the throwaway bench database")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    p.add_argument("--redis", default=DEFAULT_REDIS)
     p.add_argument("--keep-logs", type=Path, default=None,
                    help="copy the serve and worker logs into this directory")
     args = p.parse_args(argv)
@@ -452,7 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def keep_logs(tmp: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("serve.log", "worker.log"):
+    for name in ("stowage.log", "worker.log"):
         if (tmp / name).exists():
             shutil.copy(tmp / name, dest / name)
 
@@ -468,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         receiver = Receiver()
         hook_url = receiver.start()
         stack.callback(receiver.stop)
-        stowage = start_stowage(stack, tmp, args.pg, args.redis)
+        stowage = start_deployment(stack, tmp, args.pg, args.redis)
         outcome = asyncio.run(run_load(stowage, receiver, hook_url, args.rate, args.duration,
                                        args.size, args.grace))
         with open(stowage.worker.log_path, "rb") as f:
