@@ -656,6 +656,42 @@ async def test_the_sha256_is_right_however_the_upload_went(env_factory, backend,
     assert reads  # read back and hashed at completion
 
 
+async def test_a_disk_error_mid_patch_keeps_the_offset_and_the_retry_completes(env,
+                                                                               monkeypatch):
+    """Writes are queued behind the socket read: one failing fails the PATCH, and the stored
+    offset stays where it was (nothing half-written counts)."""
+    data = os.urandom(5 * MiB)
+    url = await create(env, len(data))
+    assert (await patch(env, url, 0, data[:MiB])).status_code == 204
+    real = tus._pwrite_all
+    calls = 0
+
+    def full_disk(fd: int, buf: bytearray, pos: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        real(fd, buf, pos)
+
+    monkeypatch.setattr(tus, "_pwrite_all", full_disk)
+    async def in_blocks() -> AsyncIterator[bytes]:  # so several writes are queued
+        for i in range(MiB, len(data), MiB):
+            yield data[i:i + MiB]
+
+    async with asgi_client(env.res, raise_app_exceptions=False) as c:
+        r = await c.patch(url, content=in_blocks(), headers={
+            **TUS, **OCTETS, **env.tenant.headers, "Upload-Offset": str(MiB)})
+    # an OSError from the storage answers 503 + Retry-After (main.py), like other outages
+    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+    assert (await head(env, url)).headers["upload-offset"] == str(MiB)
+    monkeypatch.setattr(tus, "_pwrite_all", real)
+    r = await patch(env, url, MiB, data[MiB:])
+    assert r.status_code == 204
+    att = (await env.client.get(f"/v1/attachments/{r.headers['stowage-attachment-id']}",
+                                headers=env.tenant.headers)).json()
+    assert att["sha256"] == hashlib.sha256(data).hexdigest() and att["size"] == len(data)
+
+
 async def test_protocol_errors(env):
     url = await create(env, 10)
     # wrong offset

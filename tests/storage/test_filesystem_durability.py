@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.storage import filesystem as fs_module
 from app.storage.filesystem import FilesystemStorage
 
@@ -37,3 +39,26 @@ def test_make_dirs_reports_only_what_it_made(tmp_path):
     assert made == [tmp_path / "a/b", tmp_path / "a/b/c"]
     assert (tmp_path / "a/b/c").is_dir()
     assert fs_module.make_dirs(tmp_path / "a/b/c") == []
+
+
+async def test_a_disk_error_in_a_queued_write_fails_the_write_and_leaves_the_old_object(
+        tmp_path, monkeypatch):
+    """Blocks are written behind the caller: an error on a later block still reaches it."""
+    storage = FilesystemStorage(tmp_path)
+    await storage.write("k", _chunks(b"old"))
+    real = fs_module._AtomicFile._write
+    calls = 0
+
+    def full_disk(self, data):
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(28, "No space left on device")
+        real(self, data)
+
+    monkeypatch.setattr(fs_module._AtomicFile, "_write", full_disk)
+    block = b"x" * (1 << 20)
+    with pytest.raises(OSError, match="No space"):
+        await storage.write("k", _chunks(*[block] * 8))
+    assert (tmp_path / "k").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no temp file left
