@@ -575,12 +575,17 @@ class _FileSink:
         self.fd = await self._run(_open_upload_file, self.path, self.pos)
 
     async def write(self, chunk: bytes | bytearray) -> None:
-        self.buf += chunk
-        if len(self.buf) >= FS_WRITE_BUFFER:
+        """Queue ``chunk``'s write; the caller must not change it afterwards."""
+        if not self.buf and len(chunk) >= FS_WRITE_BUFFER:
+            await self._submit(chunk)  # a whole block already (what _receive sends): no copy
+        else:
+            self.buf += chunk
+            if len(self.buf) < FS_WRITE_BUFFER:
+                return
             await self._flush()
-            if (self.checkpoints and self.pos - self.committed >= FS_CHECKPOINT_BYTES
-                    and self.pos < self.row["length"]):
-                await self._commit()
+        if (self.checkpoints and self.pos - self.committed >= FS_CHECKPOINT_BYTES
+                and self.pos < self.row["length"]):
+            await self._commit()
 
     async def save(self) -> asyncpg.Record:
         await self._flush()
@@ -607,9 +612,12 @@ class _FileSink:
         if self.buf:
             # a fresh buffer, not clear(): the thread holds the old one
             buf, self.buf = self.buf, bytearray()
-            assert self.fd is not None
-            await self._writes.submit(_pwrite_all, self.fd, buf, self.pos)
-            self.pos += len(buf)
+            await self._submit(buf)
+
+    async def _submit(self, data: bytes | bytearray) -> None:
+        assert self.fd is not None
+        await self._writes.submit(_pwrite_all, self.fd, data, self.pos)
+        self.pos += len(data)
 
     async def _commit(self) -> None:
         assert self.fd is not None
@@ -636,7 +644,7 @@ def _open_upload_file(path: Path, offset: int) -> int:
     return fd
 
 
-def _pwrite_all(fd: int, data: bytearray, pos: int) -> None:
+def _pwrite_all(fd: int, data: bytes | bytearray, pos: int) -> None:
     start = pos
     view = memoryview(data)
     while view:
