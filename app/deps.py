@@ -14,7 +14,13 @@ from app.resources import Resources
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer stw_…`")
 
 
-def resources(request: Request) -> Resources:
+def resources_of(request: Request) -> Resources:
+    return request.app.state.resources
+
+
+async def resources(request: Request) -> Resources:
+    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
+    # hop on every request for an attribute lookup
     return request.app.state.resources
 
 
@@ -24,6 +30,6 @@ async def current_app_id(
 ) -> UUID:
     if credentials is None:
         raise Unauthorized("Authorization: Bearer <api key> is required")
-    app_id = await authenticate(resources(request).pool, f"Bearer {credentials.credentials}")
+    app_id = await authenticate(resources_of(request).pool, f"Bearer {credentials.credentials}")
     request.state.app_id = app_id
     return app_id

@@ -33,7 +33,7 @@ from app.dashboard.session import (
     Sessions,
     is_secure,
 )
-from app.deps import resources
+from app.deps import resources_of
 from app.errors import NotFound, StowageError
 from app.ids import parse_uuid
 from app.pagination import Page
@@ -100,7 +100,7 @@ class DashboardRoute(APIRoute):
 
 
 def _harden(request: Request, response: Response) -> None:
-    res = resources(request)
+    res = resources_of(request)
     # signed download links point at public_url, which may be another origin than this one
     img = "'self' data:"
     public = urlsplit(res.settings.public_url)
@@ -124,7 +124,7 @@ router = APIRouter(prefix="/dashboard", route_class=DashboardRoute, include_in_s
 
 def sessions(request: Request) -> Sessions:
     """Sessions for the configured token; 404 when there is none (the dashboard is off)."""
-    settings = resources(request).settings
+    settings = resources_of(request).settings
     cached = getattr(request.app.state, "dashboard_sessions", None)
     if cached is None or cached[0] is not settings:
         cached = (settings, Sessions(settings))
@@ -243,7 +243,7 @@ def _redirect(request: Request, sessions: Sessions, url: str, level: str | None 
     if level and message:
         response.set_cookie(FLASH_COOKIE, sessions.flash(level, message), max_age=FLASH_TTL_S,
                             path=_cookie_path(request), httponly=True, samesite="lax",
-                            secure=is_secure(resources(request).settings))
+                            secure=is_secure(resources_of(request).settings))
     return response
 
 
@@ -290,7 +290,7 @@ async def login(request: Request, sessions: Sessions = Depends(sessions)) -> Res
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, cookie, max_age=SESSION_TTL_S, path=_cookie_path(request),
                         httponly=True, samesite="lax",
-                        secure=is_secure(resources(request).settings))
+                        secure=is_secure(resources_of(request).settings))
     return response
 
 
@@ -305,7 +305,7 @@ async def logout(request: Request, _: dict[str, str] = Depends(checked_form)) ->
 
 @router.get("", name="dashboard_overview")
 async def overview(request: Request, _: Session = Depends(session)) -> Response:
-    res = resources(request)
+    res = resources_of(request)
     data = await service.overview(res)
     return _page(request, "overview.html", title="Overview", o=data,
                  lag_window_min=service.LAG_WINDOW_S // 60)
@@ -350,7 +350,7 @@ def _filters(request: Request) -> tuple[service.AttachmentFilters, dict[str, str
 
 @router.get("/attachments")
 async def attachments_page(request: Request, _: Session = Depends(session)) -> Response:
-    res = resources(request)
+    res = resources_of(request)
     filters, query, problems = _filters(request)
     before = parse_uuid(query.get("before", "")) if query.get("before") else None
     if problems or ("app" in query and filters.app_id is None):
@@ -376,7 +376,7 @@ def _id(value: str, what: str) -> UUID:
 @router.get("/attachments/{att_id}")
 async def attachment_page(att_id: str, request: Request, _: Session = Depends(session)
                           ) -> Response:
-    detail = await service.attachment_detail(resources(request), _id(att_id, "attachment"))
+    detail = await service.attachment_detail(resources_of(request), _id(att_id, "attachment"))
     return _page(request, "attachment.html", title=f"Attachment {detail.row['id']}", d=detail)
 
 
@@ -397,7 +397,7 @@ async def attachment_action(att_id: str, action: str, request: Request,
     run, done = ACTIONS[action]
     url = f"{_root(request)}/dashboard/attachments/{attachment_id}"
     try:
-        await run(resources(request), attachment_id)
+        await run(resources_of(request), attachment_id)
     except NotFound:
         raise
     except StowageError as e:  # e.g. promoting a deleted one: say so on the page
@@ -410,7 +410,7 @@ async def attachment_action(att_id: str, action: str, request: Request,
 @router.get("/webhooks")
 async def webhooks_page(request: Request, _: Session = Depends(session),
                         app: str | None = None) -> Response:
-    res = resources(request)
+    res = resources_of(request)
     app_id = parse_uuid(app) if app else None
     endpoints = [] if app and app_id is None else await service.endpoints(res, app_id)
     return _page(request, "webhooks.html", title="Webhooks", endpoints=endpoints,
@@ -423,7 +423,7 @@ async def endpoint_page(endpoint_id: str, request: Request, _: Session = Depends
                         status: str | None = None, before: str | None = None) -> Response:
     status = status if status in service.DELIVERY_STATUSES else None
     detail = await service.endpoint_detail(
-        resources(request), _id(endpoint_id, "webhook endpoint"), status,
+        resources_of(request), _id(endpoint_id, "webhook endpoint"), status,
         parse_uuid(before) if before else None,
     )
     next_query = None
@@ -440,7 +440,7 @@ async def retry_delivery(endpoint_id: str, delivery_id: str, request: Request,
                          _: dict[str, str] = Depends(checked_form),
                          sessions: Sessions = Depends(sessions)) -> Response:
     ep = _id(endpoint_id, "webhook endpoint")
-    await service.retry_delivery(resources(request), ep, _id(delivery_id, "delivery"))
+    await service.retry_delivery(resources_of(request), ep, _id(delivery_id, "delivery"))
     return _redirect(request, sessions, f"{_root(request)}/dashboard/webhooks/{ep}", "ok",
                      "Delivery queued again.")
 
@@ -458,7 +458,7 @@ async def retry_failed(endpoint_id: str, request: Request,
     if since is None:
         return _redirect(request, sessions, url, "error",
                          "Since when? Give a date and time (UTC).")
-    count = await service.retry_failed_since(resources(request), ep, since)
+    count = await service.retry_failed_since(resources_of(request), ep, since)
     return _redirect(request, sessions, url, "ok",
                      f"{count} failed deliver{'y' if count == 1 else 'ies'} since"
                      f" {_fmt_dt(since, seconds=False)} UTC queued again.")
@@ -469,6 +469,6 @@ async def enable_endpoint(endpoint_id: str, request: Request,
                           _: dict[str, str] = Depends(checked_form),
                           sessions: Sessions = Depends(sessions)) -> Response:
     ep = _id(endpoint_id, "webhook endpoint")
-    await service.reenable(resources(request), ep)
+    await service.reenable(resources_of(request), ep)
     return _redirect(request, sessions, f"{_root(request)}/dashboard/webhooks/{ep}", "ok",
                      "Endpoint enabled again.")
