@@ -54,13 +54,22 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("STOWAGE_")}
 
 
-def empty_dir(path: Path) -> None:
-    """Remove what a target stored, keeping the directory its server writes into."""
-    for child in path.iterdir():
-        if child.is_dir():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+def empty_dir(path: Path, attempts: int = 20) -> None:
+    """Remove what a target stored, keeping the directory its server writes into. A load
+    generator that stops mid-request (wrk at its deadline) leaves the server finishing a few
+    uploads for a moment, so a directory that fills up again is tried again."""
+    for attempt in range(attempts):
+        try:
+            for child in path.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink(missing_ok=True)
+            return
+        except OSError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
 
 
 def percentile(values: list[float], p: float) -> float:

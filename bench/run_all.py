@@ -170,9 +170,10 @@ def checks_issue7b(doc: dict[str, Any] | None) -> list[Check]:
     out = []
     tus = next((r for r in (doc or {}).get("results", []) if r["name"].startswith("tus-node")),
                None)
+    client = (doc or {}).get("params", {}).get("client", "python")  # older JSON: httpx
     for mode in ("raw", "multipart"):
         row = _row(doc, f"stowage {mode}")
-        what = f"10 KiB × 32 clients, {mode}: uploads/s vs tus-node"
+        what = f"10 KiB × 32 clients ({client}), {mode}: uploads/s vs tus-node"
         if row is None or tus is None:
             out.append(_missing("7b", what, "≥ 1.00×"))
             continue

@@ -2,6 +2,7 @@
 """Small uploads: 10 KiB files from 32 concurrent clients, Stowage beside the Node tus server.
 
     python bench/small_uploads.py [--duration 15] [--concurrency 32] [--size 10240] [--runs 1]
+                                  [--client wrk|python]
 
 Targets (`--targets`, default all):
 
@@ -11,16 +12,19 @@ Targets (`--targets`, default all):
   lists that extension, otherwise POST creation + one PATCH: what a tus client does for a
   small file.
 
-The load is closed-loop: `--concurrency` workers in one asyncio process share one httpx
-AsyncClient (that many keep-alive connections), each sending its next upload as soon as the
-previous one is answered. So uploads/s is the server's capacity with that many uploads in
-flight, and the latencies are what each of those clients saw. Every target gets an untimed
-warm-up first, then the runs are interleaved (run 1 of every target, then run 2...), each run
-starting one target later. Target (issue 7b): Stowage's uploads/s at least the Node tus
-server's, in both modes.
+The load is closed-loop: `--concurrency` keep-alive connections, each sending its next upload
+as soon as the previous one is answered. So uploads/s is the server's capacity with that many
+uploads in flight, and the latencies are what each of those clients saw. Every target gets an
+untimed warm-up first (and one upload whose answer is checked: status, size), then the runs
+are interleaved (run 1 of every target, then run 2...), each run starting one target later.
+Target (issue 7b): Stowage's uploads/s at least the Node tus server's, in both modes.
 
-The client shares the machine's cores with the server: its CPU is reported (a client near
-100% of a core limits every row alike and narrows the differences).
+The client shares the machine's two cores with the server, so it must be light. `--client
+wrk` (the default; installed with apt-get when missing and run as root) sends the same
+pre-built request on every connection from C, at a few percent of a core. `--client python`
+is the httpx load generator this script used first: it needs most of a core itself (its CPU is
+reported), which caps every row near the same rate and hides most of the servers' difference.
+Every response must be a 2xx (wrk counts the others as errors).
 """
 
 from __future__ import annotations
@@ -28,9 +32,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -67,6 +74,15 @@ UploadFn = Callable[[httpx.AsyncClient], Awaitable[str | None]]
 
 
 @dataclass
+class Request:
+    """What wrk sends on every connection: one POST, built once."""
+
+    path: str  # with the query string
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
 class Target:
     name: str
     server: Server
@@ -74,6 +90,7 @@ class Target:
     headers: dict[str, str]
     upload: UploadFn
     cleanup: Callable[[], None]
+    request: Request | None = None  # None: only the python client can drive it
 
 
 # --- targets ---------------------------------------------------------------------------------
@@ -102,10 +119,22 @@ def stowage_targets(stowage: Stowage, cache: Path, body: bytes, keys: set[str]) 
     def cleanup() -> None:
         empty_dir(cache)  # the rows stay in the bench database, dropped at the end
 
-    made = {"stowage-raw": ("stowage raw", raw),
-            "stowage-multipart": ("stowage multipart", multipart)}
-    return [Target(name, stowage.server, stowage.base, stowage.auth_header, fn, cleanup)
-            for key, (name, fn) in made.items() if key in keys]
+    boundary = "stowagebench" + os.urandom(8).hex()
+    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"promote\"\r\n\r\n"
+            f"false\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\";"
+            f" filename=\"small.bin\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            ).encode() + body + f"\r\n--{boundary}--\r\n".encode()
+    made = {
+        "stowage-raw": ("stowage raw", raw, Request(
+            "/v1/attachments/raw?filename=small.bin&promote=false",
+            {"Content-Type": "application/octet-stream"}, body)),
+        "stowage-multipart": ("stowage multipart", multipart, Request(
+            "/v1/attachments", {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            form)),
+    }
+    return [Target(name, stowage.server, stowage.base, stowage.auth_header, fn, cleanup,
+                   Request(req.path, {**stowage.auth_header, **req.headers}, req.body))
+            for key, (name, fn, req) in made.items() if key in keys]
 
 
 async def tus_supports_creation_with_upload(base: str) -> bool:
@@ -141,9 +170,10 @@ def tus_node_target(node: TusNode, body: bytes, with_upload: bool) -> Target:
         return None
 
     name = "tus-node" + ("" if with_upload else " (POST + PATCH)")
+    request = Request("/files", {**octets, "upload-length": str(size)}, body)
     return Target(name, node.server, node.base, {},
                   one_request if with_upload else two_requests,
-                  lambda: empty_dir(node.files))
+                  lambda: empty_dir(node.files), request if with_upload else None)
 
 
 # --- the load --------------------------------------------------------------------------------
@@ -203,15 +233,105 @@ async def load(target: Target, concurrency: int, duration: float) -> Run:
     )
 
 
-def run_targets(targets: list[Target], args: argparse.Namespace) -> dict[str, list[Run]]:
+# wrk sends the pre-built request; done() prints what the table needs as one JSON line.
+WRK_SCRIPT = r"""
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+wrk.method = "POST"
+for line in string.gmatch(os.getenv("BENCH_HEADERS"), "[^\n]+") do
+  local k, v = line:match("^([^:]+):%s*(.*)$")
+  wrk.headers[k] = v
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.stderr:write(string.format(
+    '{"requests": %d, "duration_us": %d, "status": %d, "connect": %d, "read": %d,'
+    .. ' "write": %d, "timeout": %d, "p50_us": %d, "p99_us": %d, "max_us": %d}\n',
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def ensure_wrk() -> str:
+    """wrk's path; installs Debian's package when it is missing and we may."""
+    found = shutil.which("wrk")
+    if found is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing wrk (apt-get)...", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env,
+                          capture_output=True).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], env=env,
+                           capture_output=True)
+        found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("bench/small_uploads.py: wrk is not installed (apt-get install wrk),"
+                         " or pass --client python")
+    return found
+
+
+def load_wrk(target: Target, concurrency: int, duration: float, work: Path) -> Run:
+    assert target.request is not None
+    script, body = work / "wrk.lua", work / f"wrk-body-{target.name.replace(' ', '-')}"
+    script.write_text(WRK_SCRIPT)
+    body.write_bytes(target.request.body)
+    env = {**os.environ, "BENCH_BODY": str(body),
+           "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in target.request.headers.items())}
+    threads = min(2, concurrency)
+    cmd = [ensure_wrk(), f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s",
+           "--timeout", "60s", "-s", str(script), target.base + target.request.path]
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before = cpu_seconds(target.server.pid)
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    server_cpu = cpu_seconds(target.server.pid) - cpu_before
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (children.ru_utime - children_before.ru_utime
+                  + children.ru_stime - children_before.ru_stime)
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("{")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    r = json.loads(lines[-1])
+    elapsed = r["duration_us"] / 1e6
+    errors = sum(r[k] for k in ("status", "connect", "read", "write", "timeout"))
+    samples = [f"{r[k]} {k} errors" for k in ("status", "connect", "read", "write", "timeout")
+               if r[k]]
+    done = r["requests"] - r["status"]  # wrk counts a non-2xx answer as a request too
+    return Run(
+        seconds=elapsed, uploads=done, errors=errors, uploads_per_s=done / elapsed,
+        p50_ms=r["p50_us"] / 1000, p99_ms=r["p99_us"] / 1000, max_ms=r["max_us"] / 1000,
+        server_cpu_pct=100 * server_cpu / elapsed, client_cpu_pct=100 * client_cpu / elapsed,
+        error_samples=samples,
+    )
+
+
+async def check_one(target: Target) -> None:
+    """One upload through httpx, its answer checked (wrk only sees status codes)."""
+    async with httpx.AsyncClient(base_url=target.base, headers=target.headers,
+                                 timeout=60) as client:
+        error = await target.upload(client)
+    if error is not None:
+        raise RuntimeError(f"{target.name}: the check upload failed: {error}")
+
+
+def run_targets(targets: list[Target], args: argparse.Namespace, work: Path
+                ) -> dict[str, list[Run]]:
+    def one(target: Target, seconds: float) -> Run:
+        if args.client == "wrk" and target.request is not None:
+            return load_wrk(target, args.concurrency, seconds, work)
+        return asyncio.run(load(target, args.concurrency, seconds))
+
     for target in targets:  # untimed: imports, pools and caches warm up
-        asyncio.run(load(target, args.concurrency, args.warmup))
+        asyncio.run(check_one(target))
+        if args.warmup:
+            one(target, args.warmup)
         target.cleanup()
     runs: dict[str, list[Run]] = {t.name: [] for t in targets}
     for i in range(args.runs):
         shift = i % len(targets)
         for target in targets[shift:] + targets[:shift]:
-            run = asyncio.run(load(target, args.concurrency, args.duration))
+            run = one(target, args.duration)
             target.cleanup()
             runs[target.name].append(run)
             print(f"  run {i + 1}/{args.runs} {target.name:<18} {run.uploads_per_s:8.0f}/s"
@@ -279,6 +399,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=32, help="clients in flight (default 32)")
     p.add_argument("--size", type=int, default=10 * 1024, help="bytes per upload (10240)")
     p.add_argument("--runs", type=int, default=1, help="runs per target (median)")
+    p.add_argument("--client", choices=("wrk", "python"), default="wrk",
+                   help="load generator (default wrk; see the docstring)")
     p.add_argument("--targets", type=_target_list, default=list(TARGET_KEYS),
                    help=f"comma-separated, default all: {','.join(TARGET_KEYS)}")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
@@ -310,9 +432,11 @@ def main(argv: list[str] | None = None) -> int:
             node = start_tus_node(stack, args.peer_dir, tmp)
             with_upload = asyncio.run(tus_supports_creation_with_upload(node.base))
             targets.append(tus_node_target(node, body, with_upload))
+        if args.client == "wrk":
+            ensure_wrk()
         print(f"{args.size} bytes per upload, {args.concurrency} in flight, {args.duration:g} s"
-              f" per run, {args.runs} run(s)", flush=True)
-        runs = run_targets(targets, args)
+              f" per run, {args.runs} run(s), client {args.client}", flush=True)
+        runs = run_targets(targets, args, tmp)
     rows = summarise(runs)
     print()
     print(table(rows))
@@ -321,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "machine": machine(),
         "params": {"size_bytes": args.size, "concurrency": args.concurrency,
-                   "duration_s": args.duration, "runs": args.runs,
+                   "duration_s": args.duration, "runs": args.runs, "client": args.client,
                    "tus_node_creation_with_upload": with_upload},
         "results": rows,
     })
