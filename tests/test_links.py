@@ -32,7 +32,11 @@ def test_tampered_tokens_and_other_secrets_are_refused():
     links = Links("https://files.example", b"k" * 32, ttl=60)
     att = uuid.uuid4()
     token = token_of(links.content_url(att))
-    for bad in [token[:-1] + ("A" if token[-1] != "A" else "B"), "", ".", "x.y", token[::-1]]:
+    # a character inside the signature (the last one of a base64 string may carry only
+    # padding bits, which decode the same whatever they are: a flaky tamper)
+    cut = token.rindex(".") + 1
+    tampered = token[:cut] + ("A" if token[cut] != "A" else "B") + token[cut + 1:]
+    for bad in [tampered, "", ".", "x.y", token[::-1]]:
         with pytest.raises(Forbidden):
             links.verify(bad, att)
     with pytest.raises(Forbidden):
