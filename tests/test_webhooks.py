@@ -120,6 +120,31 @@ async def test_events_are_signed_and_carry_the_attachment(hooks, receiver):
         "webhook-id"]
 
 
+@pytest.mark.parametrize("fields", [
+    {}, {"promote": "false"},
+    {"record_type": "user", "record_id": "1", "record_name": "avatar"},  # the slot path
+])
+async def test_the_cached_event_describes_the_row_as_written(hooks, receiver, fields):
+    """The event of a new attachment is written with the row in one statement, from the row
+    as INSERT makes it (known beforehand): it must say exactly what the API says."""
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    await subscribe(client, tenant, receiver.url, events=["attachment.stored"])
+    att = await upload(client, tenant, **fields)
+    got = (await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)).json()
+    async with res.pool.acquire() as conn:
+        events = await conn.fetch("SELECT id, type, body FROM events WHERE attachment_id = $1",
+                                  uuid.UUID(att["id"]))
+        endpoints = await conn.fetch(
+            "SELECT endpoint_id FROM webhook_deliveries WHERE event_id = $1", events[0]["id"])
+    assert [e["type"] for e in events] == ["attachment.cached"]
+    data = events[0]["body"]["data"]
+    for body in (data, att, got):  # signed links differ by the second they were signed in
+        assert body.pop("url").startswith("http")
+    assert data == att == got
+    assert [r["endpoint_id"] for r in endpoints] == [uuid.UUID(ep["id"])]
+
+
 async def test_retries_after_500_and_timeout_keep_one_webhook_id(hooks, receiver):
     res, client, tenant = hooks
     ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -18,20 +18,48 @@ COLUMNS = (
 )
 
 
-async def insert(conn: asyncpg.Connection, **values: Any) -> asyncpg.Record:
-    return await conn.fetchrow(
-        "INSERT INTO attachments (id, app_id, profile, state, storage, key, filename, mime_type,"
-        " size, sha256, metadata, client_metadata, record_type, record_id, record_name,"
-        " promote_requested_at, expires_at)"
-        " VALUES ($1, $2, $3, 'cached', 'cache', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-        " CASE WHEN $14::boolean THEN now() END,"
-        " CASE WHEN $14::boolean THEN NULL ELSE now() + make_interval(secs => $15) END)"
-        f" RETURNING {COLUMNS}",
+INSERT = (
+    "INSERT INTO attachments (id, app_id, profile, state, storage, key, filename, mime_type,"
+    " size, sha256, metadata, client_metadata, record_type, record_id, record_name,"
+    " promote_requested_at, expires_at, created_at, updated_at)"
+    " VALUES ($1, $2, $3, 'cached', 'cache', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
+    " CASE WHEN $14::boolean THEN $16::timestamptz END,"
+    " CASE WHEN $14::boolean THEN NULL ELSE $16::timestamptz + make_interval(secs => $15) END,"
+    " $16, $16)"
+    f" RETURNING {COLUMNS}"
+)
+
+
+def insert_args(values: dict[str, Any], now: datetime) -> list[Any]:
+    """The parameters of INSERT for a new attachment made at ``now``."""
+    return [
         values["id"], values["app_id"], values["profile"], values["key"], values["filename"],
         values["mime_type"], values["size"], values["sha256"], values["metadata"],
         values["client_metadata"], values["record_type"], values["record_id"],
-        values["record_name"], values["promote"], values["cache_ttl"],
-    )
+        values["record_name"], values["promote"], values["cache_ttl"], now,
+    ]
+
+
+def as_inserted(values: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The row INSERT returns for these values, known before it runs: what the
+    attachment.cached event says (tests/test_webhooks.py holds the two equal)."""
+    return {
+        "id": values["id"], "app_id": values["app_id"], "profile": values["profile"],
+        "state": "cached", "storage": "cache", "key": values["key"],
+        "filename": values["filename"], "mime_type": values["mime_type"],
+        "size": values["size"], "sha256": values["sha256"], "metadata": values["metadata"],
+        "client_metadata": values["client_metadata"], "derivatives": {},
+        "record_type": values["record_type"], "record_id": values["record_id"],
+        "record_name": values["record_name"], "generation": 1, "error": None,
+        "promote_requested_at": now if values["promote"] else None,
+        "created_at": now, "updated_at": now, "stored_at": None,
+        "expires_at": None if values["promote"] else now + timedelta(seconds=values["cache_ttl"]),
+        "deleted_at": None, "purged_at": None, "cache_purged_at": None,
+    }
+
+
+async def insert(conn: asyncpg.Connection, now: datetime, **values: Any) -> asyncpg.Record:
+    return await conn.fetchrow(INSERT, *insert_args(values, now))
 
 
 async def lock_slot(

@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -29,7 +30,7 @@ from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound
 from app.uploads.ingest import Received, check_against_profile, receive
 from app.uploads.options import UploadOptions
-from app.webhooks.outbox import emit_attachment
+from app.webhooks.outbox import emit_attachment, insert_attachment
 from app.webhooks.service import dispatch
 
 log = logging.getLogger(__name__)
@@ -94,25 +95,28 @@ async def _insert_replacing_slot(res: Resources, staged: Staged, options: Upload
                                  profile: str, cache_ttl: int
                                  ) -> tuple[asyncpg.Record, list[asyncpg.Record], list[UUID]]:
     slot = options.record
+    values = dict(
+        id=staged.att_id, app_id=staged.app_id, profile=profile,
+        key=staged.file.key, filename=options.filename,
+        mime_type=staged.file.mime_type, size=staged.file.size,
+        sha256=staged.file.sha256, metadata=staged.file.metadata,
+        client_metadata=options.client_metadata,
+        record_type=slot.type if slot else None,
+        record_id=slot.id if slot else None,
+        record_name=slot.name if slot else None,
+        promote=options.promote, cache_ttl=cache_ttl,
+    )
+    now = datetime.now(UTC)
+    if not slot:  # nothing to replace: the row and its event in one statement
+        async with res.pool.acquire() as conn:
+            row, deliveries = await insert_attachment(conn, values, now, res.links)
+        return row, [], deliveries
     async with res.pool.acquire() as conn, conn.transaction():
-        replaced = []
-        if slot:
-            await repo.lock_slot(conn, staged.app_id, slot.type, slot.id, slot.name)
-            replaced = await repo.delete_live_in_slot(
-                conn, staged.app_id, slot.type, slot.id, slot.name
-            )
-        row = await repo.insert(
-            conn,
-            id=staged.att_id, app_id=staged.app_id, profile=profile,
-            key=staged.file.key, filename=options.filename,
-            mime_type=staged.file.mime_type, size=staged.file.size,
-            sha256=staged.file.sha256, metadata=staged.file.metadata,
-            client_metadata=options.client_metadata,
-            record_type=slot.type if slot else None,
-            record_id=slot.id if slot else None,
-            record_name=slot.name if slot else None,
-            promote=options.promote, cache_ttl=cache_ttl,
+        await repo.lock_slot(conn, staged.app_id, slot.type, slot.id, slot.name)
+        replaced = await repo.delete_live_in_slot(
+            conn, staged.app_id, slot.type, slot.id, slot.name
         )
+        row = await repo.insert(conn, now, **values)
         for old in replaced:
             await activity.record(conn, old["id"], "replaced", {"by": str(staged.att_id)})
         deliveries = [d for old in replaced

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 
+from app.attachments import repository as attachments_repo
 from app.attachments.links import Links
 from app.attachments.schemas import present, timestamp
 from app.ids import uuid7
@@ -24,13 +25,28 @@ async def emit(conn: asyncpg.Connection, app_id: UUID, event_type: str, data: di
                ) -> list[UUID]:
     """Write the event and one delivery per subscribed endpoint; returns the delivery ids to
     enqueue after commit."""
-    event_id = uuid7()
-    body = {"type": event_type, "timestamp": timestamp(datetime.now(UTC)), "data": data}
-    return await repo.insert_event(conn, event_id, app_id, event_type, attachment_id, body,
-                                   only_endpoint)
+    return await repo.insert_event(conn, uuid7(), app_id, event_type, attachment_id,
+                                   _body(event_type, data), only_endpoint)
+
+
+def _body(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"type": event_type, "timestamp": timestamp(datetime.now(UTC)), "data": data}
 
 
 async def emit_attachment(conn: asyncpg.Connection, event_type: str, row: Any,
                           links: Links) -> list[UUID]:
     return await emit(conn, row["app_id"], event_type, present(row, links),
                       attachment_id=row["id"])
+
+
+async def insert_attachment(conn: asyncpg.Connection, values: dict[str, Any], now: datetime,
+                            links: Links) -> tuple[asyncpg.Record, list[UUID]]:
+    """A new attachment (in no record slot) and its attachment.cached event, in one statement:
+    the event describes the row as INSERT makes it, which is known beforehand. Returns the
+    row and the delivery ids to enqueue."""
+    data = present(attachments_repo.as_inserted(values, now), links)
+    row = await repo.change_with_event(
+        conn, attachments_repo.INSERT, attachments_repo.insert_args(values, now), uuid7(),
+        values["app_id"], "attachment.cached", values["id"], _body("attachment.cached", data))
+    assert row is not None  # an INSERT ... VALUES returns its row or raises
+    return row, list(row["delivery_ids"])

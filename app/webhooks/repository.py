@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -97,24 +98,51 @@ async def record_failure(conn: asyncpg.Connection, endpoint_id: UUID, disable_af
 
 # --- outbox ----------------------------------------------------------------------------------
 
+def _event_ctes(source: str, first: int) -> str:
+    """CTEs ``ev``, the event (one per row of ``source``), and ``dl``, one delivery per
+    enabled endpoint of the app subscribed to its type (or only the endpoint named, whatever
+    its filter: test pings). Parameters from ``$first``: event id, app id, type, attachment
+    id, body, the one endpoint or NULL."""
+    ev, app, type_, att, body, only = (f"${first + i}" for i in range(6))
+    return (
+        f"ev AS (INSERT INTO events (id, app_id, type, attachment_id, body)"
+        f"  SELECT {ev}::uuid, {app}::uuid, {type_}::text, {att}::uuid, {body}::jsonb"
+        f"  FROM {source} RETURNING id),"
+        " dl AS (INSERT INTO webhook_deliveries (id, event_id, endpoint_id)"
+        "  SELECT gen_random_uuid(), ev.id, ep.id FROM ev, webhook_endpoints ep"
+        f"  WHERE ep.app_id = {app} AND ep.enabled"
+        f"    AND (CASE WHEN {only}::uuid IS NULL"
+        f"         THEN ep.events IS NULL OR {type_} = ANY (ep.events) ELSE ep.id = {only} END)"
+        "  RETURNING id)"
+    )
+
+
 async def insert_event(conn: asyncpg.Connection, event_id: UUID, app_id: UUID, type_: str,
                        attachment_id: UUID | None, body: dict[str, Any],
                        only_endpoint: UUID | None) -> list[UUID]:
-    """The event and one delivery per enabled endpoint of the app subscribed to its type (or
-    the one endpoint named, whatever its filter: test pings), in one statement (one round
-    trip on every upload); returns the delivery ids."""
+    """The event and its deliveries in one statement (one round trip); returns the
+    delivery ids."""
     rows = await conn.fetch(
-        "WITH ev AS (INSERT INTO events (id, app_id, type, attachment_id, body)"
-        "  VALUES ($1, $2, $3, $4, $5) RETURNING id)"
-        " INSERT INTO webhook_deliveries (id, event_id, endpoint_id)"
-        " SELECT gen_random_uuid(), ev.id, ep.id FROM ev, webhook_endpoints ep"
-        " WHERE ep.app_id = $2 AND ep.enabled"
-        "   AND (CASE WHEN $6::uuid IS NULL THEN ep.events IS NULL OR $3 = ANY (ep.events)"
-        "        ELSE ep.id = $6 END)"
-        " RETURNING id",
+        f"WITH one AS (SELECT), {_event_ctes('one', 1)} SELECT id FROM dl",
         event_id, app_id, type_, attachment_id, body, only_endpoint,
     )
     return [r["id"] for r in rows]
+
+
+async def change_with_event(conn: asyncpg.Connection, change: str, args: Sequence[Any],
+                            event_id: UUID, app_id: UUID, type_: str,
+                            attachment_id: UUID | None, body: dict[str, Any]
+                            ) -> asyncpg.Record | None:
+    """``change`` (a data-modifying statement ending in RETURNING one row) together with its
+    event and deliveries, as one statement: atomic with no transaction block around it, so
+    one round trip where BEGIN, change, event, COMMIT took four. Returns the change's row plus
+    ``delivery_ids``; None (and nothing written) when the change returned no row."""
+    n = len(args)
+    return await conn.fetchrow(
+        f"WITH change AS ({change}), {_event_ctes('change', n + 1)}"
+        " SELECT change.*, ARRAY(SELECT id FROM dl) AS delivery_ids FROM change",
+        *args, event_id, app_id, type_, attachment_id, body, None,
+    )
 
 
 # --- deliveries ------------------------------------------------------------------------------
