@@ -21,7 +21,7 @@ def resources_of(request: Request) -> Resources:
 async def resources(request: Request) -> Resources:
     # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
     # hop on every request for an attribute lookup
-    return request.app.state.resources
+    return resources_of(request)
 
 
 async def current_app_id(

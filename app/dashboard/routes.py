@@ -122,7 +122,9 @@ router = APIRouter(prefix="/dashboard", route_class=DashboardRoute, include_in_s
 
 # --- dependencies ----------------------------------------------------------------------------
 
-def sessions(request: Request) -> Sessions:
+# Dependencies are `async def` although they never await: FastAPI runs a plain `def` one in
+# a worker thread.
+async def sessions(request: Request) -> Sessions:
     """Sessions for the configured token; 404 when there is none (the dashboard is off)."""
     settings = resources_of(request).settings
     cached = getattr(request.app.state, "dashboard_sessions", None)
@@ -134,7 +136,7 @@ def sessions(request: Request) -> Sessions:
     return cached[1]
 
 
-def session(request: Request, sessions: Sessions = Depends(sessions)) -> Session:
+async def session(request: Request, sessions: Sessions = Depends(sessions)) -> Session:
     found = sessions.load(request.cookies.get(COOKIE))
     if found is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
