@@ -45,6 +45,7 @@ from _common import (
     RESULTS,
     Server,
     Stowage,
+    choice_list,
     cpu_seconds,
     free_port,
     machine,
@@ -252,18 +253,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _backends(value: str) -> list[str]:
-    names = [b.strip() for b in value.split(",") if b.strip()]
-    if not names or set(names) - set(BACKENDS):
-        raise argparse.ArgumentTypeError(f"choose from {','.join(BACKENDS)}")
-    return names
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--count", type=int, default=300, help="attachments promoted (300)")
     p.add_argument("--size", type=int, default=64 * 1024, help="bytes each (65536)")
-    p.add_argument("--backends", type=_backends, default=list(BACKENDS),
+    p.add_argument("--backends", type=choice_list(BACKENDS), default=list(BACKENDS),
                    help="comma-separated: fs,s3 (default both)")
     p.add_argument("--timeout", type=float, default=300,
                    help="give up waiting for the promotions after this many seconds")

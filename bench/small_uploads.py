@@ -55,6 +55,7 @@ from _common import (
     Server,
     Stowage,
     TusNode,
+    choice_list,
     cpu_seconds,
     empty_dir,
     machine,
@@ -382,16 +383,6 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 # --- main ------------------------------------------------------------------------------------
 
-def _target_list(value: str) -> list[str]:
-    keys = [k.strip() for k in value.split(",") if k.strip()]
-    unknown = sorted(set(keys) - set(TARGET_KEYS))
-    if unknown or not keys:
-        raise argparse.ArgumentTypeError(
-            f"unknown target(s) {', '.join(unknown) or '(none given)'}; choose from"
-            f" {','.join(TARGET_KEYS)}")
-    return [k for k in TARGET_KEYS if k in keys]
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--duration", type=float, default=15, help="seconds per run (default 15)")
@@ -401,7 +392,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=1, help="runs per target (median)")
     p.add_argument("--client", choices=("wrk", "python"), default="wrk",
                    help="load generator (default wrk; see the docstring)")
-    p.add_argument("--targets", type=_target_list, default=list(TARGET_KEYS),
+    p.add_argument("--targets", type=choice_list(TARGET_KEYS), default=list(TARGET_KEYS),
                    help=f"comma-separated, default all: {','.join(TARGET_KEYS)}")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     p.add_argument("--peer-dir", type=Path, default=DEFAULT_PEER_DIR)

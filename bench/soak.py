@@ -64,7 +64,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 # `python bench/soak.py` and the CI test's `from bench import soak` both find the helpers
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import drop_database, free_port, stowage_cli, stowage_cmd
+from _common import drop_database, free_port, sha256_of, stowage_cli, stowage_cmd, write_json
 
 MiB = 1024 * 1024
 RETRY_DELAYS = "1,1,2,2,3,5,5,5"
@@ -575,14 +575,6 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(MiB):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _sample(items: list[str], n: int = 5) -> str:
     return ", ".join(items[:n]) + (f" … ({len(items)} in all)" if len(items) > n else "")
 
@@ -697,7 +689,7 @@ def check_files(rows: dict[str, Any], cache_root: Path, store_root: Path) -> Che
     orphans = sorted((cache - want_cache) | (store - set(want_store)))
     missing = sorted((want_cache - cache) | (set(want_store) - store))
     corrupt = sorted(k for k, sha in want_store.items()
-                     if sha and k in store and _sha256(store_root / k) != sha)
+                     if sha and k in store and sha256_of(store_root / k) != sha)
     problems = []
     if orphans:
         problems.append(f"{len(orphans)} orphans: {_sample(orphans, 4)}")
@@ -936,8 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, tail in result.stats.get("log_tails", {}).items():
             print(f"\n--- {name} log (tail) ---\n{tail}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.as_dict(), indent=2, default=str) + "\n")
+        write_json(args.json, result.as_dict())
     return 0 if result.ok else 1
 
 

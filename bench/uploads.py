@@ -55,15 +55,18 @@ from _common import (
     Server,
     Stowage,
     TusNode,
+    choice_list,
     clean_env,
     cpu_seconds,
     empty_dir,
     free_port,
     machine,
+    sha256_of,
     start_server,
     start_stowage,
     start_tus_node,
     terminate_cleanly,
+    write_json,
 )
 
 BLOCK = MiB
@@ -98,14 +101,6 @@ def make_payload(path: Path, size_mib: int) -> Payload:
             hasher.update(block)
             f.write(block)
     return Payload(path, size_mib * MiB, hasher.hexdigest())
-
-
-def sha256_of(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(BLOCK):
-            hasher.update(block)
-    return hasher.hexdigest()
 
 
 # --- memory and CPU of the server ------------------------------------------------------------
@@ -554,8 +549,8 @@ def per_run_table(summaries: list[Summary]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, args: argparse.Namespace, payload: Payload,
-               summaries: list[Summary]) -> None:
+def write_results(path: Path, args: argparse.Namespace, payload: Payload,
+                  summaries: list[Summary]) -> None:
     single, chunked = peers(summaries)
     doc = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -576,27 +571,16 @@ def write_json(path: Path, args: argparse.Namespace, payload: Payload,
                      "client_cpu_pct_median": s.median("client_cpu_pct"),
                      "runs": [asdict(m) for m in s.runs]} for s in summaries],
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_json(path, doc)
 
 
 # --- main ------------------------------------------------------------------------------------
-
-def _target_list(value: str) -> list[str]:
-    keys = [k.strip() for k in value.split(",") if k.strip()]
-    unknown = sorted(set(keys) - set(TARGET_KEYS))
-    if unknown or not keys:
-        raise argparse.ArgumentTypeError(
-            f"unknown target(s) {', '.join(unknown) or '(none given)'}; choose from"
-            f" {','.join(TARGET_KEYS)}")
-    return [k for k in TARGET_KEYS if k in keys]  # the table's order, whatever was typed
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--size-mib", type=int, default=1024, help="payload size (default 1024)")
     p.add_argument("--runs", type=int, default=1, help="timed runs per target (median)")
-    p.add_argument("--targets", type=_target_list, default=list(TARGET_KEYS),
+    p.add_argument("--targets", type=choice_list(TARGET_KEYS), default=list(TARGET_KEYS),
                    help=f"comma-separated, default all: {','.join(TARGET_KEYS)}")
     p.add_argument("--chunk-mib", type=float, default=8,
                    help="PATCH size of the chunked tus targets (default 8)")
@@ -640,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs > 1:
         print()
         print(per_run_table(summaries))
-    write_json(args.json, args, payload, summaries)
+    write_results(args.json, args, payload, summaries)
     print(f"\nJSON: {args.json}")
     return 0
 
