@@ -22,11 +22,14 @@ COPY pyproject.toml README.md ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
-# Then the project itself, non-editable (runtime dependencies only, no test extra).
+# Then the project itself, non-editable (runtime dependencies only, no test extra). The wheel
+# carries the dashboard's files and the SQL migrations; `stowage check` loads every module, the
+# API, each template, static file and migration, so an incomplete install fails the build.
 COPY app ./app
 COPY worker ./worker
+COPY migrations ./migrations
 RUN pip install . \
- && stowage --help > /dev/null
+ && cd / && stowage check
 
 
 FROM python:3.11-slim AS runtime
@@ -34,8 +37,7 @@ FROM python:3.11-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH \
-    STOWAGE_MIGRATIONS_DIR=/app/migrations
+    PATH=/opt/venv/bin:$PATH
 
 RUN groupadd --system --gid 10001 stowage \
  && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home \
@@ -44,8 +46,6 @@ RUN groupadd --system --gid 10001 stowage \
 COPY --from=builder /opt/venv /opt/venv
 
 WORKDIR /app
-# The package is installed in the venv; the SQL migrations are not part of it.
-COPY migrations /app/migrations
 # Filesystem storage (the default STOWAGE_CACHE_URL/STORE_URL, file://./var/...) lives here;
 # mount a volume on /app/var to keep it.
 RUN mkdir -p /app/var \

@@ -119,6 +119,15 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    from app.ops.selfcheck import selfcheck
+
+    for line in selfcheck(settings):
+        print(line)
+    print("ok: this install is complete")
+    return 0
+
+
 def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
     from app.ops.fsck import fsck_with_settings, render
 
@@ -131,23 +140,31 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
+    from app.server import GracefulServer
 
-    # SIGTERM: stop accepting, let in-flight uploads finish within the grace period
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_config=None,
-                timeout_graceful_shutdown=settings.shutdown_grace)
-    return 0
+    # SIGTERM: stop accepting, let in-flight uploads finish within the grace period, exit 0
+    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+                            log_config=None, timeout_graceful_shutdown=settings.shutdown_grace)
+    server = GracefulServer(config)
+    server.run()  # on uvicorn's loop (uvloop where installed), as uvicorn.run does
+    # a failed start (port taken, lifespan error) returns from serve() without having served
+    return 0 if server.started else 3
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.settings import build_worker
 
     if settings.worker_metrics_port:
-        from prometheus_client import start_http_server
+        from app.ops.metrics import serve_worker_metrics
 
-        from app.ops.metrics import REGISTRY
-
-        start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host,
-                          registry=REGISTRY)
+        last = settings.worker_metrics_port + settings.worker_metrics_ports - 1
+        port = serve_worker_metrics(settings.worker_metrics_host, settings.worker_metrics_port,
+                                    settings.worker_metrics_ports)
+        if port is None:
+            log.warning("worker metrics off: ports %d-%d are all taken (STOWAGE_WORKER_METRICS"
+                        "_PORT, STOWAGE_WORKER_METRICS_PORTS)", settings.worker_metrics_port, last)
+        else:
+            log.info("worker metrics on http://%s:%d/metrics", settings.worker_metrics_host, port)
     build_worker(settings).run()
     return 0
 
@@ -204,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=fn)
     p = sub.add_parser("worker", help="run the arq worker (promotion, deletion, webhooks, sweeps)")
     p.set_defaults(fn=cmd_worker)
+    p = sub.add_parser("check", help="check that this install is complete (every module,"
+                       " template, static file and migration); needs no services")
+    p.set_defaults(fn=cmd_check)
     p = sub.add_parser("doctor", help="check configuration, PostgreSQL, Redis and both storages")
     p.set_defaults(fn=cmd_doctor)
     p = sub.add_parser("fsck", help="compare both storages with PostgreSQL: orphan files and"

@@ -56,7 +56,12 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     # seconds in-flight requests (API) and jobs (worker) get to finish after SIGTERM
     shutdown_grace: int = Field(default=30, ge=0)
-    worker_metrics_port: int = Field(default=9100, ge=0, le=65535)  # 0: off
+    # Each worker serves /metrics on the first free port of
+    # [worker_metrics_port, worker_metrics_port + worker_metrics_ports): N workers on one host
+    # with the same settings each get their own port (Prometheus scrapes the range). A worker
+    # that finds none free runs without metrics rather than not at all. Port 0: off.
+    worker_metrics_port: int = Field(default=9640, ge=0, le=65535)
+    worker_metrics_ports: int = Field(default=16, ge=1, le=1024)
     worker_metrics_host: str = "0.0.0.0"
     # Separate queues let several deployments (or test runs) share one Redis.
     queue_name: str = "stowage:queue"

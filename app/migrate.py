@@ -1,9 +1,16 @@
-"""Apply migrations/NNNN_*.sql in order, each once, under an advisory lock."""
+"""Apply migrations/NNNN_*.sql in order, each once, under an advisory lock.
+
+The SQL files are package data (``app.migrations``, installed from the top-level migrations/
+folder), so an installed wheel migrates from anywhere; STOWAGE_MIGRATIONS_DIR overrides them
+with a folder of the operator's.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -11,15 +18,21 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS_DIR = Path(
-    os.environ.get("STOWAGE_MIGRATIONS_DIR", Path(__file__).resolve().parent.parent / "migrations")
-)
+
+
+def default_migrations() -> Traversable:
+    override = os.environ.get("STOWAGE_MIGRATIONS_DIR")
+    return Path(override) if override else resources.files("app.migrations")
+
+
 # Any constant works; it only has to be the same in every process that migrates.
 _LOCK_ID = 0x5707A6E
 
 
-def migration_files(directory: Path = MIGRATIONS_DIR) -> list[Path]:
-    return sorted(p for p in directory.glob("*.sql") if p.name[:4].isdigit())
+def migration_files(directory: Traversable | None = None) -> list[Traversable]:
+    directory = default_migrations() if directory is None else directory
+    return sorted((p for p in directory.iterdir()
+                   if p.name.endswith(".sql") and p.name[:4].isdigit()), key=lambda p: p.name)
 
 
 def _split_dsn(dsn: str) -> tuple[str, str]:
@@ -52,12 +65,12 @@ async def create_database_if_missing(dsn: str) -> bool:
         await conn.close()
 
 
-async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+async def migrate(dsn: str, directory: Traversable | None = None) -> list[str]:
     """Create the database if needed and apply pending migrations; returns those applied."""
-    if not migration_files(directory):
-        # a packaged install without its migrations would otherwise "succeed" doing nothing
-        raise FileNotFoundError(f"no migrations found in {directory}; set"
-                                " STOWAGE_MIGRATIONS_DIR to the project's migrations/")
+    files = migration_files(directory)
+    if not files:
+        # an install without its migrations would otherwise "succeed" doing nothing
+        raise FileNotFoundError(f"no migrations found in {directory or default_migrations()}")
     await create_database_if_missing(dsn)
     conn = await asyncpg.connect(dsn)
     applied: list[str] = []
@@ -69,7 +82,7 @@ async def migrate(dsn: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
                 " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
             )
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-            for path in migration_files(directory):
+            for path in files:
                 if path.name in done:
                     continue
                 async with conn.transaction():

@@ -298,7 +298,7 @@ def start_stowage(stack: contextlib.ExitStack, tmp: Path, pg_base: str, redis_ur
         "STOWAGE_STORE_URL": f"file://{tmp / 'stowage-store'}",
         "STOWAGE_PUBLIC_URL": base,  # tus Location headers point here
         "STOWAGE_SECRET_KEY": "bench",
-        # a worker left on 9100 by another run (or test suite) must not make ours exit
+        # the benchmarks read no worker metrics
         "STOWAGE_WORKER_METRICS_PORT": "0",
         # `python -m app.cli` from the temp dir finds this checkout even if not pip-installed
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),

@@ -189,6 +189,19 @@ def storage_files(settings: Settings):
     return _files
 
 
+async def lose_queued_jobs(redis: Any, queue_name: str) -> list[str]:
+    """What Redis losing its data does to this run: the queue and every job in it gone, and
+    nothing of anyone else's (the Redis database is shared: never FLUSHDB it)."""
+    from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+
+    ids = [i.decode() for i in await redis.zrange(queue_name, 0, -1)]
+    keys = [queue_name] + [prefix + i for i in ids
+                           for prefix in (job_key_prefix, in_progress_key_prefix,
+                                          retry_key_prefix)]
+    await redis.delete(*keys)
+    return ids
+
+
 @pytest.fixture
 async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     r = aioredis.from_url(settings.redis_url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -309,3 +310,23 @@ def test_subcommand_help(args: list[str], mentions: list[str]) -> None:
     assert f"stowage {' '.join(args)}" in result.stdout
     for word in mentions:
         assert word.lower() in result.stdout.lower(), f"{word!r} missing from {args} --help"
+
+
+async def test_serve_says_so_when_it_cannot_start(settings):
+    """A port already taken: serve exits non-zero (it used to be 0 only by uvicorn.run's own
+    check, which GracefulServer must keep) and names the problem."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await run_cli("serve", "--port", str(port), env=env_for(settings))
+    assert result.returncode == 3, result
+    assert "address already in use" in (result.stdout + result.stderr).lower(), result
+
+
+async def test_check_passes_on_this_install(settings):
+    result = await run_cli("check", env=env_for(settings))
+    assert result.returncode == 0 and "ok: this install is complete" in result.stdout, result
+    assert re.search(r"migrations: [1-9]", result.stdout), result

@@ -22,6 +22,7 @@ from tests.conftest import (
     api_client,
     env_for,
     fresh_resources,
+    lose_queued_jobs,
     make_settings,
     process,
     run_worker,
@@ -286,7 +287,8 @@ async def test_events_survive_a_redis_flush(hooks, receiver, redis_client):
     res, client, tenant = hooks
     await subscribe(client, tenant, receiver.url)
     await upload(client, tenant, promote="false")
-    await redis_client.flushdb()  # the committed event's job is gone
+    # the committed event's job is gone
+    assert await lose_queued_jobs(redis_client, res.settings.queue_name)
     await asyncio.sleep(2.1)  # past the sweep's grace for due deliveries
     report = await sweep(res)
     assert len(report.deliveries) == 1

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from typing import Any
 
-import redis.exceptions
 from arq import func
 from arq.worker import Worker
 
@@ -15,7 +14,9 @@ from app import jobs
 from app.config import Settings
 from app.resources import Resources, build_resources, redis_settings
 from app.sweep import sweep as run_sweep
+from app.transient import is_transient
 from worker import tasks
+from worker.resilience import REDIS_DOWN, ResilientWorker, watch_dependencies
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +30,11 @@ async def sweep_loop(res: Resources, interval: float) -> None:
             if report and (report.expired or report.promotions or report.destroys
                            or report.cache_purges):
                 log.info("sweep: %s", report)
-        except Exception:
-            log.exception("sweep failed; trying again next interval")
+        except Exception as e:
+            if is_transient(e):  # an outage: the dependency watch and the poll loop report it
+                log.warning("sweep skipped: %s: %s", type(e).__name__, e)
+            else:
+                log.exception("sweep failed; trying again next interval")
         await asyncio.sleep(interval)
 
 
@@ -57,24 +61,28 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
     stack = contextlib.AsyncExitStack()
 
     async def startup(ctx: dict[str, Any]) -> None:
+        if "resources" in ctx:  # ResilientWorker runs startup again after a failed attempt
+            return
         res = resources or await stack.enter_async_context(build_resources(settings))
         ctx["resources"] = res
+        ctx["background"] = [asyncio.create_task(watch_dependencies(res.pool))]
         if sweep:
-            ctx["sweeper"] = asyncio.create_task(sweep_loop(res, settings.sweep_interval))
+            ctx["background"].append(
+                asyncio.create_task(sweep_loop(res, settings.sweep_interval)))
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        sweeper = ctx.get("sweeper")
-        if sweeper:
-            sweeper.cancel()
+        for task in ctx.pop("background", []):
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+                await task
+        ctx.pop("resources", None)
         await stack.aclose()
 
     rs = redis_settings(settings)
-    # Keep going through a Redis blip instead of exiting (arq's default).
-    rs.conn_retries = 5
-    rs.retry_on_error = [redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError]
-    return Worker(
+    # A command on a dropped connection is tried once more on a new one; an outage beyond
+    # that is waited out by ResilientWorker (with backoff), at start as well.
+    rs.retry_on_error = list(REDIS_DOWN)
+    return ResilientWorker(
         functions=functions(settings),
         queue_name=settings.queue_name,
         redis_settings=rs,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from uuid import UUID
@@ -19,7 +19,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.dashboard import service
@@ -38,7 +38,9 @@ from app.errors import NotFound, StowageError
 from app.ids import parse_uuid
 from app.pagination import Page
 
-HERE = Path(__file__).resolve().parent
+# Templates and static files are package data (pyproject.toml), read through the package, not
+# a path next to this file: what a wheel carries is what the dashboard serves.
+STATIC_FILES = resources.files("app.dashboard") / "static"
 # Slows down guessing the admin token from one connection; constant so it tells nothing.
 FAILED_LOGIN_DELAY_S = 0.5
 # The dashboard's forms are a few short fields. Read them ourselves, bounded: Starlette's
@@ -47,9 +49,9 @@ FAILED_LOGIN_DELAY_S = 0.5
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
 STATIC = {
-    "dashboard.css": ("text/css; charset=utf-8", (HERE / "static" / "dashboard.css").read_bytes()),
+    "dashboard.css": ("text/css; charset=utf-8", (STATIC_FILES / "dashboard.css").read_bytes()),
     "dashboard.js": ("text/javascript; charset=utf-8",
-                     (HERE / "static" / "dashboard.js").read_bytes()),
+                     (STATIC_FILES / "dashboard.js").read_bytes()),
 }
 
 
@@ -203,7 +205,7 @@ def _fmt_seconds(value: float | None) -> str:
 
 
 _env = Environment(
-    loader=FileSystemLoader(HERE / "templates"),
+    loader=PackageLoader("app.dashboard", "templates"),
     autoescape=select_autoescape(["html"]),
     undefined=StrictUndefined,
     trim_blocks=True,
@@ -211,6 +213,15 @@ _env = Environment(
 )
 _env.filters.update(dt=_fmt_dt, size=_fmt_size, seconds=_fmt_seconds)
 _env.globals.update(STATES=service.STATES, DELIVERY_STATUSES=service.DELIVERY_STATUSES)
+
+
+def template_names() -> list[str]:
+    return _env.list_templates(extensions=["html"])
+
+
+def compile_template(name: str) -> None:
+    """Load and compile one template (``stowage check``): a missing or broken one raises."""
+    _env.get_template(name)
 
 
 def _root(request: Request) -> str:

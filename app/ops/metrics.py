@@ -46,6 +46,23 @@ ATTACHMENTS = Gauge("stowage_attachments", "Attachments by state", ["state"],
                     registry=REGISTRY)
 DELIVERIES = Gauge("stowage_webhook_deliveries", "Webhook deliveries by status", ["status"],
                    registry=REGISTRY)
+DEPENDENCY_UP = Gauge("stowage_worker_dependency_up",
+                      "1 while the worker reaches the dependency, 0 while it does not",
+                      ["dependency"], registry=REGISTRY)
+
+
+def serve_worker_metrics(host: str, first_port: int, ports: int) -> int | None:
+    """Serve REGISTRY over HTTP on the first free port from first_port on; the port, or None
+    when every port of the range is taken (the caller goes on without metrics)."""
+    from prometheus_client import start_http_server
+
+    for port in range(first_port, min(first_port + ports, 65536)):
+        try:
+            start_http_server(port, addr=host, registry=REGISTRY)
+        except OSError:
+            continue  # taken: another worker on this host, or another program
+        return port
+    return None
 
 
 @contextmanager
