@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     webhook_allow_private: bool = False
     webhook_retry_delays: str = "5,30,120,600,1800,3600,10800,21600,43200"
     sweep_interval: int = Field(default=30, gt=0)
+    # temp files and unfinished multipart uploads of writers that died are removed once
+    # this old (a live writer keeps its own fresh); looked for every half of it, at most
+    # every 10 minutes
+    leftover_grace: int = Field(default=3600, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
     # an endpoint failing this long without a single success is disabled (default 5 days)
     webhook_disable_after: int = Field(default=5 * 24 * 3600, gt=0)
@@ -42,10 +46,16 @@ class Settings(BaseSettings):
     # Not in the public contract, but operators need them.
     db_pool_size: int = Field(default=10, gt=0)
     default_cache_ttl: int = Field(default=24 * 3600, gt=0)
+    # A job's deadline: job_timeout plus the file's size at job_min_throughput (bytes/s), at
+    # most job_timeout_max; a promotion or reprocess that fails (or runs out of time)
+    # job_max_attempts times gives up and the attachment becomes failed.
     job_timeout: int = Field(default=60, gt=0)
-    # A cached upload whose promotion was asked for but has not happened after this long is
-    # assumed lost by Redis and re-enqueued by the sweep.
-    stale_job_after: int = Field(default=60, gt=0)
+    job_min_throughput: int = Field(default=4 * 1024 * 1024, gt=0)
+    job_timeout_max: int = Field(default=6 * 3600, gt=0)
+    job_max_attempts: int = Field(default=5, gt=0)
+    # Work found in Postgres with no job in Redis is enqueued again by the next sweep, once
+    # it is this old (the API enqueues right after its commit; this covers that moment).
+    stale_job_after: int = Field(default=5, gt=0)
     worker_max_jobs: int = Field(default=10, gt=0)
     download_url_ttl: int = Field(default=3600, gt=0)
     # an incomplete tus upload untouched this long is removed (S3 multipart aborted)

@@ -217,7 +217,8 @@ def env_for(settings: Settings) -> dict[str, str]:
                  "secret_key", "sweep_interval", "stale_job_after", "job_timeout",
                  "webhook_allow_private", "public_url", "webhook_timeout",
                  "webhook_retry_delays", "webhook_disable_after", "max_upload_size",
-                 "shutdown_grace", "worker_metrics_port", "log_format"):
+                 "shutdown_grace", "worker_metrics_port", "log_format", "leftover_grace",
+                 "job_max_attempts"):
         env[f"STOWAGE_{name.upper()}"] = str(getattr(settings, name))
     return env
 

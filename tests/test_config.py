@@ -45,7 +45,8 @@ def test_readme_operator_defaults() -> None:
     s = load_settings()
     assert s.default_cache_ttl == 86400
     assert s.job_timeout == 60
-    assert s.stale_job_after == 60
+    assert s.stale_job_after == 5
+    assert (s.job_max_attempts, s.job_timeout_max) == (5, 6 * 3600)
     assert s.queue_name == "stowage:queue"
     assert s.db_pool_size == 10
     assert s.worker_max_jobs == 10

@@ -770,3 +770,18 @@ def test_timeline_build_orders_and_merges():
         "detail": {"filename": "a.txt", "mime_type": "text/plain", "size": 5,
                    "profile": "default", "record": {"type": "user", "id": "1",
                                                     "name": "avatar"}}}
+
+
+async def test_attachment_page_shows_failing_work(env):
+    """A promotion that keeps failing is visible: its attempts, last error, next attempt."""
+    from app.attachments import work
+
+    att = await upload(env.client, env.tenant, b"stuck")
+    async with env.res.pool.acquire() as conn:
+        attempt = await work.begin(conn, env.res.settings, work.PROMOTE, UUID(att["id"]))
+        await work.failed(conn, attempt, "ClientError: SlowDown <x>", timed_out=False)
+    await login(env.client)
+    page = await env.client.get(f"/dashboard/attachments/{att['id']}")
+    assert page.status_code == 200
+    assert "promote attempts" in page.text and "1 · last error" in page.text
+    assert "SlowDown &lt;x&gt;" in page.text  # escaped

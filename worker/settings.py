@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from arq import func
@@ -12,6 +13,7 @@ from arq.worker import Worker
 
 from app import jobs
 from app.config import Settings
+from app.ops.leftovers import sweep_leftovers
 from app.resources import Resources, build_resources, redis_settings
 from app.sweep import sweep as run_sweep
 from app.transient import is_transient
@@ -22,9 +24,18 @@ log = logging.getLogger(__name__)
 
 
 async def sweep_loop(res: Resources, interval: float) -> None:
-    """Re-find lost work from Postgres every interval. Runs in the worker process itself (not
-    as an arq job) so that it keeps going even when Redis was flushed."""
+    """Re-find lost work from Postgres every interval, and leftovers of dead writers every
+    so often. Runs in the worker process itself (not as an arq job) so that it keeps going
+    even when Redis was flushed."""
+    leftovers_every = max(interval, min(res.settings.leftover_grace / 2, 600))
+    leftovers_due = time.monotonic()
     while True:
+        if time.monotonic() >= leftovers_due:
+            leftovers_due = time.monotonic() + leftovers_every
+            try:
+                await sweep_leftovers(res, res.settings.leftover_grace)
+            except Exception as e:
+                log.warning("leftover sweep failed: %s: %s", type(e).__name__, e)
         try:
             report = await run_sweep(res)
             if report and (report.expired or report.promotions or report.destroys
@@ -39,17 +50,18 @@ async def sweep_loop(res: Resources, interval: float) -> None:
 
 
 def functions(settings: Settings) -> list[Any]:
-    # One tight timeout for all: after a SIGKILL, arq re-runs a job only once its in-progress
-    # key expires, after the LARGEST function timeout + 10 s.
+    # Attachment work runs under its own deadline (app.attachments.work: it grows with the
+    # file) and counts its attempts in Postgres, which decides when to give up; arq's timeout
+    # is only an outer guard and its try limit is out of the way. The in-progress key is kept
+    # short by the worker and renewed by running jobs (worker.tasks.heartbeat).
+    outer = settings.job_timeout_max + 60
     return [
-        func(tasks.promote, name=jobs.PROMOTE, timeout=settings.job_timeout,
-             keep_result=0, max_tries=8),
-        func(tasks.destroy, name=jobs.DESTROY, timeout=settings.job_timeout, keep_result=0,
-             max_tries=8),
-        func(tasks.purge_cache, name=jobs.PURGE_CACHE, timeout=settings.job_timeout,
-             keep_result=0, max_tries=8),
-        func(tasks.reprocess, name=jobs.REPROCESS, timeout=settings.job_timeout, keep_result=0,
-             max_tries=8),
+        func(tasks.promote, name=jobs.PROMOTE, timeout=outer, keep_result=0, max_tries=1000),
+        func(tasks.destroy, name=jobs.DESTROY, timeout=outer, keep_result=0, max_tries=1000),
+        func(tasks.purge_cache, name=jobs.PURGE_CACHE, timeout=outer, keep_result=0,
+             max_tries=1000),
+        func(tasks.reprocess, name=jobs.REPROCESS, timeout=outer, keep_result=0,
+             max_tries=1000),
         func(tasks.deliver_webhook, name=jobs.DELIVER_WEBHOOK,
              timeout=min(settings.job_timeout, settings.webhook_timeout + 15), keep_result=0,
              max_tries=8),
@@ -82,7 +94,7 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
     # A command on a dropped connection is tried once more on a new one; an outage beyond
     # that is waited out by ResilientWorker (with backoff), at start as well.
     rs.retry_on_error = list(REDIS_DOWN)
-    return ResilientWorker(
+    worker = ResilientWorker(
         functions=functions(settings),
         queue_name=settings.queue_name,
         redis_settings=rs,
@@ -99,4 +111,8 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
         # short: a webhook's latency from commit to receiver includes up to one poll delay
         poll_delay=0.05,
     )
+    # arq would keep a job's in-progress key for its largest timeout (hours, above): a worker
+    # killed mid-job would block the job that long. Running jobs renew it instead.
+    worker.in_progress_timeout_s = settings.job_timeout + 10
+    return worker
 

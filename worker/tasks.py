@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
 from arq import Retry
+from arq.constants import in_progress_key_prefix
 
-from app.attachments import service
+from app.attachments import service, work
 from app.ops import metrics
 from app.ops.logs import request_id_var
 from app.resources import Resources
@@ -19,32 +22,98 @@ from app.webhooks import service as webhooks
 
 log = logging.getLogger(__name__)
 
-# Backoff for transient failures (storage or network hiccups), indexed by try number.
+# Backoff for transient failures of work that keeps no attempts in Postgres (deliveries keep
+# their own schedule; this only covers our own database trouble), indexed by try number.
 RETRY_DEFERS = (2, 5, 15, 30, 60)
+# How often a running job renews arq's in-progress key (see heartbeat)
+HEARTBEAT_EVERY = 10.0
+
+
+@contextlib.asynccontextmanager
+async def heartbeat(ctx: dict[str, Any], ttl: float) -> AsyncIterator[None]:
+    """Keep arq's in-progress key of this job alive while it runs.
+
+    arq marks a running job with a key that expires after its in-progress timeout; a job
+    still running past that could be started twice, and a worker killed mid-job blocks the
+    job until the key expires. Deadlines here grow with the file (hours for a large one), so
+    the key's lifetime stays short (the worker sets it) and the running job renews it: after
+    a SIGKILL the job can run again within `ttl`, however long its deadline."""
+    redis, job_id = ctx.get("redis"), ctx.get("job_id")
+    if redis is None or job_id is None:
+        yield
+        return
+
+    async def renew() -> None:
+        key = in_progress_key_prefix + job_id
+        while True:
+            await asyncio.sleep(min(HEARTBEAT_EVERY, ttl / 3))
+            with contextlib.suppress(Exception):  # Redis down: the job goes on regardless
+                await redis.pexpire(key, int(ttl * 1000))
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
         ) -> Callable[..., Awaitable[str]]:
     """An arq function around a domain call on one id: the request id of the request that
     caused it in the logs, retries with backoff for transient failures, and its outcome (the
-    returned word, "retry" or "error") counted."""
+    returned word, "retry" or "error") counted.
+
+    Attachment work (promote, reprocess, destroy, purge_cache) also counts its attempts in
+    Postgres (app.attachments.work): each attempt runs under a deadline that grows with the
+    file, and a promotion or reprocess whose attempts are used up gives up instead of
+    running again."""
+    tracked = name in work.KINDS
 
     async def run(ctx: dict[str, Any], target_id: str, request_id: str | None = None) -> str:
         token = request_id_var.set(request_id or f"job:{ctx.get('job_id')}")
+        res: Resources = ctx["resources"]
+        target = UUID(target_id)
         outcome = "error"
         started = time.perf_counter()
+        attempt: work.Attempt | None = None
+        deadline = None
         try:
-            outcome = await call(ctx["resources"], UUID(target_id))
+            if tracked:
+                async with res.pool.acquire() as conn:
+                    attempt = await work.begin(conn, res.settings, name, target)
+                if attempt is None:
+                    outcome = "skipped"
+                    return outcome
+                if attempt.exhausted:
+                    log.warning("%s %s: attempts used up (%s); giving up", name, target,
+                                attempt.last_error)
+                    outcome = await service.give_up(res, attempt)
+                    return outcome
+            async with heartbeat(ctx, res.settings.job_timeout + 10):
+                async with asyncio.timeout(attempt.deadline if attempt else None) as deadline:
+                    outcome = await call(res, target)
+            if attempt is not None:
+                async with res.pool.acquire() as conn:
+                    await work.done(conn, name, target)
             return outcome
         except Exception as e:
-            if not is_transient(e):
-                raise  # a bug: the sweep tries again much later, not in a tight loop
-            outcome = "retry"
-            tries = ctx.get("job_try", 1)
-            defer = RETRY_DEFERS[min(tries - 1, len(RETRY_DEFERS) - 1)]
-            log.warning("%s %s failed (try %d): %s: %s; retrying in %ds", name, target_id,
-                        tries, type(e).__name__, e, defer)
-            raise Retry(defer=defer) from e
+            timed_out = isinstance(e, TimeoutError) and deadline is not None \
+                and deadline.expired()
+            if not (timed_out or is_transient(e)):
+                await _record_failure(res, attempt, e, timed_out=False)
+                raise  # a bug: the sweep tries again after the backoff, not in a tight loop
+            outcome = "timeout" if timed_out else "retry"
+            error = (f"ran out of time after {attempt.deadline:.0f} s" if timed_out and attempt
+                     else f"{type(e).__name__}: {e}")
+            delay = await _record_failure(res, attempt, e, timed_out=timed_out, error=error)
+            if delay is None:
+                tries = ctx.get("job_try", 1)
+                delay = RETRY_DEFERS[min(tries - 1, len(RETRY_DEFERS) - 1)]
+            log.warning("%s %s failed (attempt %d): %s; retrying in %ds", name, target_id,
+                        attempt.number if attempt else ctx.get("job_try", 1), error, delay)
+            raise Retry(defer=delay) from e
         finally:
             request_id_var.reset(token)
             metrics.JOBS.labels(name, outcome).inc()
@@ -54,6 +123,22 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
 
     run.__name__ = run.__qualname__ = name
     return run
+
+
+async def _record_failure(res: Resources, attempt: work.Attempt | None, exc: BaseException,
+                          *, timed_out: bool, error: str | None = None) -> int | None:
+    """Keep why the attempt failed in Postgres; the seconds until the next attempt, or None
+    when there is no attempt to record (or Postgres is what failed)."""
+    if attempt is None:
+        return None
+    try:
+        async with res.pool.acquire() as conn:
+            return await work.failed(conn, attempt, error or f"{type(exc).__name__}: {exc}",
+                                     timed_out=timed_out)
+    except Exception as e:
+        log.warning("could not record the failed attempt of %s %s: %s", attempt.kind,
+                    attempt.attachment_id, e)
+        return work.backoff(attempt.number)
 
 
 promote = job("promote", service.promote)

@@ -212,11 +212,18 @@ async def expire_cached(
     )
 
 
+def _not_waiting(kind: str) -> str:
+    """SQL: no attempt at this work is waiting out its backoff (app.attachments.work)."""
+    return ("NOT EXISTS (SELECT 1 FROM attachment_work w WHERE w.attachment_id = attachments.id"
+            f" AND w.kind = '{kind}' AND w.next_attempt_at > now())")
+
+
 async def stale_promotions(conn: asyncpg.Connection, older_than_s: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id, generation FROM attachments WHERE state = 'cached'"
         " AND promote_requested_at IS NOT NULL"
-        " AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT 1000",
+        " AND updated_at < now() - make_interval(secs => $1)"
+        f" AND {_not_waiting('promote')} ORDER BY updated_at LIMIT 1000",
         older_than_s,
     )
 
@@ -224,7 +231,8 @@ async def stale_promotions(conn: asyncpg.Connection, older_than_s: int) -> list[
 async def unpurged_deleted(conn: asyncpg.Connection, older_than_s: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id FROM attachments WHERE state = 'deleted' AND purged_at IS NULL"
-        " AND deleted_at < now() - make_interval(secs => $1) ORDER BY deleted_at LIMIT 1000",
+        " AND deleted_at < now() - make_interval(secs => $1)"
+        f" AND {_not_waiting('destroy')} ORDER BY deleted_at LIMIT 1000",
         older_than_s,
     )
 
@@ -232,7 +240,8 @@ async def unpurged_deleted(conn: asyncpg.Connection, older_than_s: int) -> list[
 async def cache_leftovers(conn: asyncpg.Connection, older_than_s: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT id FROM attachments WHERE state IN ('stored', 'failed') AND cache_purged_at IS NULL"
-        " AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT 1000",
+        " AND updated_at < now() - make_interval(secs => $1)"
+        f" AND {_not_waiting('purge_cache')} ORDER BY updated_at LIMIT 1000",
         older_than_s,
     )
 

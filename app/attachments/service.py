@@ -17,7 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from app import activity
-from app.attachments import keys
+from app.attachments import keys, work
 from app.attachments import repository as repo
 from app.errors import AttachmentNotFound, InvalidState
 from app.failpoints import failpoint
@@ -363,6 +363,24 @@ async def _fail(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,
     await res.store.delete_prefix(keys.prefix(row["app_id"], row["id"]))
     await res.jobs.purge_cache(row["id"])
     return "failed"
+
+
+async def give_up(res: Resources, attempt: work.Attempt) -> str:
+    """Work that used up its attempts: a promotion fails the attachment (event
+    attachment.failed, files removed as for any failure), a reprocess leaves the stored
+    attachment as it is and says so in its timeline."""
+    code, detail = work.give_up_error(attempt)
+    async with _attachment_lock(res, attempt.attachment_id) as conn:
+        row = await repo.get(conn, attempt.attachment_id)
+        outcome = "skipped"
+        if row is not None and attempt.kind == work.PROMOTE and row["state"] == "cached":
+            outcome = await _fail(res, conn, row, PermanentError(code, detail))
+        elif row is not None and attempt.kind == work.REPROCESS:
+            await activity.record(conn, row["id"], "reprocess.failed",
+                                  {"code": code, "detail": detail})
+            outcome = "failed"
+        await work.done(conn, attempt.kind, attempt.attachment_id)
+    return outcome
 
 
 async def purge_cache(res: Resources, att_id: UUID) -> str:

@@ -23,6 +23,7 @@ from arq.utils import timestamp_ms
 from app import activity
 from app.attachments import repository as attachments_repo
 from app.attachments import service as attachments
+from app.attachments import work
 from app.attachments.schemas import present
 from app.auth import repository as auth_repo
 from app.dashboard import repository as repo
@@ -252,6 +253,7 @@ class AttachmentDetail:
     app_name: str
     view: dict[str, Any]  # the attachment object, with fresh signed URLs
     timeline: list[timeline.Entry]
+    work: list[asyncpg.Record] = field(default_factory=list)  # retrying or failing jobs
 
 
 async def get_attachment(res: Resources, att_id: UUID) -> asyncpg.Record:
@@ -266,9 +268,10 @@ async def attachment_detail(res: Resources, att_id: UUID) -> AttachmentDetail:
     row = await get_attachment(res, att_id)
     async with res.pool.acquire() as conn:
         app = await auth_repo.get_app(conn, row["app_id"])
+        pending = await work.of_attachment(conn, att_id)
     return AttachmentDetail(row=row, app_name=app["name"] if app else str(row["app_id"]),
                             view=present(row, res.links),
-                            timeline=await timeline.load(res, row))
+                            timeline=await timeline.load(res, row), work=pending)
 
 
 async def attachment_timeline(res: Resources, app_id: UUID, att_id: UUID

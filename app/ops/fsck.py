@@ -49,6 +49,7 @@ import asyncpg
 from app.attachments import keys
 from app.config import Settings
 from app.ops import fsck_repository as repo
+from app.ops import leftovers
 from app.resources import Resources, build_resources
 from app.storage import FilesystemStorage, S3Storage, Storage
 from app.storage.s3 import _is_not_found
@@ -363,6 +364,11 @@ class FsckReport:
     broken: int = 0
     broken_repaired: int = 0
     skipped_busy: int = 0  # repairs skipped because a worker job held the attachment
+    # temp files and unfinished multipart uploads of writers that died (older than the grace)
+    leftovers: int = 0
+    leftovers_removed: int = 0
+    leftover_bytes: int = 0
+    leftover_examples: list[str] = field(default_factory=list)
     examples_limit: int = EXAMPLES
     orphan_examples: list[Orphan] = field(default_factory=list)
     broken_examples: list[BrokenAttachment] = field(default_factory=list)
@@ -370,7 +376,7 @@ class FsckReport:
 
     @property
     def problems(self) -> int:
-        return self.orphans + self.broken + self.unrecognized
+        return self.orphans + self.broken + self.unrecognized + self.leftovers
 
     @property
     def clean(self) -> bool:
@@ -379,7 +385,7 @@ class FsckReport:
     @property
     def unresolved(self) -> int:
         return (self.orphans - self.orphans_removed) + (self.broken - self.broken_repaired) \
-            + self.unrecognized
+            + self.unrecognized + (self.leftovers - self.leftovers_removed)
 
     @property
     def exit_code(self) -> int:
@@ -410,6 +416,11 @@ class FsckReport:
             done = "  -> failed" if b.marked_failed else ""
             lines.append(f"  {b.attachment_id}  {b.state}  missing {', '.join(b.missing)}"
                          f"{done}")
+        if self.leftovers:
+            lines.append(f"leftovers of interrupted writes: {self.leftovers}"
+                         f" ({self.leftover_bytes} bytes"
+                         + (f", removed {self.leftovers_removed})" if self.repair else ")"))
+            lines += [f"  {x}" for x in self.leftover_examples]
         if self.unrecognized:
             lines.append(f"unrecognized keys (never removed): {self.unrecognized}")
             lines += [f"  {k}" for k in self.unrecognized_examples]
@@ -494,6 +505,7 @@ class _Checker:
                 for p in plan_passes(self.res.cache, self.res.store):
                     await self._scan(p)
                 await self._find_broken(scan_started)
+                await self._leftovers()
             finally:
                 try:
                     await repo.drop_scan_tables(conn)
@@ -504,6 +516,20 @@ class _Checker:
         log.info("fsck: %d orphan(s) (%d removed), %d broken (%d repaired), %d unrecognized",
                  r.orphans, r.orphans_removed, r.broken, r.broken_repaired, r.unrecognized)
         return r
+
+    async def _leftovers(self) -> None:
+        for name, leftover in await leftovers.find(self.res, self.grace):
+            self.report.leftovers += 1
+            self.report.leftover_bytes += leftover.size or 0
+            removed = False
+            if self.repair:
+                await leftovers.remove(self.res, name, leftover)
+                self.report.leftovers_removed += 1
+                removed = True
+            if len(self.report.leftover_examples) < self.examples:
+                self.report.leftover_examples.append(
+                    f"{name}: {leftover.name}  age {_human(leftover.age_s)}"
+                    + ("  removed" if removed else ""))
 
     # -- listing and ownership -----------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import re
 from typing import Any, Literal
 
 from .base import (
+    Leftover,
     ObjectInfo,
     Storage,
     StorageObjectNotFound,
@@ -17,6 +18,7 @@ from .s3 import S3Storage, S3StorageError, open_s3_client
 
 __all__ = [
     "FilesystemStorage",
+    "Leftover",
     "ObjectInfo",
     "S3Storage",
     "S3StorageError",

@@ -28,6 +28,18 @@ class ObjectInfo:
     content_type: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Leftover:
+    """What a writer that died left behind: a filesystem temp file, an unfinished S3
+    multipart upload. Never part of any key; removed by the sweep and `stowage fsck` once
+    older than their grace period (a live writer keeps its own young)."""
+
+    name: str          # for reports: the temp file's relative path, or the key and upload id
+    size: int | None   # bytes, where the storage can tell cheaply
+    age_s: float       # since last written (file) or started (multipart upload)
+    ref: str           # the storage's own handle, for remove_leftover
+
+
 class Storage(Protocol):
     """Object storage keyed by '/'-separated relative keys.
 
@@ -36,6 +48,9 @@ class Storage(Protocol):
     """
 
     kind: str
+    # copy_from may share the data between source and copy (a hard link) unless asked for
+    # an independent copy
+    shares_copies: bool
 
     async def write(
         self,
@@ -62,7 +77,12 @@ class Storage(Protocol):
         *,
         content_type: str | None = None,
         metadata: dict[str, str] | None = None,
-    ) -> None: ...
+        independent: bool = False,
+    ) -> None:
+        """Copy an object. A storage may share the data between the two (a hard link)
+        while objects are never changed in place; `independent` asks for a copy that shares
+        nothing, for a source that some writer may still change."""
+        ...
 
     async def delete(self, key: str) -> None: ...
 
@@ -79,6 +99,14 @@ class Storage(Protocol):
         content_type: str | None = None,
         as_attachment: bool = False,
     ) -> str | None: ...
+
+    def list_leftovers(self, older_than: float, keep: frozenset[str] = frozenset()
+                       ) -> AsyncGenerator[Leftover, None]:
+        """Leftovers at least `older_than` seconds old; `keep` names handles still in use
+        (S3 upload ids of tus uploads in progress)."""
+        ...
+
+    async def remove_leftover(self, leftover: Leftover) -> None: ...
 
     async def ping(self) -> None: ...
 

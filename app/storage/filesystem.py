@@ -9,6 +9,7 @@ import itertools
 import os
 import shutil
 import stat as stat_mod
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from app.offload import OrderedOffload
 
 from .base import (
     TEMP_SUFFIX,
+    Leftover,
     ObjectInfo,
     Storage,
     StorageObjectNotFound,
@@ -39,6 +41,7 @@ class FilesystemStorage:
     kind = "file"
     # Chunks from an upload are often small; coalescing them means one thread hop per MiB.
     write_buffer_size = 1 << 20
+    shares_copies = True
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         # Absolute now, so a later chdir cannot silently move the storage.
@@ -124,10 +127,12 @@ class FilesystemStorage:
         *,
         content_type: str | None = None,
         metadata: dict[str, str] | None = None,
+        independent: bool = False,
     ) -> None:
         if isinstance(source, FilesystemStorage):
             src = source.path_for(src_key)
-            await asyncio.to_thread(_copy_local, src, self.path_for(dest_key), src_key)
+            await asyncio.to_thread(_copy_local, src, self.path_for(dest_key), src_key,
+                                    not independent)
             return
         await stream_copy(
             self, source, src_key, dest_key, content_type=content_type, metadata=metadata
@@ -166,6 +171,41 @@ class FilesystemStorage:
     ) -> str | None:
         validate_key(key)
         return None
+
+    async def list_leftovers(self, older_than: float, keep: frozenset[str] = frozenset()
+                             ) -> AsyncGenerator[Leftover, None]:
+        # A writer that is alive keeps writing its temp file (or renames it away within
+        # moments of its last write), so an old mtime means nobody will finish it.
+        for leftover in await asyncio.to_thread(self._find_temp_files, older_than):
+            if leftover.ref not in keep:
+                yield leftover
+
+    async def remove_leftover(self, leftover: Leftover) -> None:
+        path = Path(leftover.ref)
+        if path.parent != self.root and self.root not in path.parents:
+            raise ValueError(f"{path} is not inside {self.root}")
+        if not is_temp_name(path.name):
+            raise ValueError(f"{path} is not a temporary file")
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.unlink, path)
+
+    def _find_temp_files(self, older_than: float) -> list[Leftover]:
+        now = time.time()
+        found = []
+        for dirpath, _, filenames in os.walk(self.root):
+            for name in filenames:
+                if not is_temp_name(name):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:  # its writer finished meanwhile
+                    continue
+                age = now - st.st_mtime
+                if age >= older_than and stat_mod.S_ISREG(st.st_mode):
+                    found.append(Leftover(os.path.relpath(path, self.root), st.st_size,
+                                          age, path))
+        return found
 
     async def ping(self) -> None:
         await asyncio.to_thread(self._check_root)
@@ -344,17 +384,21 @@ def make_dirs(path: Path) -> list[Path]:
     return missing
 
 
-def _copy_local(src: Path, dest: Path, src_key: str) -> None:
+def _copy_local(src: Path, dest: Path, src_key: str, link: bool = True) -> None:
     if not src.is_file():
         raise StorageObjectNotFound(src_key)
     ensure_dir(dest.parent)
     tmp = temp_path_for(dest)
     try:
-        try:
-            # A hard link is instant and safe to share: writes never modify files in place.
-            os.link(src, tmp)
-        except OSError:
-            # Cross-device, hard links unsupported, link limit reached...
+        if link:
+            try:
+                # A hard link is instant and safe to share: objects are never modified in
+                # place (the caller says otherwise with link=False)
+                os.link(src, tmp)
+            except OSError:
+                # Cross-device, hard links unsupported, link limit reached...
+                _copy_file_durably(src, tmp)
+        else:
             _copy_file_durably(src, tmp)
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
@@ -369,7 +413,22 @@ def _copy_local(src: Path, dest: Path, src_key: str) -> None:
 
 def _copy_file_durably(src: Path, tmp: Path) -> None:
     with open(src, "rb") as fsrc, open(tmp, "xb") as fdst:
-        shutil.copyfileobj(fsrc, fdst, 1 << 20)
+        # in the kernel (copy_file_range: a reflink on filesystems that have them), else
+        # through user space
+        try:
+            size = os.fstat(fsrc.fileno()).st_size
+            while size > 0:
+                n = os.copy_file_range(fsrc.fileno(), fdst.fileno(), size)
+                if n == 0:
+                    break
+                size -= n
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            fsrc.seek(0)
+            fdst.seek(0)
+            fdst.truncate()
+            shutil.copyfileobj(fsrc, fdst, 1 << 20)
         fdst.flush()
         os.fsync(fdst.fileno())
 

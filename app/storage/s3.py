@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
 from typing import Any
 
@@ -13,6 +14,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from .base import (
+    Leftover,
     ObjectInfo,
     Storage,
     StorageObjectNotFound,
@@ -72,6 +74,7 @@ async def open_s3_client(
 
 class S3Storage:
     kind = "s3"
+    shares_copies = False
     # Upload part size; doubled every 1000 parts so the 10,000-part limit is never hit.
     part_size = 8 * MiB
     # copy_object refuses sources above 5 GiB; those need a multipart copy.
@@ -96,6 +99,50 @@ class S3Storage:
     def __repr__(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
         return f"S3Storage('s3://{where}')"
+
+    async def list_leftovers(self, older_than: float, keep: frozenset[str] = frozenset()
+                             ) -> AsyncGenerator[Leftover, None]:
+        # Every multipart upload under our prefix is ours; those of tus uploads still in
+        # progress are in `keep` (they may wait for their next PATCH for hours).
+        now = time.time()
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for upload in page.get("Uploads", []):
+                upload_id, key = upload["UploadId"], upload["Key"]
+                age = now - upload["Initiated"].timestamp()
+                if upload_id in keep or age < older_than:
+                    continue
+                # a long upload started long ago may still be sending parts: its age is
+                # that of its newest part
+                age = min(age, await self._since_last_part(key, upload_id, now))
+                if age < older_than:
+                    continue
+                yield Leftover(f"{key} (multipart upload {upload_id[:16]})", None, age,
+                               f"{key}\n{upload_id}")
+
+    async def _since_last_part(self, key: str, upload_id: str, now: float) -> float:
+        newest = 0.0
+        paginator = self.client.get_paginator("list_parts")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Key=key,
+                                                 UploadId=upload_id):
+                for part in page.get("Parts", []):
+                    newest = max(newest, part["LastModified"].timestamp())
+        except ClientError as exc:
+            if _error_code(exc) != "NoSuchUpload":
+                raise
+            return 0.0  # finished or aborted meanwhile: not a leftover
+        return now - newest if newest else float("inf")
+
+    async def remove_leftover(self, leftover: Leftover) -> None:
+        key, _, upload_id = leftover.ref.partition("\n")
+        try:
+            await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
+                                                      UploadId=upload_id)
+        except ClientError as exc:
+            if _error_code(exc) != "NoSuchUpload":  # finished or aborted meanwhile
+                raise
 
     def object_key(self, key: str) -> str:
         """The S3 object key that holds `key`."""
@@ -183,6 +230,7 @@ class S3Storage:
         *,
         content_type: str | None = None,
         metadata: dict[str, str] | None = None,
+        independent: bool = False,  # an S3 copy always is
     ) -> None:
         if isinstance(source, S3Storage) and self._can_copy_server_side(source):
             await self._server_side_copy(source, src_key, dest_key, content_type, metadata)

@@ -781,15 +781,30 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID, *,
             with track_upload("tus") as accepted:
                 profile = res.profiles.get(options.profile or row["profile"])
                 # checked and hashed where it lies, then linked (filesystem) or copied
-                # server-side (S3) to the attachment's key: the bytes are not written again
+                # server-side (S3) to the attachment's key: the bytes are not written again.
+                # Unless a PATCH that lost its lease may still hold the file open
+                # (taken_over): its pwrite or ftruncate must not reach the attachment, so
+                # then a real copy first, and the copy is what is checked and hashed.
                 if row["length"] == 0 and await res.cache.stat(row["storage_key"]) is None:
                     await res.cache.write(row["storage_key"], _nothing())
-                received = await inspect(res.cache, row["storage_key"], profile=profile,
-                                         max_upload_size=res.settings.max_upload_size,
-                                         sha256=sha256)
-                received.key = keys.cache_key(app_id, att_id)
-                await res.cache.copy_from(res.cache, row["storage_key"], received.key,
-                                          content_type=received.mime_type)
+                att_key = keys.cache_key(app_id, att_id)
+                independent = bool(row["taken_over"]) and res.cache.shares_copies
+                if independent:
+                    await res.cache.copy_from(res.cache, row["storage_key"], att_key,
+                                              independent=True)
+                try:
+                    received = await inspect(
+                        res.cache, att_key if independent else row["storage_key"],
+                        profile=profile, max_upload_size=res.settings.max_upload_size,
+                        sha256=None if independent else sha256)
+                except (UploadTooLarge, UnsupportedMediaType, InvalidInput):
+                    if independent:
+                        await res.cache.delete(att_key)
+                    raise
+                received.key = att_key
+                if not independent:
+                    await res.cache.copy_from(res.cache, row["storage_key"], received.key,
+                                              content_type=received.mime_type)
                 await record(res, Staged(app_id=app_id, att_id=att_id, profile=profile.name,
                                          file=received), options)
                 accepted.append(received.size)

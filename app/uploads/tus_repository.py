@@ -10,7 +10,7 @@ import asyncpg
 COLUMNS = (
     "id, app_id, length, upload_offset, profile, options, metadata_header, storage_key,"
     " s3_upload_id, s3_parts, tail_key, tail_size, state, attachment_id, lock_owner,"
-    " lock_until, expires_at, created_at, updated_at, completed_at,"
+    " lock_until, taken_over, expires_at, created_at, updated_at, completed_at,"
     " expires_at < now() AS expired"
 )
 
@@ -36,9 +36,11 @@ async def get_for_app(conn: asyncpg.Connection, app_id: UUID, upload_id: UUID
 
 async def acquire_lease(conn: asyncpg.Connection, app_id: UUID, upload_id: UUID, token: UUID,
                         seconds: float) -> asyncpg.Record | None:
-    """Take the upload's lease if nobody holds a live one; None when missing or held."""
+    """Take the upload's lease if nobody holds a live one; None when missing or held. Taking
+    a lease its holder never released marks the upload taken_over (that holder may live)."""
     return await conn.fetchrow(
-        "UPDATE tus_uploads SET lock_owner = $3, lock_until = now() + make_interval(secs => $4)"
+        "UPDATE tus_uploads SET lock_owner = $3, lock_until = now() + make_interval(secs => $4),"
+        " taken_over = taken_over OR lock_owner IS NOT NULL"
         " WHERE id = $1 AND app_id = $2 AND (lock_until IS NULL OR lock_until < now())"
         f" RETURNING {COLUMNS}",
         upload_id, app_id, token, seconds,

@@ -1,0 +1,67 @@
+"""Leftovers of writers that died: temp files on the filesystem, unfinished multipart uploads
+on S3. Keys never name them, so neither the attachments nor fsck's key scan see them; a crash
+mid-upload or mid-promotion would otherwise leak up to a whole file each time, for good.
+
+Removed by the worker (``sweep_leftovers``, once older than STOWAGE_LEFTOVER_GRACE) and
+reported and removed by ``stowage fsck``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from app.resources import Resources
+from app.storage import Leftover, Storage
+
+log = logging.getLogger(__name__)
+
+
+async def in_use(conn: asyncpg.Connection) -> frozenset[str]:
+    """Handles that look like leftovers but are not: the S3 multipart uploads of tus
+    uploads in progress, which may wait hours for their next PATCH."""
+    rows = await conn.fetch("SELECT s3_upload_id FROM tus_uploads WHERE s3_upload_id IS NOT NULL")
+    return frozenset(r["s3_upload_id"] for r in rows)
+
+
+def storages(res: Resources) -> list[tuple[str, Storage]]:
+    return [("cache", res.cache), ("store", res.store)]
+
+
+async def find(res: Resources, older_than: float) -> list[tuple[str, Leftover]]:
+    """(storage name, leftover) of both storages; each one once, also when the two storages
+    share a root or a bucket."""
+    async with res.pool.acquire() as conn:
+        keep = await in_use(conn)
+    seen: set[str] = set()
+    found = []
+    for name, storage in storages(res):
+        async for leftover in storage.list_leftovers(older_than, keep):
+            if leftover.ref not in seen:
+                seen.add(leftover.ref)
+                found.append((name, leftover))
+    return found
+
+
+async def remove(res: Resources, name: str, leftover: Leftover) -> None:
+    await dict(storages(res))[name].remove_leftover(leftover)
+
+
+async def sweep_leftovers(res: Resources, older_than: float) -> list[Leftover]:
+    """Remove every leftover older than `older_than` seconds; returns them. One worker at a
+    time (an advisory lock): the others skip."""
+    async with res.pool.acquire() as conn:
+        if not await conn.fetchval(
+                "SELECT pg_try_advisory_lock(hashtextextended('leftovers', 0))"):
+            return []
+        try:
+            found = await find(res, older_than)
+            for name, leftover in found:
+                await remove(res, name, leftover)
+                log.info("removed leftover %s of %s (%s bytes, %.0f s old)", leftover.name,
+                         name, leftover.size if leftover.size is not None else "?",
+                         leftover.age_s)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended('leftovers', 0))")
+    return [leftover for _, leftover in found]
