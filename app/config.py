@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     # every 10 minutes
     leftover_grace: int = Field(default=3600, gt=0)
     webhook_timeout: float = Field(default=10.0, gt=0)
+    # Deliveries run beside file work, never in its job slots: at most webhook_concurrency
+    # at once per worker process, at most webhook_endpoint_concurrency at once per endpoint
+    # (all workers together), and a name lookup waits at most webhook_dns_timeout seconds.
+    webhook_concurrency: int = Field(default=10, gt=0)
+    webhook_endpoint_concurrency: int = Field(default=4, gt=0)
+    webhook_dns_timeout: float = Field(default=5.0, gt=0)
     # an endpoint failing this long without a single success is disabled (default 5 days)
     webhook_disable_after: int = Field(default=5 * 24 * 3600, gt=0)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 
 def _parse(spec: str) -> dict[str, float]:
@@ -20,6 +21,13 @@ def _parse(spec: str) -> dict[str, float]:
 
 
 _POINTS = _parse(os.environ.get("STOWAGE_FAILPOINTS", ""))
+
+
+def failpoint_blocking(name: str) -> None:
+    """The same, for code that runs in a thread (a stalled resolver, a stuck disk)."""
+    delay = _POINTS.get(name)
+    if delay:
+        time.sleep(delay)
 
 
 async def failpoint(name: str) -> None:

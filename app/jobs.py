@@ -23,16 +23,24 @@ DELIVER_WEBHOOK = "deliver_webhook"
 REPROCESS = "reprocess"
 
 
+def delivery_queue(queue_name: str) -> str:
+    """Webhook deliveries have a queue of their own, worked by their own job slots: a
+    tenant's dead receiver (hung connections, names that never resolve) cannot hold the
+    slots that promotions and deletions need."""
+    return f"{queue_name}:webhooks"
+
+
 class JobQueue:
     def __init__(self, redis: ArqRedis, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
+        self.delivery_queue_name = delivery_queue(queue_name)
 
     async def _enqueue(self, function: str, job_id: str, *args: object,
-                       defer_by: float | None = None) -> bool:
+                       defer_by: float | None = None, queue: str | None = None) -> bool:
         try:
             job = await self.redis.enqueue_job(
-                function, *args, _job_id=job_id, _queue_name=self.queue_name,
+                function, *args, _job_id=job_id, _queue_name=queue or self.queue_name,
                 _defer_by=defer_by, request_id=request_id_var.get(),
             )
         except Exception as e:  # Redis down: the sweep re-enqueues from Postgres
@@ -58,5 +66,5 @@ class JobQueue:
         # attempts made so far is in the id: each retry is a new job, a re-enqueue is not
         return await self._enqueue(
             DELIVER_WEBHOOK, f"{DELIVER_WEBHOOK}:{delivery_id}:{attempts}", str(delivery_id),
-            defer_by=defer_by,
+            defer_by=defer_by, queue=self.delivery_queue_name,
         )

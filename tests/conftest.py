@@ -109,7 +109,7 @@ async def fresh_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with build_resources(settings) as resources:
         async with resources.pool.acquire() as conn:
             await conn.execute("TRUNCATE apps CASCADE")
-        await resources.redis.delete(settings.queue_name)
+        await resources.redis.delete(settings.queue_name, resources.jobs.delivery_queue_name)
         yield resources
 
 
@@ -194,10 +194,12 @@ async def lose_queued_jobs(redis: Any, queue_name: str) -> list[str]:
     nothing of anyone else's (the Redis database is shared: never FLUSHDB it)."""
     from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
-    ids = [i.decode() for i in await redis.zrange(queue_name, 0, -1)]
-    keys = [queue_name] + [prefix + i for i in ids
-                           for prefix in (job_key_prefix, in_progress_key_prefix,
-                                          retry_key_prefix)]
+    from app.jobs import delivery_queue
+
+    queues = [queue_name, delivery_queue(queue_name)]
+    ids = [i.decode() for q in queues for i in await redis.zrange(q, 0, -1)]
+    keys = queues + [prefix + i for i in ids
+                     for prefix in (job_key_prefix, in_progress_key_prefix, retry_key_prefix)]
     await redis.delete(*keys)
     return ids
 

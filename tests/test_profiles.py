@@ -218,7 +218,7 @@ async def test_aborted_promotion_removes_its_derivatives_too(env, tmp_path):
     r = await post(client, tenant, jpeg_bytes(800, 600), promote="false")
     att_id = r.json()["id"]
     await client.post(f"/v1/attachments/{att_id}/promote", headers=tenant.headers)
-    await res.redis.delete(res.settings.queue_name)
+    await res.redis.delete(res.settings.queue_name, res.jobs.delivery_queue_name)
     task, pausing, real = await _promote_paused(res, uuid.UUID(att_id))
     await client.delete(f"/v1/attachments/{att_id}", headers=tenant.headers)
     pausing.release.set()

@@ -190,14 +190,14 @@ async def test_retry_after_is_honoured_and_410_disables(hooks, receiver):
     receiver.script = [Reply(503, headers={"Retry-After": "120"})]
     await upload(client, tenant, promote="false")
     # one attempt, by hand: a burst worker would wait out the 120 s deferral
-    await res.redis.delete(res.settings.queue_name)
+    await res.redis.delete(res.settings.queue_name, res.jobs.delivery_queue_name)
     [log] = await deliveries(client, tenant, ep["id"])
     assert await webhooks.deliver(res, uuid.UUID(log["id"])) == "retrying"
     [log] = await deliveries(client, tenant, ep["id"])
     due = datetime.fromisoformat(log["next_attempt_at"])
     assert log["status"] == "pending" and (due - datetime.now(UTC)).total_seconds() > 100
     assert await webhooks.deliver(res, uuid.UUID(log["id"])) == "skipped"  # not due yet
-    await res.redis.delete(res.settings.queue_name)
+    await res.redis.delete(res.settings.queue_name, res.jobs.delivery_queue_name)
 
     receiver.script = [Reply(410)]
     await upload(client, tenant, promote="false")

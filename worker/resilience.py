@@ -47,16 +47,20 @@ class Outage:
     """One dependency's up/down state: logs the transitions (and a reminder while down), sets
     its gauge, and hands out the next backoff delay."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, quiet: bool = False) -> None:
         self.name = name
+        self.quiet = quiet  # backoff only: another Outage of the same dependency reports
         self.down_since: float | None = None
         self._reminded = 0.0
         self._delay = BACKOFF_FIRST
-        DEPENDENCY_UP.labels(name).set(1)
+        if not quiet:
+            DEPENDENCY_UP.labels(name).set(1)
 
     def failed(self, exc: BaseException) -> float:
         now = time.monotonic()
-        if self.down_since is None:
+        if self.quiet:
+            self.down_since = self.down_since or now
+        elif self.down_since is None:
             self.down_since = self._reminded = now
             log.warning("%s unreachable (%s: %s); waiting for it, retrying with backoff",
                         self.name, type(exc).__name__, exc)
@@ -64,12 +68,15 @@ class Outage:
             self._reminded = now
             log.warning("%s still unreachable after %.0f s (%s: %s)", self.name,
                         now - self.down_since, type(exc).__name__, exc)
-        DEPENDENCY_UP.labels(self.name).set(0)
+        if not self.quiet:
+            DEPENDENCY_UP.labels(self.name).set(0)
         delay, self._delay = self._delay, min(self._delay * 2, BACKOFF_MAX)
         return delay
 
     def ok(self) -> None:
-        if self.down_since is not None:
+        if self.down_since is not None and self.quiet:
+            self.down_since = None
+        elif self.down_since is not None:
             log.info("%s reachable again after %.1f s", self.name,
                      time.monotonic() - self.down_since)
             self.down_since = None
@@ -80,9 +87,10 @@ class Outage:
 class ResilientWorker(Worker):
     """arq's Worker, with Redis failures waited out instead of ending the process."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, report_outages: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.redis_outage = Outage("redis")
+        # of several workers in one process, one says when Redis goes and comes back
+        self.redis_outage = Outage("redis", quiet=not report_outages)
 
     async def main(self) -> None:
         # Startup (the pool, arq's INFO, our on_startup) needs Redis too: retry it until it

@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 from arq import func
-from arq.worker import Worker
 
 from app import jobs
 from app.config import Settings
@@ -50,10 +49,12 @@ async def sweep_loop(res: Resources, interval: float) -> None:
 
 
 def functions(settings: Settings) -> list[Any]:
-    # Attachment work runs under its own deadline (app.attachments.work: it grows with the
-    # file) and counts its attempts in Postgres, which decides when to give up; arq's timeout
-    # is only an outer guard and its try limit is out of the way. The in-progress key is kept
-    # short by the worker and renewed by running jobs (worker.tasks.heartbeat).
+    """File work: promote, destroy, purge_cache, reprocess.
+
+    Attachment work runs under its own deadline (app.attachments.work: it grows with the
+    file) and counts its attempts in Postgres, which decides when to give up; arq's timeout
+    is only an outer guard and its try limit is out of the way. The in-progress key is kept
+    short by the worker and renewed by running jobs (worker.tasks.heartbeat)."""
     outer = settings.job_timeout_max + 60
     return [
         func(tasks.promote, name=jobs.PROMOTE, timeout=outer, keep_result=0, max_tries=1000),
@@ -62,25 +63,92 @@ def functions(settings: Settings) -> list[Any]:
              max_tries=1000),
         func(tasks.reprocess, name=jobs.REPROCESS, timeout=outer, keep_result=0,
              max_tries=1000),
-        func(tasks.deliver_webhook, name=jobs.DELIVER_WEBHOOK,
-             timeout=min(settings.job_timeout, settings.webhook_timeout + 15), keep_result=0,
-             max_tries=8),
     ]
 
 
-def build_worker(settings: Settings, *, resources: Resources | None = None, burst: bool = False,
-                 handle_signals: bool = True, sweep: bool = True) -> Worker:
-    stack = contextlib.AsyncExitStack()
+def delivery_functions(settings: Settings) -> list[Any]:
+    # A delivery's schedule is in Postgres; arq's tries only count "endpoint busy" put-backs
+    # and our own database trouble.
+    return [
+        func(tasks.deliver_webhook, name=jobs.DELIVER_WEBHOOK,
+             timeout=min(settings.job_timeout, 3 * settings.webhook_timeout + 15),
+             keep_result=0, max_tries=1000),
+    ]
 
-    async def startup(ctx: dict[str, Any]) -> None:
+
+class StowageWorker:
+    """The worker process: two arq workers on one event loop and one set of resources.
+
+    File work and webhook deliveries have queues and job slots of their own
+    (app.jobs.delivery_queue): however many deliveries wait on dead receivers, promotions and
+    deletions keep their STOWAGE_WORKER_MAX_JOBS slots. SIGTERM reaches the file worker (it
+    owns the signal handlers), which then stops the delivery worker the same graceful way."""
+
+    def __init__(self, files: ResilientWorker, deliveries: ResilientWorker,
+                 stack: contextlib.AsyncExitStack, burst: bool) -> None:
+        self.files = files
+        self.deliveries = deliveries
+        self.workers = (files, deliveries)
+        self._stack = stack
+        self._burst = burst
+        if files._handle_signals:
+            files.on_stop = deliveries.handle_sig_wait_for_completion
+
+    async def main(self) -> None:
+        if self._burst:  # file work first: it enqueues the deliveries
+            await self.files.main()
+            await self.deliveries.main()
+            return
+        await self.async_run()
+
+    async def async_run(self) -> None:
+        for w in self.workers:
+            w.main_task = asyncio.ensure_future(w.main())
+        # wait for both (gather would return at the first one cancelled by its signal handler
+        # while the other still finishes its running jobs)
+        await asyncio.wait([w.main_task for w in self.workers])
+
+    def run(self) -> None:
+        loop = self.files.loop
+        try:
+            loop.run_until_complete(self.async_run())
+        finally:
+            loop.run_until_complete(self.close())
+
+    async def close(self) -> None:
+        try:
+            for w in reversed(self.workers):
+                await w.close()
+        finally:
+            await self._stack.aclose()
+
+
+def build_worker(settings: Settings, *, resources: Resources | None = None, burst: bool = False,
+                 handle_signals: bool = True, sweep: bool = True) -> StowageWorker:
+    stack = contextlib.AsyncExitStack()
+    shared: dict[str, Resources] = {}
+    building = asyncio.Lock()
+
+    async def get_resources() -> Resources:
+        async with building:  # both workers start at once; one set of resources for both
+            if "res" not in shared:
+                shared["res"] = resources or await stack.enter_async_context(
+                    build_resources(settings))
+            return shared["res"]
+
+    async def files_startup(ctx: dict[str, Any]) -> None:
         if "resources" in ctx:  # ResilientWorker runs startup again after a failed attempt
             return
-        res = resources or await stack.enter_async_context(build_resources(settings))
+        res = await get_resources()
         ctx["resources"] = res
         ctx["background"] = [asyncio.create_task(watch_dependencies(res.pool))]
         if sweep:
             ctx["background"].append(
                 asyncio.create_task(sweep_loop(res, settings.sweep_interval)))
+
+    async def deliveries_startup(ctx: dict[str, Any]) -> None:
+        if "resources" not in ctx:
+            ctx["resources"] = await get_resources()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for task in ctx.pop("background", []):
@@ -88,31 +156,32 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         ctx.pop("resources", None)
-        await stack.aclose()
 
     rs = redis_settings(settings)
     # A command on a dropped connection is tried once more on a new one; an outage beyond
     # that is waited out by ResilientWorker (with backoff), at start as well.
     rs.retry_on_error = list(REDIS_DOWN)
-    worker = ResilientWorker(
-        functions=functions(settings),
-        queue_name=settings.queue_name,
+    common: dict[str, Any] = dict(
         redis_settings=rs,
-        on_startup=startup,
         on_shutdown=shutdown,
         burst=burst,
-        handle_signals=handle_signals,
         # SIGTERM: finish running jobs (up to the grace period) instead of cancelling them
         job_completion_wait=settings.shutdown_grace,
-        max_jobs=settings.worker_max_jobs,
         job_timeout=settings.job_timeout,
         keep_result=0,
         health_check_interval=30,
         # short: a webhook's latency from commit to receiver includes up to one poll delay
         poll_delay=0.05,
     )
+    files = ResilientWorker(functions=functions(settings), queue_name=settings.queue_name,
+                            on_startup=files_startup, handle_signals=handle_signals,
+                            max_jobs=settings.worker_max_jobs, **common)
+    deliveries = ResilientWorker(functions=delivery_functions(settings),
+                                 queue_name=jobs.delivery_queue(settings.queue_name),
+                                 on_startup=deliveries_startup, handle_signals=False,
+                                 report_outages=False,
+                                 max_jobs=settings.webhook_concurrency, **common)
     # arq would keep a job's in-progress key for its largest timeout (hours, above): a worker
     # killed mid-job would block the job that long. Running jobs renew it instead.
-    worker.in_progress_timeout_s = settings.job_timeout + 10
-    return worker
-
+    files.in_progress_timeout_s = settings.job_timeout + 10
+    return StowageWorker(files, deliveries, stack, burst)

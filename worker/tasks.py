@@ -19,6 +19,7 @@ from app.ops.logs import request_id_var
 from app.resources import Resources
 from app.transient import is_transient
 from app.webhooks import service as webhooks
+from app.webhooks.endpoint_slots import EndpointBusy
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,9 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
                 async with res.pool.acquire() as conn:
                     await work.done(conn, name, target)
             return outcome
+        except EndpointBusy as e:  # not an attempt: the endpoint's slots are all taken
+            outcome = "busy"
+            raise Retry(defer=e.retry_in) from e
         except Exception as e:
             timed_out = isinstance(e, TimeoutError) and deadline is not None \
                 and deadline.expired()

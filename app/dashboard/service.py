@@ -145,15 +145,18 @@ async def overview(res: Resources) -> Overview:
 
 
 async def queue_stats(res: Resources) -> Queue:
-    """The arq queue: how many jobs wait, are due, are deferred, run now. Redis being down is
-    shown, not raised (the overview is what an operator opens during that very incident)."""
-    queue = res.settings.queue_name
+    """The arq queues (file work and webhook deliveries, together): how many jobs wait, are
+    due, are deferred, run now. Redis being down is shown, not raised (the overview is what
+    an operator opens during that very incident)."""
+    queues = (res.jobs.queue_name, res.jobs.delivery_queue_name)
     try:
-        depth = await res.redis.zcard(queue)
-        # arq scores a job by the time it is due (its own ms clock, rounded); deferred retries
-        # wait in the same set
-        due_or_running = await res.redis.zcount(queue, "-inf", timestamp_ms())
-        in_progress, capped = await _in_progress(res, queue)
+        depth = due_or_running = 0
+        for queue in queues:
+            depth += await res.redis.zcard(queue)
+            # arq scores a job by the time it is due (its own ms clock, rounded); deferred
+            # retries wait in the same set
+            due_or_running += await res.redis.zcount(queue, "-inf", timestamp_ms())
+        in_progress, capped = await _in_progress(res, queues)
     except (redis.exceptions.RedisError, OSError) as e:
         log.warning("dashboard: Redis unavailable: %s", e)
         return Queue(False, error=f"{type(e).__name__}: {e}")
@@ -162,11 +165,11 @@ async def queue_stats(res: Resources) -> Queue:
                  in_progress_capped=capped)
 
 
-async def _in_progress(res: Resources, queue: str) -> tuple[int, bool]:
-    """Jobs of this queue running now. arq marks a running job with an in-progress key named
+async def _in_progress(res: Resources, queues: tuple[str, ...]) -> tuple[int, bool]:
+    """Jobs of these queues running now. arq marks a running job with an in-progress key named
     after the job id alone (not the queue), and leaves the job in its queue until it ends: so
-    a key counts when its job is in this queue, which keeps other deployments sharing the
-    Redis out of the count."""
+    a key counts when its job is in one of these queues, which keeps other deployments sharing
+    the Redis out of the count."""
     job_ids: list[str] = []
     # SCAN, never KEYS (which blocks Redis); and stop at some point
     async for key in res.redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
@@ -178,7 +181,8 @@ async def _in_progress(res: Resources, queue: str) -> tuple[int, bool]:
         return 0, False
     async with res.redis.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.zscore(queue, job_id)
+            for queue in queues:
+                pipe.zscore(queue, job_id)
         scores = await pipe.execute()
     return sum(1 for s in scores if s is not None), len(job_ids) >= IN_PROGRESS_SCAN_CAP
 

@@ -10,7 +10,8 @@ from app.resources import Resources
 
 
 async def refresh(res: Resources) -> None:
-    metrics.QUEUE_DEPTH.set(await res.redis.zcard(res.settings.queue_name))
+    metrics.QUEUE_DEPTH.set(await res.redis.zcard(res.jobs.queue_name)
+                            + await res.redis.zcard(res.jobs.delivery_queue_name))
     in_progress = 0
     async for _ in res.redis.scan_iter(match=f"{in_progress_key_prefix}*", count=500):
         in_progress += 1

@@ -16,11 +16,11 @@ def selfcheck(settings: Settings) -> list[str]:
     from app.dashboard import routes as dashboard
     from app.main import create_app
     from app.migrate import migration_files
-    from worker.settings import functions
+    from worker.settings import delivery_functions, functions
 
     api = create_app(settings)
     paths = api.openapi()["paths"]
-    jobs = functions(settings)
+    jobs = functions(settings) + delivery_functions(settings)
     templates = dashboard.template_names()
     for name in templates:
         dashboard.compile_template(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
 import json
 import socket
@@ -15,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from standardwebhooks import Webhook
+
+from app.failpoints import failpoint_blocking
 
 MAX_RESPONSE_BYTES = 16 * 1024
 USER_AGENT = "Stowage-Webhooks/1"
@@ -44,14 +47,34 @@ def is_forbidden_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
             or ip.is_reserved or ip.is_unspecified)
 
 
-async def resolve_public(host: str, port: int, allow_private: bool) -> str:
+# Name lookups of webhook hosts run in threads of their own. asyncio's getaddrinfo uses the
+# loop's default executor, which the storage's file work shares: a tenant's endpoint whose
+# name never resolves (each lookup blocking for the resolver's whole timeout) once filled it
+# and stalled every promotion. Here at most this many lookups block at a time, and each is
+# waited for at most webhook_dns_timeout; a lookup still running past that keeps its thread
+# until the resolver gives up, but no other work waits behind it.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=4,
+                                                  thread_name_prefix="webhook-dns")
+
+
+def _lookup(host: str, port: int) -> list[Any]:
+    failpoint_blocking("webhook.resolve")  # a resolver that hangs, for the isolation tests
+    return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+
+
+async def resolve_public(host: str, port: int, allow_private: bool,
+                         timeout_s: float = 5.0) -> str:
     """An address to connect to; refuses private ones unless allowed. We connect to this very
     address afterwards, so a DNS answer that changes between check and use (rebinding) does
     not get past the check."""
+    lookup = asyncio.get_running_loop().run_in_executor(_RESOLVER, _lookup, host, port)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.wait_for(lookup, timeout_s)
     except socket.gaierror as e:
         raise BlockedDestination(f"cannot resolve {host}: {e}") from None
+    except TimeoutError:
+        raise BlockedDestination(f"cannot resolve {host}: no answer within {timeout_s:g} s"
+                                 ) from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not allow_private:
         bad = [str(a) for a in addresses if is_forbidden_address(a)]
@@ -91,7 +114,8 @@ def _retry_after(value: str | None) -> float | None:
 
 
 async def attempt(http: httpx.AsyncClient, *, url: str, secret: str, msg_id: str,
-                  body: dict[str, Any], allow_private: bool, timeout_s: float) -> AttemptResult:
+                  body: dict[str, Any], allow_private: bool, timeout_s: float,
+                  dns_timeout_s: float = 5.0) -> AttemptResult:
     started = time.monotonic()
 
     def elapsed() -> int:
@@ -102,7 +126,7 @@ async def attempt(http: httpx.AsyncClient, *, url: str, secret: str, msg_id: str
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
-        ip = await resolve_public(host, port, allow_private)
+        ip = await resolve_public(host, port, allow_private, dns_timeout_s)
     except BlockedDestination as e:
         return AttemptResult(None, str(e), elapsed(), None)
     netloc_ip = f"[{ip}]" if ":" in ip else ip

@@ -147,6 +147,11 @@ async def change_with_event(conn: asyncpg.Connection, change: str, args: Sequenc
 
 # --- deliveries ------------------------------------------------------------------------------
 
+async def endpoint_of_delivery(conn: asyncpg.Connection, delivery_id: UUID) -> UUID | None:
+    return await conn.fetchval("SELECT endpoint_id FROM webhook_deliveries WHERE id = $1",
+                               delivery_id)
+
+
 async def claim_delivery(conn: asyncpg.Connection, delivery_id: UUID, lease_s: int
                          ) -> asyncpg.Record | None:
     """Take a due delivery for one attempt. SKIP LOCKED plus the lease on next_attempt_at mean

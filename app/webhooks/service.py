@@ -21,6 +21,7 @@ from app.pagination import Page, page_of
 from app.resources import Resources
 from app.webhooks import delivery as http_delivery
 from app.webhooks import repository as repo
+from app.webhooks.endpoint_slots import endpoint_slot
 from app.webhooks.outbox import EVENT_TYPES, TEST_EVENT, emit
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,17 @@ async def deliver(res: Resources, delivery_id: UUID) -> str:
     # longer than one attempt can take (httpx's timeout is per phase: connect, write, read)
     lease = int(3 * settings.webhook_timeout) + 5
     async with res.pool.acquire() as conn:
+        endpoint_id = await repo.endpoint_of_delivery(conn, delivery_id)
+    if endpoint_id is None:
+        return "skipped"
+    async with endpoint_slot(res.redis, endpoint_id, slots=settings.webhook_endpoint_concurrency,
+                             ttl=lease):
+        return await _attempt(res, delivery_id, lease)
+
+
+async def _attempt(res: Resources, delivery_id: UUID, lease: int) -> str:
+    settings = res.settings
+    async with res.pool.acquire() as conn:
         claimed = await repo.claim_delivery(conn, delivery_id, lease)
     if claimed is None:
         return "skipped"
@@ -190,6 +202,7 @@ async def deliver(res: Resources, delivery_id: UUID) -> str:
         res.http, url=claimed["url"], secret=claimed["secret"],
         msg_id=f"msg_{claimed['event_id']}", body=claimed["body"],
         allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout,
+        dns_timeout_s=settings.webhook_dns_timeout,
     )
     metrics.WEBHOOK_SECONDS.observe(result.duration_ms / 1000)
     metrics.WEBHOOK_DELIVERIES.labels(
