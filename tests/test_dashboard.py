@@ -411,6 +411,7 @@ async def test_a_replaced_attachment_links_its_successor(env):
     slot = {"record_type": "user", "record_id": "9", "record_name": "avatar"}
     old = await upload(c, env.tenant, **slot)
     new = await upload(c, env.tenant, **slot)
+    await run_worker(res)  # the new one replaces the old one when it is stored
     assert (await row(res, old["id"]))["state"] == "deleted"
     async with res.pool.acquire() as conn:  # recorded by attachments.service once wired
         if not [a for a in await activity.list_for(conn, UUID(old["id"]))

@@ -76,14 +76,22 @@ async def test_delete_marks_at_once_and_removes_every_file(client, tenant, res, 
                                 headers=tenant.headers)).status_code == 202
 
 
-async def test_slot_replacement_deletes_the_old_one(client, tenant, res, storage_files):
+async def test_slot_replacement_deletes_the_old_one_when_the_new_is_stored(
+        client, tenant, res, storage_files):
     slot = {"record_type": "user", "record_id": "1", "record_name": "avatar"}
     first = await upload(client, tenant, b"first", **slot)
     await run_worker(res)
     second = await upload(client, tenant, b"second", **slot)
-    assert (await state_of(client, tenant, first["id"]))["state"] == "deleted"
+    # until the new one is stored, the old one stays current and served
+    assert (await state_of(client, tenant, first["id"]))["state"] == "stored"
+    r = await client.get(f"/v1/attachments/{first['id']}/content", headers=tenant.headers)
+    assert r.content == b"first"
     await run_worker(res)
     assert (await state_of(client, tenant, second["id"]))["state"] == "stored"
+    old = await state_of(client, tenant, first["id"])
+    assert old["state"] == "deleted"
+    assert old["error"] == {"code": "replaced", "detail": f"replaced by {second['id']}"}
+    await run_worker(res)  # the old one's destroy
     cache, store = await storage_files()
     assert cache == [] and len(store) == 1 and second["id"] in store[0]
     r = await client.get("/v1/attachments?record_type=user&record_id=1&record_name=avatar"
@@ -91,14 +99,61 @@ async def test_slot_replacement_deletes_the_old_one(client, tenant, res, storage
     assert [a["id"] for a in r.json()["items"]] == [second["id"]]
 
 
-async def test_concurrent_uploads_into_one_slot_leave_one_live(client, tenant, res):
+async def test_a_failed_replacement_leaves_the_current_one(client, tenant, res, tmp_path):
+    """A corrupt image replacing a stored avatar: the new one fails, the old one stays."""
+    from tests.helpers import jpeg_bytes
+
+    slot = {"record_type": "user", "record_id": "100", "record_name": "avatar"}
+    prof = res.profiles
+    # a profile with derivatives, so that an image that does not decode fails
+    from app.profiles import load_profiles
+    profiles_file = tmp_path / "profiles.toml"
+    profiles_file.write_text(
+        '[profiles.avatar]\ntypes = ["image/*"]\n'
+        '[profiles.avatar.derivatives.thumb]\nwidth = 20\nheight = 20\n')
+    res.profiles = load_profiles(profiles_file)
+    try:
+        cat = await upload(client, tenant, jpeg_bytes(), profile="avatar", **slot)
+        await run_worker(res)
+        assert (await state_of(client, tenant, cat["id"]))["state"] == "stored"
+        corrupt = jpeg_bytes()[:200]  # sniffs as JPEG, does not decode
+        bad = await upload(client, tenant, corrupt, profile="avatar", **slot)
+        await run_worker(res)
+        assert (await state_of(client, tenant, bad["id"]))["state"] == "failed"
+        assert (await state_of(client, tenant, cat["id"]))["state"] == "stored"
+        # promote=false: the old one stays until the new one is promoted and stored
+        later = await upload(client, tenant, jpeg_bytes(30, 30), profile="avatar",
+                             promote="false", **slot)
+        await run_worker(res)
+        assert (await state_of(client, tenant, cat["id"]))["state"] == "stored"
+        await client.post(f"/v1/attachments/{later['id']}/promote", headers=tenant.headers)
+        await run_worker(res)
+        assert (await state_of(client, tenant, later["id"]))["state"] == "stored"
+        assert (await state_of(client, tenant, cat["id"]))["error"]["code"] == "replaced"
+    finally:
+        res.profiles = prof
+
+
+async def test_concurrent_uploads_into_one_slot_leave_the_last_one(client, tenant, res):
+    """Six uploads at once, then their promotions at once, in any order: the one uploaded
+    last is stored, every other one is deleted (replaced)."""
     slot = {"record_type": "doc", "record_id": "5", "record_name": "scan"}
-    results = await asyncio.gather(*[upload(client, tenant, f"v{i}".encode(), **slot)
-                                     for i in range(6)])
+    results = await asyncio.gather(*[upload(client, tenant, f"v{i}".encode(), promote="false",
+                                            **slot) for i in range(6)])
+    ids = [uuid.UUID(r["id"]) for r in results]
     async with res.pool.acquire() as conn:
-        live = await conn.fetchval(
-            "SELECT count(*) FROM attachments WHERE record_id = '5' AND state <> 'deleted'")
-    assert live == 1 and len(results) == 6
+        last = await conn.fetchval("SELECT id FROM attachments WHERE record_id = '5'"
+                                   " ORDER BY created_at DESC, id DESC LIMIT 1")
+    for att_id in reversed(ids):
+        await client.post(f"/v1/attachments/{att_id}/promote", headers=tenant.headers)
+    outcomes = await asyncio.gather(*[service.promote(res, att_id) for att_id in ids])
+    assert outcomes.count("stored") >= 1
+    async with res.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT id, state, error FROM attachments WHERE record_id = '5'")
+    states = {r["id"]: r["state"] for r in rows}
+    assert states[last] == "stored"
+    assert [s for i, s in states.items() if i != last] == ["deleted"] * 5
+    assert all(r["error"]["code"] == "replaced" for r in rows if r["id"] != last)
 
 
 async def test_unpromoted_upload_expires_after_ttl(client, tenant, res, storage_files):
@@ -197,21 +252,39 @@ async def test_delete_during_promotion_aborts_and_cleans_up(client, tenant, res,
     assert await storage_files() == ([], [])
 
 
-async def test_replace_during_promotion_aborts_old_and_keeps_new(client, tenant, res,
-                                                                 storage_files):
+async def test_replace_during_promotion_keeps_the_old_until_the_new_is_stored(
+        client, tenant, res, storage_files):
     slot = {"record_type": "user", "record_id": "3", "record_name": "avatar"}
     old = await upload(client, tenant, b"old", promote="false", **slot)
     await client.post(f"/v1/attachments/{old['id']}/promote", headers=tenant.headers)
     task, pausing, real = await _promote_paused(res, uuid.UUID(old["id"]))
     new = await upload(client, tenant, b"new", **slot)
     pausing.release.set()
-    assert await task == "aborted"
+    assert await task == "stored"  # the new one is not stored yet: the old one is current
     res.store = real
     await run_worker(res)
     assert (await state_of(client, tenant, old["id"]))["state"] == "deleted"
     assert (await state_of(client, tenant, new["id"]))["state"] == "stored"
+    await run_worker(res)
     cache, store = await storage_files()
     assert cache == [] and len(store) == 1 and new["id"] in store[0]
+
+
+async def test_an_older_upload_stored_after_a_newer_one_is_replaced_at_once(
+        client, tenant, res, storage_files):
+    slot = {"record_type": "user", "record_id": "4", "record_name": "avatar"}
+    older = await upload(client, tenant, b"older", promote="false", **slot)
+    newer = await upload(client, tenant, b"newer", **slot)
+    await run_worker(res)
+    assert (await state_of(client, tenant, newer["id"]))["state"] == "stored"
+    await client.post(f"/v1/attachments/{older['id']}/promote", headers=tenant.headers)
+    await run_worker(res)
+    got = await state_of(client, tenant, older["id"])
+    assert got["state"] == "deleted" and got["error"]["code"] == "replaced"
+    assert (await state_of(client, tenant, newer["id"]))["state"] == "stored"
+    await run_worker(res)
+    cache, store = await storage_files()
+    assert cache == [] and len(store) == 1 and newer["id"] in store[0]
 
 
 async def test_same_promotion_twice_at_once_stores_exactly_one_file(client, tenant, res,

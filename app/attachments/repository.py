@@ -73,15 +73,37 @@ async def lock_slot(
     )
 
 
-async def delete_live_in_slot(
-    conn: asyncpg.Connection, app_id: UUID, record_type: str, record_id: str, record_name: str
-) -> list[asyncpg.Record]:
+async def newer_stored_in_slot(conn: asyncpg.Connection, row: asyncpg.Record
+                               ) -> asyncpg.Record | None:
+    """The slot's stored attachment, when it was uploaded after `row`: `row` lost."""
+    return await conn.fetchrow(
+        "SELECT id FROM attachments WHERE app_id = $1 AND record_type = $2 AND record_id = $3"
+        " AND record_name = $4 AND state = 'stored' AND (created_at, id) > ($5, $6)",
+        row["app_id"], row["record_type"], row["record_id"], row["record_name"],
+        row["created_at"], row["id"],
+    )
+
+
+async def lock_if_cached(conn: asyncpg.Connection, att_id: UUID, cached_key: str) -> bool:
+    """Lock the row for the transaction when it is still the cached upload it was."""
+    return bool(await conn.fetchval(
+        "SELECT true FROM attachments WHERE id = $1 AND state = 'cached' AND key = $2"
+        " FOR UPDATE", att_id, cached_key))
+
+
+async def replace_older_in_slot(conn: asyncpg.Connection, row: asyncpg.Record
+                                ) -> list[asyncpg.Record]:
+    """`row` just became stored: the slot's attachments uploaded before it, the current one
+    and pending ones alike, are deleted (error.code replaced)."""
+    error = {"code": "replaced", "detail": f"replaced by {row['id']}"}
     return await conn.fetch(
         "UPDATE attachments SET state = 'deleted', deleted_at = now(), updated_at = now(),"
-        " generation = generation + 1"
+        " generation = generation + 1, error = $7"
         " WHERE app_id = $1 AND record_type = $2 AND record_id = $3 AND record_name = $4"
-        f" AND state <> 'deleted' RETURNING {COLUMNS}",
-        app_id, record_type, record_id, record_name,
+        " AND state IN ('stored', 'cached') AND (created_at, id) < ($5, $6)"
+        f" RETURNING {COLUMNS}",
+        row["app_id"], row["record_type"], row["record_id"], row["record_name"],
+        row["created_at"], row["id"], error,
     )
 
 

@@ -67,9 +67,11 @@ async def discard(res: Resources, staged: Staged) -> None:
 
 
 async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyncpg.Record:
-    """Write the row for a staged file (replacing the slot's attachment), then enqueue.
+    """Write the row for a staged file and its attachment.cached event, then enqueue.
 
-    On any error the staged file is removed, so a refused upload leaves nothing behind.
+    An upload into a record slot does not touch the slot's current attachment: it replaces it
+    when it becomes stored (see promote). On any error the staged file is removed, so a
+    refused upload leaves nothing behind.
     """
     try:
         prof = res.profiles.get(options.profile or staged.profile)
@@ -78,22 +80,19 @@ async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyn
                                   max_upload_size=res.settings.max_upload_size,
                                   metadata=staged.file.metadata)
         cache_ttl = prof.cache_ttl or res.settings.default_cache_ttl
-        row, replaced, deliveries = await _insert_replacing_slot(res, staged, options, prof.name,
-                                                                 cache_ttl)
+        row, deliveries = await _insert(res, staged, options, prof.name, cache_ttl)
     except BaseException:
         await discard(res, staged)
         raise
     await dispatch(res, deliveries)
-    for old in replaced:
-        await res.jobs.destroy(old["id"])
     if options.promote:
         await res.jobs.promote(row["id"], row["generation"])
     return row
 
 
-async def _insert_replacing_slot(res: Resources, staged: Staged, options: UploadOptions,
-                                 profile: str, cache_ttl: int
-                                 ) -> tuple[asyncpg.Record, list[asyncpg.Record], list[UUID]]:
+async def _insert(res: Resources, staged: Staged, options: UploadOptions, profile: str,
+                  cache_ttl: int) -> tuple[asyncpg.Record, list[UUID]]:
+    """The row and its event in one statement."""
     slot = options.record
     values = dict(
         id=staged.att_id, app_id=staged.app_id, profile=profile,
@@ -106,23 +105,8 @@ async def _insert_replacing_slot(res: Resources, staged: Staged, options: Upload
         record_name=slot.name if slot else None,
         promote=options.promote, cache_ttl=cache_ttl,
     )
-    now = datetime.now(UTC)
-    if not slot:  # nothing to replace: the row and its event in one statement
-        async with res.pool.acquire() as conn:
-            row, deliveries = await insert_attachment(conn, values, now, res.links)
-        return row, [], deliveries
-    async with res.pool.acquire() as conn, conn.transaction():
-        await repo.lock_slot(conn, staged.app_id, slot.type, slot.id, slot.name)
-        replaced = await repo.delete_live_in_slot(
-            conn, staged.app_id, slot.type, slot.id, slot.name
-        )
-        row = await repo.insert(conn, now, **values)
-        for old in replaced:
-            await activity.record(conn, old["id"], "replaced", {"by": str(staged.att_id)})
-        deliveries = [d for old in replaced
-                      for d in await emit_attachment(conn, "attachment.deleted", old, res.links)]
-        deliveries += await emit_attachment(conn, "attachment.cached", row, res.links)
-        return row, replaced, deliveries
+    async with res.pool.acquire() as conn:
+        return await insert_attachment(conn, values, datetime.now(UTC), res.links)
 
 
 async def upload(res: Resources, app_id: UUID, chunks: AsyncIterable[bytes],
@@ -254,19 +238,61 @@ async def promote(res: Resources, att_id: UUID) -> str:
             return await _fail(res, conn, row, PermanentError(e.code, e.detail))
         await failpoint("promote.after_copy")
         async with conn.transaction():
-            stored = await repo.mark_stored(conn, att_id, cached_key, store_key, derivatives)
-            if stored is not None:
-                deliveries = await emit_attachment(conn, "attachment.stored", stored, res.links)
+            stored, replaced, deliveries = await _store_in_slot(res, conn, row, store_key,
+                                                                derivatives)
         if stored is None:
             # replaced or deleted meanwhile: what this run wrote belongs to nobody
             await activity.record(conn, att_id, "promotion.aborted",
                                   {"reason": "replaced or deleted while it was promoted"})
             await _remove(res.store, written)
+            await dispatch(res, deliveries)
+            for old in replaced:
+                await res.jobs.destroy(old["id"])
             return "aborted"
     metrics.PROMOTION_LAG.observe((stored["stored_at"] - stored["created_at"]).total_seconds())
     await dispatch(res, deliveries)
+    for old in replaced:
+        await res.jobs.destroy(old["id"])
     await purge_cache(res, att_id)
     return "stored"
+
+
+async def _store_in_slot(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,
+                         store_key: str, derivatives: dict[str, Any]
+                         ) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[UUID]]:
+    """The compare-and-set of a promotion, and the slot's replacement in the same
+    transaction: (the stored row or None, the attachments it replaced, deliveries).
+
+    Of a slot's uploads the one uploaded last wins: it replaces every earlier one when it is
+    stored, and an earlier one finding it stored already is replaced itself instead."""
+    att_id, deliveries = row["id"], []
+    if row["record_type"] is not None:
+        await repo.lock_slot(conn, row["app_id"], row["record_type"], row["record_id"],
+                             row["record_name"])
+        newer = await repo.newer_stored_in_slot(conn, row)
+        if newer is not None:
+            lost = await repo.mark_deleted(conn, att_id, {
+                "code": "replaced", "detail": f"replaced by {newer['id']}"})
+            if lost is not None:
+                await activity.record(conn, att_id, "replaced", {"by": str(newer["id"])})
+                deliveries = await emit_attachment(conn, "attachment.deleted", lost, res.links)
+                return None, [lost], deliveries
+            return None, [], []
+    replaced: list[asyncpg.Record] = []
+    if row["record_type"] is not None:
+        # the slot's current attachment goes before this one is stored (one stored per slot),
+        # so first make sure this one will be: locked, and still the upload it was
+        if not await repo.lock_if_cached(conn, att_id, row["key"]):
+            return None, [], []
+        replaced = await repo.replace_older_in_slot(conn, row)
+        for old in replaced:
+            await activity.record(conn, old["id"], "replaced", {"by": str(att_id)})
+            deliveries += await emit_attachment(conn, "attachment.deleted", old, res.links)
+    stored = await repo.mark_stored(conn, att_id, row["key"], store_key, derivatives)
+    if stored is None:
+        return None, [], []
+    deliveries += await emit_attachment(conn, "attachment.stored", stored, res.links)
+    return stored, replaced, deliveries
 
 
 async def _build_derivatives(res: Resources, row: asyncpg.Record, source: Storage, key: str,
