@@ -49,8 +49,9 @@ def validate_url(url: str, allow_private: bool) -> str:
     except ValueError:
         literal = None  # a name: checked when resolved, at every delivery
     if literal is not None and not allow_private and http_delivery.is_forbidden_address(literal):
-        raise InvalidInput("url points to a private, loopback or link-local address",
-                           field="url")
+        raise InvalidInput("url points to an address that is not globally routable (private,"
+                           " loopback, link-local, shared, multicast…); set"
+                           " STOWAGE_WEBHOOK_ALLOW_PRIVATE=true to allow it", field="url")
     return url
 
 
