@@ -29,7 +29,14 @@ _BEYOND_ANY_FILE = 10**_MAX_DIGITS
 
 
 def _position(digits: str) -> int:
-    return int(digits) if len(digits) <= _MAX_DIGITS else _BEYOND_ANY_FILE
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= _MAX_DIGITS else _BEYOND_ANY_FILE
+
+
+def _less(a: str, b: str) -> bool:
+    """a < b for numerals of any length (exact, also where _position caps both)."""
+    a, b = a.lstrip("0"), b.lstrip("0")
+    return (len(a), a) < (len(b), b)
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -59,10 +66,10 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             if length > 0:  # a suffix of an empty file is satisfiable: the empty file
                 satisfiable.append((max(size - length, 0), size - 1))
             continue
+        if last and _less(last, first):
+            return None  # invalid, which makes the whole header invalid
         start = _position(first)
         end = _position(last) if last else size - 1
-        if last and end < start:
-            return None  # invalid, which makes the whole header invalid
         if start < size:
             satisfiable.append((start, min(end, size - 1)))
     if not satisfiable:
