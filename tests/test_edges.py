@@ -3,10 +3,17 @@ signed links honoured across instances with other settings, and tus answers when
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from urllib.parse import parse_qs, urlsplit
+
 import pytest
+from itsdangerous import TimestampSigner
 
 from app.attachments.downloads import parse_range
+from app.attachments.links import Links
 from app.errors import RangeNotSatisfiable
+from tests.conftest import api_client
 
 # --- Range (RFC 9110 §14.1.1): only ASCII digits; invalid is ignored, unsatisfiable is 416 -------
 
@@ -74,3 +81,37 @@ def test_an_empty_file_has_no_satisfiable_range_but_a_suffix():
         with pytest.raises(RangeNotSatisfiable):
             parse_range(header, 0)
     assert parse_range("bytes=-5", 0) is None  # satisfiable: the whole (empty) file
+
+
+# --- signed links: the expiry is the issuing instance's promise --------------------------------
+
+async def test_a_link_lasts_what_the_issuing_instance_promised(res, tenant):
+    """Two API instances with different STOWAGE_DOWNLOAD_URL_TTL: each honours the other's
+    links for as long as the other promised, no longer and no shorter."""
+    settings = res.settings
+    short_lived = dataclasses.replace(res, links=Links(settings.public_url,
+                                                       settings.signing_key, ttl=1))
+    async with api_client(res) as long_api, api_client(short_lived) as short_api:
+        long_att = await raw_upload(long_api, tenant, BODY)  # an hour
+        short_att = await raw_upload(short_api, tenant, BODY)  # a second
+        await asyncio.sleep(2.1)
+        r = await short_api.get(long_att["url"])
+        assert r.status_code == 200 and r.content == BODY
+        r = await long_api.get(short_att["url"])
+        assert r.status_code == 403 and "expired" in r.json()["detail"]
+
+
+async def test_old_and_malformed_tokens_are_403_not_500(client, tenant, res):
+    att = await raw_upload(client, tenant, BODY)
+    subject = f"{att['id']}/"
+    # the former format: the signing time, checked against the receiver's TTL
+    former = TimestampSigner(res.settings.signing_key, salt="stowage.download", sep=".")
+    old = former.sign(subject).decode()[len(subject) + 1:]
+    token = parse_qs(urlsplit(att["url"]).query)["token"][0]
+    expires, _, signature = token.partition(".")
+    for bad in [old, "", ".", "..", "a.b.c", expires, f".{signature}", f"{expires}..{signature}",
+                f"{signature}.{expires}", f"AAAAAAAAAAAAAAAAAAAAAAAAAAAAA.{signature}",
+                "\u00e9.\u00e9", "%ff.%00"]:
+        r = await client.get(f"/v1/attachments/{att['id']}/content", params={"token": bad})
+        assert r.status_code == 403, bad
+        assert r.headers["content-type"] == "application/problem+json"
