@@ -80,6 +80,21 @@ def test_the_expiry_travels_in_the_link_not_in_the_receiving_instances_settings(
         short_lived.verify(long_token, att)
 
 
+def test_links_for_events_last_the_event_ttl_and_the_others_do_not():
+    clock = Clock()
+    links = Links("https://files.example", b"k" * 32, ttl=60, event_ttl=3600, clock=clock)
+    att = uuid.uuid4()
+    in_event = token_of(links.for_events().derivative_url(att, "thumb"))
+    in_answer = token_of(links.derivative_url(att, "thumb"))
+    clock.now += 3600
+    links.verify(in_event, att, "thumb")
+    with pytest.raises(Forbidden, match="expired"):
+        links.verify(in_answer, att, "thumb")
+    assert links.ttl == 60  # for_events() left the API's own links alone
+    # an event_ttl below the TTL (a schedule of no retries) still gets the TTL
+    assert Links("https://files.example", b"k" * 32, ttl=60, event_ttl=5).event_ttl == 60
+
+
 def test_links_of_the_former_format_fail_closed():
     """Links that carried their signing time (checked against the receiver's TTL) are
     refused as not valid, not taken for links with an expiry."""

@@ -16,6 +16,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.attachments import service
 from app.auth import service as auth
+from app.resources import event_link_ttl
 from app.sweep import sweep
 from app.webhooks import service as webhooks
 from app.webhooks.delivery import BlockedDestination, is_forbidden_address, resolve_public
@@ -30,6 +31,7 @@ from tests.conftest import (
     run_worker,
     wait_for,
 )
+from tests.helpers import jpeg_bytes
 from tests.receiver import Receiver, Reply
 
 
@@ -184,6 +186,58 @@ async def test_gives_up_after_the_last_delay_then_manual_retry(hooks, receiver):
     [log] = await deliveries(client, tenant, ep["id"])
     assert log["status"] == "delivered" and log["attempts"] == 5
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
+
+
+def test_links_in_events_outlast_the_default_retry_schedule(tmp_path, database_url):
+    settings = make_settings(tmp_path, database_url, webhook_retry_delays=(
+        "5,30,120,600,1800,3600,10800,21600,43200"), download_url_ttl=3600, webhook_timeout=10)
+    schedule = sum(settings.retry_delays)  # about 22.7 h, before jitter
+    assert event_link_ttl(settings) >= schedule * 1.2 + 10 * 35 + 3600
+
+
+THUMBS = """
+[profiles.pictures]
+types = ["image/*"]
+
+[profiles.pictures.derivatives.thumb]
+width = 32
+height = 32
+format = "png"
+"""
+
+
+async def test_the_links_of_an_event_work_when_its_last_retry_arrives(tmp_path, database_url,
+                                                                      receiver):
+    """Links in events outlive the retry schedule: here a link lasts 1 s, and the event
+    arrives on its second attempt, 4 s (±20 %) after the first."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(THUMBS)
+    settings = make_settings(tmp_path, database_url, profiles_file=str(profiles),
+                             download_url_ttl=1, webhook_retry_delays="4", webhook_timeout=0.5)
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        new = await auth.create_app(res.pool, "links")
+        tenant = AppKey(new.app_id, new.api_key)
+        await subscribe(client, tenant, receiver.url, events=["attachment.stored"])
+        receiver.script = [Reply(500)]
+        r = await client.post("/v1/attachments", headers=tenant.headers,
+                              data={"profile": "pictures"},
+                              files={"file": ("red.jpg", jpeg_bytes(), "image/jpeg")})
+        assert r.status_code == 201, r.text
+        await run_worker(res)  # promotion, the failed attempt, and the retry
+        first, second = receiver.received
+        assert second.at - first.at >= 3  # a link signed as the API signs them is dead by now
+        event = second.json
+        assert event["type"] == "attachment.stored"
+        urls = [event["data"]["url"]] + [d["url"] for d in event["data"]["derivatives"].values()]
+        assert len(urls) == 2
+        for url in urls:
+            r = await client.get(url)
+            assert r.status_code == 200, (url, r.text)
+        # the API's own answers keep the short TTL
+        att = (await client.get(f"/v1/attachments/{event['data']['id']}",
+                                headers=tenant.headers)).json()
+        await asyncio.sleep(2.1)
+        assert (await client.get(att["url"])).status_code == 403
 
 
 async def test_retry_after_is_honoured_and_410_disables(hooks, receiver):

@@ -7,6 +7,7 @@ would cut a link short, or stretch it, on an instance configured differently).""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from uuid import UUID
@@ -36,12 +37,22 @@ class Links:
     encoding, the signature over the attachment id, the derivative name and the expiry. The
     id and the name are in the link's path already, so the token does not carry them."""
 
-    def __init__(self, public_url: str, secret: bytes, ttl: int, *,
+    def __init__(self, public_url: str, secret: bytes, ttl: int, *, event_ttl: int = 0,
                  clock: Callable[[], float] = time.time) -> None:
         self.base = public_url.rstrip("/")
         self.ttl = ttl
+        self.event_ttl = max(event_ttl, ttl)
         self.clock = clock
         self._signer = Signer(secret, salt=SALT, sep=".")
+
+    def for_events(self) -> Links:
+        """The links to put in a webhook event: signed for ``event_ttl``, so that they still
+        work when the event's last retry arrives. An event's body is written once and sent
+        as is on every attempt (and is what an event feed would return), so its links cannot
+        be signed anew per attempt."""
+        links = copy.copy(self)  # shares the signer
+        links.ttl = self.event_ttl
+        return links
 
     def _token(self, att_id: UUID, derivative: str | None) -> str:
         expires = base64_encode(int_to_bytes(link_expiry(self.clock(), self.ttl))).decode()
