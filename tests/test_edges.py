@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import secrets
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 from itsdangerous import TimestampSigner
 
 from app.attachments.downloads import parse_range
 from app.attachments.links import Links
+from app.auth import service as auth
 from app.errors import RangeNotSatisfiable
-from tests.conftest import api_client
+from app.main import create_app
+from tests.conftest import AppKey, api_client, fresh_resources, make_settings
+from tests.s3_fault_proxy import S3FaultProxy
 
 # --- Range (RFC 9110 §14.1.1): only ASCII digits; invalid is ignored, unsatisfiable is 416 -------
 
@@ -115,3 +120,74 @@ async def test_old_and_malformed_tokens_are_403_not_500(client, tenant, res):
         r = await client.get(f"/v1/attachments/{att['id']}/content", params={"token": bad})
         assert r.status_code == 403, bad
         assert r.headers["content-type"] == "application/problem+json"
+
+
+# --- tus: S3 failing answers 503 + Retry-After, with the tus and CORS headers ------------------
+
+ORIGIN = "https://app.example"
+TUS = {"Tus-Resumable": "1.0.0", "Origin": ORIGIN}
+OCTETS = {"Content-Type": "application/offset+octet-stream"}
+
+
+@pytest.fixture
+async def tus_s3(tmp_path, database_url, moto_endpoint, s3_client, fast_botocore_backoff):
+    """The tus routes over an S3 cache behind a fault proxy: (client, tenant, proxy)."""
+    bucket = f"tus-{secrets.token_hex(4)}"
+    await s3_client.create_bucket(Bucket=bucket)
+    with S3FaultProxy(moto_endpoint) as proxy:
+        settings = make_settings(tmp_path, database_url, cache_url=f"s3://{bucket}",
+                                 s3_endpoint_url=proxy.url, s3_region="us-east-1")
+        async with fresh_resources(settings) as res:
+            app = create_app(settings, res)
+            app.state.resources = res  # ASGITransport does not run the lifespan
+            # what escapes the app must come back as the response a browser would get
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                new = await auth.create_app(res.pool, "tus-s3")
+                yield client, AppKey(new.app_id, new.api_key), proxy
+            proxy.clear()
+
+
+def assert_retryable_for_browsers(r: httpx.Response) -> None:
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"].isdigit()
+    assert r.headers["tus-resumable"] == "1.0.0"
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert "Upload-Offset" in r.headers["access-control-expose-headers"]
+    if r.request.method != "HEAD":
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["status"] == 503
+
+
+async def test_tus_answers_an_s3_outage_with_503_and_its_headers(tus_s3):
+    client, tenant, proxy = tus_s3
+    headers = {**TUS, **tenant.headers}
+    r = await client.post("/v1/tus/", headers={**headers, "Upload-Length": "10"})
+    assert r.status_code == 201
+    url = urlsplit(r.headers["location"]).path
+
+    proxy.fail_always(503)
+    r = await client.patch(url, content=b"0123", headers={**headers, **OCTETS,
+                                                          "Upload-Offset": "0"})
+    assert_retryable_for_browsers(r)
+    # creation-with-upload: the upload exists, and the answer says where
+    r = await client.post("/v1/tus/", content=b"0123", headers={**headers, **OCTETS,
+                                                                "Upload-Length": "10"})
+    assert_retryable_for_browsers(r)
+    assert "/v1/tus/" in r.headers["location"]
+    proxy.clear()
+
+    r = await client.head(url, headers=headers)
+    assert r.status_code == 200 and r.headers["upload-offset"] == "0"
+    # every byte arrives, but S3 fails while the upload becomes an attachment
+    proxy.fail_always(503, method="GET")
+    r = await client.patch(url, content=b"0123456789", headers={**headers, **OCTETS,
+                                                                "Upload-Offset": "0"})
+    assert_retryable_for_browsers(r)
+    r = await client.head(url, headers=headers)  # HEAD finishes the completion: S3 still down
+    assert_retryable_for_browsers(r)
+    proxy.clear()
+    r = await client.head(url, headers=headers)
+    assert r.status_code == 200 and r.headers["upload-offset"] == "10"
+    assert r.headers["stowage-attachment-id"]
+    assert r.headers["access-control-allow-origin"] == ORIGIN
