@@ -20,6 +20,7 @@ from app.media.render import allow_pixels
 from app.profiles import Profiles, load_profiles
 from app.storage import Storage, open_s3_client, storage_from_url
 from app.uploads.running_digests import RunningDigests
+from app.webhooks.schedule import delivery_horizon
 
 
 @dataclass
@@ -44,6 +45,13 @@ def redis_settings(settings: Settings) -> RedisSettings:
     rs.conn_retries = 0
     rs.retry_on_timeout = True
     return rs
+
+
+def event_link_ttl(settings: Settings) -> int:
+    """How long the links in a webhook event work: the usual TTL, counted from the end of the
+    event's last automatic attempt."""
+    return (delivery_horizon(settings.retry_delays, settings.webhook_timeout)
+            + settings.download_url_ttl)
 
 
 @contextlib.asynccontextmanager
@@ -86,5 +94,6 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
             profiles=profiles,
             http=http,
             watcher=watcher,
-            links=Links(settings.public_url, settings.signing_key, settings.download_url_ttl),
+            links=Links(settings.public_url, settings.signing_key, settings.download_url_ttl,
+                        event_ttl=event_link_ttl(settings)),
         )

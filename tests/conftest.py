@@ -22,6 +22,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from botocore.retries.standard import ExponentialBackoff
 from moto.server import ThreadedMotoServer
 
 from app.auth import service as auth
@@ -263,6 +264,15 @@ async def wait_for(predicate, within: float = 10.0, interval: float = 0.1) -> An
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+def fast_botocore_backoff(monkeypatch):
+    """botocore's standard mode sleeps up to 1+2+4+8 s between its 5 attempts; a hundredth of
+    that keeps these tests fast without changing what is retried or how often."""
+    original = ExponentialBackoff.delay_amount
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount",
+                        lambda self, context: original(self, context) / 100)
 
 
 @pytest.fixture

@@ -174,8 +174,8 @@ async def test_signed_url_works_without_the_key_and_refuses_tampering(client, te
 
 
 async def test_signed_url_expires(client, tenant, res):
-    att = await upload(client, tenant, b"short-lived")
     res.links.ttl = 1
+    att = await upload(client, tenant, b"short-lived")
     await asyncio.sleep(2.1)
     r = await client.get(att["url"])
     assert r.status_code == 403 and "expired" in r.json()["detail"]

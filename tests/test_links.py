@@ -6,6 +6,7 @@ import uuid
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from itsdangerous import TimestampSigner
 
 from app.attachments.links import Links
 from app.errors import Forbidden
@@ -43,14 +44,79 @@ def test_tampered_tokens_and_other_secrets_are_refused():
         Links("https://files.example", b"j" * 32, ttl=60).verify(token, att)
 
 
-def test_links_expire(monkeypatch):
-    links = Links("https://files.example", b"k" * 32, ttl=60)
+class Clock:
+    def __init__(self, now: float = 1_750_000_000.5) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_links_expire():
+    clock = Clock()
+    links = Links("https://files.example", b"k" * 32, ttl=60, clock=clock)
     att = uuid.uuid4()
     token = token_of(links.content_url(att))
-    now = links._signer.get_timestamp()
-    monkeypatch.setattr(links._signer, "get_timestamp", lambda: now + 61)
+    clock.now += 60
+    links.verify(token, att)
+    clock.now += 1
     with pytest.raises(Forbidden, match="expired"):
         links.verify(token, att)
+
+
+def test_the_expiry_travels_in_the_link_not_in_the_receiving_instances_settings():
+    clock = Clock()
+    long_lived = Links("https://files.example", b"k" * 32, ttl=7200, clock=clock)
+    short_lived = Links("https://files.example", b"k" * 32, ttl=60, clock=clock)
+    att = uuid.uuid4()
+    long_token = token_of(long_lived.content_url(att))
+    short_token = token_of(short_lived.derivative_url(att, "thumb"))
+    clock.now += 3600
+    short_lived.verify(long_token, att)  # what the issuing instance promised
+    with pytest.raises(Forbidden, match="expired"):
+        long_lived.verify(short_token, att, "thumb")
+    clock.now += 3601
+    with pytest.raises(Forbidden, match="expired"):
+        short_lived.verify(long_token, att)
+
+
+def test_links_for_events_last_the_event_ttl_and_the_others_do_not():
+    clock = Clock()
+    links = Links("https://files.example", b"k" * 32, ttl=60, event_ttl=3600, clock=clock)
+    att = uuid.uuid4()
+    in_event = token_of(links.for_events().derivative_url(att, "thumb"))
+    in_answer = token_of(links.derivative_url(att, "thumb"))
+    clock.now += 3600
+    links.verify(in_event, att, "thumb")
+    with pytest.raises(Forbidden, match="expired"):
+        links.verify(in_answer, att, "thumb")
+    assert links.ttl == 60  # for_events() left the API's own links alone
+    # an event_ttl below the TTL (a schedule of no retries) still gets the TTL
+    assert Links("https://files.example", b"k" * 32, ttl=60, event_ttl=5).event_ttl == 60
+
+
+def test_links_of_the_former_format_fail_closed():
+    """Links that carried their signing time (checked against the receiver's TTL) are
+    refused as not valid, not taken for links with an expiry."""
+    links = Links("https://files.example", b"k" * 32, ttl=60)
+    att = uuid.uuid4()
+    old = TimestampSigner(b"k" * 32, salt="stowage.download", sep=".")
+    subject = f"{att}/"
+    token = old.sign(subject).decode()[len(subject) + 1:]
+    with pytest.raises(Forbidden, match="not valid"):
+        links.verify(token, att)
+
+
+def test_the_same_file_and_expiry_give_the_same_link():
+    # what a later change relies on to round the expiry up to a window that caches can keep
+    clock = Clock()
+    links = Links("https://files.example", b"k" * 32, ttl=60, clock=clock)
+    att = uuid.uuid4()
+    first = links.content_url(att)
+    clock.now += 0.4  # the same second
+    assert links.content_url(att) == first
+    clock.now += 1
+    assert links.content_url(att) != first
 
 
 def test_the_url_names_the_file_and_the_token_is_short():

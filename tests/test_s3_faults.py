@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from arq import Retry
-from botocore.retries.standard import ExponentialBackoff
 
 from app.attachments import keys, service
 from app.auth import service as auth
@@ -33,15 +32,6 @@ from worker import tasks
 MiB = 1024 * 1024
 PART_UPLOAD = "partNumber="  # UploadPart: PUT /bucket/key?partNumber=N&uploadId=…
 COPY_SOURCE = "x-amz-copy-source"  # CopyObject: PUT with this header
-
-
-@pytest.fixture
-def fast_botocore_backoff(monkeypatch):
-    """botocore's standard mode sleeps up to 1+2+4+8 s between its 5 attempts; a hundredth of
-    that keeps these tests fast without changing what is retried or how often."""
-    original = ExponentialBackoff.delay_amount
-    monkeypatch.setattr(ExponentialBackoff, "delay_amount",
-                        lambda self, context: original(self, context) / 100)
 
 
 @dataclass

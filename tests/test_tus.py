@@ -638,8 +638,10 @@ async def test_the_sha256_is_right_however_the_upload_went(env_factory, backend,
     assert (await patch(env, url, 0, data[:part])).status_code == 204
     r = await patch(env, url, part, data[part:2 * part], Upload_Checksum=_sha256_b64(b"x"))
     assert r.status_code == 460
-    with pytest.raises(httpx.ReadError):
-        await patch(env, url, part, _broken_body(data[part:part + part // 2 + 7]))
+    # the tus routes answer whatever escapes them (here the transport's error: a server
+    # would see ClientDisconnect), so that the answer carries the tus and CORS headers
+    r = await patch(env, url, part, _broken_body(data[part:part + part // 2 + 7]))
+    assert r.status_code == 500 and r.headers["tus-resumable"] == "1.0.0"
     offset = int((await head(env, url)).headers["upload-offset"])
     assert part < offset <= part + part // 2 + 7
     att = await finish(url, offset)

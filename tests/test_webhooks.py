@@ -4,6 +4,7 @@ surviving Redis and worker loss, filters, tenants, SSRF, disabling, and the long
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import time
@@ -15,8 +16,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.attachments import service
 from app.auth import service as auth
+from app.resources import event_link_ttl
 from app.sweep import sweep
 from app.webhooks import service as webhooks
+from app.webhooks.delivery import BlockedDestination, is_forbidden_address, resolve_public
 from tests.conftest import (
     AppKey,
     api_client,
@@ -28,6 +31,7 @@ from tests.conftest import (
     run_worker,
     wait_for,
 )
+from tests.helpers import jpeg_bytes
 from tests.receiver import Receiver, Reply
 
 
@@ -184,6 +188,58 @@ async def test_gives_up_after_the_last_delay_then_manual_retry(hooks, receiver):
     assert len({r.headers["webhook-id"] for r in receiver.received}) == 1
 
 
+def test_links_in_events_outlast_the_default_retry_schedule(tmp_path, database_url):
+    settings = make_settings(tmp_path, database_url, webhook_retry_delays=(
+        "5,30,120,600,1800,3600,10800,21600,43200"), download_url_ttl=3600, webhook_timeout=10)
+    schedule = sum(settings.retry_delays)  # about 22.7 h, before jitter
+    assert event_link_ttl(settings) >= schedule * 1.2 + 10 * 35 + 3600
+
+
+THUMBS = """
+[profiles.pictures]
+types = ["image/*"]
+
+[profiles.pictures.derivatives.thumb]
+width = 32
+height = 32
+format = "png"
+"""
+
+
+async def test_the_links_of_an_event_work_when_its_last_retry_arrives(tmp_path, database_url,
+                                                                      receiver):
+    """Links in events outlive the retry schedule: here a link lasts 1 s, and the event
+    arrives on its second attempt, 4 s (±20 %) after the first."""
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(THUMBS)
+    settings = make_settings(tmp_path, database_url, profiles_file=str(profiles),
+                             download_url_ttl=1, webhook_retry_delays="4", webhook_timeout=0.5)
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        new = await auth.create_app(res.pool, "links")
+        tenant = AppKey(new.app_id, new.api_key)
+        await subscribe(client, tenant, receiver.url, events=["attachment.stored"])
+        receiver.script = [Reply(500)]
+        r = await client.post("/v1/attachments", headers=tenant.headers,
+                              data={"profile": "pictures"},
+                              files={"file": ("red.jpg", jpeg_bytes(), "image/jpeg")})
+        assert r.status_code == 201, r.text
+        await run_worker(res)  # promotion, the failed attempt, and the retry
+        first, second = receiver.received
+        assert second.at - first.at >= 3  # a link signed as the API signs them is dead by now
+        event = second.json
+        assert event["type"] == "attachment.stored"
+        urls = [event["data"]["url"]] + [d["url"] for d in event["data"]["derivatives"].values()]
+        assert len(urls) == 2
+        for url in urls:
+            r = await client.get(url)
+            assert r.status_code == 200, (url, r.text)
+        # the API's own answers keep the short TTL
+        att = (await client.get(f"/v1/attachments/{event['data']['id']}",
+                                headers=tenant.headers)).json()
+        await asyncio.sleep(2.1)
+        assert (await client.get(att["url"])).status_code == 403
+
+
 async def test_retry_after_is_honoured_and_410_disables(hooks, receiver):
     res, client, tenant = hooks
     ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
@@ -265,6 +321,64 @@ async def test_ssrf_guard_refuses_private_destinations(hooks, receiver):
     assert receiver.received == []
     [log] = await deliveries(client, tenant, ep["id"])
     assert log["status"] == "failed" and "private" in log["last_error"]
+
+
+NOT_GLOBAL = [
+    "100.64.0.1", "100.100.100.200",  # carrier-grade NAT (100.100.100.200: a cloud's metadata)
+    "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "0.0.0.0",
+    "192.0.2.1", "198.18.0.1", "240.0.0.1", "255.255.255.255", "224.0.0.1", "239.1.2.3",
+    "::", "::1", "fe80::1", "fc00::1", "fec0::1", "2001:db8::1", "ff02::1", "ff0e::1",
+    "100::1", "4000::1",
+    "::ffff:127.0.0.1", "::ffff:100.64.0.1", "::ffff:169.254.169.254",  # IPv4-mapped
+    "::a9fe:a9fe", "::127.0.0.1",  # IPv4-compatible (deprecated)
+    "2002:a9fe:a9fe::1", "2002:7f00:1::", "2002:6440:1::1", "2002:a00:1::",  # 6to4
+    "64:ff9b::a9fe:a9fe", "64:ff9b::6440:1", "64:ff9b::7f00:1",  # NAT64 (RFC 6052)
+    "64:ff9b:1::a00:1",  # NAT64, local-use prefix (RFC 8215)
+    "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    "2001:0:808:808:0:f227:f7f7:f7f7",  # Teredo, server and client both public
+]
+GLOBAL = ["8.8.8.8", "1.1.1.1", "2001:4860:4860::8888", "2606:4700::1111",
+          "::ffff:8.8.8.8", "2002:808:808::1", "64:ff9b::808:808"]
+
+
+@pytest.mark.parametrize("address", NOT_GLOBAL)
+def test_addresses_that_are_not_globally_routable_are_forbidden(address):
+    assert is_forbidden_address(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", GLOBAL)
+def test_globally_routable_addresses_are_allowed(address):
+    assert not is_forbidden_address(ipaddress.ip_address(address))
+
+
+async def test_delivery_refuses_what_resolves_to_a_forbidden_address_unless_allowed():
+    for host in ("100.100.100.200", "2002:a9fe:a9fe::1", "64:ff9b::a9fe:a9fe"):
+        with pytest.raises(BlockedDestination, match="private"):
+            await resolve_public(host, 80, allow_private=False)
+        assert await resolve_public(host, 80, allow_private=True) == host
+
+
+@pytest.mark.settings(webhook_allow_private=False)
+async def test_registration_refuses_cgnat_6to4_and_nat64_literals(hooks):
+    _, client, tenant = hooks
+    for url in ["http://100.64.0.1/hook", "http://100.100.100.200/latest/meta-data",
+                "http://[2002:a9fe:a9fe::1]/hook", "http://[64:ff9b::a9fe:a9fe]/hook",
+                "http://[::ffff:100.64.0.1]/hook",
+                "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/"]:
+        r = await client.post("/v1/webhook-endpoints", headers=tenant.headers, json={"url": url})
+        assert r.status_code == 422, url
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "private" in r.json()["detail"]
+    ep = await subscribe(client, tenant, "https://[2002:808:808::1]/hook")
+    r = await client.patch(f"/v1/webhook-endpoints/{ep['id']}", headers=tenant.headers,
+                           json={"url": "http://100.64.0.1/hook"})
+    assert r.status_code == 422
+
+
+async def test_allow_private_still_allows_them(hooks):
+    _, client, tenant = hooks  # the tests' settings allow private destinations
+    await subscribe(client, tenant, "http://100.64.0.1/hook")
+    await subscribe(client, tenant, "http://[2002:a9fe:a9fe::1]/hook")
 
 
 async def test_deleted_and_failed_events(hooks, receiver):

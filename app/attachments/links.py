@@ -1,13 +1,31 @@
 """Signed, expiring download links: they work without the API key, so a browser can load a
-file from an <img> tag; a tampered or expired link is refused (403)."""
+file from an <img> tag; a tampered or expired link is refused (403).
+
+A link carries its own expiry, signed: whichever API instance receives it honours what the
+issuing one promised, whatever its own STOWAGE_DOWNLOAD_URL_TTL (a TTL checked on receipt
+would cut a link short, or stretch it, on an instance configured differently)."""
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable
 from uuid import UUID
 
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
+from itsdangerous import Signer
+from itsdangerous.encoding import base64_decode, base64_encode, bytes_to_int, int_to_bytes
 
 from app.errors import Forbidden
+
+# Another salt than the links that carried their signing time ("stowage.download", checked
+# against the receiving instance's TTL): those no longer verify, so they fail closed (403).
+SALT = "stowage.download.expires"
+
+
+def link_expiry(now: float, ttl: int) -> int:
+    """The Unix time at which a link signed at ``now`` for ``ttl`` seconds stops working:
+    the one place that decides it."""
+    return int(now) + ttl
 
 
 def _subject(att_id: UUID, derivative: str | None) -> str:
@@ -15,18 +33,31 @@ def _subject(att_id: UUID, derivative: str | None) -> str:
 
 
 class Links:
-    """The token is ``<timestamp>.<signature>`` over the attachment id and derivative name.
-    Those are in the link's path already, so the token does not carry them (nor JSON, nor
-    the zlib attempt of itsdangerous' serializers: two links are signed on every upload)."""
+    """The token is ``<expiry>.<signature>``: the expiry in itsdangerous' compact integer
+    encoding, the signature over the attachment id, the derivative name and the expiry. The
+    id and the name are in the link's path already, so the token does not carry them."""
 
-    def __init__(self, public_url: str, secret: bytes, ttl: int) -> None:
+    def __init__(self, public_url: str, secret: bytes, ttl: int, *, event_ttl: int = 0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.base = public_url.rstrip("/")
         self.ttl = ttl
-        self._signer = TimestampSigner(secret, salt="stowage.download", sep=".")
+        self.event_ttl = max(event_ttl, ttl)
+        self.clock = clock
+        self._signer = Signer(secret, salt=SALT, sep=".")
+
+    def for_events(self) -> Links:
+        """The links to put in a webhook event: signed for ``event_ttl``, so that they still
+        work when the event's last retry arrives. An event's body is written once and sent
+        as is on every attempt (and is what an event feed would return), so its links cannot
+        be signed anew per attempt."""
+        links = copy.copy(self)  # shares the signer
+        links.ttl = self.event_ttl
+        return links
 
     def _token(self, att_id: UUID, derivative: str | None) -> str:
-        subject = _subject(att_id, derivative)
-        return self._signer.sign(subject).decode()[len(subject) + 1:]
+        expires = base64_encode(int_to_bytes(link_expiry(self.clock(), self.ttl))).decode()
+        signature = self._signer.get_signature(f"{_subject(att_id, derivative)}.{expires}")
+        return f"{expires}.{signature.decode()}"
 
     def content_url(self, att_id: UUID) -> str:
         return f"{self.base}/v1/attachments/{att_id}/content?token={self._token(att_id, None)}"
@@ -36,12 +67,11 @@ class Links:
         return f"{self.base}/v1/attachments/{att_id}/derivatives/{name}?token={token}"
 
     def verify(self, token: str, att_id: UUID, derivative: str | None = None) -> None:
-        signed = f"{_subject(att_id, derivative)}.{token}"
-        try:
-            self._signer.unsign(signed, max_age=self.ttl)
-        except SignatureExpired:
+        expires, _, signature = token.partition(".")
+        # a token signed for another file lands here too: its signature does not match
+        if not self._signer.verify_signature(f"{_subject(att_id, derivative)}.{expires}",
+                                             signature):
+            raise Forbidden("this download link is not valid for this file")
+        if int(self.clock()) > bytes_to_int(base64_decode(expires)):
             raise Forbidden("this download link has expired; fetch the attachment for a new"
-                            " one") from None
-        except (BadSignature, ValueError, TypeError):
-            # a token signed for another file lands here too: its signature does not match
-            raise Forbidden("this download link is not valid for this file") from None
+                            " one")

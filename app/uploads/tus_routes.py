@@ -7,21 +7,18 @@ browser clients such as Uppy need; OPTIONS answers without an API key (CORS pref
 from __future__ import annotations
 
 import email.utils
-import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any
 from uuid import UUID
 
-import redis.exceptions
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from app.api_common import PROBLEM, path_id
-from app.db import CONNECTION_ERRORS
 from app.deps import current_app_id, resources
-from app.errors import MalformedRequest, ServiceUnavailable, StowageError
+from app.errors import MalformedRequest
+from app.problems import error_response
 from app.resources import Resources
 from app.uploads import tus
 from app.uploads.tus import (
@@ -35,9 +32,6 @@ from app.uploads.tus import (
     UploadStatus,
 )
 
-log = logging.getLogger(__name__)
-
-PROBLEM_JSON = "application/problem+json"
 CORS_ALLOW_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
 CORS_ALLOW_HEADERS = (
     "Authorization, Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata,"
@@ -49,8 +43,6 @@ CORS_EXPOSE_HEADERS = (
     " Tus-Extension, Upload-Metadata, Upload-Expires, Stowage-Attachment-Id"
 )
 CORS_MAX_AGE = "86400"
-_UNAVAILABLE = (*CONNECTION_ERRORS, redis.exceptions.ConnectionError,
-                redis.exceptions.TimeoutError)
 
 
 def _cors_headers(request: Request) -> dict[str, str]:
@@ -66,19 +58,11 @@ def _cors_headers(request: Request) -> dict[str, str]:
     }
 
 
-def _problem(exc: StowageError, request: Request) -> JSONResponse:
-    headers = dict(getattr(exc, "tus_headers", None) or {})
-    if exc.status == 412:
-        headers["Tus-Version"] = TUS_VERSION
-    if isinstance(exc, ServiceUnavailable):
-        headers["Retry-After"] = "5"
-    return JSONResponse(exc.problem(instance=request.url.path), status_code=exc.status,
-                        media_type=PROBLEM_JSON, headers=headers)
-
-
 class TusRoute(APIRoute):
-    """Adds the tus and CORS headers to every response, errors included (the app-wide error
-    handlers know nothing of them)."""
+    """Adds the tus and CORS headers to every response, errors included: whatever escapes
+    the handler (a domain error, Postgres, Redis or S3 down, a bug) is answered here, with
+    the app's own mapping, rather than by the app-wide handlers, which know nothing of these
+    headers. Without them a browser sees an opaque CORS failure, not a 503 to retry."""
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
@@ -86,12 +70,11 @@ class TusRoute(APIRoute):
         async def tus_handler(request: Request) -> Response:
             try:
                 response = await handler(request)
-            except StowageError as exc:
-                response = _problem(exc, request)
-            except _UNAVAILABLE as exc:
-                log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
-                response = _problem(ServiceUnavailable(
-                    "a dependency (Postgres or Redis) is unreachable; retry"), request)
+            except Exception as exc:
+                response = error_response(request, exc)
+                response.headers.update(getattr(request.state, "tus_error_headers", {}))
+                if response.status_code == 412:
+                    response.headers["Tus-Version"] = TUS_VERSION
             if request.method != "OPTIONS":
                 response.headers["Tus-Resumable"] = TUS_VERSION
             response.headers.update(_cors_headers(request))
@@ -118,7 +101,8 @@ TUS_ERRORS: dict[int | str, dict[str, Any]] = {
     412: {"description": "Tus-Resumable 1.0.0 missing (see Tus-Version)", **PROBLEM},
     422: {"description": "Invalid input", **PROBLEM},
     423: {"description": "Another request is writing this upload; retry", **PROBLEM},
-    503: {"description": "Postgres or Redis unreachable; retry after Retry-After", **PROBLEM},
+    503: {"description": "Postgres, Redis or storage unreachable; retry after Retry-After",
+          **PROBLEM},
 }
 COMPLETION_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "Over Upload-Length, or larger than the profile allows", **PROBLEM},
@@ -253,13 +237,11 @@ async def create_upload(
                               metadata_header=request.headers.get("upload-metadata"))
     location = _location(res, status.id)
     if with_body and content_length != 0 and status.offset < status.length:
-        try:
-            status = await tus.append(res, app_id, status.id, offset=0, chunks=request.stream(),
-                                      content_length=content_length, checksum=checksum)
-        except StowageError as exc:
-            # the upload exists: tell the client where, so it can resume
-            exc.tus_headers = {"Location": location}  # type: ignore[attr-defined]
-            raise
+        # the upload exists: should the bytes fail, the error tells the client where it is,
+        # so it can resume
+        request.state.tus_error_headers = {"Location": location}
+        status = await tus.append(res, app_id, status.id, offset=0, chunks=request.stream(),
+                                  content_length=content_length, checksum=checksum)
     return Response(status_code=201, headers={"Location": location, **_status_headers(status)})
 
 

@@ -40,11 +40,33 @@ class AttemptResult:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
+# RFC 6052's well-known NAT64 prefix: the last 32 bits are the IPv4 address a NAT64 gateway on
+# the path connects to. Its local-use sibling (RFC 8215) is an operator's own translator, and
+# where it puts the IPv4 address depends on the operator's prefix length: never allowed.
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_forbidden_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast
-            or ip.is_reserved or ip.is_unspecified)
+    """True unless ``ip`` is globally routable. An IPv6 address that carries an IPv4 one
+    (IPv4-mapped, NAT64, 6to4, Teredo) is judged by that IPv4 address as well, since the host
+    or a relay on the way turns it into IPv4 traffic to that address: 2002:a9fe:a9fe:: reaches
+    169.254.169.254 wherever a 6to4 relay answers."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        v4 = ip.ipv4_mapped
+        if v4 is None and ip in NAT64:
+            v4 = ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+        if v4 is not None:  # these stand for the IPv4 address and nothing else
+            return is_forbidden_address(v4)
+        if ip in NAT64_LOCAL or ip.is_site_local:  # site-local: deprecated, never global
+            return True
+        embedded = [ip.sixtofour] if ip.sixtofour else list(ip.teredo or ())
+        if any(is_forbidden_address(a) for a in embedded):
+            return True
+    # is_global leaves out 100.64.0.0/10 (carrier-grade NAT) and the other special-purpose
+    # ranges; it still counts multicast and (IPv6) unassigned space as global, which a
+    # webhook has no business reaching either.
+    return not ip.is_global or ip.is_multicast or ip.is_reserved
 
 
 # Name lookups of webhook hosts run in threads of their own. asyncio's getaddrinfo uses the
@@ -80,8 +102,9 @@ async def resolve_public(host: str, port: int, allow_private: bool,
         bad = [str(a) for a in addresses if is_forbidden_address(a)]
         if bad:
             raise BlockedDestination(
-                f"{host} resolves to a private, loopback, link-local or multicast address"
-                f" ({', '.join(bad)}); set STOWAGE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+                f"{host} resolves to an address that is not globally routable (private,"
+                f" loopback, link-local, shared, multicast…: {', '.join(bad)});"
+                " set STOWAGE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
             )
     return str(addresses[0])
 

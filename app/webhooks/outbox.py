@@ -35,7 +35,7 @@ def _body(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 async def emit_attachment(conn: asyncpg.Connection, event_type: str, row: Any,
                           links: Links) -> list[UUID]:
-    return await emit(conn, row["app_id"], event_type, present(row, links),
+    return await emit(conn, row["app_id"], event_type, present(row, links.for_events()),
                       attachment_id=row["id"])
 
 
@@ -44,7 +44,7 @@ async def insert_attachment(conn: asyncpg.Connection, values: dict[str, Any], no
     """A new attachment (in no record slot) and its attachment.cached event, in one statement:
     the event describes the row as INSERT makes it, which is known beforehand. Returns the
     row and the delivery ids to enqueue."""
-    data = present(attachments_repo.as_inserted(values, now), links)
+    data = present(attachments_repo.as_inserted(values, now), links.for_events())
     row = await repo.change_with_event(
         conn, attachments_repo.INSERT, attachments_repo.insert_args(values, now), uuid7(),
         values["app_id"], "attachment.cached", values["id"], _body("attachment.cached", data))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import random
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,12 +22,11 @@ from app.webhooks import delivery as http_delivery
 from app.webhooks import repository as repo
 from app.webhooks.endpoint_slots import endpoint_slot
 from app.webhooks.outbox import EVENT_TYPES, TEST_EVENT, emit
+from app.webhooks.schedule import attempt_lease, next_delay
 
 log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 2048
-RETRY_AFTER_CAP_S = 24 * 3600
-JITTER = 0.2
 
 
 def new_secret() -> str:
@@ -50,8 +48,9 @@ def validate_url(url: str, allow_private: bool) -> str:
     except ValueError:
         literal = None  # a name: checked when resolved, at every delivery
     if literal is not None and not allow_private and http_delivery.is_forbidden_address(literal):
-        raise InvalidInput("url points to a private, loopback or link-local address",
-                           field="url")
+        raise InvalidInput("url points to an address that is not globally routable (private,"
+                           " loopback, link-local, shared, multicast…); set"
+                           " STOWAGE_WEBHOOK_ALLOW_PRIVATE=true to allow it", field="url")
     return url
 
 
@@ -161,22 +160,10 @@ async def dispatch(res: Resources, delivery_ids: list[UUID]) -> None:
         await res.jobs.deliver_webhook(delivery_id, 0)
 
 
-def next_delay(delays: list[int], attempts: int, retry_after: float | None) -> float | None:
-    """Seconds until the next attempt after `attempts` tries, or None when they are spent."""
-    if attempts > len(delays):
-        return None
-    base = delays[attempts - 1]
-    delay = base * random.uniform(1 - JITTER, 1 + JITTER)  # spread retries of an outage
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, RETRY_AFTER_CAP_S))
-    return delay
-
-
 async def deliver(res: Resources, delivery_id: UUID) -> str:
     """Make one attempt of a due delivery. Idempotent: not due or taken → "skipped"."""
     settings = res.settings
-    # longer than one attempt can take (httpx's timeout is per phase: connect, write, read)
-    lease = int(3 * settings.webhook_timeout) + 5
+    lease = attempt_lease(settings.webhook_timeout)
     async with res.pool.acquire() as conn:
         endpoint_id = await repo.endpoint_of_delivery(conn, delivery_id)
     if endpoint_id is None:
