@@ -17,7 +17,7 @@ from app.ids import uuid7
 from app.resources import Resources
 from app.uploads import presigned_repository as repo
 from app.uploads.ingest import Received, inspect
-from app.uploads.options import UploadOptions
+from app.uploads.options import UploadOptions, check_text
 
 PRESIGN_TTL_S = 3600
 # objects of expired presigns get this much longer, for uploads still in flight at expiry
@@ -33,6 +33,7 @@ def _require_s3(res: Resources) -> None:
 async def create(res: Resources, app_id: UUID, *, filename: str | None, size: int,
                  profile: str | None) -> dict[str, Any]:
     _require_s3(res)
+    check_text("filename", filename)  # kept in presigned_uploads until registration
     prof = res.profiles.get(profile)
     limit = prof.size_limit(res.settings.max_upload_size)
     if size > limit:
