@@ -110,6 +110,26 @@ async def test_tus_record_over_the_index_limit_is_refused_at_creation(client, te
     await assert_nothing_written(res, storage_files)
 
 
+async def test_a_stored_tus_upload_with_options_now_refused_is_dropped(client, tenant, res,
+                                                                       storage_files):
+    """An upload created before the limits existed (its options were never checked against
+    them) is refused at completion like a refused file, not retried with 500s forever."""
+    r = await client.post("/v1/tus/", headers={**tenant.headers, **TUS, "Upload-Length": "5",
+                                               "Upload-Metadata": tus_metadata(SLOT)})
+    assert r.status_code == 201, r.text
+    location = r.headers["location"]
+    async with res.pool.acquire() as conn:
+        options = await conn.fetchval("SELECT options FROM tus_uploads")
+        options["record"][1] = secrets.token_urlsafe(2250)
+        await conn.execute("UPDATE tus_uploads SET options = $1", options)
+    r = await client.patch(location, content=b"12345", headers={
+        **tenant.headers, **TUS, **OCTETS, "Upload-Offset": "0"})
+    assert_refused(r, "record_id")
+    r = await client.head(location, headers={**tenant.headers, **TUS})
+    assert r.status_code == 404
+    await assert_nothing_written(res, storage_files)
+
+
 async def test_longest_record_slot_fits_the_index(client, tenant, res):
     """The limits are characters; even four-byte ones at every limit make an index entry
     Postgres accepts, for the upload and for the promotion that replaces the slot."""
