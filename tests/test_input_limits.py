@@ -237,6 +237,21 @@ async def test_deep_nesting_within_the_size_limit_never_reaches_the_parser(
     await assert_nothing_written(res, storage_files)
 
 
+# --- multipart boundary (item 9) ----------------------------------------------------------------
+
+@pytest.mark.parametrize(("length", "status"), [(70, 201), (256, 201), (257, 400), (5000, 400)])
+async def test_multipart_boundary_length(client, tenant, res, storage_files, length, status):
+    boundary = ("b" * length)
+    body = multipart_body(boundary, [("file", "f.txt", DATA)])
+    r = await client.post("/v1/attachments", content=body, headers={
+        **tenant.headers, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "boundary" in r.json()["detail"] and "256" in r.json()["detail"]
+        await assert_nothing_written(res, storage_files)
+
+
 # --- JSON registration of a presigned upload (items 6, 7, 8, 10) -------------------------------
 
 async def presigned_object(client: httpx.AsyncClient, tenant: Any) -> str:
