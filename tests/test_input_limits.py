@@ -318,6 +318,37 @@ async def test_json_registration_metadata_parsing_is_safe(s3_env, body):
     assert await rows(res, "attachments") == 0
 
 
+@pytest.mark.parametrize("cached_key", [
+    "", "../x", "..", "/abs/upload", "a//b", "a\\b", "x\x00y", "made/up/key",
+    "00000000-0000-0000-0000-000000000000/00000000-0000-0000-0000-000000000000/upload",
+    "x" * 100_000,
+])
+async def test_json_registration_refuses_invalid_cached_keys(s3_env, s3_client, cached_key):
+    res, client, tenant, cache_bucket, _ = s3_env
+    key = await presigned_object(client, tenant)
+    r = await client.post("/v1/attachments", headers=tenant.headers,
+                          json={"cached_key": cached_key})
+    assert_refused(r, "cached_key")
+    assert await rows(res, "attachments") == 0
+    assert await s3_objects(s3_client, cache_bucket) == [key]
+
+
+async def test_json_registration_refuses_another_apps_key(s3_env, s3_client):
+    from app.auth import service as auth
+    from tests.conftest import AppKey
+
+    res, client, tenant, cache_bucket, _ = s3_env
+    key = await presigned_object(client, tenant)
+    new = await auth.create_app(res.pool, "other")
+    other = AppKey(new.app_id, new.api_key)
+    r = await client.post("/v1/attachments", headers=other.headers, json={"cached_key": key})
+    assert_refused(r, "cached_key")
+    # a refusal for the wrong app leaves the owner's upload alone
+    assert await s3_objects(s3_client, cache_bucket) == [key]
+    r = await client.post("/v1/attachments", headers=tenant.headers, json={"cached_key": key})
+    assert r.status_code == 201, r.text
+
+
 async def test_json_registration_body_is_capped(s3_env):
     _, client, tenant, _, _ = s3_env
     # valid JSON, small options: only its size is wrong

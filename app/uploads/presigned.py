@@ -55,6 +55,11 @@ async def register(res: Resources, app_id: UUID, cached_key: str, options: Uploa
                    ) -> asyncpg.Record:
     """Turn an object uploaded with a presign into an attachment; refused → nothing left."""
     _require_s3(res)
+    # only a key this app was handed reaches the storage: anything else is no key of ours
+    # (and "../x" is not a key at all), nor may one app learn whether another's exists
+    if keys.cache_key_id(app_id, cached_key) is None:
+        raise InvalidInput("cached_key is not a key POST /v1/presigned-uploads handed out to"
+                           " this app", field="cached_key")
     if await res.cache.stat(cached_key) is None:  # checked before the presign is used up
         raise InvalidInput("nothing has been uploaded to cached_key (yet)", field="cached_key")
     async with res.pool.acquire() as conn:
