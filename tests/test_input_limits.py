@@ -8,6 +8,7 @@ import base64
 import json
 import random
 import secrets
+import time
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from app.uploads.options import (
     MAX_RECORD_ID,
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
+    json_nests_deeper,
 )
 from tests.conftest import run_worker
 from tests.helpers import multipart_body
@@ -235,6 +237,26 @@ async def test_deep_nesting_within_the_size_limit_never_reaches_the_parser(
     r = await upload(client, tenant, mode, {"metadata": raw_meta})
     assert_refused(r, "metadata")
     await assert_nothing_written(res, storage_files)
+
+
+@pytest.mark.parametrize(("text", "depth"), [
+    ('{"a": "\\\\"}', 1), ('{"a": "\\"[[[["}', 1), ('[[["]"]]]', 3),
+    ('{"a\\"[": [[1]]}', 3), ('{"a": "\\\\", "b": [[{}]]}', 4), ("[" * 17 + "]" * 17, 17),
+    ("[" + ", ".join(['{"a": [1]}'] * 20) + "]", 3),
+])
+def test_nesting_is_measured_like_the_parser_reads_it(text, depth):
+    json.loads(text)  # the cases are JSON
+    assert not json_nests_deeper(text, depth)
+    assert json_nests_deeper(text, depth - 1)
+
+
+def test_measuring_nesting_takes_linear_time():
+    """An unclosed string full of escaped quotes (and brackets, past the quick count): a
+    pattern matching whole strings would be retried from every quote."""
+    started = time.perf_counter()
+    assert not json_nests_deeper('"' + '\\"' * 85_000 + "[" * 20, 16)
+    assert not json_nests_deeper('"' + '\\"[{' * 60_000, 16)
+    assert time.perf_counter() - started < 2  # 0.05 s; quadratic: minutes
 
 
 # --- multipart boundary (item 9) ----------------------------------------------------------------

@@ -30,11 +30,13 @@ RECORD_LIMITS = {"record_type": MAX_RECORD_TYPE, "record_id": MAX_RECORD_ID,
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-# a JSON string (escapes included) or a bracket: what is needed to measure nesting
 # where in the metadata a problem is, for the message; cut short so that building it for
 # every member stays linear in the metadata's size
 _PATH_CHARS = 200
-_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+# what it takes to measure nesting: an escape (two characters), a quote, a bracket. One
+# token at a time, never a whole string per match: a string pattern retried from every
+# escaped quote of an unclosed string takes quadratic time.
+_JSON_TOKEN = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -93,14 +95,21 @@ def json_nests_deeper(text: str, limit: int) -> bool:
     """Whether JSON text nests arrays and objects deeper than ``limit``, found without parsing
     it: Python's parser recurses, and some 1000 '[' make it raise RecursionError. Text that is
     not JSON may be over-counted, never under-counted."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case, decided at C speed
     depth = 0
+    in_string = False
     for match in _JSON_TOKEN.finditer(text):
-        c = text[match.start()]
-        if c in "[{":
+        token = match.group()
+        if token == '"':
+            in_string = not in_string
+        elif in_string or len(token) == 2:
+            continue  # inside a string; or an escape, which outside one ends the parse
+        elif token in "[{":
             depth += 1
             if depth > limit:
                 return True
-        elif c in "]}":
+        else:
             depth = max(depth - 1, 0)  # a stray closer ends the parse; it must not hide depth
     return False
 
