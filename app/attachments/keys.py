@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from uuid import UUID
 
+from app.ids import parse_uuid
 from app.media.sniff import extension_for
 
 
@@ -14,6 +15,17 @@ def prefix(app_id: UUID, att_id: UUID) -> str:
 
 def cache_key(app_id: UUID, att_id: UUID) -> str:
     return f"{prefix(app_id, att_id)}upload"
+
+
+def cache_key_id(app_id: UUID, key: str) -> UUID | None:
+    """The attachment id of ``key`` when it is exactly ``cache_key(app_id, id)``, else None:
+    how a key a client hands back is checked before any storage sees it."""
+    app, _, rest = key.partition("/")
+    att, _, name = rest.partition("/")
+    att_id = parse_uuid(att) if app == str(app_id) and name == "upload" else None
+    if att_id is None or cache_key(app_id, att_id) != key:  # the canonical spelling only
+        return None
+    return att_id
 
 
 def store_key(app_id: UUID, att_id: UUID, mime_type: str) -> str:

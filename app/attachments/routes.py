@@ -29,16 +29,33 @@ from app.resources import Resources
 from app.storage import Storage, content_disposition
 from app.uploads import presigned
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
-from app.uploads.options import make_options, parse_options
+from app.uploads.options import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_RECORD_ID,
+    MAX_RECORD_NAME,
+    MAX_RECORD_TYPE,
+    check_text,
+    json_nests_deeper,
+    make_options,
+    parse_options,
+)
 from app.uploads.presigned_routes import RegisterRequest
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
 COMMON_ERRORS = not_found_response("attachment")
+METADATA_DOC = (f"a JSON object: at most {MAX_METADATA_BYTES} bytes (UTF-8), nested at most"
+                f" {MAX_METADATA_DEPTH} levels deep (the object itself is level 1)")
+# The JSON registration body is read whole before it is parsed, so it is capped: the options
+# it carries fit with ample room for whitespace and escapes.
+MAX_REGISTER_BODY = 256 * 1024
+
 UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     **COMMON_ERRORS,
     409: {"description": "JSON registration, but the cache is not on S3", **PROBLEM},
-    413: {"description": "Larger than the profile or service allows", **PROBLEM},
+    413: {"description": "Larger than the profile or service allows (a JSON registration:"
+                         f" a body over {MAX_REGISTER_BODY // 1024} KiB)", **PROBLEM},
     415: {"description": "File type not allowed by the profile", **PROBLEM},
 }
 
@@ -54,11 +71,12 @@ MULTIPART_BODY = {
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "profile": {"type": "string"},
-                        "record_type": {"type": "string"},
-                        "record_id": {"type": "string"},
-                        "record_name": {"type": "string"},
+                        "record_type": {"type": "string", "maxLength": MAX_RECORD_TYPE},
+                        "record_id": {"type": "string", "maxLength": MAX_RECORD_ID},
+                        "record_name": {"type": "string", "maxLength": MAX_RECORD_NAME},
                         "promote": {"type": "boolean", "default": True},
-                        "metadata": {"type": "string", "description": "a JSON object"},
+                        "metadata": {"type": "string", "maxLength": MAX_METADATA_BYTES,
+                                     "description": METADATA_DOC},
                     },
                 },
                 "encoding": {"file": {"contentType": "application/octet-stream"}},
@@ -136,9 +154,10 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                     raise InvalidInput(f"unexpected file part {event.name!r}; send it as 'file'")
                 if staged is not None:
                     raise InvalidInput("only one 'file' part per upload")
-                # fields before the file are validated now, so a bad one costs no bytes
-                parse_options(fields)
                 fields.setdefault("filename", event.filename or "")
+                # fields before the file (and its filename) are validated now, so a bad one
+                # costs no bytes
+                parse_options(fields)
                 staged = await service.stage(res, app_id, fields.get("profile"),
                                              file_bytes(events))
         if staged is None:
@@ -152,8 +171,13 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
 
 
 async def _register_presigned(request: Request, app_id: UUID, res: Resources) -> JSONResponse:
+    raw = await _capped_body(request, MAX_REGISTER_BODY)
+    # only metadata may nest (the body is one level more); checked before the parser sees it
+    if json_nests_deeper(raw.decode("utf-8", "replace"), MAX_METADATA_DEPTH + 1):
+        raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels",
+                           field="metadata")
     try:
-        body = RegisterRequest.model_validate_json(await request.body())
+        body = RegisterRequest.model_validate_json(raw)
     except ValidationError as e:
         raise RequestValidationError(e.errors()) from None
     options = make_options(
@@ -165,6 +189,25 @@ async def _register_presigned(request: Request, app_id: UUID, res: Resources) ->
         row = await presigned.register(res, app_id, body.cached_key, options)
         accepted.append(row["size"])
     return _created(res, row)
+
+
+async def _capped_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refused (413) as soon as it is over ``limit`` bytes."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise UploadTooLarge(f"the JSON body is over {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise UploadTooLarge(f"the JSON body is over {limit} bytes")
+    return bytes(body)
+
+
+def _limited(limit: int, description: str | None = None) -> Any:
+    """An upload option in the query: its limit is documented here and enforced, for every
+    upload mode alike, by app/uploads/options.py."""
+    return Query(None, description=description, json_schema_extra={"maxLength": limit})
 
 
 @router.post(
@@ -179,11 +222,11 @@ async def upload_raw(
     request: Request,
     filename: str | None = Query(None),
     profile: str | None = Query(None),
-    record_type: str | None = Query(None),
-    record_id: str | None = Query(None),
-    record_name: str | None = Query(None),
+    record_type: str | None = _limited(MAX_RECORD_TYPE),
+    record_id: str | None = _limited(MAX_RECORD_ID),
+    record_name: str | None = _limited(MAX_RECORD_NAME),
     promote: str | None = Query(None, description="true (default) or false"),
-    metadata: str | None = Query(None, description="a JSON object"),
+    metadata: str | None = _limited(MAX_METADATA_BYTES, METADATA_DOC),
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),
 ) -> JSONResponse:
@@ -238,6 +281,9 @@ async def list_attachments(
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),
 ) -> dict[str, Any]:
+    for name, value in (("record_type", record_type), ("record_id", record_id),
+                        ("record_name", record_name)):
+        check_text(name, value)  # a NUL would reach Postgres, which refuses it (500)
     page = await service.list_attachments(
         res, app_id, state=state, record_type=record_type, record_id=record_id,
         record_name=record_name, before=decode_cursor(cursor), limit=limit,

@@ -9,13 +9,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from app.errors import MalformedRequest
 
 MAX_FIELD_BYTES = 64 * 1024
 MAX_PARTS = 32
+# RFC 2046 allows 70 characters; python-multipart accepts up to 256 (and refuses more with an
+# error of its own), so this is as lenient as the parser is
+MAX_BOUNDARY_LENGTH = 256
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,10 @@ def boundary_of(content_type: str | None) -> bytes:
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise MalformedRequest("expected multipart/form-data with a boundary")
+    if len(boundary) > MAX_BOUNDARY_LENGTH:
+        raise MalformedRequest(f"the multipart boundary is {len(boundary)} characters long;"
+                               f" at most {MAX_BOUNDARY_LENGTH} are accepted (RFC 2046: 70)",
+                               header="Content-Type")
     return boundary
 
 
@@ -134,15 +141,15 @@ class _Collector:
 async def iter_multipart(chunks: AsyncIterable[bytes], boundary: bytes) -> AsyncIterator[Event]:
     """Events in body order; raises MalformedRequest on a broken or truncated body."""
     collector = _Collector()
-    parser = MultipartParser(boundary, collector.callbacks())
     try:
+        parser = MultipartParser(boundary, collector.callbacks())
         async for chunk in chunks:
             parser.write(chunk)
             for event in collector.events:
                 yield event
             collector.events.clear()
         parser.finalize()
-    except MultipartParseError as e:
+    except FormParserError as e:  # the parser's errors, the constructor's included
         raise MalformedRequest(f"malformed multipart body: {e}") from None
     for event in collector.events:
         yield event

@@ -17,7 +17,7 @@ from app.ids import uuid7
 from app.resources import Resources
 from app.uploads import presigned_repository as repo
 from app.uploads.ingest import Received, inspect
-from app.uploads.options import UploadOptions
+from app.uploads.options import UploadOptions, check_text
 
 PRESIGN_TTL_S = 3600
 # objects of expired presigns get this much longer, for uploads still in flight at expiry
@@ -33,6 +33,7 @@ def _require_s3(res: Resources) -> None:
 async def create(res: Resources, app_id: UUID, *, filename: str | None, size: int,
                  profile: str | None) -> dict[str, Any]:
     _require_s3(res)
+    check_text("filename", filename)  # kept in presigned_uploads until registration
     prof = res.profiles.get(profile)
     limit = prof.size_limit(res.settings.max_upload_size)
     if size > limit:
@@ -54,6 +55,11 @@ async def register(res: Resources, app_id: UUID, cached_key: str, options: Uploa
                    ) -> asyncpg.Record:
     """Turn an object uploaded with a presign into an attachment; refused → nothing left."""
     _require_s3(res)
+    # only a key this app was handed reaches the storage: anything else is no key of ours
+    # (and "../x" is not a key at all), nor may one app learn whether another's exists
+    if keys.cache_key_id(app_id, cached_key) is None:
+        raise InvalidInput("cached_key is not a key POST /v1/presigned-uploads handed out to"
+                           " this app", field="cached_key")
     if await res.cache.stat(cached_key) is None:  # checked before the presign is used up
         raise InvalidInput("nothing has been uploaded to cached_key (yet)", field="cached_key")
     async with res.pool.acquire() as conn:

@@ -13,13 +13,27 @@ from app.api_common import AUTH_ERRORS, PROBLEM
 from app.deps import current_app_id, resources
 from app.resources import Resources
 from app.uploads import presigned
+from app.uploads.options import (
+    MAX_FILENAME,
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_RECORD_ID,
+    MAX_RECORD_NAME,
+    MAX_RECORD_TYPE,
+)
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 
 
+def _limited(limit: int) -> Any:
+    """An option whose limit is enforced, for every upload mode alike, by
+    app/uploads/options.py (422 naming the field); the schema only says so."""
+    return Field(None, json_schema_extra={"maxLength": limit})
+
+
 class PresignRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    filename: str | None = Field(None, max_length=255)
+    filename: str | None = Field(None, max_length=MAX_FILENAME)
     size: int = Field(ge=0, description="bytes the client will upload")
     profile: str | None = None
 
@@ -37,14 +51,17 @@ class RegisterRequest(BaseModel):
     """Body of POST /v1/attachments (application/json) after a presigned upload."""
 
     model_config = ConfigDict(extra="forbid")
-    cached_key: str
-    filename: str | None = Field(None, max_length=255)
+    cached_key: str = Field(description="the `key` POST /v1/presigned-uploads answered")
+    filename: str | None = Field(None, max_length=MAX_FILENAME)
     profile: str | None = None
-    record_type: str | None = None
-    record_id: str | None = None
-    record_name: str | None = None
+    record_type: str | None = _limited(MAX_RECORD_TYPE)
+    record_id: str | None = _limited(MAX_RECORD_ID)
+    record_name: str | None = _limited(MAX_RECORD_NAME)
     promote: bool = True
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description=f"a JSON object: at most {MAX_METADATA_BYTES} bytes as compact JSON, nested"
+                    f" at most {MAX_METADATA_DEPTH} levels deep (the object itself is level 1)")
 
 
 @router.post(

@@ -65,7 +65,7 @@ from app.storage.base import run_shielded
 from app.storage.filesystem import ensure_dir, fsync_dir, start_writeback
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import BLOCK, HashBehind, inspect
-from app.uploads.options import RecordSlot, UploadOptions, parse_options
+from app.uploads.options import UploadOptions, make_options, parse_options
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,13 @@ def _options_json(o: UploadOptions) -> dict[str, Any]:
 
 
 def _options_of(row: asyncpg.Record) -> UploadOptions:
+    """The upload's options, checked again: one created before a limit existed is refused
+    (InvalidInput) like a refused file, instead of failing its completion for good."""
     o = row["options"]
-    return UploadOptions(
+    record_type, record_id, record_name = o["record"] or (None, None, None)
+    return make_options(
         profile=o["profile"], filename=o["filename"], promote=o["promote"],
-        record=RecordSlot(*o["record"]) if o["record"] else None,
+        record_type=record_type, record_id=record_id, record_name=record_name,
         client_metadata=o["client_metadata"],
     )
 
@@ -775,10 +778,10 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID, *,
     app_id, att_id = row["app_id"], row["attachment_id"]
     if not await _attachment_exists(res, att_id):
         row = await _assemble(res, row, token)
-        options = _options_of(row)
         try:
             # counted here, once per upload (not per PATCH); the time is the completion's
             with track_upload("tus") as accepted:
+                options = _options_of(row)
                 profile = res.profiles.get(options.profile or row["profile"])
                 # checked and hashed where it lies, then linked (filesystem) or copied
                 # server-side (S3) to the attachment's key: the bytes are not written again.

@@ -21,6 +21,13 @@ from app.errors import MalformedRequest
 from app.problems import error_response
 from app.resources import Resources
 from app.uploads import tus
+from app.uploads.options import (
+    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
+    MAX_RECORD_ID,
+    MAX_RECORD_NAME,
+    MAX_RECORD_TYPE,
+)
 from app.uploads.tus import (
     CHECKSUM_ALGORITHMS,
     OFFSET_CONTENT_TYPE,
@@ -213,7 +220,12 @@ async def discover(res: Resources = Depends(resources)) -> Response:
                 " `record_type`, `record_id`, `record_name`, `promote`, `metadata`, values"
                 " base64). With `Content-Type: application/offset+octet-stream` the body is the"
                 " first bytes. 201 with `Location`, `Upload-Offset`, `Upload-Expires`, and"
-                " `Stowage-Attachment-Id` once the last byte is in.",
+                " `Stowage-Attachment-Id` once the last byte is in. The options are checked"
+                " at creation as in the other upload modes (422 naming the field):"
+                f" `record_type` and `record_name` at most {MAX_RECORD_TYPE} and"
+                f" {MAX_RECORD_NAME} characters, `record_id` at most {MAX_RECORD_ID}, no NUL"
+                f" characters, `metadata` a JSON object of at most {MAX_METADATA_BYTES} bytes"
+                f" nested at most {MAX_METADATA_DEPTH} levels deep.",
     responses={**TUS_ERRORS, **COMPLETION_ERRORS,
                201: {"description": "Created", "headers": _headers_doc(
                    "Location", "Upload-Offset", "Upload-Expires", "Stowage-Attachment-Id")},
