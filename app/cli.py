@@ -136,12 +136,20 @@ def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _require_secret_key(settings: Settings) -> None:
+    from app.config import MISSING_SECRET_KEY
+
+    if not settings.secret_key:
+        raise ConfigError(MISSING_SECRET_KEY)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
     from app.server import GracefulServer
 
+    _require_secret_key(settings)
     # SIGTERM: stop accepting, let in-flight uploads finish within the grace period, exit 0
     config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
                             log_config=None, timeout_graceful_shutdown=settings.shutdown_grace)
@@ -154,6 +162,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.settings import build_worker
 
+    _require_secret_key(settings)
     if settings.worker_metrics_port:
         from app.ops.metrics import serve_worker_metrics
 
@@ -249,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(settings)
     try:
         return args.fn(settings, args)
+    except ConfigError as e:
+        print(f"stowage: {e}", file=sys.stderr)
+        return 2
     except StowageError as e:
         print(f"stowage: {e.detail}", file=sys.stderr)
         return 1

@@ -11,6 +11,12 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 GiB = 1024**3
+MIN_SECRET_KEY_BYTES = 32
+MISSING_SECRET_KEY = (
+    "STOWAGE_SECRET_KEY is not set: it signs download links, and the API and the worker must"
+    " share it (each would otherwise sign with a key of its own, and links in webhooks would"
+    " answer 403). Set it to at least 32 random bytes, e.g. the output of `openssl rand -hex 32`"
+)
 
 
 class Settings(BaseSettings):
@@ -107,6 +113,14 @@ class Settings(BaseSettings):
                 raise ValueError("s3:// URL needs a bucket")
         else:
             raise ValueError("must be file://PATH or s3://BUCKET[/PREFIX]")
+        return v
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, v: str) -> str:
+        if v and len(v.encode()) < MIN_SECRET_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_SECRET_KEY_BYTES} bytes (e.g. the output of"
+                             " `openssl rand -hex 32`)")
         return v
 
     @field_validator("webhook_retry_delays")

@@ -297,7 +297,7 @@ def start_stowage(stack: contextlib.ExitStack, tmp: Path, pg_base: str, redis_ur
         "STOWAGE_CACHE_URL": f"file://{tmp / 'stowage-cache'}",
         "STOWAGE_STORE_URL": f"file://{tmp / 'stowage-store'}",
         "STOWAGE_PUBLIC_URL": base,  # tus Location headers point here
-        "STOWAGE_SECRET_KEY": "bench",
+        "STOWAGE_SECRET_KEY": "bench-" * 8,
         # the benchmarks read no worker metrics
         "STOWAGE_WORKER_METRICS_PORT": "0",
         # `python -m app.cli` from the temp dir finds this checkout even if not pip-installed

@@ -776,7 +776,7 @@ async def run_soak(cfg: SoakConfig) -> SoakResult:
             "STOWAGE_CACHE_URL": f"file://{work / 'cache'}",
             "STOWAGE_STORE_URL": f"file://{work / 'store'}",
             "STOWAGE_PROFILES_FILE": str(profiles),
-            "STOWAGE_SECRET_KEY": "soak",
+            "STOWAGE_SECRET_KEY": "soak-" * 10,
             "STOWAGE_PUBLIC_URL": base,
             "STOWAGE_WEBHOOK_ALLOW_PRIVATE": "true",
             "STOWAGE_WEBHOOK_RETRY_DELAYS": RETRY_DELAYS,

@@ -93,7 +93,7 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
         "cache_url": f"file://{tmp_path}/cache",
         "store_url": f"file://{tmp_path}/store",
         "queue_name": f"stowage:test:{RUN_ID}",
-        "secret_key": "test-secret",
+        "secret_key": "test-secret-key-32-bytes-at-least!",
         "sweep_interval": 1,
         "stale_job_after": 1,
         "webhook_allow_private": True,

@@ -330,3 +330,25 @@ async def test_check_passes_on_this_install(settings):
     result = await run_cli("check", env=env_for(settings))
     assert result.returncode == 0 and "ok: this install is complete" in result.stdout, result
     assert re.search(r"migrations: [1-9]", result.stdout), result
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+async def test_serve_and_worker_refuse_to_start_without_a_shared_secret_key(settings, command):
+    env = env_for(settings)
+    env["STOWAGE_SECRET_KEY"] = ""
+    result = await run_cli(command, "--port", "1", env=env) if command == "serve" else \
+        await run_cli(command, env=env)
+    assert result.returncode == 2, result
+    assert "STOWAGE_SECRET_KEY is not set" in result.stderr and "openssl rand" in result.stderr
+    env["STOWAGE_SECRET_KEY"] = "too-short"
+    result = await run_cli(command, env=env)
+    assert result.returncode == 2, result
+    assert "STOWAGE_SECRET_KEY: Value error, must be at least 32 bytes" in result.stderr, result
+
+
+async def test_doctor_fails_without_a_secret_key(settings):
+    env = env_for(settings)
+    env["STOWAGE_SECRET_KEY"] = ""
+    result = await run_cli("doctor", env=env)
+    assert result.returncode == 1, result
+    assert "FAIL  secret key: STOWAGE_SECRET_KEY is not set" in result.stdout, result

@@ -58,7 +58,7 @@ def test_without_a_secret_key_links_are_still_signed() -> None:
     assert len(s.signing_key) >= 32
     # one key per process, not per Settings object: a worker and the API in `dev` agree
     assert load_settings().signing_key == s.signing_key
-    assert load_settings(secret_key="abc").signing_key == b"abc"
+    assert load_settings(secret_key="abc" * 11).signing_key == b"abc" * 11
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -74,7 +74,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
         "STOWAGE_MAX_UPLOAD_SIZE": "1048576",
         "STOWAGE_PROFILES_FILE": str(profiles),
         "STOWAGE_PUBLIC_URL": "https://files.example",
-        "STOWAGE_SECRET_KEY": "s3cret",
+        "STOWAGE_SECRET_KEY": "s3cret" * 6,
         "STOWAGE_WEBHOOK_ALLOW_PRIVATE": "true",
         "STOWAGE_WEBHOOK_RETRY_DELAYS": "1, 2,3",
         "STOWAGE_SWEEP_INTERVAL": "7",
@@ -92,7 +92,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert s.max_upload_size == 1048576
     assert s.profiles_file == profiles
     assert s.public_url == "https://files.example"
-    assert s.signing_key == b"s3cret"
+    assert s.signing_key == b"s3cret" * 6
     assert s.webhook_allow_private is True
     assert s.retry_delays == [1, 2, 3]
     assert s.sweep_interval == 7

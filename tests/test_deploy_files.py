@@ -139,9 +139,14 @@ _VAR = re.compile(
 )
 
 
+# What an operator must set (`${VAR:?message}`: compose refuses to start without it), and
+# the value the checks below use for it.
+REQUIRED_VARS = {"STOWAGE_SECRET_KEY": "k" * 64}
+
+
 def interpolate(value: Any) -> Any:
     """Resolve `${VAR:-default}` as Compose does with an empty environment: the file must work
-    without any variable set."""
+    without any variable set, but for the few it requires (REQUIRED_VARS)."""
     if isinstance(value, dict):
         return {k: interpolate(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -155,6 +160,8 @@ def interpolate(value: Any) -> Any:
         if m.group("op") in (":-", "-"):
             return m.group("arg")
         name = m.group("name") or m.group("bare")
+        if m.group("op") == ":?" and name in REQUIRED_VARS:
+            return REQUIRED_VARS[name]
         pytest.fail(f"{value!r}: ${name} has no default, so the file does not work as it is")
 
     return _VAR.sub(sub, value)
@@ -394,6 +401,13 @@ def settings_vars() -> set[str]:
 def test_every_stowage_command_is_valid(ours: dict[str, list[str]]) -> None:
     for name, argv in ours.items():
         parse_stowage(argv, f"service {name}")
+
+
+def test_compose_requires_the_secret_key(raw_compose: dict[str, Any]) -> None:
+    """Compose refuses to start without STOWAGE_SECRET_KEY, saying how to make one: no
+    public default key signs anyone's links."""
+    value = raw_compose["x-stowage-env"]["STOWAGE_SECRET_KEY"]
+    assert re.fullmatch(r"\$\{STOWAGE_SECRET_KEY:\?.*openssl rand.*\}", value), value
 
 
 def test_compose_env_vars_are_settings(compose: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import asyncpg
 from arq import create_pool
 
-from app.config import Settings
+from app.config import MISSING_SECRET_KEY, Settings
 from app.migrate import migration_files
 from app.ops import repository as repo
 from app.profiles import ProfileError, load_profiles
@@ -44,9 +44,12 @@ async def diagnose(settings: Settings) -> list[Check]:
         checks.append(Check("profiles", True, ", ".join(profiles.names())))
     except ProfileError as e:
         checks.append(Check("profiles", False, str(e)))
-    if not settings.secret_key:
-        checks.append(Check("secret key", True, "STOWAGE_SECRET_KEY is not set: download links"
-                            " stop working at every restart", warning=True))
+    if settings.secret_key:
+        checks.append(Check("secret key", True, f"set ({len(settings.secret_key.encode())}"
+                            " bytes); the API and the worker must share it"))
+    else:
+        checks.append(Check("secret key", False, f"{MISSING_SECRET_KEY} (`stowage dev`"
+                            " alone makes one up, per process)"))
 
     async def postgres() -> str:
         conn = await asyncpg.connect(settings.database_url, timeout=TIMEOUT)
