@@ -1,0 +1,91 @@
+"""Nothing leaked, nothing stuck, no 500s: pixel limits for any image size, downloads racing a
+promotion, a full or read-only disk, presigned uploads larger than they said.
+
+Real Postgres, Redis, filesystems (a small tmpfs for "disk full") and moto; no mocks."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+
+from app.auth import service as auth
+from tests.conftest import AppKey, api_client, fresh_resources, make_settings
+
+# --- max_pixels holds for images of any size (Pillow's own bomb guard must not hide them) ---
+
+PIXEL_PROFILES = """
+[profiles.photos]
+types = ["image/png", "image/jpeg"]
+max_pixels = 40_000_000
+
+[profiles.anything]
+types = ["image/*"]
+"""
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid PNG header claiming width x height (1-bit grey) and a token IDAT: a few dozen
+    bytes that decode to hundreds of megapixels."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + _png_chunk(b"IEND", b""))
+
+
+def huge_jpeg(width: int, height: int) -> bytes:
+    """SOI, a baseline SOF0 claiming width x height, SOS and a few bytes of scan: enough for
+    any header parser."""
+    sof = b"\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00"
+    sos = b"\xff\xda" + struct.pack(">HB", 8, 1) + b"\x01\x00\x00\x3f\x00"
+    return b"\xff\xd8" + sof + sos + b"\x00" * 16 + b"\xff\xd9"
+
+
+@pytest.fixture
+async def pixel_env(tmp_path, database_url):
+    path = tmp_path / "profiles.toml"
+    path.write_text(PIXEL_PROFILES)
+    settings = make_settings(tmp_path, database_url, profiles_file=str(path))
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        new = await auth.create_app(res.pool, "pixels")
+        yield res, client, AppKey(new.app_id, new.api_key)
+
+
+async def _rows_and_files(res, tmp_path) -> tuple[int, list[str]]:
+    async with res.pool.acquire() as conn:
+        rows = await conn.fetchval("SELECT count(*) FROM attachments")
+    files = [str(p) for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".toml"]
+    return rows, files
+
+
+@pytest.mark.parametrize("make", [huge_png, huge_jpeg], ids=["png", "jpeg"])
+@pytest.mark.parametrize("size", [(20000, 20000), (60000, 5000)], ids=["400MP", "300MP"])
+async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, tmp_path, make,
+                                                                   size):
+    res, client, tenant = pixel_env
+    data = make(*size)
+    assert len(data) < 1000
+    for how in ("multipart", "raw"):
+        if how == "multipart":
+            r = await client.post("/v1/attachments", headers=tenant.headers,
+                                  data={"profile": "photos"},
+                                  files={"file": ("bomb", data, "application/octet-stream")})
+        else:
+            r = await client.post("/v1/attachments/raw", params={"profile": "photos"},
+                                  headers=tenant.headers, content=data)
+        assert r.status_code == 422, (how, r.text)
+        assert r.headers["content-type"] == "application/problem+json"
+        assert f"{size[0] * size[1]} pixels" in r.json()["detail"]
+        assert await _rows_and_files(res, tmp_path) == (0, [])
+
+
+async def test_huge_image_dimensions_are_reported_without_a_pixel_limit(pixel_env):
+    _, client, tenant = pixel_env
+    r = await client.post("/v1/attachments", headers=tenant.headers, data={"profile": "anything"},
+                          files={"file": ("big.png", huge_png(20000, 20000))})
+    assert r.status_code == 201, r.text
+    assert r.json()["metadata"] == {"width": 20000, "height": 20000}
