@@ -89,3 +89,46 @@ async def test_huge_image_dimensions_are_reported_without_a_pixel_limit(pixel_en
                           files={"file": ("big.png", huge_png(20000, 20000))})
     assert r.status_code == 201, r.text
     assert r.json()["metadata"] == {"width": 20000, "height": 20000}
+
+
+# --- a presigned upload holds to the size it declared ---
+
+async def test_presigned_upload_larger_than_declared_is_refused(s3_env, s3_client):
+    import base64
+    import json
+
+    import httpx
+
+    res, client, tenant, cache_bucket, _ = s3_env
+    r = await client.post("/v1/presigned-uploads", headers=tenant.headers,
+                          json={"filename": "f.bin", "size": 500_000})
+    assert r.status_code == 201, r.text
+    p = r.json()
+    policy = json.loads(base64.b64decode(p["fields"]["policy"]))
+    assert ["content-length-range", 0, 500_000] in policy["conditions"]
+    data = b"x" * 900_000
+    async with httpx.AsyncClient() as plain:
+        posted = await plain.post(p["url"], data=p["fields"], files={"file": ("f", data)})
+    if posted.status_code >= 300:
+        # S3 enforced the policy. Not every S3-compatible store does (moto does not):
+        # registration must refuse on its own, so put the object there regardless.
+        await s3_client.put_object(Bucket=cache_bucket, Key=p["key"], Body=data)
+    r = await client.post("/v1/attachments", headers=tenant.headers,
+                          json={"cached_key": p["key"]})
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    assert "900000" in r.json()["detail"] and "500000" in r.json()["detail"]
+    assert (await s3_client.list_objects_v2(Bucket=cache_bucket)).get("Contents", []) == []
+    async with res.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM attachments") == 0
+        assert await conn.fetchval("SELECT count(*) FROM presigned_uploads") == 0
+    # what was declared still registers
+    p = (await client.post("/v1/presigned-uploads", headers=tenant.headers,
+                           json={"filename": "f.bin", "size": 500_000})).json()
+    async with httpx.AsyncClient() as plain:
+        posted = await plain.post(p["url"], data=p["fields"],
+                                  files={"file": ("f", data[:500_000])})
+    assert posted.status_code < 300
+    r = await client.post("/v1/attachments", headers=tenant.headers,
+                          json={"cached_key": p["key"]})
+    assert r.status_code == 201 and r.json()["size"] == 500_000

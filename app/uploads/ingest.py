@@ -142,10 +142,12 @@ async def _read_head(source: AsyncIterator[bytes], limit: int) -> bytes:
 
 
 async def inspect(storage: Storage, key: str, *, profile: Profile,
-                  max_upload_size: int, sha256: str | None = None) -> Received:
+                  max_upload_size: int, sha256: str | None = None,
+                  declared_size: int | None = None) -> Received:
     """Describe and check an object already in `storage` (a presigned or tus upload): the
     same facts and refusals as `receive`, without writing the bytes again. ``sha256``, when
-    the caller hashed the bytes as they arrived, saves reading them all back."""
+    the caller hashed the bytes as they arrived, saves reading them all back;
+    ``declared_size`` is the most bytes the client said it would send (a presign's size)."""
     info = await storage.stat(key)
     if info is None:
         raise InvalidInput("the uploaded file is not there (anymore)")
@@ -154,6 +156,10 @@ async def inspect(storage: Storage, key: str, *, profile: Profile,
     metadata = (image_dimensions(head) if mime_type.startswith("image/") else None) or {}
     check_against_profile(profile, mime_type=mime_type, size=info.size,
                           max_upload_size=max_upload_size, metadata=metadata)
+    if declared_size is not None and info.size > declared_size:
+        # S3 enforces the presign's content-length-range; not every S3-compatible store does
+        raise InvalidInput(f"the uploaded file has {info.size} bytes; the presigned upload"
+                           f" declared {declared_size}", field="cached_key")
     if sha256 is None:
         hasher = hashlib.sha256()
         async for chunk in storage.read(key):
