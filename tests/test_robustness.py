@@ -5,13 +5,27 @@ Real Postgres, Redis, filesystems (a small tmpfs for "disk full") and moto; no m
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import io
 import struct
 import zlib
 
+import httpx
 import pytest
 
 from app.auth import service as auth
-from tests.conftest import AppKey, api_client, fresh_resources, make_settings
+from tests.conftest import (
+    AppKey,
+    api_client,
+    env_for,
+    free_port,
+    fresh_resources,
+    make_settings,
+    process,
+    run_worker,
+    wait_http,
+)
 
 # --- max_pixels holds for images of any size (Pillow's own bomb guard must not hide them) ---
 
@@ -97,8 +111,6 @@ async def test_presigned_upload_larger_than_declared_is_refused(s3_env, s3_clien
     import base64
     import json
 
-    import httpx
-
     res, client, tenant, cache_bucket, _ = s3_env
     r = await client.post("/v1/presigned-uploads", headers=tenant.headers,
                           json={"filename": "f.bin", "size": 500_000})
@@ -132,3 +144,77 @@ async def test_presigned_upload_larger_than_declared_is_refused(s3_env, s3_clien
     r = await client.post("/v1/attachments", headers=tenant.headers,
                           json={"cached_key": p["key"]})
     assert r.status_code == 201 and r.json()["size"] == 500_000
+
+
+# --- a download racing the promotion gets the whole file ---
+
+async def test_download_racing_the_cache_purge_gets_the_whole_file(settings, tmp_path, client,
+                                                                   tenant, res, storage_files):
+    """The API reads the row (file in the cache), the worker promotes and purges the cached
+    copy, then the API opens the file: it must serve the stored copy, not a 200 that breaks
+    off. The failpoint holds the request between the row read and the open."""
+    data = bytes(range(256)) * 8192  # 2 MiB: more than one read chunk
+    r = await client.post("/v1/attachments", headers=tenant.headers,
+                          files={"file": ("race.bin", data)})
+    assert r.status_code == 201, r.text
+    att_id = r.json()["id"]
+    port = free_port()
+    env = {**env_for(settings), "STOWAGE_FAILPOINTS": "download.before_open=sleep:4"}
+    with process(["serve", "--port", str(port)], env, tmp_path / "api.log"):
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz")
+        async with httpx.AsyncClient(timeout=30) as http:
+            download = asyncio.create_task(http.get(
+                f"http://127.0.0.1:{port}/v1/attachments/{att_id}/content",
+                headers=tenant.headers))
+            await asyncio.sleep(1)  # the row is read (storage: cache); now at the failpoint
+            await run_worker(res)  # promotes, then removes the cached copy
+            cache, store = await storage_files()
+            assert cache == [] and len(store) == 1
+            assert not download.done(), "the download was not held between row and file"
+            got = await download
+    assert got.status_code == 200
+    assert hashlib.sha256(got.content).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_derivative_download_racing_a_reprocess_gets_the_new_one(tmp_path, database_url):
+    """Likewise for a derivative whose file a reprocess replaced (and removed) meanwhile."""
+    from PIL import Image
+
+    from tests.helpers import png_bytes
+
+    path = tmp_path / "profiles.toml"
+    path.write_text('[profiles.pics]\ntypes = ["image/png"]\n'
+                    '[profiles.pics.derivatives.thumb]\nwidth = 50\nheight = 50\n'
+                    'format = "png"\n')
+    settings = make_settings(tmp_path, database_url, profiles_file=str(path))
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        new = await auth.create_app(res.pool, "derivatives")
+        tenant = AppKey(new.app_id, new.api_key)
+        r = await client.post("/v1/attachments", headers=tenant.headers, data={"profile": "pics"},
+                              files={"file": ("p.png", png_bytes(400, 200))})
+        att_id = r.json()["id"]
+        await run_worker(res)
+        before = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
+        assert before["state"] == "stored"
+        port = free_port()
+        env = {**env_for(settings), "STOWAGE_PROFILES_FILE": str(path),
+               "STOWAGE_FAILPOINTS": "download.before_open=sleep:4"}
+        with process(["serve", "--port", str(port)], env, tmp_path / "api.log"):
+            await asyncio.to_thread(wait_http, f"http://127.0.0.1:{port}/healthz")
+            async with httpx.AsyncClient(timeout=30) as http:
+                download = asyncio.create_task(http.get(
+                    f"http://127.0.0.1:{port}/v1/attachments/{att_id}/derivatives/thumb",
+                    headers=tenant.headers))
+                await asyncio.sleep(1)
+                r = await client.post(f"/v1/attachments/{att_id}/reprocess",
+                                      headers=tenant.headers)
+                assert r.status_code == 202
+                await run_worker(res)  # new derivatives swapped in, the old files removed
+                after = (await client.get(f"/v1/attachments/{att_id}",
+                                          headers=tenant.headers)).json()
+                assert after["generation"] > before["generation"]
+                assert not download.done(), "the download was not held between row and file"
+                got = await download
+    assert got.status_code == 200
+    assert len(got.content) == after["derivatives"]["thumb"]["size"]
+    assert Image.open(io.BytesIO(got.content)).size == (50, 25)

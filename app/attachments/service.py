@@ -151,6 +151,17 @@ async def get(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
     return row
 
 
+async def moved(res: Resources, row: asyncpg.Record) -> asyncpg.Record | None:
+    """The attachment anew if it changed since ``row`` was read, else None: a file that is
+    gone under a download was usually moved (promotion purged the cached copy, a reprocess
+    replaced the derivatives), and the row now says where it is."""
+    async with res.pool.acquire() as conn:
+        fresh = await repo.get(conn, row["id"])
+    if fresh is None or fresh["generation"] == row["generation"]:
+        return None
+    return fresh
+
+
 async def wait_for_change(res: Resources, app_id: UUID, att_id: UUID, wait: float
                           ) -> asyncpg.Record:
     """The attachment, once it is no longer `cached` or after `wait` seconds (long-poll).

@@ -11,6 +11,7 @@ from .base import (
     Storage,
     StorageObjectNotFound,
     content_disposition,
+    open_read,
     validate_key,
 )
 from .filesystem import FilesystemStorage
@@ -25,6 +26,7 @@ __all__ = [
     "Storage",
     "StorageObjectNotFound",
     "content_disposition",
+    "open_read",
     "open_s3_client",
     "parse_storage_url",
     "storage_from_url",

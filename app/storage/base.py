@@ -164,6 +164,35 @@ async def read_head_via(storage: Storage, key: str, n: int) -> bytes:
     return b"".join(parts)
 
 
+async def open_read(
+    storage: Storage, key: str, start: int = 0, end: int | None = None
+) -> AsyncGenerator[bytes, None]:
+    """``storage.read(key, start, end)``, started: the object is open (or
+    StorageObjectNotFound raised) when this returns, not when the caller is already committed
+    to it. An HTTP response that has sent its status line cannot take it back: a file that
+    vanishes between that and the first read breaks the connection off after a 200. Once
+    open, the object reads in full even if it is deleted meanwhile (an open file descriptor,
+    an S3 GET under way)."""
+    chunks = storage.read(key, start, end)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None  # an empty object (or range): opened, nothing to send
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return _started(first, chunks)
+
+
+async def _started(first: bytes | None, rest: AsyncGenerator[bytes, None]
+                   ) -> AsyncGenerator[bytes, None]:
+    async with contextlib.aclosing(rest):
+        if first is not None:
+            yield first
+        async for chunk in rest:
+            yield chunk
+
+
 _background_cleanups: set[asyncio.Task[object]] = set()
 
 
