@@ -43,6 +43,9 @@ def problem_response(error: errors.StowageError, request: Request,
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.StowageError)
     async def _domain(request: Request, exc: errors.StowageError) -> JSONResponse:
+        if exc.status >= 500:  # the operator's to fix (a full disk...): str() says where
+            log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__,
+                      exc)
         headers = None
         if isinstance(exc, errors.RangeNotSatisfiable) and "size" in exc.extra:
             headers = {"Content-Range": f"bytes */{exc.extra['size']}"}
@@ -79,6 +82,8 @@ def _install_error_handlers(app: FastAPI) -> None:
                                                     " logged with this request's id"), request)
 
     async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OSError) and not is_transient(exc):
+            return await _unexpected(request, exc)  # a full disk or a permission: no outage
         log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
         err = errors.ServiceUnavailable("a dependency (Postgres, Redis or storage) is"
                                         " unreachable; retry")

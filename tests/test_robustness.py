@@ -6,15 +6,26 @@ Real Postgres, Redis, filesystems (a small tmpfs for "disk full") and moto; no m
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import errno
 import hashlib
 import io
+import json
+import os
 import struct
+import subprocess
+import sys
+import uuid
 import zlib
+from pathlib import Path
 
 import httpx
 import pytest
 
+from app.attachments import work
 from app.auth import service as auth
+from app.sweep import sweep
 from tests.conftest import (
     AppKey,
     api_client,
@@ -108,9 +119,6 @@ async def test_huge_image_dimensions_are_reported_without_a_pixel_limit(pixel_en
 # --- a presigned upload holds to the size it declared ---
 
 async def test_presigned_upload_larger_than_declared_is_refused(s3_env, s3_client):
-    import base64
-    import json
-
     res, client, tenant, cache_bucket, _ = s3_env
     r = await client.post("/v1/presigned-uploads", headers=tenant.headers,
                           json={"filename": "f.bin", "size": 500_000})
@@ -218,3 +226,187 @@ async def test_derivative_download_racing_a_reprocess_gets_the_new_one(tmp_path,
     assert got.status_code == 200
     assert len(got.content) == after["derivatives"]["thumb"]["size"]
     assert Image.open(io.BytesIO(got.content)).size == (50, 25)
+
+
+# --- a full disk is not an outage, nor is a folder that may not be written ---
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real filesystem that fills up: a 1 MiB tmpfs (mounting needs root; skipped without)."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every byte left on ``disk``."""
+    filler = disk / "filler"
+    with filler.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return filler
+
+
+def grow(disk: Path) -> None:
+    """The operator makes room: the tmpfs grows to 8 MiB."""
+    subprocess.run(["mount", "-o", "remount,size=8m", str(disk)], check=True)
+
+
+@contextlib.contextmanager
+def immutable(path: Path):
+    """``chattr +i``: not even root may create anything in ``path`` (EPERM)."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"chattr +i does not work here: {done.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=False)
+
+
+@contextlib.asynccontextmanager
+async def service_on(tmp_path, database_url, **storage_urls):
+    settings = make_settings(tmp_path, database_url, **storage_urls)
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        new = await auth.create_app(res.pool, "disks")
+        yield res, client, AppKey(new.app_id, new.api_key)
+
+
+async def test_upload_into_a_full_cache_is_507_and_leaves_nothing(tmp_path, database_url,
+                                                                   tiny_disk):
+    async with service_on(tmp_path, database_url,
+                          cache_url=f"file://{tiny_disk}/cache") as (res, client, tenant):
+        data = os.urandom(3 * 1024 * 1024)  # three times the disk
+        for how in ("multipart", "raw"):
+            if how == "multipart":
+                r = await client.post("/v1/attachments", headers=tenant.headers,
+                                      files={"file": ("big.bin", data)})
+            else:
+                r = await client.post("/v1/attachments/raw", headers=tenant.headers,
+                                      content=data)
+            assert r.status_code == 507, (how, r.text)
+            assert r.headers["content-type"] == "application/problem+json"
+            assert "retry-after" not in r.headers
+            problem = r.json()
+            assert problem["type"].endswith("/insufficient-storage")
+            assert "ENOSPC" in problem["detail"] and str(tiny_disk) not in problem["detail"]
+            async with res.pool.acquire() as conn:
+                assert await conn.fetchval("SELECT count(*) FROM attachments") == 0
+            assert [p for p in tiny_disk.rglob("*") if p.is_file()] == []
+        # what fits still goes in
+        r = await client.post("/v1/attachments", headers=tenant.headers,
+                              files={"file": ("small.txt", b"fits")})
+        assert r.status_code == 201, r.text
+
+
+async def test_readyz_names_the_full_storage_and_the_errno(tmp_path, database_url, tiny_disk):
+    async with service_on(tmp_path, database_url,
+                          store_url=f"file://{tiny_disk}/store") as (_, client, _tenant):
+        assert (await client.get("/readyz")).status_code == 200
+        filler = fill(tiny_disk)
+        r = await client.get("/readyz")
+        assert r.status_code == 503
+        checks = r.json()["checks"]
+        assert checks["cache"] == "ok" and checks["postgres"] == "ok"
+        assert "ENOSPC" in checks["store"] and str(tiny_disk) in checks["store"]
+        filler.unlink()
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_upload_into_an_unwritable_cache_is_a_configuration_error(tmp_path, database_url):
+    with immutable(tmp_path / "cache"):
+        async with service_on(tmp_path, database_url) as (res, client, tenant):
+            r = await client.post("/v1/attachments", headers=tenant.headers,
+                                  files={"file": ("a.txt", b"hello")})
+            assert r.status_code == 500, r.text  # not 503: waiting does not fix it
+            assert "retry-after" not in r.headers
+            assert r.json()["type"].endswith("/storage-misconfigured")
+            assert "EPERM" in r.json()["detail"]
+            async with res.pool.acquire() as conn:
+                assert await conn.fetchval("SELECT count(*) FROM attachments") == 0
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and "EPERM" in r.json()["checks"]["cache"]
+
+
+def test_doctor_names_the_unwritable_storage_path_and_operation(settings, tmp_path):
+    store = tmp_path / "store"
+    with immutable(store):
+        done = subprocess.run([sys.executable, "-m", "app.cli", "doctor"],
+                              env=env_for(settings), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (line,) = [x for x in done.stdout.splitlines() if "store storage" in x]
+    assert line.startswith("FAIL")
+    assert "EPERM" in line and "write into" in line and str(store) in line
+    assert "ok    cache storage" in done.stdout
+
+
+async def _activity(res, att_id) -> list:
+    async with res.pool.acquire() as conn:
+        return await conn.fetch("SELECT kind, detail FROM attachment_activity"
+                                " WHERE attachment_id = $1 ORDER BY id", att_id)
+
+
+@pytest.mark.parametrize("trouble", ["full", "unwritable"])
+async def test_promotion_into_a_store_that_cannot_take_it_waits_and_says_why(
+        tmp_path, database_url, tiny_disk, trouble):
+    store = tiny_disk / "store"
+    async with service_on(tmp_path, database_url,
+                          store_url=f"file://{store}") as (res, client, tenant):
+        data = os.urandom(2 * 1024 * 1024)  # twice the store's disk
+        r = await client.post("/v1/attachments", headers=tenant.headers,
+                              files={"file": ("big.bin", data)})
+        assert r.status_code == 201, r.text
+        att_id = uuid.UUID(r.json()["id"])
+        with contextlib.ExitStack() as undo:
+            if trouble == "unwritable":
+                grow(tiny_disk)
+                undo.enter_context(immutable(store))
+            # one try, then the job ends: no quick retries (arq's would take minutes here)
+            await asyncio.wait_for(run_worker(res), 30)
+            assert await res.redis.zcard(res.settings.queue_name) == 0
+            att = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
+            assert att["state"] == "cached" and att["error"] is None  # the upload is fine
+            blocked = [a["detail"] for a in await _activity(res, att_id)
+                       if a["kind"] == "promotion.blocked"]
+            code, errno_name = {"full": ("storage_full", "ENOSPC"),
+                                "unwritable": ("storage_access_denied", "EPERM")}[trouble]
+            assert [(b["code"], b["errno"]) for b in blocked] == [(code, errno_name)]
+            assert str(tmp_path) not in blocked[0]["detail"]  # paths are for the operators
+            assert [p for p in store.rglob("*") if p.is_file()] == []  # nothing half-written
+            # the work keeps the whole story for the operator, and its attempts: waiting
+            # for room must not use them up and fail a good upload
+            async with res.pool.acquire() as conn:
+                w = await conn.fetchrow(
+                    "SELECT attempts, last_error, next_attempt_at - now() AS wait"
+                    " FROM attachment_work WHERE attachment_id = $1 AND kind = 'promote'",
+                    att_id)
+            assert w["attempts"] == 0
+            assert errno_name in w["last_error"] and str(store) in w["last_error"]
+            assert 50 < w["wait"].total_seconds() <= work.BLOCKED_RETRY
+            await asyncio.sleep(res.settings.stale_job_after + 0.2)
+            assert att_id not in (await sweep(res)).promotions  # not in a tight loop
+        # the operator makes room (or fixes the folder); BLOCKED_RETRY later the sweep offers
+        # the promotion again
+        if trouble == "full":
+            grow(tiny_disk)
+        async with res.pool.acquire() as conn:
+            await conn.execute("UPDATE attachment_work SET next_attempt_at = now()")
+        report = await sweep(res)
+        assert report is not None and att_id in report.promotions
+        await asyncio.wait_for(run_worker(res), 30)
+        att = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
+        assert att["state"] == "stored"
+        got = await client.get(f"/v1/attachments/{att_id}/content", headers=tenant.headers)
+        assert got.content == data

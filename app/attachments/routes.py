@@ -43,6 +43,7 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"description": "JSON registration, but the cache is not on S3", **PROBLEM},
     413: {"description": "Larger than the profile or service allows", **PROBLEM},
     415: {"description": "File type not allowed by the profile", **PROBLEM},
+    507: {"description": "The storage is full: nothing was kept; try again later", **PROBLEM},
 }
 
 MULTIPART_BODY = {
