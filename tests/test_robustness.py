@@ -70,6 +70,14 @@ def huge_jpeg(width: int, height: int) -> bytes:
     return b"\xff\xd8" + sof + sos + b"\x00" * 16 + b"\xff\xd9"
 
 
+def jpeg_with_metadata_first(width: int, height: int, metadata: int) -> bytes:
+    """``huge_jpeg``, its SOF behind ``metadata`` bytes of APP2 segments (an ICC profile
+    or XMP that large is ordinary in photos): the size is not in the first 64 KiB."""
+    segment = b"\xff\xe2" + struct.pack(">H", 65535) + b"\0" * 65533
+    body = huge_jpeg(width, height)
+    return body[:2] + segment * (metadata // len(segment) + 1) + body[2:]
+
+
 @pytest.fixture
 async def pixel_env(tmp_path, database_url):
     path = tmp_path / "profiles.toml"
@@ -106,6 +114,44 @@ async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, tm
         assert r.headers["content-type"] == "application/problem+json"
         assert f"{size[0] * size[1]} pixels" in r.json()["detail"]
         assert await _rows_and_files(res, tmp_path) == (0, [])
+
+
+async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env, tmp_path):
+    res, client, tenant = pixel_env
+
+    async def network(data: bytes):  # as a socket delivers it, not in one piece
+        for i in range(0, len(data), 16384):
+            yield data[i:i + 16384]
+
+    data = jpeg_with_metadata_first(20000, 20000, metadata=300_000)
+    r = await client.post("/v1/attachments/raw", params={"profile": "photos"},
+                          headers=tenant.headers, content=network(data))
+    assert r.status_code == 422, r.text
+    assert "400000000 pixels" in r.json()["detail"]
+    assert await _rows_and_files(res, tmp_path) == (0, [])
+    # and the size of an allowed one is read from as far in
+    r = await client.post("/v1/attachments/raw", params={"profile": "photos"},
+                          headers=tenant.headers,
+                          content=network(jpeg_with_metadata_first(640, 480, 300_000)))
+    assert r.status_code == 201, r.text
+    assert r.json()["metadata"] == {"width": 640, "height": 480}
+
+
+async def test_max_pixels_holds_for_a_tus_upload_too(pixel_env, tmp_path):
+    """tus checks the file where it lies once complete (ingest.inspect), as far in."""
+    res, client, tenant = pixel_env
+    data = jpeg_with_metadata_first(20000, 20000, metadata=300_000)
+    tus = {"Tus-Resumable": "1.0.0", **tenant.headers}
+    r = await client.post("/v1/tus/", headers={
+        **tus, "Upload-Length": str(len(data)),
+        "Upload-Metadata": "profile " + base64.b64encode(b"photos").decode()})
+    assert r.status_code == 201, r.text
+    r = await client.patch(r.headers["location"], content=data, headers={
+        **tus, "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"})
+    assert r.status_code == 422, r.text
+    assert "400000000 pixels" in r.json()["detail"]
+    async with res.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM attachments") == 0
 
 
 async def test_huge_image_dimensions_are_reported_without_a_pixel_limit(pixel_env):

@@ -18,6 +18,9 @@ from app.storage import Storage
 # Network chunks are coalesced into blocks this big: one thread hop per block for the hash
 # and one for the write.
 BLOCK = 1 << 20
+# An image's size may lie past the first SNIFF_BYTES (a JPEG whose ICC profile or XMP comes
+# before its frame header): reading goes on this far for it, so that max_pixels holds there too.
+IMAGE_HEADER_MAX = 1 << 20
 
 
 class HashBehind:
@@ -90,7 +93,12 @@ async def receive(
     source = aiter(chunks)
     head = await _read_head(source, limit)
     mime_type = sniff_mime(head[:SNIFF_BYTES])
-    metadata = image_dimensions(head) if mime_type.startswith("image/") else None
+    metadata = None
+    if mime_type.startswith("image/"):
+        metadata = image_dimensions(head)
+        if metadata is None and len(head) >= SNIFF_BYTES:  # the size may lie further in
+            head = await _read_head(source, limit, head, IMAGE_HEADER_MAX)
+            metadata = image_dimensions(head)
     metadata = metadata or {}
     # type and pixels are refused before a single byte is stored
     check_against_profile(profile, mime_type=mime_type, size=None,
@@ -128,9 +136,12 @@ async def receive(
                     metadata=metadata)
 
 
-async def _read_head(source: AsyncIterator[bytes], limit: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < SNIFF_BYTES:
+async def _read_head(source: AsyncIterator[bytes], limit: int, start: bytes = b"",
+                     want: int = SNIFF_BYTES) -> bytes:
+    """``start`` and what follows it in ``source``, until there are ``want`` bytes (or the
+    stream ends)."""
+    buf = bytearray(start)
+    while len(buf) < want:
         try:
             chunk = await anext(source)
         except StopAsyncIteration:
@@ -153,7 +164,12 @@ async def inspect(storage: Storage, key: str, *, profile: Profile,
         raise InvalidInput("the uploaded file is not there (anymore)")
     head = await storage.read_head(key, SNIFF_BYTES)
     mime_type = sniff_mime(head)
-    metadata = (image_dimensions(head) if mime_type.startswith("image/") else None) or {}
+    metadata = None
+    if mime_type.startswith("image/"):
+        metadata = image_dimensions(head)
+        if metadata is None and info.size > len(head):  # the size may lie further in
+            metadata = image_dimensions(await storage.read_head(key, IMAGE_HEADER_MAX))
+    metadata = metadata or {}
     check_against_profile(profile, mime_type=mime_type, size=info.size,
                           max_upload_size=max_upload_size, metadata=metadata)
     if declared_size is not None and info.size > declared_size:
