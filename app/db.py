@@ -8,6 +8,10 @@ import asyncpg
 
 # Errors that say nothing about the query and everything about the connection: the API answers
 # them with 503 so clients retry, and the pool reconnects on its own once Postgres is back.
+# OSError stays whole: a connection fails as many kinds of it (refused, reset, unreachable
+# host, a name that does not resolve, asyncpg's "Multiple exceptions" without an errno). The
+# storages raise their own errors for a full disk or a permission problem (app.storage), so
+# those never reach this tuple, and app.transient refuses the errnos of any stray one.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     asyncpg.exceptions.ConnectionDoesNotExistError,

@@ -16,7 +16,9 @@
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── InvalidState                  409 invalid-state
     ├── RangeNotSatisfiable           416 range-not-satisfiable
-    └── ServiceUnavailable            503 service-unavailable
+    ├── ServiceUnavailable            503 service-unavailable
+    ├── InsufficientStorage           507 insufficient-storage (a storage is full)
+    └── StorageMisconfigured          500 storage-misconfigured (permissions, read-only)
 """
 
 from __future__ import annotations
@@ -115,6 +117,20 @@ class RangeNotSatisfiable(StowageError):
 
 class ServiceUnavailable(StowageError):
     status, slug, title = 503, "service-unavailable", "Service temporarily unavailable"
+
+
+class InsufficientStorage(StowageError):
+    """A storage has no room (disk full, quota): not the request's fault, and retrying at once
+    does not help; an operator has to make room."""
+
+    status, slug, title = 507, "insufficient-storage", "Insufficient storage"
+
+
+class StorageMisconfigured(StowageError):
+    """A storage refuses the operation (permissions, read-only filesystem): a configuration
+    error for an operator (`stowage doctor` names the path), never worth a quick retry."""
+
+    status, slug, title = 500, "storage-misconfigured", "Storage misconfigured"
 
 
 def problem_slugs() -> set[str]:

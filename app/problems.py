@@ -44,6 +44,9 @@ def problem_response(error: errors.StowageError, request: Request,
 def error_response(request: Request, exc: Exception) -> Response:
     """The answer to ``exc`` escaping a route."""
     if isinstance(exc, errors.StowageError):
+        if exc.status >= 500:  # the operator's to fix (a full disk...): str() says where
+            log.error("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__,
+                      exc)
         return problem_response(exc, request)
     if isinstance(exc, RequestValidationError):
         problems = [
@@ -63,7 +66,10 @@ def error_response(request: Request, exc: Exception) -> Response:
         return Response(status_code=499)
     # S3 down or throttling after botocore's own retries; anything else from it is a bug or
     # a misconfiguration (a missing bucket, denied access): logged as unexpected
-    if isinstance(exc, UNAVAILABLE) or (isinstance(exc, STORAGE_ERRORS) and is_transient(exc)):
+    # (an OSError that is no outage, a full disk or a permission, is the operator's to fix)
+    unavailable = isinstance(exc, UNAVAILABLE) and not (
+        isinstance(exc, OSError) and not is_transient(exc))
+    if unavailable or (isinstance(exc, STORAGE_ERRORS) and is_transient(exc)):
         log.warning("dependency unavailable: %s: %s", type(exc).__name__, exc)
         return problem_response(errors.ServiceUnavailable(
             "a dependency (Postgres, Redis or storage) is unreachable; retry"), request)

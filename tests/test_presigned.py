@@ -123,7 +123,7 @@ async def test_policy_pins_key_and_size(s3_env):
     policy = json.loads(base64.b64decode(p["fields"]["policy"]))
     conditions = policy["conditions"]
     assert {"key": p["key"]} in conditions and {"bucket": cache_bucket} in conditions
-    assert ["content-length-range", 0, 20 * 1024 * 1024] in conditions
+    assert ["content-length-range", 0, 10] in conditions  # the declared size
     assert policy["expiration"]
 
 

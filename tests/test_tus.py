@@ -683,8 +683,9 @@ async def test_a_disk_error_mid_patch_keeps_the_offset_and_the_retry_completes(e
     async with asgi_client(env.res, raise_app_exceptions=False) as c:
         r = await c.patch(url, content=in_blocks(), headers={
             **TUS, **OCTETS, **env.tenant.headers, "Upload-Offset": str(MiB)})
-    # an OSError from the storage answers 503 + Retry-After (main.py), like other outages
-    assert r.status_code == 503 and r.headers["content-type"] == "application/problem+json"
+    # a full disk is no outage to retry in 5 s: 507 Insufficient Storage
+    assert r.status_code == 507 and r.headers["content-type"] == "application/problem+json"
+    assert "ENOSPC" in r.json()["detail"] and "retry-after" not in r.headers
     assert (await head(env, url)).headers["upload-offset"] == str(MiB)
     monkeypatch.setattr(tus, "_pwrite_all", real)
     r = await patch(env, url, MiB, data[MiB:])

@@ -14,6 +14,7 @@ from arq import Retry
 from arq.constants import in_progress_key_prefix
 
 from app.attachments import service, work
+from app.attachments.service import STORAGE_PROBLEMS
 from app.ops import metrics
 from app.ops.logs import request_id_var
 from app.resources import Resources
@@ -102,6 +103,18 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
         except EndpointBusy as e:  # not an attempt: the endpoint's slots are all taken
             outcome = "busy"
             raise Retry(defer=e.retry_in) from e
+        except STORAGE_PROBLEMS as e:
+            # Not transient (seconds later the disk is as full, the folder as read-only), and
+            # not the file's fault: the attempt keeps its error but does not count towards
+            # giving up, and the sweep offers the work again every work.BLOCKED_RETRY
+            # seconds, so it completes once an operator has made room or fixed permissions.
+            outcome = "blocked"
+            error = f"{type(e).__name__}: {e}"
+            delay = await _record_failure(res, attempt, e, timed_out=False, error=error,
+                                          counts=False)
+            log.error("%s %s blocked: %s; trying again in %ss", name, target_id, error,
+                      delay or "a while")
+            return outcome
         except Exception as e:
             timed_out = isinstance(e, TimeoutError) and deadline is not None \
                 and deadline.expired()
@@ -130,7 +143,8 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
 
 
 async def _record_failure(res: Resources, attempt: work.Attempt | None, exc: BaseException,
-                          *, timed_out: bool, error: str | None = None) -> int | None:
+                          *, timed_out: bool, error: str | None = None,
+                          counts: bool = True) -> int | None:
     """Keep why the attempt failed in Postgres; the seconds until the next attempt, or None
     when there is no attempt to record (or Postgres is what failed)."""
     if attempt is None:
@@ -138,7 +152,7 @@ async def _record_failure(res: Resources, attempt: work.Attempt | None, exc: Bas
     try:
         async with res.pool.acquire() as conn:
             return await work.failed(conn, attempt, error or f"{type(exc).__name__}: {exc}",
-                                     timed_out=timed_out)
+                                     timed_out=timed_out, counts=counts)
     except Exception as e:
         log.warning("could not record the failed attempt of %s %s: %s", attempt.kind,
                     attempt.attachment_id, e)

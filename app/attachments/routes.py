@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -24,9 +26,10 @@ from app.errors import (
     UnsupportedMediaType,
     UploadTooLarge,
 )
+from app.failpoints import failpoint
 from app.ops.metrics import track_upload
 from app.resources import Resources
-from app.storage import Storage, content_disposition
+from app.storage import Storage, StorageObjectNotFound, content_disposition, open_read
 from app.uploads import presigned
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
 from app.uploads.options import (
@@ -57,6 +60,7 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "Larger than the profile or service allows (a JSON registration:"
                          f" a body over {MAX_REGISTER_BODY // 1024} KiB)", **PROBLEM},
     415: {"description": "File type not allowed by the profile", **PROBLEM},
+    507: {"description": "The storage is full: nothing was kept; try again later", **PROBLEM},
 }
 
 MULTIPART_BODY = {
@@ -353,23 +357,73 @@ async def _readable(request: Request, res: Resources, att_id: UUID, token: str |
     return await service.get(res, app_id, att_id)
 
 
-async def serve_file(request: Request, res: Resources, row: Any) -> Response:
+@dataclass(frozen=True)
+class _File:
+    """One object a download serves, and how."""
+
+    storage: Storage
+    key: str
+    mime: str
+    size: int
+    etag: str
+    filename: str | None
+
+
+# How often a download follows its file when it moved under it: a promotion moves it once,
+# a reprocess once more; beyond that something else is wrong.
+_MOVES = 3
+
+
+def _original(res: Resources, row: Any) -> _File:
     if row["state"] not in ("cached", "stored"):
         raise InvalidState(f"attachment {row['id']} is {row['state']}; it has no file")
     storage = res.store if row["storage"] == "store" else res.cache
-    return await serve_object(request, storage, key=row["key"], mime=row["mime_type"],
-                              size=row["size"], etag=row["sha256"], filename=row["filename"])
+    return _File(storage, row["key"], row["mime_type"], row["size"], row["sha256"],
+                 row["filename"])
+
+
+def _derivative(name: str) -> Callable[[Resources, Any], _File]:
+    def pick(res: Resources, row: Any) -> _File:
+        derivative = (row["derivatives"] or {}).get(name)
+        if derivative is None:
+            raise DerivativeNotFound(f"attachment {row['id']} has no derivative {name!r}")
+        if row["state"] != "stored":
+            raise InvalidState(f"attachment {row['id']} is {row['state']}")
+        return _File(res.store, derivative["key"], derivative["mime_type"], derivative["size"],
+                     f"{row['sha256'][:16]}-{row['generation']}-{name}", None)
+
+    return pick
+
+
+async def serve_file(request: Request, res: Resources, row: Any,
+                     pick: Callable[[Resources, Any], _File] = _original) -> Response:
+    """Serve what ``pick`` chooses from the row. When the file is gone by the time it is
+    opened, the row is read again: if the attachment changed meanwhile (a promotion purged
+    the cached copy, a reprocess replaced the derivatives), the file is served from where it
+    is now, or the new state answers (deleted: 409)."""
+    for _ in range(_MOVES):
+        try:
+            return await serve_object(request, **vars(pick(res, row)))
+        except StorageObjectNotFound:
+            fresh = await service.moved(res, row)
+            if fresh is None:
+                raise  # not moved but lost: a case for `stowage fsck`
+            row = fresh
+    return await serve_object(request, **vars(pick(res, row)))
 
 
 async def serve_object(request: Request, storage: Storage, *, key: str, mime: str, size: int,
                        etag: str, filename: str | None) -> Response:
-    """Redirect to the storage (S3) or stream it ourselves with Range support (filesystem)."""
+    """Redirect to the storage (S3) or stream it ourselves with Range support (filesystem).
+
+    Raises StorageObjectNotFound before anything is sent when the object is not there."""
     as_attachment = is_active(mime)
     url = await storage.presigned_get_url(
         key, expires_in=300, filename=filename, content_type=mime, as_attachment=as_attachment,
     )
     if url is not None:
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
+    await failpoint("download.before_open")
     headers = {
         "Accept-Ranges": "bytes",
         "ETag": f'"{etag}"',
@@ -382,12 +436,13 @@ async def serve_object(request: Request, storage: Storage, *, key: str, mime: st
     byte_range = parse_range(request.headers.get("range"), size)
     if byte_range is None:
         headers["Content-Length"] = str(size)
-        return StreamingResponse(storage.read(key), media_type=mime, headers=headers)
+        return StreamingResponse(await open_read(storage, key), media_type=mime,
+                                 headers=headers)
     start, end = byte_range
     headers["Content-Range"] = f"bytes {start}-{end}/{size}"
     headers["Content-Length"] = str(end - start + 1)
-    return StreamingResponse(storage.read(key, start, end), status_code=206, media_type=mime,
-                             headers=headers)
+    return StreamingResponse(await open_read(storage, key, start, end), status_code=206,
+                             media_type=mime, headers=headers)
 
 
 @router.get(
@@ -406,15 +461,7 @@ async def download_derivative(
 ) -> Response:
     row = await _readable(request, res, _attachment_id(attachment_id), token, credentials,
                           derivative=name)
-    derivative = (row["derivatives"] or {}).get(name)
-    if derivative is None:
-        raise DerivativeNotFound(f"attachment {row['id']} has no derivative {name!r}")
-    if row["state"] != "stored":
-        raise InvalidState(f"attachment {row['id']} is {row['state']}")
-    return await serve_object(request, res.store, key=derivative["key"],
-                              mime=derivative["mime_type"], size=derivative["size"],
-                              etag=f"{row['sha256'][:16]}-{row['generation']}-{name}",
-                              filename=None)
+    return await serve_file(request, res, row, _derivative(name))
 
 
 @router.post(

@@ -19,7 +19,13 @@ import asyncpg
 from app import activity
 from app.attachments import keys, work
 from app.attachments import repository as repo
-from app.errors import AttachmentNotFound, InvalidState
+from app.errors import (
+    AttachmentNotFound,
+    InsufficientStorage,
+    InvalidState,
+    StorageMisconfigured,
+    StowageError,
+)
 from app.failpoints import failpoint
 from app.ids import uuid7
 from app.media.derivatives import ImageProcessingError
@@ -135,6 +141,17 @@ async def get(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
     return row
 
 
+async def moved(res: Resources, row: asyncpg.Record) -> asyncpg.Record | None:
+    """The attachment anew if it changed since ``row`` was read, else None: a file that is
+    gone under a download was usually moved (promotion purged the cached copy, a reprocess
+    replaced the derivatives), and the row now says where it is."""
+    async with res.pool.acquire() as conn:
+        fresh = await repo.get(conn, row["id"])
+    if fresh is None or fresh["generation"] == row["generation"]:
+        return None
+    return fresh
+
+
 async def wait_for_change(res: Resources, app_id: UUID, att_id: UUID, wait: float
                           ) -> asyncpg.Record:
     """The attachment, once it is no longer `cached` or after `wait` seconds (long-poll).
@@ -236,6 +253,9 @@ async def promote(res: Resources, att_id: UUID) -> str:
                 "file_missing", "the uploaded file is no longer in the cache"))
         except ImageProcessingError as e:
             return await _fail(res, conn, row, PermanentError(e.code, e.detail))
+        except STORAGE_PROBLEMS as e:
+            await _blocked(conn, att_id, "promotion.blocked", e, res.store, written)
+            raise
         await failpoint("promote.after_copy")
         async with conn.transaction():
             stored, replaced, deliveries = await _store_in_slot(res, conn, row, store_key,
@@ -330,6 +350,26 @@ async def _remove(storage: Storage, keys_written: list[str]) -> None:
         await storage.delete(key)
 
 
+# A storage that cannot take the work (full, read-only, not writable): not the file's fault,
+# so the attachment is not failed for it, and not an outage to retry in seconds either.
+STORAGE_PROBLEMS = (InsufficientStorage, StorageMisconfigured)
+
+
+async def _blocked(conn: asyncpg.Connection, att_id: UUID, kind: str, error: StowageError,
+                   storage: Storage, written: list[str]) -> None:
+    """Undo what this run wrote and say in the attachment's activity why it could not go on.
+    The attachment stays as it is (an upload stays safe in the cache) and the caller raises
+    on; the sweep offers the work again later, so it completes once an operator made room."""
+    with contextlib.suppress(Exception):  # a read-only store cannot be cleaned either: fsck
+        await _remove(storage, written)
+    # the problem's detail, not str(): the timeline is the API client's too, and the server's
+    # paths are for its operators (the worker's log line has them)
+    await activity.record(conn, att_id, kind, {
+        "code": getattr(error, "code", error.slug), "errno": getattr(error, "errno_name", None),
+        "detail": error.detail,
+    })
+
+
 async def request_reprocess(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
     row = await get(res, app_id, att_id)
     if row["state"] != "stored":
@@ -359,6 +399,9 @@ async def reprocess(res: Resources, att_id: UUID) -> str:
                                   {"code": e.code, "detail": e.detail})
             await _remove(res.store, written)
             return "failed"
+        except STORAGE_PROBLEMS as e:
+            await _blocked(conn, att_id, "reprocess.blocked", e, res.store, written)
+            raise
         async with conn.transaction():
             swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives)
             if swapped is not None:

@@ -28,6 +28,9 @@ GIVES_UP = frozenset({PROMOTE, REPROCESS})
 
 # seconds before the next attempt, by attempts made so far (last one repeats)
 BACKOFF = (2, 5, 15, 30, 60, 300, 900, 3600)
+# seconds between attempts at work that a storage cannot take (full, not writable): an
+# operator's fix is picked up within this, and the attempts are not used up meanwhile
+BLOCKED_RETRY = 60
 
 
 @dataclass(frozen=True)
@@ -83,14 +86,19 @@ async def begin(conn: asyncpg.Connection, settings: Settings, kind: str,
 
 
 async def failed(conn: asyncpg.Connection, attempt: Attempt, error: str, *,
-                 timed_out: bool) -> int:
-    """Record why the attempt failed; returns the seconds until the next may start."""
-    delay = backoff(attempt.number)
+                 timed_out: bool, counts: bool = True) -> int:
+    """Record why the attempt failed; returns the seconds until the next may start.
+
+    An attempt that does not count (a storage could not take the work: disk full, folder not
+    writable) is given back: waiting for an operator must not use up the attempts and fail a
+    good upload. It is tried again every BLOCKED_RETRY seconds instead."""
+    delay = backoff(attempt.number) if counts else BLOCKED_RETRY
     await conn.execute(
         "UPDATE attachment_work SET last_error = $3, timed_out = $4, updated_at = now(),"
-        " next_attempt_at = now() + make_interval(secs => $5)"
+        " next_attempt_at = now() + make_interval(secs => $5), attempts = attempts - $6"
         " WHERE attachment_id = $1 AND kind = $2",
         attempt.attachment_id, attempt.kind, error[:2000], timed_out, delay,
+        0 if counts else 1,
     )
     return delay
 

@@ -9,8 +9,11 @@ from .base import (
     Leftover,
     ObjectInfo,
     Storage,
+    StorageAccessDenied,
+    StorageFull,
     StorageObjectNotFound,
     content_disposition,
+    open_read,
     validate_key,
 )
 from .filesystem import FilesystemStorage
@@ -23,8 +26,11 @@ __all__ = [
     "S3Storage",
     "S3StorageError",
     "Storage",
+    "StorageAccessDenied",
+    "StorageFull",
     "StorageObjectNotFound",
     "content_disposition",
+    "open_read",
     "open_s3_client",
     "parse_storage_url",
     "storage_from_url",

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import os
 import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import quote
 
+from app.errors import InsufficientStorage, StorageMisconfigured
+
 TEMP_SUFFIX = ".part"
+
+# errno values that say "this storage cannot take it", as opposed to "is unreachable": they
+# are not transient (a retry in seconds finds the disk as full, the folder as read-only).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+ACCESS_DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
 
 class StorageObjectNotFound(LookupError):
@@ -19,6 +28,72 @@ class StorageObjectNotFound(LookupError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key
+
+
+def _errno_name(err: OSError) -> str:
+    return errno.errorcode.get(err.errno or 0, str(err.errno))
+
+
+class StorageFull(InsufficientStorage):
+    """A storage had no room for an operation. The problem detail (what clients see) names
+    the errno only; ``str()`` (logs, /readyz, activity) also says where and what."""
+
+    code = "storage_full"
+
+    def __init__(self, operation: str, path: str, err: OSError) -> None:
+        self.errno_name = _errno_name(err)
+        super().__init__(f"the storage has no space left ({self.errno_name}); try again later")
+        self.operation, self.path = operation, path
+        self.explanation = (f"no space left ({self.errno_name}: {err.strerror}) to {operation}"
+                            f" {path}")
+
+    def __str__(self) -> str:
+        return self.explanation
+
+
+class StorageAccessDenied(StorageMisconfigured):
+    """A storage refused an operation (EACCES, EPERM, EROFS). The problem detail keeps the
+    path to itself; ``str()`` names the path, the operation and the user."""
+
+    code = "storage_access_denied"
+
+    def __init__(self, operation: str, path: str, err: OSError) -> None:
+        self.errno_name = _errno_name(err)
+        super().__init__(f"the server may not {operation} in its storage ({self.errno_name});"
+                         " an operator must fix the storage's permissions")
+        self.operation, self.path = operation, path
+        self.explanation = (f"{err.strerror} ({self.errno_name}) to {operation} {path}, as uid"
+                            f" {os.geteuid()}: the storage folder must be writable by the user"
+                            " that runs stowage")
+
+    def __str__(self) -> str:
+        return self.explanation
+
+
+def storage_error(err: OSError, operation: str, path: object
+                  ) -> StorageFull | StorageAccessDenied | None:
+    """The storage error an OSError means, naming the operation and the path; None for the
+    others (missing files, I/O trouble), which callers handle or raise as they are."""
+    where = str(err.filename if err.filename is not None else path)
+    if err.errno in DISK_FULL_ERRNOS:
+        return StorageFull(operation, where, err)
+    if err.errno in ACCESS_DENIED_ERRNOS:
+        return StorageAccessDenied(operation, where, err)
+    return None
+
+
+@contextlib.contextmanager
+def explain_os_errors(operation: str, path: object) -> Iterator[None]:
+    """An OSError that says the storage cannot take it (full, read-only, not writable by this
+    user) becomes the storage error that says so, naming the operation and the path: it is
+    not an outage to wait out. Other OSErrors (a missing file, ...) go on as they are."""
+    try:
+        yield
+    except OSError as e:
+        problem = storage_error(e, operation, path)
+        if problem is None:
+            raise
+        raise problem from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +237,35 @@ async def read_head_via(storage: Storage, key: str, n: int) -> bytes:
         return b""
     parts = [chunk async for chunk in storage.read(key, 0, n - 1, chunk_size=n)]
     return b"".join(parts)
+
+
+async def open_read(
+    storage: Storage, key: str, start: int = 0, end: int | None = None
+) -> AsyncGenerator[bytes, None]:
+    """``storage.read(key, start, end)``, started: the object is open (or
+    StorageObjectNotFound raised) when this returns, not when the caller is already committed
+    to it. An HTTP response that has sent its status line cannot take it back: a file that
+    vanishes between that and the first read breaks the connection off after a 200. Once
+    open, the object reads in full even if it is deleted meanwhile (an open file descriptor,
+    an S3 GET under way)."""
+    chunks = storage.read(key, start, end)
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = None  # an empty object (or range): opened, nothing to send
+    except BaseException:
+        await chunks.aclose()
+        raise
+    return _started(first, chunks)
+
+
+async def _started(first: bytes | None, rest: AsyncGenerator[bytes, None]
+                   ) -> AsyncGenerator[bytes, None]:
+    async with contextlib.aclosing(rest):
+        if first is not None:
+            yield first
+        async for chunk in rest:
+            yield chunk
 
 
 _background_cleanups: set[asyncio.Task[object]] = set()

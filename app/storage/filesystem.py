@@ -24,6 +24,7 @@ from .base import (
     Storage,
     StorageObjectNotFound,
     check_range,
+    explain_os_errors,
     is_temp_name,
     read_head_via,
     run_shielded,
@@ -65,23 +66,25 @@ class FilesystemStorage:
         path = self.path_for(key)
         target = _AtomicFile(path)
         total = 0
-        try:
-            await target.open()
-            buf = bytearray()
-            async for chunk in chunks:
-                total += len(chunk)
-                if not buf and len(chunk) >= self.write_buffer_size:
-                    await target.write_behind(chunk)
-                    continue
-                buf += chunk
-                if len(buf) >= self.write_buffer_size:
-                    await target.write_behind(buf)
-                    # A fresh buffer, not clear(): the old one is still being written.
-                    buf = bytearray()
-            await target.commit(buf)  # the last bytes go with the commit: one thread hop less
-        except BaseException:
-            await run_shielded(target.discard())
-            raise
+        with explain_os_errors("write", path):
+            try:
+                await target.open()
+                buf = bytearray()
+                async for chunk in chunks:
+                    total += len(chunk)
+                    if not buf and len(chunk) >= self.write_buffer_size:
+                        await target.write_behind(chunk)
+                        continue
+                    buf += chunk
+                    if len(buf) >= self.write_buffer_size:
+                        await target.write_behind(buf)
+                        # A fresh buffer, not clear(): the old one is still being written.
+                        buf = bytearray()
+                # the last bytes go with the commit: one thread hop less
+                await target.commit(buf)
+            except BaseException:
+                await run_shielded(target.discard())
+                raise
         return total
 
     async def read(
@@ -90,7 +93,8 @@ class FilesystemStorage:
         check_range(start, end)
         path = self.path_for(key)
         try:
-            f = await asyncio.to_thread(_open_at, path, start)
+            with explain_os_errors("read", path):
+                f = await asyncio.to_thread(_open_at, path, start)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise StorageObjectNotFound(key) from None
         try:
@@ -112,7 +116,8 @@ class FilesystemStorage:
     async def stat(self, key: str) -> ObjectInfo | None:
         path = self.path_for(key)
         try:
-            st = await asyncio.to_thread(os.stat, path)
+            with explain_os_errors("stat", path):
+                st = await asyncio.to_thread(os.stat, path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         if not stat_mod.S_ISREG(st.st_mode):
@@ -130,9 +135,9 @@ class FilesystemStorage:
         independent: bool = False,
     ) -> None:
         if isinstance(source, FilesystemStorage):
-            src = source.path_for(src_key)
-            await asyncio.to_thread(_copy_local, src, self.path_for(dest_key), src_key,
-                                    not independent)
+            src, dest = source.path_for(src_key), self.path_for(dest_key)
+            with explain_os_errors("copy into", dest):
+                await asyncio.to_thread(_copy_local, src, dest, src_key, not independent)
             return
         await stream_copy(
             self, source, src_key, dest_key, content_type=content_type, metadata=metadata
@@ -141,14 +146,17 @@ class FilesystemStorage:
     async def delete(self, key: str) -> None:
         path = self.path_for(key)
         # A directory at `key` is not an object, so deleting "it" is a no-op.
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        with (explain_os_errors("delete", path),
+              contextlib.suppress(FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             await asyncio.to_thread(os.unlink, path)
 
     async def delete_prefix(self, prefix: str) -> int:
         validate_prefix(prefix, allow_empty=False)
         if not prefix.endswith("/"):
             raise ValueError("delete_prefix needs a prefix ending with '/'")
-        return await asyncio.to_thread(_remove_tree, self.path_for(prefix.removesuffix("/")))
+        top = self.path_for(prefix.removesuffix("/"))
+        with explain_os_errors("delete", top):
+            return await asyncio.to_thread(_remove_tree, top)
 
     async def list_keys(self, prefix: str = "") -> AsyncGenerator[str, None]:
         validate_prefix(prefix)
@@ -156,7 +164,11 @@ class FilesystemStorage:
         base_dir = prefix.rpartition("/")[0]
         base = self.path_for(base_dir) if base_dir else self.root
         keys = self._walk_keys(base, prefix)
-        while batch := await asyncio.to_thread(_take, keys, _LIST_BATCH):
+        while True:
+            with explain_os_errors("list", base):
+                batch = await asyncio.to_thread(_take, keys, _LIST_BATCH)
+            if not batch:
+                return
             for key in batch:
                 yield key
 
@@ -208,15 +220,22 @@ class FilesystemStorage:
         return found
 
     async def ping(self) -> None:
-        await asyncio.to_thread(self._check_root)
+        with explain_os_errors("write into", self.root):
+            await asyncio.to_thread(self._check_root)
 
     async def aclose(self) -> None:
         return None
 
     def _check_root(self) -> None:
+        """The root exists, a file can be made in it (as the uploads will: this names the real
+        errno of a read-only, immutable or foreign folder) and the disk is not full."""
         ensure_dir(self.root)
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, "storage root is not writable", str(self.root))
+        probe = temp_path_for(self.root / "ping")
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+        st = os.statvfs(self.root)
+        if st.f_bavail == 0 or (st.f_files and st.f_favail == 0):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.root))
 
     def _walk_keys(self, base: Path, prefix: str) -> Iterator[str]:
         for dirpath, dirnames, filenames in os.walk(base):

@@ -18,6 +18,9 @@ from app.storage import Storage
 # Network chunks are coalesced into blocks this big: one thread hop per block for the hash
 # and one for the write.
 BLOCK = 1 << 20
+# An image's size may lie past the first SNIFF_BYTES (a JPEG whose ICC profile or XMP comes
+# before its frame header): reading goes on this far for it, so that max_pixels holds there too.
+IMAGE_HEADER_MAX = 1 << 20
 
 
 class HashBehind:
@@ -90,7 +93,12 @@ async def receive(
     source = aiter(chunks)
     head = await _read_head(source, limit)
     mime_type = sniff_mime(head[:SNIFF_BYTES])
-    metadata = image_dimensions(head) if mime_type.startswith("image/") else None
+    metadata = None
+    if mime_type.startswith("image/"):
+        metadata = image_dimensions(head)
+        if metadata is None and len(head) >= SNIFF_BYTES:  # the size may lie further in
+            head = await _read_head(source, limit, head, IMAGE_HEADER_MAX)
+            metadata = image_dimensions(head)
     metadata = metadata or {}
     # type and pixels are refused before a single byte is stored
     check_against_profile(profile, mime_type=mime_type, size=None,
@@ -128,9 +136,12 @@ async def receive(
                     metadata=metadata)
 
 
-async def _read_head(source: AsyncIterator[bytes], limit: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < SNIFF_BYTES:
+async def _read_head(source: AsyncIterator[bytes], limit: int, start: bytes = b"",
+                     want: int = SNIFF_BYTES) -> bytes:
+    """``start`` and what follows it in ``source``, until there are ``want`` bytes (or the
+    stream ends)."""
+    buf = bytearray(start)
+    while len(buf) < want:
         try:
             chunk = await anext(source)
         except StopAsyncIteration:
@@ -142,18 +153,29 @@ async def _read_head(source: AsyncIterator[bytes], limit: int) -> bytes:
 
 
 async def inspect(storage: Storage, key: str, *, profile: Profile,
-                  max_upload_size: int, sha256: str | None = None) -> Received:
+                  max_upload_size: int, sha256: str | None = None,
+                  declared_size: int | None = None) -> Received:
     """Describe and check an object already in `storage` (a presigned or tus upload): the
     same facts and refusals as `receive`, without writing the bytes again. ``sha256``, when
-    the caller hashed the bytes as they arrived, saves reading them all back."""
+    the caller hashed the bytes as they arrived, saves reading them all back;
+    ``declared_size`` is the most bytes the client said it would send (a presign's size)."""
     info = await storage.stat(key)
     if info is None:
         raise InvalidInput("the uploaded file is not there (anymore)")
     head = await storage.read_head(key, SNIFF_BYTES)
     mime_type = sniff_mime(head)
-    metadata = (image_dimensions(head) if mime_type.startswith("image/") else None) or {}
+    metadata = None
+    if mime_type.startswith("image/"):
+        metadata = image_dimensions(head)
+        if metadata is None and info.size > len(head):  # the size may lie further in
+            metadata = image_dimensions(await storage.read_head(key, IMAGE_HEADER_MAX))
+    metadata = metadata or {}
     check_against_profile(profile, mime_type=mime_type, size=info.size,
                           max_upload_size=max_upload_size, metadata=metadata)
+    if declared_size is not None and info.size > declared_size:
+        # S3 enforces the presign's content-length-range; not every S3-compatible store does
+        raise InvalidInput(f"the uploaded file has {info.size} bytes; the presigned upload"
+                           f" declared {declared_size}", field="cached_key")
     if sha256 is None:
         hasher = hashlib.sha256()
         async for chunk in storage.read(key):

@@ -41,11 +41,13 @@ async def create(res: Resources, app_id: UUID, *, filename: str | None, size: in
     att_id = uuid7()
     key = keys.cache_key(app_id, att_id)
     expires_at = datetime.now(UTC) + timedelta(seconds=PRESIGN_TTL_S)
-    post = await res.cache.presigned_post(key, max_size=limit,  # type: ignore[attr-defined]
+    # the declared size, not the profile's limit, is the most the policy and the
+    # registration accept: a client cannot presign a small file and send a large one
+    post = await res.cache.presigned_post(key, max_size=size,  # type: ignore[attr-defined]
                                           expires_in=PRESIGN_TTL_S)
     async with res.pool.acquire() as conn:
         await repo.insert(conn, attachment_id=att_id, app_id=app_id, key=key,
-                          profile=prof.name, filename=filename, max_size=limit,
+                          profile=prof.name, filename=filename, max_size=size,
                           expires_at=expires_at)
     return {"key": key, "method": "POST", "url": post["url"], "fields": post["fields"],
             "headers": {}, "expires_at": expires_at}
@@ -83,7 +85,8 @@ async def register(res: Resources, app_id: UUID, cached_key: str, options: Uploa
 async def _inspect(res: Resources, key: str, presign: Any, options: UploadOptions) -> Received:
     prof = res.profiles.get(options.profile or presign["profile"])
     return await inspect(res.cache, key, profile=prof,
-                         max_upload_size=res.settings.max_upload_size)
+                         max_upload_size=res.settings.max_upload_size,
+                         declared_size=presign["max_size"])
 
 
 async def sweep_expired(res: Resources) -> int:

@@ -61,7 +61,7 @@ from app.offload import OrderedOffload
 from app.ops.metrics import track_upload
 from app.resources import Resources
 from app.storage import StorageObjectNotFound
-from app.storage.base import run_shielded
+from app.storage.base import explain_os_errors, run_shielded
 from app.storage.filesystem import ensure_dir, fsync_dir, start_writeback
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import BLOCK, HashBehind, inspect
@@ -341,7 +341,10 @@ async def append(res: Resources, app_id: UUID, upload_id: UUID, *, offset: int,
         if content_length is not None and offset + content_length > row["length"]:
             raise UploadTooLarge(f"{offset} + {content_length} bytes is over the Upload-Length"
                                  f" of {row['length']}")
-        row = await _receive(res, row, token, chunks, checksum)
+        # the filesystem sink writes the file itself: a full or unwritable disk under it is
+        # a 507 or a configuration error, like any storage's, not an outage (503)
+        with explain_os_errors("write", row["storage_key"]):
+            row = await _receive(res, row, token, chunks, checksum)
         if row["state"] == "completing":
             digest = res.tus_digests.take(row["id"], row["length"])
             row = await _complete(res, row, token,

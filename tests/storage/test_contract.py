@@ -22,6 +22,7 @@ from app.storage import (
     Storage,
     StorageObjectNotFound,
     content_disposition,
+    open_read,
     parse_storage_url,
     storage_from_url,
 )
@@ -163,6 +164,21 @@ async def test_missing_object(storage: Storage) -> None:
         await storage.read_head("nope/nothing", 10)
     with pytest.raises(StorageObjectNotFound):
         await storage.read_head("nope/nothing", 0)
+
+
+async def test_open_read_opens_before_returning(storage: Storage) -> None:
+    """A download commits to a 200 once it has the reader: a missing object must be known
+    before that, and one deleted after it must still read in full."""
+    with pytest.raises(StorageObjectNotFound):
+        await open_read(storage, "nope/nothing")
+    data = blob(3 * MiB, seed=5)
+    await storage.write("o/pen", chunked(data))
+    await storage.write("o/empty", aiter_of([]))
+    whole, part = await open_read(storage, "o/pen"), await open_read(storage, "o/pen", 10, 19)
+    await storage.delete("o/pen")
+    assert b"".join([c async for c in whole]) == data
+    assert b"".join([c async for c in part]) == data[10:20]
+    assert [c async for c in await open_read(storage, "o/empty")] == []
 
 
 async def test_directory_like_key_is_not_an_object(storage: Storage) -> None:

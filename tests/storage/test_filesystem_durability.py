@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from app.storage import StorageFull
 from app.storage import filesystem as fs_module
 from app.storage.filesystem import FilesystemStorage
 
@@ -58,7 +59,8 @@ async def test_a_disk_error_in_a_queued_write_fails_the_write_and_leaves_the_old
 
     monkeypatch.setattr(fs_module._AtomicFile, "_write", full_disk)
     block = b"x" * (1 << 20)
-    with pytest.raises(OSError, match="No space"):
+    # not an OSError any more: a full disk is no outage to retry (app.transient)
+    with pytest.raises(StorageFull, match="ENOSPC"):
         await storage.write("k", _chunks(*[block] * 8))
     assert (tmp_path / "k").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no temp file left
