@@ -526,3 +526,35 @@ async def test_endpoints_and_delivery_log_page_with_cursors(hooks, receiver):
     log = await all_pages(f"/v1/webhook-endpoints/{eps[0]['id']}/deliveries")
     assert len(log) == len(set(log)) == 5
     assert log == [d["id"] for d in await deliveries(client, tenant, eps[0]["id"])]
+
+
+async def test_reprocess_sends_attachment_updated_with_the_new_derivative_links(
+        hooks, receiver, tmp_path):
+    """Clients that keep derivative links from webhooks learn the rebuilt ones."""
+    from app.profiles import load_profiles
+    from tests.helpers import jpeg_bytes
+
+    res, client, tenant = hooks
+    profiles_file = tmp_path / "profiles.toml"
+    profiles_file.write_text('[profiles.pics]\ntypes = ["image/*"]\n'
+                             '[profiles.pics.derivatives.thumb]\nwidth = 20\nheight = 20\n')
+    res.profiles = load_profiles(profiles_file)
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.updated"])
+    r = await client.post("/v1/attachments", headers=tenant.headers, data={"profile": "pics"},
+                          files={"file": ("a.jpg", jpeg_bytes(80, 60))})
+    att = r.json()
+    await run_worker(res)
+    before = (await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)).json()
+    profiles_file.write_text('[profiles.pics]\ntypes = ["image/*"]\n'
+                             '[profiles.pics.derivatives.thumb]\nwidth = 40\nheight = 40\n')
+    res.profiles = load_profiles(profiles_file)
+    r = await client.post(f"/v1/attachments/{att['id']}/reprocess", headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    await run_worker(res)
+    [updated] = receiver.of_type("attachment.updated")
+    event = Webhook(ep["secret"]).verify(updated.body, updated.headers)
+    thumb = event["data"]["derivatives"]["thumb"]
+    assert thumb["width"] == 40 and thumb["url"] != before["derivatives"]["thumb"]["url"]
+    assert event["data"]["generation"] > before["generation"]
+    r = await client.get(thumb["url"].removeprefix(res.settings.public_url))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/webp"

@@ -407,11 +407,15 @@ async def reprocess(res: Resources, att_id: UUID) -> str:
             if swapped is not None:
                 await activity.record(conn, att_id, "reprocessed",
                                       {"derivatives": sorted(derivatives)})
+                # clients that keep derivative links from webhooks learn the new ones
+                deliveries = await emit_attachment(conn, "attachment.updated", swapped,
+                                                   res.links)
         if swapped is None:
             await activity.record(conn, att_id, "reprocess.aborted",
                                   {"reason": "changed while it was reprocessed"})
             await _remove(res.store, written)
             return "aborted"
+    await dispatch(res, deliveries)
     for old in (row["derivatives"] or {}).values():
         if old.get("key") not in written:
             await res.store.delete(old["key"])

@@ -15,8 +15,8 @@ from app.attachments.schemas import present, timestamp
 from app.ids import uuid7
 from app.webhooks import repository as repo
 
-EVENT_TYPES = ("attachment.cached", "attachment.stored", "attachment.failed",
-               "attachment.deleted")
+EVENT_TYPES = ("attachment.cached", "attachment.stored", "attachment.updated",
+               "attachment.failed", "attachment.deleted")
 TEST_EVENT = "webhook.test"
 
 

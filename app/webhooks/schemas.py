@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.attachments.schemas import timestamp
 
-EventType = Literal["attachment.cached", "attachment.stored", "attachment.failed",
-                    "attachment.deleted"]
+EventType = Literal["attachment.cached", "attachment.stored", "attachment.updated",
+                    "attachment.failed", "attachment.deleted"]
 
 
 URL_PATTERN = r"^https?://[^/?#\s]+"
