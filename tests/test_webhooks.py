@@ -309,19 +309,19 @@ async def test_filters_tenants_and_test_ping(hooks, receiver):
 
 @pytest.mark.settings(webhook_allow_private=False)
 async def test_ssrf_guard_refuses_private_destinations(hooks, receiver):
-    res, client, tenant = hooks
+    _, client, tenant = hooks
     r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
                           json={"url": receiver.url})
     assert r.status_code == 422 and "private" in r.json()["detail"]
     for url in ["http://10.0.0.8/x", "http://[::1]/x", "http://169.254.169.254/latest"]:
         r = await client.post("/v1/webhook-endpoints", headers=tenant.headers, json={"url": url})
         assert r.status_code == 422, url
-    ep = await subscribe(client, tenant, f"http://localhost:{receiver.port}/hook")
-    await upload(client, tenant, promote="false")
-    await run_worker(res)
+    # a name is resolved at registration too (and at every delivery: see
+    # test_a_delivery_that_can_never_succeed_fails_at_once)
+    r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
+                          json={"url": f"http://localhost:{receiver.port}/hook"})
+    assert r.status_code == 422 and "STOWAGE_WEBHOOK_ALLOW_PRIVATE" in r.json()["detail"]
     assert receiver.received == []
-    [log] = await deliveries(client, tenant, ep["id"])
-    assert log["status"] == "failed" and "private" in log["last_error"]
 
 
 NOT_GLOBAL = [
@@ -558,3 +558,74 @@ async def test_reprocess_sends_attachment_updated_with_the_new_derivative_links(
     assert event["data"]["generation"] > before["generation"]
     r = await client.get(thumb["url"].removeprefix(res.settings.public_url))
     assert r.status_code == 200 and r.headers["content-type"] == "image/webp"
+
+
+@pytest.mark.settings(webhook_allow_private=False)
+async def test_a_name_resolving_to_a_private_address_is_refused_at_registration(hooks):
+    _, client, tenant = hooks
+    r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
+                          json={"url": "http://localhost:8080/hook"})
+    assert r.status_code == 422, r.text
+    assert "STOWAGE_WEBHOOK_ALLOW_PRIVATE" in r.json()["detail"]
+    # a name that does not resolve (yet) is accepted: deliveries retry
+    r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
+                          json={"url": "http://not-yet-set-up.invalid/hook"})
+    assert r.status_code == 201, r.text
+    r = await client.patch(f"/v1/webhook-endpoints/{r.json()['id']}", headers=tenant.headers,
+                           json={"url": "http://localhost/other"})
+    assert r.status_code == 422, r.text
+
+
+async def test_a_delivery_that_can_never_succeed_fails_at_once(hooks, receiver):
+    """Registered when private addresses were allowed, delivered after they no longer are:
+    the attempt is refused for good, not retried for a day."""
+    res, client, tenant = hooks
+    ep = await subscribe(client, tenant, receiver.url, events=["attachment.cached"])
+    res.settings.webhook_allow_private = False
+    try:
+        await upload(client, tenant, promote="false")
+        await run_worker(res)
+    finally:
+        res.settings.webhook_allow_private = True
+    [log] = await deliveries(client, tenant, ep["id"])
+    assert log["status"] == "failed" and log["attempts"] == 1, log
+    assert "STOWAGE_WEBHOOK_ALLOW_PRIVATE" in log["last_error"]
+    assert receiver.received == []
+
+
+async def test_a_certificate_for_another_name_fails_at_once(hooks, tmp_path):
+    import ssl
+    import subprocess
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    res, client, tenant = hooks
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(
+        subprocess.run, ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                         "-subj", "/CN=someone-else.example", "-keyout", str(key),
+                         "-out", str(cert)], check=True, capture_output=True)
+
+    class Ok(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Ok)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ep = await subscribe(client, tenant, f"https://127.0.0.1:{server.server_port}/hook",
+                             events=["attachment.cached"])
+        await upload(client, tenant, promote="false")
+        await run_worker(res)
+        [log] = await deliveries(client, tenant, ep["id"])
+    finally:
+        server.shutdown()
+    assert log["status"] == "failed" and log["attempts"] == 1, log
+    assert log["last_error"].startswith("TLS:"), log

@@ -7,6 +7,7 @@ import concurrent.futures
 import ipaddress
 import json
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,7 +25,12 @@ USER_AGENT = "Stowage-Webhooks/1"
 
 
 class BlockedDestination(Exception):
-    """The URL resolves to an address webhooks may not reach."""
+    """The URL resolves to an address webhooks may not reach (permanent: it never will, as
+    configured), or does not resolve now (worth another try later)."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass
@@ -34,6 +40,9 @@ class AttemptResult:
     duration_ms: int
     response_body: str | None
     retry_after_s: float | None = None
+    # can never succeed as configured (a refused address, a URL no client can use, a
+    # certificate for another name): failed at once, not retried for a day
+    permanent: bool = False
 
     @property
     def ok(self) -> bool:
@@ -93,10 +102,10 @@ async def resolve_public(host: str, port: int, allow_private: bool,
     try:
         infos = await asyncio.wait_for(lookup, timeout_s)
     except socket.gaierror as e:
-        raise BlockedDestination(f"cannot resolve {host}: {e}") from None
+        raise BlockedDestination(f"cannot resolve {host}: {e}", permanent=False) from None
     except TimeoutError:
-        raise BlockedDestination(f"cannot resolve {host}: no answer within {timeout_s:g} s"
-                                 ) from None
+        raise BlockedDestination(f"cannot resolve {host}: no answer within {timeout_s:g} s",
+                                 permanent=False) from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     if not allow_private:
         bad = [str(a) for a in addresses if is_forbidden_address(a)]
@@ -104,7 +113,7 @@ async def resolve_public(host: str, port: int, allow_private: bool,
             raise BlockedDestination(
                 f"{host} resolves to an address that is not globally routable (private,"
                 f" loopback, link-local, shared, multicast…: {', '.join(bad)});"
-                " set STOWAGE_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+                " set STOWAGE_WEBHOOK_ALLOW_PRIVATE=true to allow it", permanent=True
             )
     return str(addresses[0])
 
@@ -151,7 +160,7 @@ async def attempt(http: httpx.AsyncClient, *, url: str, secret: str, msg_id: str
     try:
         ip = await resolve_public(host, port, allow_private, dns_timeout_s)
     except BlockedDestination as e:
-        return AttemptResult(None, str(e), elapsed(), None)
+        return AttemptResult(None, str(e), elapsed(), None, permanent=e.permanent)
     netloc_ip = f"[{ip}]" if ":" in ip else ip
     target = urlunsplit(parts._replace(netloc=f"{netloc_ip}:{port}"))
     headers = signed_headers(secret, msg_id, payload, datetime.now(UTC))
@@ -173,5 +182,22 @@ async def attempt(http: httpx.AsyncClient, *, url: str, secret: str, msg_id: str
                                  _retry_after(resp.headers.get("retry-after")))
     except httpx.TimeoutException:
         return AttemptResult(None, f"no answer within {timeout_s:g} s", elapsed(), None)
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
+        return AttemptResult(None, f"the URL can never be delivered to: {e}"[:500], elapsed(),
+                             None, permanent=True)
     except httpx.HTTPError as e:
+        cert = _certificate_error(e)
+        if cert is not None:  # the receiver's certificate does not fit its name: fix, not wait
+            return AttemptResult(None, f"TLS: {cert}"[:500], elapsed(), None, permanent=True)
         return AttemptResult(None, f"{type(e).__name__}: {e}"[:500], elapsed(), None)
+
+
+def _certificate_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -67,9 +67,31 @@ def validate_events(events: list[str] | None) -> list[str] | None:
     return sorted(set(events))
 
 
+async def check_destination(res: Resources, url: str) -> None:
+    """Refuse at registration a name that resolves to an address deliveries may not reach
+    (it would only fail every attempt). A name that does not resolve now is accepted: DNS may
+    not be set up yet, and deliveries retry."""
+    if res.settings.webhook_allow_private:
+        return
+    parts = urlsplit(url)
+    try:
+        ipaddress.ip_address(parts.hostname or "")
+        return  # a literal: validate_url judged it
+    except ValueError:
+        pass
+    try:
+        await http_delivery.resolve_public(
+            parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+            False, res.settings.webhook_dns_timeout)
+    except http_delivery.BlockedDestination as e:
+        if e.permanent:
+            raise InvalidInput(f"url: {e}", field="url") from None
+
+
 async def create_endpoint(res: Resources, app_id: UUID, url: str, events: list[str] | None,
                           description: str | None) -> asyncpg.Record:
     url = validate_url(url, res.settings.webhook_allow_private)
+    await check_destination(res, url)
     async with res.pool.acquire() as conn:
         return await repo.insert_endpoint(conn, id=uuid7(), app_id=app_id, url=url,
                                           secret=new_secret(), events=validate_events(events),
@@ -96,6 +118,7 @@ async def update_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID,
     changes: dict[str, Any] = {}
     if "url" in patch:
         changes["url"] = validate_url(patch["url"], res.settings.webhook_allow_private)
+        await check_destination(res, changes["url"])
     if "events" in patch:
         changes["events"] = validate_events(patch["events"])
     if "description" in patch:
@@ -210,7 +233,9 @@ async def _attempt(res: Resources, delivery_id: UUID, lease: int) -> str:
                                        error=result.error, next_attempt_in_s=None)
             return "failed"
         await repo.record_failure(conn, claimed["endpoint_id"], settings.webhook_disable_after)
-        delay = next_delay(settings.retry_delays, claimed["attempts"], result.retry_after_s)
+        delay = None if result.permanent else next_delay(settings.retry_delays,
+                                                         claimed["attempts"],
+                                                         result.retry_after_s)
         await repo.finish_delivery(conn, delivery_id,
                                    status="pending" if delay is not None else "failed",
                                    status_code=result.status_code, error=result.error,
