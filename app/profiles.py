@@ -27,6 +27,9 @@ class Profile:
     cache_ttl: int | None = None
     max_pixels: int | None = None
     derivatives: dict[str, DerivativeSpec] = field(default_factory=dict)
+    # unsigned links that never expire, served with Cache-Control immutable: for files meant
+    # to be public (product images, avatars shown to anyone)
+    public: bool = False
 
     def allows_type(self, mime_type: str) -> bool:
         if not self.types or mime_type in self.types:
@@ -64,8 +67,11 @@ class Profiles:
     def names(self) -> list[str]:
         return sorted(self._profiles)
 
+    def public_names(self) -> frozenset[str]:
+        return frozenset(name for name, p in self._profiles.items() if p.public)
 
-_KEYS = {"max_size", "types", "cache_ttl", "max_pixels", "derivatives"}
+
+_KEYS = {"max_size", "types", "cache_ttl", "max_pixels", "derivatives", "public"}
 
 
 def load_profiles(path: Path | None) -> Profiles:
@@ -111,4 +117,8 @@ def _parse_profile(path: Path, name: str, body: Any) -> Profile:
             derivatives[dname] = DerivativeSpec.from_profile(dname, draw)
         except ValueError as e:
             raise fail(f"derivatives.{dname}", str(e)) from None
-    return Profile(name=name, types=tuple(types), derivatives=derivatives, **ints)
+    public = body.get("public", False)
+    if not isinstance(public, bool):
+        raise fail("public", "must be true or false")
+    return Profile(name=name, types=tuple(types), derivatives=derivatives, public=public,
+                   **ints)

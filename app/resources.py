@@ -95,5 +95,6 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
             http=http,
             watcher=watcher,
             links=Links(settings.public_url, settings.signing_key, settings.download_url_ttl,
-                        event_ttl=event_link_ttl(settings)),
+                        event_ttl=event_link_ttl(settings),
+                        public_profiles=profiles.public_names()),
         )

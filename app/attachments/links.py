@@ -24,12 +24,18 @@ SALT = "stowage.download.expires"
 
 def link_expiry(now: float, ttl: int) -> int:
     """The Unix time at which a link signed at ``now`` for ``ttl`` seconds stops working:
-    the one place that decides it."""
-    return int(now) + ttl
+    the one place that decides it. Rounded up to the end of the next window of ``ttl``
+    seconds, so that every read of an attachment within a window yields the same link
+    (browsers and CDNs can cache what it serves), and a link works for at least ``ttl`` and
+    at most ``2 * ttl`` seconds."""
+    return (int(now) // ttl + 2) * ttl
 
 
-def _subject(att_id: UUID, derivative: str | None) -> str:
-    return f"{att_id}/{derivative or ''}"
+def _subject(att_id: UUID, derivative: str | None, version: int | None = None) -> str:
+    # a derivative's link names its generation: rebuilt by a reprocess, it gets a new link,
+    # so a cache never serves the old image under it
+    base = f"{att_id}/{derivative or ''}"
+    return base if version is None else f"{base}@{version}"
 
 
 class Links:
@@ -38,8 +44,11 @@ class Links:
     id and the name are in the link's path already, so the token does not carry them."""
 
     def __init__(self, public_url: str, secret: bytes, ttl: int, *, event_ttl: int = 0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 public_profiles: frozenset[str] = frozenset()) -> None:
         self.base = public_url.rstrip("/")
+        # profiles whose attachments have unsigned, immutable links
+        self.public_profiles = public_profiles
         self.ttl = ttl
         self.event_ttl = max(event_ttl, ttl)
         self.clock = clock
@@ -54,23 +63,40 @@ class Links:
         links.ttl = self.event_ttl
         return links
 
-    def _token(self, att_id: UUID, derivative: str | None) -> str:
+    def _token(self, att_id: UUID, derivative: str | None, version: int | None = None) -> str:
         expires = base64_encode(int_to_bytes(link_expiry(self.clock(), self.ttl))).decode()
-        signature = self._signer.get_signature(f"{_subject(att_id, derivative)}.{expires}")
+        signature = self._signer.get_signature(
+            f"{_subject(att_id, derivative, version)}.{expires}")
         return f"{expires}.{signature.decode()}"
 
-    def content_url(self, att_id: UUID) -> str:
-        return f"{self.base}/v1/attachments/{att_id}/content?token={self._token(att_id, None)}"
+    def content_url(self, att_id: UUID, *, public: bool = False) -> str:
+        """A public profile's files are served to anyone who has the link, for as long as
+        the attachment lives: no token, nothing expires, caches keep it for good (an
+        attachment's original never changes)."""
+        url = f"{self.base}/v1/attachments/{att_id}/content"
+        return url if public else f"{url}?token={self._token(att_id, None)}"
 
-    def derivative_url(self, att_id: UUID, name: str) -> str:
-        token = self._token(att_id, name)
-        return f"{self.base}/v1/attachments/{att_id}/derivatives/{name}?token={token}"
+    def derivative_url(self, att_id: UUID, name: str, version: int | None = None, *,
+                       public: bool = False) -> str:
+        url = f"{self.base}/v1/attachments/{att_id}/derivatives/{name}"
+        query = [] if version is None else [f"v={version}"]
+        if not public:
+            query.append(f"token={self._token(att_id, name, version)}")
+        return f"{url}?{'&'.join(query)}" if query else url
 
-    def verify(self, token: str, att_id: UUID, derivative: str | None = None) -> None:
+    def expires_at(self, token: str) -> int | None:
+        """The expiry a token carries (unverified: call verify first)."""
+        try:
+            return bytes_to_int(base64_decode(token.partition(".")[0]))
+        except Exception:
+            return None
+
+    def verify(self, token: str, att_id: UUID, derivative: str | None = None,
+               version: int | None = None) -> None:
         expires, _, signature = token.partition(".")
         # a token signed for another file lands here too: its signature does not match
-        if not self._signer.verify_signature(f"{_subject(att_id, derivative)}.{expires}",
-                                             signature):
+        if not self._signer.verify_signature(
+                f"{_subject(att_id, derivative, version)}.{expires}", signature):
             raise Forbidden("this download link is not valid for this file")
         if int(self.clock()) > bytes_to_int(base64_decode(expires)):
             raise Forbidden("this download link has expired; fetch the attachment for a new"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -343,18 +344,38 @@ async def download(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     res: Resources = Depends(resources),
 ) -> Response:
-    row = await _readable(request, res, _attachment_id(attachment_id), token, credentials)
-    return await serve_file(request, res, row)
+    row, cache = await _readable(request, res, _attachment_id(attachment_id), token,
+                                 credentials)
+    return await serve_file(request, res, row, cache_control=cache)
+
+
+# Cache-Control of a download, by how it was asked for. A public profile's original never
+# changes under its link; a derivative's link names its generation, so it is immutable too
+# when that is the current one. A signed link may be kept by any cache until it expires. The
+# API key's answers are the key holder's alone.
+IMMUTABLE = "public, max-age=31536000, immutable"
+REVALIDATE = "public, no-cache"
+PRIVATE = "private, max-age=3600"
 
 
 async def _readable(request: Request, res: Resources, att_id: UUID, token: str | None,
                     credentials: HTTPAuthorizationCredentials | None,
-                    derivative: str | None = None) -> Any:
-    """Downloads take a signed link (for browsers) or the API key."""
+                    derivative: str | None = None, version: int | None = None
+                    ) -> tuple[Any, str]:
+    """Downloads take a signed link (for browsers), the API key, or nothing at all for a
+    public profile's files: (the row, the Cache-Control to answer with)."""
     if token is not None:
-        return await service.get_by_link(res, att_id, token, derivative)
+        row = await service.get_by_link(res, att_id, token, derivative, version)
+        expires = res.links.expires_at(token) or 0
+        max_age = max(0, expires - int(time.time()))
+        return row, f"public, max-age={max_age}"
+    if credentials is None:
+        row = await service.get_public(res, att_id)
+        if row is not None:
+            current = derivative is None or version == row["generation"]
+            return row, IMMUTABLE if current else REVALIDATE
     app_id = await current_app_id(request, credentials)
-    return await service.get(res, app_id, att_id)
+    return await service.get(res, app_id, att_id), PRIVATE
 
 
 @dataclass(frozen=True)
@@ -396,24 +417,27 @@ def _derivative(name: str) -> Callable[[Resources, Any], _File]:
 
 
 async def serve_file(request: Request, res: Resources, row: Any,
-                     pick: Callable[[Resources, Any], _File] = _original) -> Response:
+                     pick: Callable[[Resources, Any], _File] = _original, *,
+                     cache_control: str = PRIVATE) -> Response:
     """Serve what ``pick`` chooses from the row. When the file is gone by the time it is
     opened, the row is read again: if the attachment changed meanwhile (a promotion purged
     the cached copy, a reprocess replaced the derivatives), the file is served from where it
     is now, or the new state answers (deleted: 409)."""
     for _ in range(_MOVES):
         try:
-            return await serve_object(request, **vars(pick(res, row)))
+            return await serve_object(request, **vars(pick(res, row)),
+                                      cache_control=cache_control)
         except StorageObjectNotFound:
             fresh = await service.moved(res, row)
             if fresh is None:
                 raise  # not moved but lost: a case for `stowage fsck`
             row = fresh
-    return await serve_object(request, **vars(pick(res, row)))
+    return await serve_object(request, **vars(pick(res, row)), cache_control=cache_control)
 
 
 async def serve_object(request: Request, storage: Storage, *, key: str, mime: str, size: int,
-                       etag: str, filename: str | None) -> Response:
+                       etag: str, filename: str | None, cache_control: str = PRIVATE
+                       ) -> Response:
     """Redirect to the storage (S3) or stream it ourselves with Range support (filesystem).
 
     Raises StorageObjectNotFound before anything is sent when the object is not there."""
@@ -429,7 +453,7 @@ async def serve_object(request: Request, storage: Storage, *, key: str, mime: st
         "ETag": f'"{etag}"',
         "Content-Disposition": content_disposition(filename, as_attachment),
         "X-Content-Type-Options": "nosniff",
-        "Cache-Control": "private, max-age=3600",
+        "Cache-Control": cache_control,
     }
     if request.headers.get("if-none-match") == headers["ETag"]:
         return Response(status_code=304, headers=headers)
@@ -456,12 +480,13 @@ async def download_derivative(
     name: str,
     request: Request,
     token: str | None = Query(None, description="the signed token of the derivative's `url`"),
+    v: int | None = Query(None, description="the derivative's generation, as its `url` has it"),
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     res: Resources = Depends(resources),
 ) -> Response:
-    row = await _readable(request, res, _attachment_id(attachment_id), token, credentials,
-                          derivative=name)
-    return await serve_file(request, res, row, _derivative(name))
+    row, cache = await _readable(request, res, _attachment_id(attachment_id), token,
+                                 credentials, derivative=name, version=v)
+    return await serve_file(request, res, row, _derivative(name), cache_control=cache)
 
 
 @router.post(

@@ -52,6 +52,7 @@ class AttachmentList(BaseModel):
 def present(row: Any, links: Links) -> dict[str, Any]:
     """The attachment object as clients and webhook receivers see it."""
     live = row["state"] in ("cached", "stored")
+    public = row["profile"] in links.public_profiles
     record = None
     if row["record_type"] is not None:
         record = {"type": row["record_type"], "id": row["record_id"], "name": row["record_name"]}
@@ -68,10 +69,11 @@ def present(row: Any, links: Links) -> dict[str, Any]:
         "record": record,
         "derivatives": {
             name: {**{k: v for k, v in d.items() if k != "key"},
-                   "url": links.derivative_url(row["id"], name) if live else None}
+                   "url": links.derivative_url(row["id"], name, row["generation"],
+                                               public=public) if live else None}
             for name, d in (row["derivatives"] or {}).items()
         },
-        "url": links.content_url(row["id"]) if live else None,
+        "url": links.content_url(row["id"], public=public) if live else None,
         "error": row["error"],
         # lets a receiver drop an event older than one it already handled
         "generation": row["generation"],

@@ -122,10 +122,22 @@ async def upload(res: Resources, app_id: UUID, chunks: AsyncIterable[bytes],
     return await record(res, staged, options)
 
 
+async def get_public(res: Resources, att_id: UUID) -> asyncpg.Record | None:
+    """The attachment when a public profile's: its links need no key and no signature."""
+    if not res.links.public_profiles:
+        return None
+    async with res.pool.acquire() as conn:
+        row = await repo.get(conn, att_id)
+    if row is None or row["profile"] not in res.links.public_profiles:
+        return None
+    return row
+
+
 async def get_by_link(res: Resources, att_id: UUID, token: str,
-                      derivative: str | None = None) -> asyncpg.Record:
+                      derivative: str | None = None, version: int | None = None
+                      ) -> asyncpg.Record:
     """The attachment behind a signed download link (no API key involved)."""
-    res.links.verify(token, att_id, derivative)
+    res.links.verify(token, att_id, derivative, version)
     async with res.pool.acquire() as conn:
         row = await repo.get(conn, att_id)
     if row is None:
