@@ -262,6 +262,9 @@ class Tracked:
     profile: str
     expect: str  # cached | stored | deleted
     expired: bool = False  # ephemeral: deleted by the sweep, error "expired"
+    # replaced in its slot: current until its successor is stored, then deleted (replaced)
+    replaced: bool = False
+    successor: str | None = None
     seen: str = "cached"  # the latest state a client saw
 
 
@@ -338,7 +341,10 @@ class Traffic:
         if slot:
             previous = c.slots.get(slot)
             if previous:
-                self._forget(c, previous)  # replaced: deleted by the upload
+                # replaced when this one is stored: until then it stays as it was
+                self._forget(c, previous)
+                self.tracked[previous].replaced = True
+                self.tracked[previous].successor = t.id
             c.slots[slot] = t.id
         if kind != "ephemeral":
             c.live.append(t.id)
@@ -409,6 +415,8 @@ class Traffic:
                    "deleted": {"deleted"}}[t.expect]
         if t.expired:
             allowed = {"cached", "deleted"}
+        if t.replaced:
+            allowed = {"cached", "stored", "deleted"}
         if state not in allowed:
             self.error("poll", f"{t.kind} {t.id} is {state}, expected one of {sorted(allowed)}")
         self._saw(t.id, state)
@@ -586,8 +594,18 @@ def check_states(rows: dict[str, Any], traffic: Traffic) -> Check:
         if row is None:
             wrong.append(f"{t.id} ({t.kind}) missing")
             continue
-        if row["state"] != t.expect:
+        expect = {t.expect}
+        if t.replaced:
+            # deleted (replaced) once its successor was stored; a successor the client deleted
+            # before that leaves it as it was
+            successor = rows.get(t.successor or "")
+            if successor is None or successor["state"] != "stored":
+                expect = {"stored", "deleted"}
+        if row["state"] not in expect:
             wrong.append(f"{t.id} ({t.kind}) {row['state']}, expected {t.expect}")
+        elif t.replaced and row["state"] == "deleted" and expect == {"deleted"} and (
+                row["error"] or {}).get("code") != "replaced":
+            wrong.append(f"{t.id} (slot) deleted without error 'replaced'")
         elif row["sha256"] != t.sha256 or row["size"] != t.size:
             wrong.append(f"{t.id} ({t.kind}) sha256/size differ")
         elif t.expired and (row["error"] or {}).get("code") != "expired":

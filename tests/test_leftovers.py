@@ -138,3 +138,42 @@ def test_remove_leftover_refuses_what_is_not_a_temp_file(tmp_path):
             raise AssertionError(f"removed {path}")
     assert keep.exists() and outside.exists()
 
+
+
+async def test_worker_killed_while_writing_a_derivative_leaves_nothing_for_good(
+        tmp_path, database_url, tenant, client, res):
+    """SIGKILL during a promotion's derivative write: the temp file it leaves in the store is
+    reported by fsck and removed by the next worker, which also finishes the promotion."""
+    from app.profiles import load_profiles
+    from tests.helpers import jpeg_bytes
+
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text('[profiles.pics]\ntypes = ["image/*"]\n'
+                        '[profiles.pics.derivatives.thumb]\nwidth = 20\nheight = 20\n')
+    res.profiles = load_profiles(profiles)
+    store_root = Path(res.settings.store_url.removeprefix("file://"))
+    r = await client.post("/v1/attachments", headers=tenant.headers, data={"profile": "pics"},
+                          files={"file": ("a.jpg", jpeg_bytes(80, 60))})
+    assert r.status_code == 201
+    att_id = r.json()["id"]
+    # a short job timeout: the killed job's in-progress mark in Redis expires 10 s after it
+    settings = make_settings(tmp_path, database_url, profiles_file=str(profiles),
+                             leftover_grace=2, job_timeout=5)
+    env = {**env_for(settings), "STOWAGE_PROFILES_FILE": str(profiles)}
+    with process(["worker"], {**env, "STOWAGE_FAILPOINTS": "storage.before_commit=sleep:60"},
+                 tmp_path / "w1.log") as worker:
+        async def mid_write() -> bool:
+            return len(temp_files(store_root)) == 1
+        await wait_for(mid_write, within=20)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    [left] = temp_files(store_root)
+    assert left.name.startswith(".thumb.")
+    report = await fsck(res, grace=0)
+    assert report.leftovers == 1
+    with process(["worker"], env, tmp_path / "w2.log"):
+        async def done() -> bool:
+            r = await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)
+            return r.json()["state"] == "stored" and temp_files(store_root) == []
+        await wait_for(done, within=40, interval=0.5)
+    assert (await fsck(res, grace=0)).leftovers == 0

@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
+from app.failpoints import failpoint
 from app.offload import OrderedOffload
 
 from .base import (
@@ -80,6 +81,7 @@ class FilesystemStorage:
                         await target.write_behind(buf)
                         # A fresh buffer, not clear(): the old one is still being written.
                         buf = bytearray()
+                await failpoint("storage.before_commit")  # a writer killed mid-write
                 # the last bytes go with the commit: one thread hop less
                 await target.commit(buf)
             except BaseException:
