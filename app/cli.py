@@ -80,9 +80,23 @@ def cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import service
 
-    for row in asyncio.run(_with_pool(settings, service.list_apps)):
+    rows = asyncio.run(_with_pool(settings, service.list_apps))
+    if args.json:
+        print(json.dumps([{"app_id": str(r["id"]), "name": r["name"], "keys": r["keys"],
+                           "created_at": r["created_at"].isoformat()} for r in rows]))
+        return 0
+    for row in rows:
         created = f"{row['created_at']:%Y-%m-%d}"
         print(f"{row['id']}  {row['name']}  keys={row['keys']}  created={created}")
+    return 0
+
+
+def cmd_apps_rename(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    row = asyncio.run(_with_pool(settings, lambda pool: service.rename_app(pool, args.app,
+                                                                           args.name)))
+    print(f"{row['id']}  {row['name']}")
     return 0
 
 
@@ -97,7 +111,14 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import service
 
-    for row in asyncio.run(_with_pool(settings, lambda pool: service.list_keys(pool, args.app))):
+    rows = asyncio.run(_with_pool(settings, lambda pool: service.list_keys(pool, args.app)))
+    if args.json:
+        print(json.dumps([{"key_id": str(r["id"]), "app_id": str(r["app_id"]),
+                           "prefix": r["prefix"], "created_at": r["created_at"].isoformat(),
+                           "revoked_at": r["revoked_at"] and r["revoked_at"].isoformat()}
+                          for r in rows]))
+        return 0
+    for row in rows:
         status = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
         print(f"{row['id']}  {row['prefix']}…  {status}  created={row['created_at']:%Y-%m-%d}")
     return 0
@@ -189,12 +210,22 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stowage")
+    except PackageNotFoundError:  # run from a checkout that is not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stowage",
         description="Stowage, a self-hosted upload service. Configured by STOWAGE_* environment"
         " variables (and a .env file).",
     )
+    parser.add_argument("--version", action="version", version=f"stowage {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="create the database if missing and apply migrations")
@@ -206,7 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print {app_id, key_id, api_key} only")
     p.set_defaults(fn=cmd_apps_create)
     p = apps.add_parser("list", help="list apps")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(fn=cmd_apps_list)
+    p = apps.add_parser("rename", help="give an app another (unique) name")
+    p.add_argument("app", type=_uuid, help="app id")
+    p.add_argument("name")
+    p.set_defaults(fn=cmd_apps_rename)
 
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
     p = keys.add_parser("create", help="create another API key for an app")
@@ -215,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_keys_create)
     p = keys.add_parser("list", help="list an app's keys, one a line, id first")
     p.add_argument("app", type=_uuid, help="app id")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(fn=cmd_keys_list)
     p = keys.add_parser("revoke", help="revoke a key; it stops working at once")
     p.add_argument("key_id", type=_uuid)

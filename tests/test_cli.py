@@ -352,3 +352,28 @@ async def test_doctor_fails_without_a_secret_key(settings):
     result = await run_cli("doctor", env=env)
     assert result.returncode == 1, result
     assert "FAIL  secret key: STOWAGE_SECRET_KEY is not set" in result.stdout, result
+
+
+async def test_app_names_are_unique_renamable_and_listed_as_json(cli_env):
+    name = f"unique-{secrets.token_hex(3)}"
+    first = only_json(await run_cli("apps", "create", name, "--json", env=cli_env))
+    again = await run_cli("apps", "create", name, "--json", env=cli_env)
+    assert again.returncode == 1 and f"an app named {name!r} exists already" in again.stderr
+    assert again.stdout == ""
+    listed = json.loads((await run_cli("apps", "list", "--json", env=cli_env)).stdout)
+    assert [a["name"] for a in listed].count(name) == 1
+    renamed = await run_cli("apps", "rename", first["app_id"], f"{name}-2", env=cli_env)
+    assert renamed.returncode == 0 and f"{name}-2" in renamed.stdout, renamed
+    listed = json.loads((await run_cli("apps", "list", "--json", env=cli_env)).stdout)
+    assert {a["app_id"]: a["name"] for a in listed}[first["app_id"]] == f"{name}-2"
+    keys = json.loads((await run_cli("keys", "list", first["app_id"], "--json",
+                                     env=cli_env)).stdout)
+    assert [k["key_id"] for k in keys] == [first["key_id"]] and keys[0]["revoked_at"] is None
+    for bad in ("", "   ", "a\x01b", "x" * 101):
+        r = await run_cli("apps", "create", bad, env=cli_env)
+        assert r.returncode == 1 and "1 to 100 printable characters" in r.stderr, (bad, r)
+
+
+async def test_version(cli_env):
+    result = await run_cli("--version", env=cli_env)
+    assert result.returncode == 0 and re.fullmatch(r"stowage \d+\.\d+\.\d+\S*\n", result.stdout)

@@ -21,6 +21,12 @@ async def list_apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     )
 
 
+async def rename_app(conn: asyncpg.Connection, app_id: UUID, name: str
+                     ) -> asyncpg.Record | None:
+    return await conn.fetchrow("UPDATE apps SET name = $2 WHERE id = $1"
+                               " RETURNING id, name, created_at", app_id, name)
+
+
 async def get_app(conn: asyncpg.Connection, app_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT id, name, created_at FROM apps WHERE id = $1", app_id)
 

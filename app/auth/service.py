@@ -10,7 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from app.auth import repository as repo
-from app.errors import AppNotFound, NotFound, Unauthorized
+from app.errors import AppNotFound, InvalidInput, InvalidState, NotFound, Unauthorized
 from app.ids import uuid7
 
 KEY_PREFIX = "stw_"
@@ -27,11 +27,35 @@ def hash_key(api_key: str) -> bytes:
     return hashlib.sha256(api_key.encode()).digest()
 
 
+def _check_name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 100 or any(ord(c) < 32 for c in name):
+        raise InvalidInput("an app name is 1 to 100 printable characters", field="name")
+    return name
+
+
 async def create_app(pool: asyncpg.Pool, name: str) -> NewKey:
+    name = _check_name(name)
     async with pool.acquire() as conn, conn.transaction():
         app_id = uuid7()
-        await repo.insert_app(conn, app_id, name)
+        try:
+            await repo.insert_app(conn, app_id, name)
+        except asyncpg.UniqueViolationError:
+            raise InvalidState(f"an app named {name!r} exists already; names tell apps"
+                               " apart, choose another") from None
         return await _create_key(conn, app_id)
+
+
+async def rename_app(pool: asyncpg.Pool, app_id: UUID, name: str) -> asyncpg.Record:
+    name = _check_name(name)
+    async with pool.acquire() as conn:
+        try:
+            row = await repo.rename_app(conn, app_id, name)
+        except asyncpg.UniqueViolationError:
+            raise InvalidState(f"an app named {name!r} exists already") from None
+    if row is None:
+        raise AppNotFound(f"no app {app_id}")
+    return row
 
 
 async def create_key(pool: asyncpg.Pool, app_id: UUID) -> NewKey:
