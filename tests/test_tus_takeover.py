@@ -66,3 +66,39 @@ async def test_an_upload_never_taken_over_is_not_marked(client, tenant, res):
                                headers={**headers, **OCTETS, "Upload-Offset": str(offset)})
         assert r.status_code == 204, r.text
     assert (await _tus_row(res, upload_id))["taken_over"] is False
+
+
+async def test_head_of_an_upload_still_completing_says_so_and_then_names_the_attachment(
+        client, tenant, res):
+    """The final PATCH's request died while its upload became an attachment (the lease it held
+    still running): HEAD must not report a complete upload without Stowage-Attachment-Id."""
+    headers = {**tenant.headers, **TUS}
+    body = b"complete me"
+    r = await client.post("/v1/tus/", headers={**headers, "Upload-Length": str(len(body))})
+    location = r.headers["location"]
+    upload_id = location.rstrip("/").rsplit("/", 1)[-1]
+    r = await client.patch(location, content=body[:5],
+                           headers={**headers, **OCTETS, "Upload-Offset": "0"})
+    assert r.status_code == 204
+    row = await _tus_row(res, upload_id)
+    fd = os.open(res.cache.path_for(row["storage_key"]), os.O_WRONLY)  # the last bytes landed
+    try:
+        os.pwrite(fd, body[5:], 5)
+    finally:
+        os.close(fd)
+    async with res.pool.acquire() as conn:  # ...and the request died right after saving them
+        await conn.execute(
+            "UPDATE tus_uploads SET upload_offset = length, state = 'completing',"
+            " attachment_id = gen_random_uuid(), lock_owner = gen_random_uuid(),"
+            " lock_until = now() + interval '30 seconds' WHERE id = $1::uuid", upload_id)
+    r = await client.head(location, headers=headers)
+    assert r.status_code == 423, r.status_code
+    assert "stowage-attachment-id" not in r.headers
+    async with res.pool.acquire() as conn:  # its lease runs out
+        await conn.execute("UPDATE tus_uploads SET lock_until = now() - interval '1 second'"
+                           " WHERE id = $1::uuid", upload_id)
+    r = await client.head(location, headers=headers)
+    assert r.status_code == 200 and r.headers["upload-offset"] == str(len(body))
+    att_id = r.headers["stowage-attachment-id"]
+    got = await client.get(f"/v1/attachments/{att_id}/content", headers=tenant.headers)
+    assert got.content == body

@@ -310,10 +310,17 @@ async def status(res: Resources, app_id: UUID, upload_id: UUID) -> UploadStatus:
     if row is None:
         raise TusUploadNotFound(f"no upload {upload_id}")
     if row["state"] == "completing":
-        with contextlib.suppress(TusUploadLocked):  # its request is still at work
+        try:
             async with _leased(res, app_id, upload_id) as (row, token):
                 if row["state"] == "completing":
                     row = await _complete(res, row, token)
+        except TusUploadLocked:
+            # its request is still at work (or died holding the lease): every byte is here
+            # but the attachment is not yet, and a HEAD answering the full offset without
+            # Stowage-Attachment-Id would leave the client with a finished upload and nothing
+            # to show for it; 423 says "try again" to tus clients
+            raise TusUploadLocked("every byte is here and the upload is becoming its"
+                                  " attachment; retry in a moment") from None
     elif row["state"] == "receiving" and row["expired"]:
         raise TusUploadGone(f"upload {upload_id} expired")
     return UploadStatus.of(row)
