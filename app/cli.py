@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
 
-from app.config import ConfigError, Settings, load_settings
+from app.config import ConfigError, Settings, load_settings, unknown_variables
 from app.errors import StowageError
 
 log = logging.getLogger("stowage")
@@ -157,6 +158,15 @@ def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
     return report.exit_code
 
 
+def _check_profiles(settings: Settings) -> None:
+    from app.profiles import ProfileError, load_profiles
+
+    try:
+        load_profiles(settings.profiles_file)
+    except ProfileError as e:
+        raise ConfigError(f"invalid profiles file: {e}") from None
+
+
 def _require_secret_key(settings: Settings) -> None:
     from app.config import MISSING_SECRET_KEY
 
@@ -289,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        for warning in unknown_variables(os.environ):
+            print(f"stowage: warning: {warning}", file=sys.stderr)
+        if getattr(args, "fn", None) in (cmd_serve, cmd_worker, cmd_dev, cmd_check):
+            _check_profiles(settings)  # before anything starts (dev: before it migrates)
     except ConfigError as e:
         print(f"stowage: {e}", file=sys.stderr)
         return 2

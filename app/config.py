@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
 import secrets
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -115,6 +118,16 @@ class Settings(BaseSettings):
             raise ValueError("must be file://PATH or s3://BUCKET[/PREFIX]")
         return v
 
+    @field_validator("public_url", "s3_endpoint_url", "s3_public_endpoint_url")
+    @classmethod
+    def _check_http_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http:// or https:// URL")
+        return v
+
     @field_validator("secret_key")
     @classmethod
     def _check_secret_key(cls, v: str) -> str:
@@ -153,6 +166,25 @@ class Settings(BaseSettings):
 
 
 _EPHEMERAL_KEY = secrets.token_urlsafe(32)
+
+
+# STOWAGE_* variables read elsewhere than Settings (or by the tests and benchmarks)
+OTHER_VARIABLES = {"STOWAGE_MIGRATIONS_DIR", "STOWAGE_FAILPOINTS", "STOWAGE_SOAK_SECONDS"}
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A warning for each STOWAGE_* variable no setting reads (a misspelt one is otherwise
+    ignored, silently), with the closest known name."""
+    prefix = str(Settings.model_config.get("env_prefix", "STOWAGE_"))
+    known = {prefix + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    out = []
+    for name in sorted(environ):
+        if not name.startswith(prefix) or name in known or name.startswith(prefix + "TEST_"):
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.7)
+        out.append(f"{name} is not a setting; it is ignored"
+                   + (f" (did you mean {close[0]}?)" if close else ""))
+    return out
 
 
 class ConfigError(Exception):

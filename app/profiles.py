@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import tomllib
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 from app.errors import UnknownProfile
 from app.media.derivatives import DerivativeSpec
+from app.media.sniff import known_types
 
 DEFAULT = "default"
 SCRIPTABLE_TYPES = {"image/svg+xml", "text/html", "application/xhtml+xml"}
@@ -74,6 +76,26 @@ class Profiles:
 _KEYS = {"max_size", "types", "cache_ttl", "max_pixels", "derivatives", "public"}
 
 
+def _unknown_type(pattern: str) -> str | None:
+    """Why a `types` entry can never match a sniffed type, or None. Types come from the bytes
+    (app.media.sniff), so a name the sniffer never answers ("image/jpg") would refuse every
+    upload it was meant to allow."""
+    known = known_types()
+    if "*" in pattern:
+        if any(fnmatch.fnmatchcase(t, pattern) for t in known):
+            return None
+        return f"{pattern!r} matches no type the sniffer reports"
+    if pattern in known:
+        return None
+    close = difflib.get_close_matches(pattern, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"{pattern!r} is not a type the sniffer reports{hint}"
+
+
+def _may_be_image(pattern: str) -> bool:
+    return pattern.startswith("image/") or pattern == "*/*"
+
+
 def load_profiles(path: Path | None) -> Profiles:
     if path is None:
         return Profiles({})
@@ -81,6 +103,10 @@ def load_profiles(path: Path | None) -> Profiles:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ProfileError(f"{path}: {e}") from None
+    unknown = sorted(set(data) - {"profiles"})
+    if unknown:  # "[profile.avatar]" would otherwise leave every profile out, silently
+        raise ProfileError(f"{path}: unknown table [{unknown[0]}]: profiles are defined as"
+                           " [profiles.NAME]")
     raw = data.get("profiles", {})
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: [profiles] must be a table")
@@ -106,6 +132,10 @@ def _parse_profile(path: Path, name: str, body: Any) -> Profile:
     types = body.get("types", [])
     if not isinstance(types, list) or not all(isinstance(t, str) and "/" in t for t in types):
         raise fail("types", 'must be a list of MIME types such as "image/png" or "image/*"')
+    for t in types:
+        problem = _unknown_type(t)
+        if problem:
+            raise fail("types", problem)
     raw_derivatives = body.get("derivatives", {})
     if not isinstance(raw_derivatives, dict):
         raise fail("derivatives", "must be a table")
@@ -120,5 +150,8 @@ def _parse_profile(path: Path, name: str, body: Any) -> Profile:
     public = body.get("public", False)
     if not isinstance(public, bool):
         raise fail("public", "must be true or false")
+    if derivatives and types and not any(_may_be_image(t) for t in types):
+        raise fail("derivatives", "derivatives are rendered from images, and `types` allows"
+                   " none: every upload would fail")
     return Profile(name=name, types=tuple(types), derivatives=derivatives, public=public,
                    **ints)

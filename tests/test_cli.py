@@ -377,3 +377,36 @@ async def test_app_names_are_unique_renamable_and_listed_as_json(cli_env):
 async def test_version(cli_env):
     result = await run_cli("--version", env=cli_env)
     assert result.returncode == 0 and re.fullmatch(r"stowage \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+CONFIG_MISTAKES = [
+    ("[profile.avatar]\nmax_size = 10\n", {}, "unknown table [profile]"),
+    ('[profiles.avatar]\ntypes = ["image/jpg"]\n', {}, "did you mean 'image/jpeg'?"),
+    ('[profiles.notes]\ntypes = ["text/*"]\n[profiles.notes.derivatives.thumb]\nwidth = 10\n'
+     'height = 10\n', {}, "derivatives are rendered from images"),
+    (None, {"STOWAGE_PUBLIC_URL": "not a url"},
+     "STOWAGE_PUBLIC_URL: Value error, must be an absolute http:// or https:// URL"),
+]
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "dev", "doctor"])
+@pytest.mark.parametrize(("profiles", "env", "message"), CONFIG_MISTAKES)
+async def test_configuration_mistakes_stop_every_command_with_one_clean_message(
+        settings, tmp_path, command, profiles, env, message):
+    cli = {**env_for(settings), **env}
+    if profiles is not None:
+        path = tmp_path / "profiles.toml"
+        path.write_text(profiles)
+        cli["STOWAGE_PROFILES_FILE"] = str(path)
+    result = await run_cli(command, env=cli)
+    assert result.returncode != 0, result
+    assert message in result.stdout + result.stderr, result
+    assert "Traceback" not in result.stdout + result.stderr, result
+
+
+async def test_a_misspelt_variable_is_named_with_the_one_meant(settings, tmp_path):
+    env = {**env_for(settings), "STOWAGE_PROFILE_FILE": str(tmp_path / "p.toml")}
+    result = await run_cli("doctor", env=env)
+    hint = "STOWAGE_PROFILE_FILE is not a setting; it is ignored (did you mean" \
+        " STOWAGE_PROFILES_FILE?)"
+    assert hint in result.stdout and "warning: " + hint in result.stderr, result

@@ -86,6 +86,14 @@ def _area(footer: bytes, row: Any) -> bytes:
     return footer[row.offset:end] if end != 0 else footer[row.offset:]
 
 
+def known_types() -> frozenset[str]:
+    """Every MIME type sniff_mime can answer: what a profile's `types` may name."""
+    rows = list(puremagic.main.magic_header_array) + list(puremagic.main.magic_footer_array)
+    rows += [r for parts in puremagic.main.multi_part_dict.values() for r in parts]
+    found = {r.mime_type for r in rows if getattr(r, "mime_type", None)}
+    return frozenset(found | {"text/plain", OCTET_STREAM})
+
+
 def _looks_like_text(head: bytes) -> bool:
     if b"\0" in head:
         return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import asyncpg
 from arq import create_pool
 
-from app.config import MISSING_SECRET_KEY, Settings
+from app.config import MISSING_SECRET_KEY, Settings, unknown_variables
 from app.migrate import migration_files
 from app.ops import repository as repo
 from app.profiles import ProfileError, load_profiles
@@ -39,6 +40,8 @@ async def _run(name: str, fn: Callable[[], Awaitable[str]]) -> Check:
 
 async def diagnose(settings: Settings) -> list[Check]:
     checks = [Check("configuration", True, "STOWAGE_* variables are valid")]
+    checks += [Check("configuration", True, w, warning=True)
+               for w in unknown_variables(os.environ)]
     try:
         profiles = load_profiles(settings.profiles_file)
         checks.append(Check("profiles", True, ", ".join(profiles.names())))
