@@ -419,6 +419,37 @@ def test_compose_env_vars_are_settings(compose: dict[str, Any]) -> None:
         assert not unknown, f"{where} sets variables that are not settings: {unknown}"
 
 
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> the host file mounted there (bind mounts of this project's files)."""
+    out = {}
+    for volume in service.get("volumes") or []:
+        host, _, rest = str(volume).partition(":")
+        if host.startswith((".", "/")):
+            out[rest.split(":")[0]] = (ROOT / host).resolve()
+    return out
+
+
+# Set by docker-compose.yml itself (the services' addresses in compose's network, the mounted
+# profiles file): a .env cannot change them, by design.
+TOPOLOGY_VARS = {"STOWAGE_DATABASE_URL", "STOWAGE_REDIS_URL", "STOWAGE_CACHE_URL",
+                 "STOWAGE_STORE_URL", "STOWAGE_S3_REGION", "STOWAGE_PROFILES_FILE"}
+
+
+def test_compose_every_setting_is_reachable(raw_compose: dict[str, Any],
+                                            ours: dict[str, list[str]]) -> None:
+    """Every setting can be given without editing the file: the project's .env reaches the
+    Stowage containers (env_file), and what the file sets itself is either topology or
+    taken from the environment (${VAR:-default})."""
+    for name in ours:
+        service = raw_compose["services"][name]
+        env_files = service.get("env_file") or raw_compose["x-stowage-image"].get("env_file")
+        assert {"path": ".env", "required": False} in env_files, name
+    for key, value in raw_compose["x-stowage-env"].items():
+        if key.startswith(PREFIX) and key not in TOPOLOGY_VARS:
+            assert str(value).startswith("${" + key), f"{key} cannot be set from .env"
+    assert (ROOT / "deploy" / "profiles.toml").is_file()
+
+
 def test_compose_env_is_a_valid_configuration(
     services: dict[str, dict[str, Any]], ours: dict[str, list[str]],
     monkeypatch: pytest.MonkeyPatch,
@@ -430,8 +461,9 @@ def test_compose_env_is_a_valid_configuration(
     for key in list(os.environ):
         if key.startswith(PREFIX) or key.startswith("AWS_"):
             monkeypatch.delenv(key)
+    mounts = _mounts(services[next(iter(ours))])
     for key, value in first.items():
-        monkeypatch.setenv(key, value)
+        monkeypatch.setenv(key, str(mounts.get(value, value)))  # a mounted file: the host's
     try:
         settings = load_settings(_env_file=None)
     except ConfigError as e:
