@@ -201,3 +201,41 @@ async def test_operator_walkthrough(tmp_path, database_url, receiver, shots, chr
 
 def sizes(paths: list[Path]) -> list[int]:
     return [p.stat().st_size for p in paths]
+
+
+async def test_the_dashboard_fits_a_phone(tmp_path, database_url, shots, chromium):
+    """390 px wide: no page wider than the screen; wide tables scroll inside themselves."""
+    from playwright.async_api import async_playwright
+
+    port = free_port()
+    settings = dashboard_settings(tmp_path, database_url, public_url=f"http://127.0.0.1:{port}")
+    async with fresh_resources(settings) as res, served(build_app(res), port) as base, \
+            httpx.AsyncClient(base_url=base) as api, async_playwright() as pw:
+        for i in range(3):
+            tenant = await auth.create_app(res.pool, f"a-rather-long-app-name-number-{i}")
+            r = await api.post("/v1/attachments",
+                               headers={"Authorization": f"Bearer {tenant.api_key}"},
+                               files={"file": (f"a-long-file-name-{i}.jpg", jpeg_bytes())})
+            assert r.status_code == 201, r.text
+        browser = await pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS,
+                                           headless=True)
+        page = await browser.new_page(viewport={"width": 390, "height": 844})
+        try:
+            await page.goto(f"{base}/dashboard/login")
+            await page.fill("#token", TOKEN)
+            await page.click("button[type=submit]")
+            for path, name in (("/dashboard", "overview"),
+                               ("/dashboard/attachments", "attachments"),
+                               ("/dashboard/webhooks", "webhooks")):
+                await page.goto(base + path)
+                await page.screenshot(path=str(shots / f"phone-{name}.png"), full_page=True)
+                page_width = await page.evaluate("document.documentElement.scrollWidth")
+                assert page_width <= 390, (path, page_width)
+                tables = await page.evaluate(
+                    "[...document.querySelectorAll('table')].map(t => [t.clientWidth,"
+                    " t.scrollWidth, getComputedStyle(t).overflowX])")
+                for client_width, scroll_width, overflow in tables:
+                    assert client_width <= 390
+                    assert scroll_width <= client_width or overflow == "auto", (path, tables)
+        finally:
+            await browser.close()
