@@ -92,6 +92,31 @@ def cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_apps_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    async def name_of(pool: Any) -> str:
+        for row in await service.list_apps(pool):
+            if row["id"] == args.app:
+                return str(row["name"])
+        raise ConfigError(f"no app {args.app}")
+
+    name = asyncio.run(_with_pool(settings, name_of))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"stowage: deleting app {name!r} removes every file of it; run again with"
+                  " --yes to confirm", file=sys.stderr)
+            return 1
+        typed = input(f"Delete app {name!r} and every file of it? Type its name to confirm: ")
+        if typed.strip() != name:
+            print("stowage: not deleted", file=sys.stderr)
+            return 1
+    asyncio.run(_with_pool(settings, lambda pool: service.delete_app(pool, args.app)))
+    print(f"deleted app {args.app} ({name}): its keys no longer work; its files are removed"
+          " in the background by the worker")
+    return 0
+
+
 def cmd_apps_rename(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import service
 
@@ -249,6 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = apps.add_parser("list", help="list apps")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.set_defaults(fn=cmd_apps_list)
+    p = apps.add_parser("delete", help="delete an app: its keys stop working at once, its"
+                        " attachments and files are removed in the background")
+    p.add_argument("app", type=_uuid, help="app id")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(fn=cmd_apps_delete)
     p = apps.add_parser("rename", help="give an app another (unique) name")
     p.add_argument("app", type=_uuid, help="app id")
     p.add_argument("name")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from app.attachments import service as attachments
 from app.attachments.service import SweepReport
+from app.auth import service as auth
 from app.resources import Resources
 from app.uploads import presigned, tus
 from app.webhooks import service as webhooks
@@ -18,4 +19,5 @@ async def sweep(res: Resources) -> SweepReport | None:
     report.deliveries += await webhooks.sweep_due(res)
     report.presigns_expired = await presigned.sweep_expired(res)
     report.tus_expired = await tus.expire_uploads(res)
+    report.apps_removed = await auth.sweep_deleted_apps(res.pool)
     return report

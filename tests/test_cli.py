@@ -410,3 +410,45 @@ async def test_a_misspelt_variable_is_named_with_the_one_meant(settings, tmp_pat
     hint = "STOWAGE_PROFILE_FILE is not a setting; it is ignored (did you mean" \
         " STOWAGE_PROFILES_FILE?)"
     assert hint in result.stdout and "warning: " + hint in result.stderr, result
+
+
+async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_env, settings):
+    from app.auth import service as auth
+    from app.sweep import sweep
+    from tests.conftest import api_client, files_under, fresh_resources, run_worker
+
+    name = f"doomed-{secrets.token_hex(3)}"
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        made = await auth.create_app(res.pool, name)
+        headers = {"Authorization": f"Bearer {made.api_key}"}
+        ids = []
+        for i in range(2):
+            r = await client.post("/v1/attachments", headers=headers,
+                                  files={"file": (f"{i}.txt", b"doomed %d" % i)})
+            ids.append(r.json()["id"])
+        await run_worker(res)
+        env = {**cli_env, **env_for(res.settings)}
+        refused = await run_cli("apps", "delete", str(made.app_id), env=env)
+        assert refused.returncode == 1 and "--yes" in refused.stderr  # no terminal to ask
+        r = await client.get(f"/v1/attachments/{ids[0]}", headers=headers)
+        assert r.status_code == 200  # nothing changed
+        done = await run_cli("apps", "delete", str(made.app_id), "--yes", env=env)
+        assert done.returncode == 0, done
+        r = await client.get(f"/v1/attachments/{ids[0]}", headers=headers)
+        assert r.status_code == 401  # its keys stopped working at once
+        async with res.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT state, error FROM attachments WHERE app_id = $1",
+                                    made.app_id)
+        assert {(r["state"], r["error"]["code"]) for r in rows} == {("deleted", "app_deleted")}
+        listed = json.loads((await run_cli("apps", "list", "--json", env=env)).stdout)
+        assert name not in [a["name"] for a in listed]
+        again = await run_cli("apps", "create", name, "--json", env=env)
+        assert again.returncode == 0, again  # the name is free again
+        # the worker removes the files, then the app
+        await asyncio.sleep(res.settings.stale_job_after + 0.2)
+        await sweep(res)
+        await run_worker(res)
+        report = await sweep(res)
+        assert report.apps_removed == [made.app_id]
+        store = Path(res.settings.store_url.removeprefix("file://"))
+        assert files_under(store) == []

@@ -501,6 +501,7 @@ class SweepReport:
     deliveries: list[UUID] = field(default_factory=list)
     presigns_expired: int = 0
     tus_expired: int = 0
+    apps_removed: list[UUID] = field(default_factory=list)
 
 
 async def sweep(res: Resources) -> SweepReport | None:

@@ -17,7 +17,7 @@ async def list_apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT a.id, a.name, a.created_at,"
         " (SELECT count(*) FROM api_keys k WHERE k.app_id = a.id AND k.revoked_at IS NULL) AS keys"
-        " FROM apps a ORDER BY a.created_at"
+        " FROM apps a WHERE a.deleted_at IS NULL ORDER BY a.created_at"
     )
 
 
@@ -28,7 +28,50 @@ async def rename_app(conn: asyncpg.Connection, app_id: UUID, name: str
 
 
 async def get_app(conn: asyncpg.Connection, app_id: UUID) -> asyncpg.Record | None:
-    return await conn.fetchrow("SELECT id, name, created_at FROM apps WHERE id = $1", app_id)
+    return await conn.fetchrow("SELECT id, name, created_at FROM apps WHERE id = $1"
+                               " AND deleted_at IS NULL", app_id)
+
+
+async def mark_app_deleted(conn: asyncpg.Connection, app_id: UUID) -> asyncpg.Record | None:
+    """Everything that makes an app usable ends now; its files go in the background. Its
+    name is freed (suffixed) for a new app."""
+    app = await conn.fetchrow(
+        "UPDATE apps SET deleted_at = now(), name = name || ' (deleted ' || id || ')'"
+        " WHERE id = $1 AND deleted_at IS NULL RETURNING id, name, created_at", app_id)
+    if app is None:
+        return None
+    await conn.execute("UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())"
+                       " WHERE app_id = $1", app_id)
+    await conn.execute("UPDATE webhook_endpoints SET enabled = false WHERE app_id = $1", app_id)
+    await conn.execute("UPDATE tus_uploads SET expires_at = now() WHERE app_id = $1"
+                       " AND state = 'receiving'", app_id)
+    await conn.execute("UPDATE presigned_uploads SET expires_at = now() WHERE app_id = $1",
+                       app_id)
+    await delete_attachments_of_deleted_apps(conn, app_id)
+    return app
+
+
+async def delete_attachments_of_deleted_apps(conn: asyncpg.Connection,
+                                             app_id: UUID | None = None) -> int:
+    result = await conn.execute(
+        "UPDATE attachments SET state = 'deleted', deleted_at = now(), updated_at = now(),"
+        " generation = generation + 1,"
+        " error = '{\"code\": \"app_deleted\", \"detail\": \"its app was deleted\"}'::jsonb"
+        " WHERE state <> 'deleted' AND app_id IN (SELECT id FROM apps"
+        "  WHERE deleted_at IS NOT NULL AND ($1::uuid IS NULL OR id = $1))", app_id)
+    return int(result.split()[-1])
+
+
+async def remove_emptied_apps(conn: asyncpg.Connection) -> list[UUID]:
+    """Deleted apps with no file left anywhere: their rows go (and what cascades)."""
+    rows = await conn.fetch(
+        "DELETE FROM apps a WHERE a.deleted_at IS NOT NULL"
+        " AND NOT EXISTS (SELECT 1 FROM attachments t WHERE t.app_id = a.id"
+        "                 AND t.purged_at IS NULL)"
+        " AND NOT EXISTS (SELECT 1 FROM tus_uploads u WHERE u.app_id = a.id)"
+        " AND NOT EXISTS (SELECT 1 FROM presigned_uploads p WHERE p.app_id = a.id)"
+        " RETURNING a.id")
+    return [r["id"] for r in rows]
 
 
 async def insert_key(

@@ -72,6 +72,22 @@ async def _create_key(conn: asyncpg.Connection, app_id: UUID) -> NewKey:
     return NewKey(app_id=app_id, key_id=key_id, api_key=api_key)
 
 
+async def delete_app(pool: asyncpg.Pool, app_id: UUID) -> asyncpg.Record:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await repo.mark_app_deleted(conn, app_id)
+    if row is None:
+        raise AppNotFound(f"no app {app_id}")
+    return row
+
+
+async def sweep_deleted_apps(pool: asyncpg.Pool) -> list[UUID]:
+    """For the worker's sweep: attachments a deleted app still gained (a tus upload that was
+    completing) are deleted too; apps whose files are all gone are removed."""
+    async with pool.acquire() as conn:
+        await repo.delete_attachments_of_deleted_apps(conn)
+        return await repo.remove_emptied_apps(conn)
+
+
 async def list_apps(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     async with pool.acquire() as conn:
         return await repo.list_apps(conn)
