@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     # browser; empty: none, CORS off
     cors_origins: str = ""
     webhook_allow_private: bool = False
+    # after a secret rotation the replaced secret keeps signing (a second signature in
+    # webhook-signature) this many seconds, for receivers to switch over; 0: stops at once
+    webhook_secret_overlap: int = Field(default=24 * 3600, ge=0)
     webhook_retry_delays: str = "5,30,120,600,1800,3600,10800,21600,43200"
     sweep_interval: int = Field(default=30, gt=0)
     # temp files and unfinished multipart uploads of writers that died are removed once
