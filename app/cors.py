@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,15 @@ def parse_origins(value: str) -> list[str]:
     return [o.strip() for o in value.split(",") if o.strip()]
 
 
+def _vary_origin(send: Send) -> Send:
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            MutableHeaders(scope=message).add_vary_header("Origin")
+        await send(message)
+
+    return sender
+
+
 def _is_v1(path: str) -> bool:
     return path == "/v1" or path.startswith("/v1/")
 
@@ -73,7 +83,15 @@ class V1Cors:
             await self.app(scope, receive, send)
             return
         self._note_refused(scope)
-        await (self.cors or self.app)(scope, receive, send)
+        if self.cors is None:
+            await self.app(scope, receive, send)
+            return
+        if not any(k == b"origin" for k, _ in scope["headers"]):
+            # CORSMiddleware marks only answers to requests with an Origin; a cache (a CDN
+            # keeping a public link) must also know that an answer fetched without one is
+            # not the one to give a browser that sends one
+            send = _vary_origin(send)
+        await self.cors(scope, receive, send)
 
     def _note_refused(self, scope: Scope) -> None:
         """Log a preflight from an origin that is not allowed, once per origin: the browser

@@ -119,6 +119,10 @@ async def test_answers_expose_the_headers_a_browser_needs(api):
     assert r.status_code == 201, r.text
     assert r.headers["access-control-allow-origin"] == ORIGIN
     assert {"location", "upload-offset", "upload-expires", "tus-resumable"} <= exposed(r)
+    # an answer without Origin says it depends on it, so a cache keeps them apart
+    r = await client.get("/v1/attachments", headers=tenant.headers)
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+    assert "origin" in r.headers["vary"].lower()
     r = await client.options("/v1/tus/", headers={"Origin": ORIGIN})
     assert r.status_code == 204 and r.headers["tus-version"] == "1.0.0"
     assert r.headers["access-control-allow-origin"] == ORIGIN
