@@ -41,7 +41,13 @@ class Settings(BaseSettings):
     secret_key: str = ""
     # turns the operator's dashboard (/dashboard) on; empty: off (404)
     admin_token: str = ""
+    # origins (scheme://host[:port], comma-separated, or *) allowed to call /v1 from a
+    # browser; empty: none, CORS off
+    cors_origins: str = ""
     webhook_allow_private: bool = False
+    # after a secret rotation the replaced secret keeps signing (a second signature in
+    # webhook-signature) this many seconds, for receivers to switch over; 0: stops at once
+    webhook_secret_overlap: int = Field(default=24 * 3600, ge=0)
     webhook_retry_delays: str = "5,30,120,600,1800,3600,10800,21600,43200"
     sweep_interval: int = Field(default=30, gt=0)
     # temp files and unfinished multipart uploads of writers that died are removed once
@@ -134,6 +140,25 @@ class Settings(BaseSettings):
         if v and len(v.encode()) < MIN_SECRET_KEY_BYTES:
             raise ValueError(f"must be at least {MIN_SECRET_KEY_BYTES} bytes (e.g. the output of"
                              " `openssl rand -hex 32`)")
+        return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, v: str) -> str:
+        for origin in (o.strip() for o in v.split(",")):
+            if not origin or origin == "*":
+                continue
+            try:
+                parts = urlsplit(origin)
+                parts.port  # noqa: B018 (raises on a bad port)
+            except ValueError:
+                parts = None
+            # a browser sends its origin without a path or a trailing slash, and it must
+            # match exactly: "https://app.example/" would silently never match
+            if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+                    or parts.path or parts.query or parts.fragment or "@" in parts.netloc):
+                raise ValueError(f"{origin!r} is not an origin: write scheme://host[:port],"
+                                 " no path or trailing slash (or * for any)")
         return v
 
     @field_validator("webhook_retry_delays")

@@ -6,8 +6,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
-from app import errors, problems
+from app import cors, errors, problems
 from app.attachments.routes import router as attachments_router
 from app.config import Settings, load_settings
 from app.dashboard.events_routes import router as attachment_events_router
@@ -55,6 +56,17 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+class StowageAPI(FastAPI):
+    """FastAPI with CORS for /v1 wrapped around the whole middleware stack: outside the error
+    middleware, so that an unexpected 500 carries the CORS headers too (a user middleware
+    sits inside it, and the 500 it answers would reach a browser as an opaque failure)."""
+
+    cors_origins: tuple[str, ...] = ()
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return cors.V1Cors(super().build_middleware_stack(), list(self.cors_origins))
+
+
 def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
     """Build the API. Pass ``resources`` to share them (``stowage dev``, tests)."""
     settings = settings or load_settings()
@@ -69,12 +81,13 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
             app.state.resources = res
             yield
 
-    app = FastAPI(
+    app = StowageAPI(
         title="Stowage",
         version="0.1.0",
         summary="Upload files into a cache, promote them to permanent storage, get told when.",
         lifespan=lifespan,
     )
+    app.cors_origins = tuple(cors.parse_origins(settings.cors_origins))
     problems.install(app)
     _install_openapi(app)
     app.add_middleware(RequestIdMiddleware)

@@ -136,7 +136,8 @@ async def tus_s3(tmp_path, database_url, moto_endpoint, s3_client, fast_botocore
     await s3_client.create_bucket(Bucket=bucket)
     with S3FaultProxy(moto_endpoint) as proxy:
         settings = make_settings(tmp_path, database_url, cache_url=f"s3://{bucket}",
-                                 s3_endpoint_url=proxy.url, s3_region="us-east-1")
+                                 s3_endpoint_url=proxy.url, s3_region="us-east-1",
+                                 cors_origins=ORIGIN)
         async with fresh_resources(settings) as res:
             app = create_app(settings, res)
             app.state.resources = res  # ASGITransport does not run the lifespan

@@ -1,7 +1,8 @@
 """HTTP adapter for tus 1.0 at /v1/tus/: headers in, service calls, headers out.
 
-Every response of these routes (errors included) carries Tus-Resumable and the CORS headers
-browser clients such as Uppy need; OPTIONS answers without an API key (CORS preflight).
+Every response of these routes (errors included) carries Tus-Resumable; OPTIONS answers
+without an API key (tus discovery). CORS is the app's, for all of /v1 (app/cors.py): a browser
+preflight is answered there, before these routes, when STOWAGE_CORS_ORIGINS allows the origin.
 """
 
 from __future__ import annotations
@@ -39,37 +40,13 @@ from app.uploads.tus import (
     UploadStatus,
 )
 
-CORS_ALLOW_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
-CORS_ALLOW_HEADERS = (
-    "Authorization, Content-Type, Upload-Length, Upload-Offset, Tus-Resumable, Upload-Metadata,"
-    " Upload-Defer-Length, Upload-Concat, Upload-Checksum, X-HTTP-Method-Override,"
-    " X-Requested-With"
-)
-CORS_EXPOSE_HEADERS = (
-    "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size,"
-    " Tus-Extension, Upload-Metadata, Upload-Expires, Stowage-Attachment-Id"
-)
-CORS_MAX_AGE = "86400"
-
-
-def _cors_headers(request: Request) -> dict[str, str]:
-    # API keys travel in Authorization, never in cookies: any origin may call, as with curl
-    origin = request.headers.get("origin")
-    return {
-        "Access-Control-Allow-Origin": origin or "*",
-        "Access-Control-Allow-Methods": CORS_ALLOW_METHODS,
-        "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
-        "Access-Control-Expose-Headers": CORS_EXPOSE_HEADERS,
-        "Access-Control-Max-Age": CORS_MAX_AGE,
-        "Vary": "Origin",
-    }
-
 
 class TusRoute(APIRoute):
-    """Adds the tus and CORS headers to every response, errors included: whatever escapes
-    the handler (a domain error, Postgres, Redis or S3 down, a bug) is answered here, with
-    the app's own mapping, rather than by the app-wide handlers, which know nothing of these
-    headers. Without them a browser sees an opaque CORS failure, not a 503 to retry."""
+    """Adds the tus headers to every response, errors included: whatever escapes the handler
+    (a domain error, Postgres, Redis or S3 down, a bug) is answered here, with the app's own
+    mapping, rather than by the app-wide handlers, which know nothing of these headers (a
+    tus client needs Tus-Resumable, and Location on a failed creation-with-upload, to
+    resume)."""
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
@@ -84,7 +61,6 @@ class TusRoute(APIRoute):
                     response.headers["Tus-Version"] = TUS_VERSION
             if request.method != "OPTIONS":
                 response.headers["Tus-Resumable"] = TUS_VERSION
-            response.headers.update(_cors_headers(request))
             return response
 
         return tus_handler
@@ -193,7 +169,7 @@ def _location(res: Resources, upload_id: UUID) -> str:
 
 @router.options(
     "/", status_code=204, response_class=Response,
-    summary="tus discovery (no API key; also answers CORS preflight)",
+    summary="tus discovery (no API key)",
     responses={204: {"description": "What this server supports", "headers": _headers_doc(
         "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size",
         "Tus-Checksum-Algorithm")}},

@@ -122,12 +122,19 @@ def encode_body(body: dict[str, Any]) -> str:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
 
 
-def signed_headers(secret: str, msg_id: str, payload: str, now: datetime) -> dict[str, str]:
+def signed_headers(secret: str, msg_id: str, payload: str, now: datetime,
+                   previous_secret: str | None = None) -> dict[str, str]:
+    # standardwebhooks wants an aware UTC datetime and the exact text that is sent
+    signatures = [Webhook(secret).sign(msg_id, now, payload)]
+    if previous_secret:
+        # after a rotation, during the overlap: Standard Webhooks allows several signatures,
+        # space-separated, and a receiver accepts the delivery if any verifies, so one still
+        # holding the old secret and one holding the new both do
+        signatures.append(Webhook(previous_secret).sign(msg_id, now, payload))
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(now.timestamp())),
-        # standardwebhooks wants an aware UTC datetime and the exact text that is sent
-        "webhook-signature": Webhook(secret).sign(msg_id, now, payload),
+        "webhook-signature": " ".join(signatures),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
@@ -147,7 +154,8 @@ def _retry_after(value: str | None) -> float | None:
 
 async def attempt(http: httpx.AsyncClient, *, url: str, secret: str, msg_id: str,
                   body: dict[str, Any], allow_private: bool, timeout_s: float,
-                  dns_timeout_s: float = 5.0) -> AttemptResult:
+                  dns_timeout_s: float = 5.0, previous_secret: str | None = None
+                  ) -> AttemptResult:
     started = time.monotonic()
 
     def elapsed() -> int:
@@ -163,7 +171,7 @@ async def attempt(http: httpx.AsyncClient, *, url: str, secret: str, msg_id: str
         return AttemptResult(None, str(e), elapsed(), None, permanent=e.permanent)
     netloc_ip = f"[{ip}]" if ":" in ip else ip
     target = urlunsplit(parts._replace(netloc=f"{netloc_ip}:{port}"))
-    headers = signed_headers(secret, msg_id, payload, datetime.now(UTC))
+    headers = signed_headers(secret, msg_id, payload, datetime.now(UTC), previous_secret)
     headers["host"] = parts.netloc.rsplit("@", 1)[-1]
     try:
         async with http.stream(

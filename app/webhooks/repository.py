@@ -10,7 +10,10 @@ import asyncpg
 
 ENDPOINT_COLUMNS = (
     "id, app_id, url, secret, events, description, enabled, disabled_reason, failing_since,"
-    " last_success_at, created_at, updated_at"
+    " last_success_at, created_at, updated_at,"
+    # when the secret a rotation replaced stops signing; NULL when none signs any more
+    " CASE WHEN previous_secret_until > now() THEN previous_secret_until END"
+    "  AS previous_secret_expires_at"
 )
 DELIVERY_COLUMNS = (
     "d.id, d.event_id, e.type AS event_type, e.attachment_id, d.endpoint_id, d.status,"
@@ -47,16 +50,28 @@ async def list_endpoints(conn: asyncpg.Connection, app_id: UUID, before: UUID | 
 
 
 async def update_endpoint(conn: asyncpg.Connection, app_id: UUID, endpoint_id: UUID,
-                          changes: dict[str, Any]) -> asyncpg.Record | None:
-    """Apply the given changes; only whitelisted column names ever reach the SQL text."""
+                          changes: dict[str, Any], secret_overlap_s: float = 0
+                          ) -> asyncpg.Record | None:
+    """Apply the given changes; only whitelisted column names ever reach the SQL text.
+
+    A new ``secret`` keeps the one it replaces signing for ``secret_overlap_s`` more seconds
+    (read from the row in the same statement: two rotations at once cannot lose a secret
+    that was handed out). Rotating again within the overlap drops the oldest: only the
+    secret just replaced goes on signing."""
     allowed = {"url", "events", "description", "enabled", "secret", "disabled_reason",
                "failing_since"}
     assert set(changes) <= allowed, changes
     sets = [f"{col} = ${i}" for i, col in enumerate(changes, start=3)]
+    args: list[Any] = [endpoint_id, app_id, *changes.values()]
+    if "secret" in changes:
+        # the right-hand sides see the row as it was: previous_secret is the old secret
+        args.append(secret_overlap_s)
+        sets += ["previous_secret = secret",
+                 f"previous_secret_until = now() + make_interval(secs => ${len(args)})"]
     return await conn.fetchrow(
         f"UPDATE webhook_endpoints SET {', '.join([*sets, 'updated_at = now()'])}"
         f" WHERE id = $1 AND app_id = $2 RETURNING {ENDPOINT_COLUMNS}",
-        endpoint_id, app_id, *changes.values(),
+        *args,
     )
 
 
@@ -165,7 +180,11 @@ async def claim_delivery(conn: asyncpg.Connection, delivery_id: UUID, lease_s: i
         " FROM due, events e, webhook_endpoints ep"
         " WHERE d.id = due.id AND e.id = d.event_id AND ep.id = d.endpoint_id"
         " RETURNING d.id, d.attempts, d.event_id, e.type AS event_type, e.body, ep.id AS"
-        "  endpoint_id, ep.url, ep.secret, ep.enabled",
+        "  endpoint_id, ep.url, ep.secret, ep.enabled,"
+        # the replaced secret signs too while its overlap lasts (the database's clock decides,
+        # as it did when the rotation set the end)
+        "  CASE WHEN ep.previous_secret_until > now() THEN ep.previous_secret END"
+        "   AS previous_secret",
         delivery_id, lease_s,
     )
 

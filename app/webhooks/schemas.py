@@ -30,7 +30,10 @@ class EndpointPatch(BaseModel):
     events: list[EventType] | None = None
     description: str | None = Field(None, max_length=500)
     enabled: bool | None = None
-    rotate_secret: bool = Field(False, description="issue a new secret (returned once here)")
+    rotate_secret: bool = Field(False, description="issue a new secret; the one it replaces"
+                                " keeps signing beside it (a second signature) for"
+                                " STOWAGE_WEBHOOK_SECRET_OVERLAP seconds, until"
+                                " previous_secret_expires_at")
 
 
 class EndpointOut(BaseModel):
@@ -43,6 +46,8 @@ class EndpointOut(BaseModel):
     disabled_reason: str | None
     failing_since: datetime | None
     last_success_at: datetime | None
+    previous_secret_expires_at: datetime | None = Field(
+        None, description="after a rotation: until when the replaced secret signs too")
     created_at: datetime
     updated_at: datetime
 
@@ -82,6 +87,7 @@ def present_endpoint(row: Any) -> dict[str, Any]:
         "disabled_reason": row["disabled_reason"],
         "failing_since": timestamp(row["failing_since"]),
         "last_success_at": timestamp(row["last_success_at"]),
+        "previous_secret_expires_at": timestamp(row["previous_secret_expires_at"]),
         "created_at": timestamp(row["created_at"]),
         "updated_at": timestamp(row["updated_at"]),
     }

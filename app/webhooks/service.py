@@ -133,7 +133,8 @@ async def update_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID,
     if not changes:
         return await get_endpoint(res, app_id, endpoint_id)
     async with res.pool.acquire() as conn:
-        row = await repo.update_endpoint(conn, app_id, endpoint_id, changes)
+        row = await repo.update_endpoint(conn, app_id, endpoint_id, changes,
+                                         secret_overlap_s=res.settings.webhook_secret_overlap)
     if row is None:
         raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
     return row
@@ -210,6 +211,7 @@ async def _attempt(res: Resources, delivery_id: UUID, lease: int) -> str:
     await failpoint("deliver.before_send")
     result = await http_delivery.attempt(
         res.http, url=claimed["url"], secret=claimed["secret"],
+        previous_secret=claimed["previous_secret"],
         msg_id=f"msg_{claimed['event_id']}", body=claimed["body"],
         allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout,
         dns_timeout_s=settings.webhook_dns_timeout,
