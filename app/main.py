@@ -13,6 +13,7 @@ from app.attachments.routes import router as attachments_router
 from app.config import Settings, load_settings
 from app.dashboard.events_routes import router as attachment_events_router
 from app.dashboard.routes import router as dashboard_router
+from app.http_methods import MethodsMiddleware
 from app.ops.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.resources import Resources, build_resources
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     app.cors_origins = tuple(cors.parse_origins(settings.cors_origins))
     problems.install(app)
     _install_openapi(app)
+    # inside the request id's middleware, so its 405s and HEADs are logged and carry the id
+    app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(attachments_router)
     app.include_router(presigned_router)

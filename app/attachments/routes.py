@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -16,7 +17,13 @@ from pydantic import ValidationError
 
 from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
 from app.attachments import service
-from app.attachments.downloads import is_active, parse_range
+from app.attachments.downloads import (
+    http_date,
+    is_active,
+    not_modified,
+    parse_range,
+    range_applies,
+)
 from app.attachments.schemas import AttachmentList, AttachmentOut, State, present
 from app.deps import bearer, current_app_id, resources
 from app.errors import (
@@ -28,6 +35,7 @@ from app.errors import (
     UploadTooLarge,
 )
 from app.failpoints import failpoint
+from app.http_methods import is_head
 from app.ops.metrics import track_upload
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound, content_disposition, open_read
@@ -104,6 +112,7 @@ def download_responses(what: str, media_type: str) -> dict[int | str, dict[str, 
         200: {"description": what,
               "content": {media_type: {"schema": {"type": "string", "format": "binary"}}}},
         206: {"description": "The requested byte range"},
+        304: {"description": "Not modified (If-None-Match, If-Modified-Since): no body"},
         307: {"description": "Redirect to a short-lived storage URL"},
         403: {"description": "Bad or expired signed link", **PROBLEM},
         409: {"description": "The attachment has no file (deleted or failed)", **PROBLEM},
@@ -388,6 +397,8 @@ class _File:
     size: int
     etag: str
     filename: str | None
+    # Last-Modified: when this content came to be served under the link
+    modified: datetime | None = None
 
 
 # How often a download follows its file when it moved under it: a promotion moves it once,
@@ -400,7 +411,7 @@ def _original(res: Resources, row: Any) -> _File:
         raise InvalidState(f"attachment {row['id']} is {row['state']}; it has no file")
     storage = res.store if row["storage"] == "store" else res.cache
     return _File(storage, row["key"], row["mime_type"], row["size"], row["sha256"],
-                 row["filename"])
+                 row["filename"], row["stored_at"] or row["created_at"])
 
 
 def _derivative(name: str) -> Callable[[Resources, Any], _File]:
@@ -411,7 +422,8 @@ def _derivative(name: str) -> Callable[[Resources, Any], _File]:
         if row["state"] != "stored":
             raise InvalidState(f"attachment {row['id']} is {row['state']}")
         return _File(res.store, derivative["key"], derivative["mime_type"], derivative["size"],
-                     f"{row['sha256'][:16]}-{row['generation']}-{name}", None)
+                     f"{row['sha256'][:16]}-{row['generation']}-{name}", None,
+                     row["updated_at"])
 
     return pick
 
@@ -436,28 +448,45 @@ async def serve_file(request: Request, res: Resources, row: Any,
 
 
 async def serve_object(request: Request, storage: Storage, *, key: str, mime: str, size: int,
-                       etag: str, filename: str | None, cache_control: str = PRIVATE
-                       ) -> Response:
-    """Redirect to the storage (S3) or stream it ourselves with Range support (filesystem).
+                       etag: str, filename: str | None, modified: datetime | None = None,
+                       cache_control: str = PRIVATE) -> Response:
+    """Redirect to the storage (S3) or stream it ourselves (filesystem), with the conditional
+    requests and ranges of RFC 9110 §13-14. HEAD answers the headers GET would.
 
     Raises StorageObjectNotFound before anything is sent when the object is not there."""
     as_attachment = is_active(mime)
+    head = is_head(request)
+    # a HEAD that follows the redirect must find a URL signed for HEAD (S3 signs the method)
     url = await storage.presigned_get_url(
         key, expires_in=300, filename=filename, content_type=mime, as_attachment=as_attachment,
+        method="HEAD" if head else "GET",
     )
     if url is not None:
+        # S3 answers the conditionals and ranges itself, on the URL it is sent to
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
     await failpoint("download.before_open")
+    validators = {"ETag": f'"{etag}"', "Cache-Control": cache_control}
+    if modified is not None:
+        validators["Last-Modified"] = http_date(modified)
+    if not_modified(_joined(request, "if-none-match"), request.headers.get("if-modified-since"),
+                    etag, modified):
+        # §15.4.5: what a cache needs to refresh its copy, and no body
+        return Response(status_code=304, headers=validators)
     headers = {
+        **validators,
         "Accept-Ranges": "bytes",
-        "ETag": f'"{etag}"',
         "Content-Disposition": content_disposition(filename, as_attachment),
         "X-Content-Type-Options": "nosniff",
-        "Cache-Control": cache_control,
     }
-    if request.headers.get("if-none-match") == headers["ETag"]:
-        return Response(status_code=304, headers=headers)
-    byte_range = parse_range(request.headers.get("range"), size)
+    # Range is defined for GET only (§14.2): HEAD describes the whole file
+    byte_range = None
+    if not head and range_applies(request.headers.get("if-range"), etag, modified):
+        byte_range = parse_range(request.headers.get("range"), size)
+    if head:
+        if await storage.stat(key) is None:  # as GET would find it: moved, or lost
+            raise StorageObjectNotFound(key)
+        headers["Content-Length"] = str(size)
+        return Response(status_code=200, media_type=mime, headers=headers)
     if byte_range is None:
         headers["Content-Length"] = str(size)
         return StreamingResponse(await open_read(storage, key), media_type=mime,
@@ -467,6 +496,12 @@ async def serve_object(request: Request, storage: Storage, *, key: str, mime: st
     headers["Content-Length"] = str(end - start + 1)
     return StreamingResponse(await open_read(storage, key, start, end), status_code=206,
                              media_type=mime, headers=headers)
+
+
+def _joined(request: Request, name: str) -> str | None:
+    """A list header sent as several fields is one list (RFC 9110 §5.3)."""
+    values = request.headers.getlist(name)
+    return ", ".join(values) if values else None
 
 
 @router.get(

@@ -173,6 +173,7 @@ class Storage(Protocol):
         filename: str | None = None,
         content_type: str | None = None,
         as_attachment: bool = False,
+        method: str = "GET",
     ) -> str | None: ...
 
     def list_leftovers(self, older_than: float, keep: frozenset[str] = frozenset()

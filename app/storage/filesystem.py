@@ -182,6 +182,7 @@ class FilesystemStorage:
         filename: str | None = None,
         content_type: str | None = None,
         as_attachment: bool = False,
+        method: str = "GET",
     ) -> str | None:
         validate_key(key)
         return None

@@ -270,6 +270,7 @@ class S3Storage:
         filename: str | None = None,
         content_type: str | None = None,
         as_attachment: bool = False,
+        method: str = "GET",
     ) -> str | None:
         params: dict[str, Any] = {
             "Bucket": self.bucket,
@@ -278,8 +279,10 @@ class S3Storage:
         }
         if content_type is not None:
             params["ResponseContentType"] = content_type
+        # the signature covers the method: a HEAD needs a URL of its own
+        operation = "head_object" if method == "HEAD" else "get_object"
         url: str = await self.presign_client.generate_presigned_url(
-            "get_object", Params=params, ExpiresIn=expires_in
+            operation, Params=params, ExpiresIn=expires_in
         )
         return url
 
