@@ -111,12 +111,12 @@ async def test_worker_survives_redis_killed_twice(tmp_path, database_url) -> Non
                     await upload(5)
 
                     async def seen_back(n: int = outage) -> bool:
-                        return worker_log(log).count("redis reachable again") == n
-                    await wait_for(seen_back, within=15)
+                        return worker_log(log).count("redis reachable again") >= n
+                    await wait_for(seen_back, within=30)
 
                 async def all_stored() -> bool:
                     return set(await states(client, headers, ids)) == {"stored"}
-                await wait_for(all_stored, within=40, interval=0.5)
+                await wait_for(all_stored, within=60, interval=0.5)
                 assert worker.poll() is None, worker_log(log)
                 worker.send_signal(signal.SIGTERM)
                 assert await asyncio.to_thread(worker.wait, 30) == 0, worker_log(log)
@@ -124,8 +124,9 @@ async def test_worker_survives_redis_killed_twice(tmp_path, database_url) -> Non
         redis.__exit__(None, None, None)
     text = worker_log(log)
     assert len(ids) == 25
-    assert text.count("redis unreachable") == 2, text
-    assert text.count("redis reachable again") == 2, text
+    # each outage seen (a loaded machine may see one blip more), each one got over
+    assert text.count("redis unreachable") >= 2, text
+    assert text.count("redis unreachable") == text.count("redis reachable again"), text
     assert "Traceback" not in text, text
 
 
