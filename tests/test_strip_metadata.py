@@ -1,0 +1,300 @@
+"""Originals of image profiles are stored without their metadata (EXIF and its GPS, XMP, IPTC,
+comments, PNG text chunks), losslessly: the image data stays byte for byte, the colour profile
+and the orientation stay. The filters themselves (app/media/strip.py), then every upload mode
+through the HTTP API. Images are made here, with Pillow and hand-built segments."""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+
+import pytest
+from PIL import Image, ImageCms
+
+from app.media import strip
+from app.media.image import image_dimensions
+
+GPS = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
+ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+XMP_JPEG = (b"http://ns.adobe.com/xap/1.0/\0<x:xmpmeta xmlns:x='adobe:ns:meta/'>"
+            b"<exif:GPSLatitude>52,31.2N</exif:GPSLatitude></x:xmpmeta>")
+IPTC = b"Photoshop 3.0\x008BIM\x04\x04\x00\x00\x00\x00\x00\x0c\x1c\x02\x5a\x00\x06Berlin\x00\x00"
+SMALL, LARGE = (40, 30), (400, 300)  # under and over the 64 KiB head: both code paths
+
+
+def noise(size: tuple[int, int], seed: int = 1) -> Image.Image:
+    """Incompressible pixels: a file of a known, useful size."""
+    w, h = size
+    return Image.frombytes("RGB", size, random.Random(seed).randbytes(w * h * 3))
+
+
+def exif_block(orientation: int | None = 6, gps: bool = True) -> bytes:
+    ex = Image.Exif()
+    if orientation is not None:
+        ex[0x0112] = orientation
+    ex[0x010F], ex[0x0110] = "PhoneMaker", "PhoneModel"
+    if gps:
+        ex[0x8825] = GPS
+    return ex.tobytes()
+
+
+def jpeg_segments(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """([(marker, payload)] before the first scan, offset of the SOS marker): an independent
+    walk, so the tests do not trust the code they test."""
+    assert data[:2] == b"\xff\xd8"
+    out, i = [], 2
+    while data[i + 1] != 0xDA:
+        assert data[i] == 0xFF
+        (length,) = struct.unpack_from(">H", data, i + 2)
+        out.append((data[i + 1], data[i + 4:i + 2 + length]))
+        i += 2 + length
+    return out, i
+
+
+def scan_data(jpeg: bytes) -> bytes:
+    """From the first SOS marker to the end (EOI included)."""
+    return jpeg[jpeg_segments(jpeg)[1]:]
+
+
+def with_segments(jpeg: bytes, *segments: tuple[int, bytes]) -> bytes:
+    """`jpeg` with segments inserted after its first one (JFIF stays first)."""
+    first_end = 4 + struct.unpack_from(">H", jpeg, 4)[0]
+    extra = b"".join(bytes((0xFF, m)) + struct.pack(">H", len(p) + 2) + p for m, p in segments)
+    return jpeg[:first_end] + extra + jpeg[first_end:]
+
+
+def photo_jpeg(size: tuple[int, int] = LARGE, orientation: int | None = 6) -> bytes:
+    """What a phone makes: EXIF with GPS, XMP, IPTC, a comment, an ICC profile."""
+    buf = io.BytesIO()
+    noise(size).save(buf, "JPEG", quality=95, exif=exif_block(orientation), comment=b"at home",
+                     icc_profile=ICC)
+    return with_segments(buf.getvalue(), (0xE1, XMP_JPEG), (0xED, IPTC))
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:8] == strip.PNG_SIGNATURE
+    out, i = [], 8
+    while i < len(data):
+        length, ctype = struct.unpack_from(">I4s", data, i)
+        out.append((ctype, data[i + 8:i + 8 + length]))
+        i += 12 + length
+    return out
+
+
+def photo_png(size: tuple[int, int] = LARGE) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("Comment", "at home")
+    info.add_text("Location", "52.52N 13.41E", zip=True)
+    info.add_itxt("XML:com.adobe.xmp", "<x:xmpmeta>GPS</x:xmpmeta>")
+    buf = io.BytesIO()
+    noise(size).save(buf, "PNG", pnginfo=info, exif=exif_block(), icc_profile=ICC, dpi=(72, 72))
+    return buf.getvalue()
+
+
+def webp_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    assert struct.unpack_from("<I", data, 4)[0] == len(data) - 8
+    out, i = [], 12
+    while i < len(data):
+        fourcc, (size,) = data[i:i + 4], struct.unpack_from("<I", data, i + 4)
+        out.append((fourcc, data[i + 8:i + 8 + size]))
+        i += 8 + size + (size & 1)
+    return out
+
+
+def photo_webp(size: tuple[int, int] = LARGE) -> bytes:
+    buf = io.BytesIO()
+    noise(size).save(buf, "WEBP", quality=90, exif=exif_block(),
+                     xmp=b"<x:xmpmeta>GPS</x:xmpmeta>", icc_profile=ICC)
+    return buf.getvalue()
+
+
+def no_gps(data: bytes) -> bool:
+    with Image.open(io.BytesIO(data)) as im:
+        return not im.getexif().get_ifd(0x8825) and b"52,31" not in data and b"GPS" not in data
+
+
+def orientation_of(data: bytes) -> int | None:
+    with Image.open(io.BytesIO(data)) as im:
+        return im.getexif().get(0x0112)
+
+
+def in_pieces(filt: strip.Filter, data: bytes, size: int) -> bytes:
+    out = b"".join(filt.feed(data[i:i + size]) for i in range(0, len(data), size))
+    return out + filt.finish()
+
+
+def webp_in_pieces(data: bytes, size: int) -> tuple[bytes, strip.Report]:
+    scanner = strip.WebpScanner()
+    for i in range(0, len(data), size):
+        scanner.feed(data[i:i + size])
+    plan = scanner.finish()
+    filt = plan.filter()
+    return in_pieces(filt, data, size), filt.report
+
+
+# --- the filters ---------------------------------------------------------------------------------
+
+def test_jpeg_loses_its_metadata_and_keeps_scan_colour_and_orientation():
+    original = photo_jpeg()
+    out, report = strip.strip_bytes(strip.JPEG, original)
+    assert scan_data(out) == scan_data(original)  # the pixels were not re-encoded
+    segments, _ = jpeg_segments(out)
+    markers = [m for m, _ in segments]
+    assert 0xFE not in markers and 0xED not in markers  # no comment, no IPTC
+    app1 = [p for m, p in segments if m == 0xE1]
+    assert app1 == [b"Exif\0\0" + strip.minimal_exif(6)]  # just the orientation
+    assert any(m == 0xE0 and p.startswith(b"JFIF\0") for m, p in segments)
+    assert any(m == 0xE2 and p.startswith(b"ICC_PROFILE\0") for m, p in segments)
+    assert no_gps(out) and b"Berlin" not in out and b"at home" not in out
+    with Image.open(io.BytesIO(out)) as im:
+        assert dict(im.getexif()) == {0x0112: 6}
+        assert im.info["icc_profile"] == ICC
+        im.load()  # still decodes
+    assert report.removed == {"exif", "gps", "xmp", "iptc", "comment"}
+    assert report.orientation == 6 and report.note is None
+    # what a browser shows: the same way up
+    assert image_dimensions(out) == image_dimensions(original) == {
+        "width": 300, "height": 400, "orientation": 6}
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 4096, 1 << 20])
+def test_jpeg_filter_streams(piece):
+    original = photo_jpeg()
+    whole, _ = strip.strip_bytes(strip.JPEG, original)
+    assert in_pieces(strip.JpegStripper(), original, piece) == whole
+
+
+def test_jpeg_without_orientation_keeps_no_exif_at_all():
+    out, report = strip.strip_bytes(strip.JPEG, photo_jpeg(SMALL, orientation=None))
+    assert all(m != 0xE1 for m, _ in jpeg_segments(out)[0])
+    assert report.orientation is None and orientation_of(out) is None
+
+
+def test_jpeg_without_metadata_and_a_stripped_one_are_left_as_they_are():
+    buf = io.BytesIO()
+    noise(SMALL).save(buf, "JPEG")
+    plain = buf.getvalue()
+    assert strip.strip_bytes(strip.JPEG, plain) == (plain, strip.Report())
+    once, _ = strip.strip_bytes(strip.JPEG, photo_jpeg())
+    twice, report = strip.strip_bytes(strip.JPEG, once)
+    assert twice == once and not report.changed and report.orientation == 6
+
+
+def test_jfif_thumbnail_goes():
+    buf = io.BytesIO()
+    noise(SMALL).save(buf, "JPEG")
+    plain = buf.getvalue()
+    thumb = b"JFIF\0\x01\x01\x00\x00\x01\x00\x01" + b"\x02\x01" + b"\x10\x20\x30" * 2
+    data = plain[:2] + bytes((0xFF, 0xE0)) + struct.pack(">H", len(thumb) + 2) + thumb + plain[2:]
+    out, report = strip.strip_bytes(strip.JPEG, data)
+    assert report.removed == {"thumbnail"}
+    assert jpeg_segments(out)[0][0] == (0xE0, thumb[:12] + b"\0\0")
+
+
+def test_nothing_after_an_mpf_index_moves():
+    """A multi-picture file's index counts offsets from itself: what follows it stays put."""
+    buf = io.BytesIO()
+    noise(SMALL).save(buf, "JPEG")
+    mpf = b"MPF\0II*\0\x08\0\0\0\0\0"
+    data = with_segments(buf.getvalue(), (0xE1, XMP_JPEG), (0xE2, mpf), (0xFE, b"after"))
+    out, report = strip.strip_bytes(strip.JPEG, data)
+    assert report.removed == {"xmp"}
+    assert [m for m, _ in jpeg_segments(out)[0]][1:3] == [0xE2, 0xFE]
+
+
+@pytest.mark.parametrize("cut", ["in_exif", "garbage_after_comment", "no_soi", "bad_length"])
+def test_odd_jpeg_passes_through_from_where_it_stops_parsing(cut):
+    good = photo_jpeg(SMALL)
+    segments, _ = jpeg_segments(good)
+    first_end = 4 + len(segments[0][1]) + 2  # SOI + JFIF
+    if cut == "in_exif":  # a truncated upload: ends inside the EXIF segment
+        data, expected = good[:first_end + 40], good[:first_end + 40]
+    elif cut == "garbage_after_comment":
+        com = b"\xff\xfe\x00\x05abc"
+        data = good[:first_end] + com + b"\x00junk" + good[first_end:]
+        expected = good[:first_end] + b"\x00junk" + good[first_end:]  # the comment went
+    elif cut == "no_soi":
+        data = expected = b"\x00" + good
+    else:
+        data = expected = good[:2] + b"\xff\xe1\x00\x01" + good[2:]
+    for piece in (1, len(data)):
+        filt = strip.JpegStripper()
+        assert in_pieces(filt, data, piece) == expected
+        assert filt.report.note and "kept as it is" in filt.report.note
+
+
+def test_png_loses_text_and_exif_and_keeps_colour_density_and_pixels():
+    original = photo_png()
+    out, report = strip.strip_bytes(strip.PNG, original)
+    before, after = png_chunks(original), png_chunks(out)
+    assert {b"tEXt", b"zTXt", b"iTXt"} <= {t for t, _ in before}
+    kept = [(t, d) for t, d in before if t not in (b"tEXt", b"zTXt", b"iTXt", b"eXIf")]
+    assert [(t, d) for t, d in after if t != b"eXIf"] == kept  # iCCP, pHYs, IDAT... as they were
+    assert (b"eXIf", strip.minimal_exif(6)) in after
+    assert no_gps(out) and b"at home" not in out
+    with Image.open(io.BytesIO(out)) as im:
+        im.load()  # CRCs checked
+        assert im.info["icc_profile"] == ICC and im.info["dpi"] == pytest.approx((72, 72), abs=0.01)
+        assert dict(im.getexif()) == {0x0112: 6}
+    assert report.removed == {"exif", "gps", "text"} and report.orientation == 6
+    assert strip.strip_bytes(strip.PNG, out) == (out, strip.Report(orientation=6))
+
+
+@pytest.mark.parametrize("piece", [1, 5, 8, 13, 1 << 16])
+def test_png_filter_streams(piece):
+    original = photo_png(SMALL)
+    whole, _ = strip.strip_bytes(strip.PNG, original)
+    assert whole != original
+    assert in_pieces(strip.PngStripper(), original, piece) == whole
+
+
+def test_truncated_png_passes_through():
+    original = photo_png(SMALL)
+    cut = original[:len(original) // 2]
+    for piece in (1, len(cut)):
+        filt = strip.PngStripper()
+        out = in_pieces(filt, cut, piece)
+        assert filt.report.note and out == strip.strip_bytes(strip.PNG, original)[0][:len(out)]
+
+
+def test_webp_loses_exif_and_xmp_and_fixes_flags_and_size():
+    original = photo_webp()
+    out, report = strip.strip_bytes(strip.WEBP, original)
+    before, after = webp_chunks(original), webp_chunks(out)  # RIFF size checked there
+    assert [t for t, _ in before] == [b"VP8X", b"ICCP", b"VP8 ", b"EXIF", b"XMP "]
+    assert after[1:] == [before[1], before[2], (b"EXIF", strip.minimal_exif(6))]
+    flags = after[0][1][0]
+    assert flags & 0x08 and not flags & 0x04 and flags & 0x20  # EXIF, no XMP, ICC
+    assert after[0][1][1:] == before[0][1][1:]  # the canvas size untouched
+    assert no_gps(out)
+    with Image.open(io.BytesIO(out)) as im:
+        im.load()
+        assert im.info["icc_profile"] == ICC and dict(im.getexif()) == {0x0112: 6}
+    assert report.removed == {"exif", "gps", "xmp"}
+    assert strip.strip_bytes(strip.WEBP, out) == (out, strip.Report(orientation=6))
+
+
+@pytest.mark.parametrize("piece", [1, 3, 8, 1 << 16])
+def test_webp_passes_stream(piece):
+    original = photo_webp(SMALL)
+    whole, _ = strip.strip_bytes(strip.WEBP, original)
+    assert whole != original and webp_in_pieces(original, piece)[0] == whole
+
+
+def test_webp_without_orientation_loses_the_exif_flag():
+    buf = io.BytesIO()
+    noise(SMALL).save(buf, "WEBP", exif=exif_block(orientation=None))
+    out, _ = strip.strip_bytes(strip.WEBP, buf.getvalue())
+    chunks = webp_chunks(out)
+    assert [t for t, _ in chunks] == [b"VP8X", b"VP8 "] and not chunks[0][1][0] & 0x08
+
+
+def test_broken_webp_is_kept_as_it_is():
+    original = photo_webp(SMALL)
+    cut = original[:len(original) - 10]
+    out, report = strip.strip_bytes(strip.WEBP, cut)
+    assert out == cut and report.note and not report.changed
