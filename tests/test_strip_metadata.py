@@ -14,6 +14,7 @@ from PIL import Image, ImageCms
 
 from app.media import strip
 from app.media.image import image_dimensions
+from app.profiles import ProfileError, load_profiles
 
 GPS = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -298,3 +299,53 @@ def test_broken_webp_is_kept_as_it_is():
     cut = original[:len(original) - 10]
     out, report = strip.strip_bytes(strip.WEBP, cut)
     assert out == cut and report.note and not report.changed
+
+
+# --- the profile option --------------------------------------------------------------------------
+
+PROFILES = """
+[profiles.photos]
+types = ["image/jpeg", "image/png", "image/webp"]
+
+[profiles.photos.derivatives.thumb]
+width = 64
+height = 64
+format = "png"
+
+[profiles.originals]
+types = ["image/*"]
+strip_metadata = false
+
+[profiles.files]
+max_size = 10_000_000
+
+[profiles.tiny]
+types = ["image/jpeg"]
+max_size = 100_000
+"""
+
+
+def test_strip_metadata_defaults_to_image_profiles(tmp_path):
+    path = tmp_path / "profiles.toml"
+    path.write_text(PROFILES + """
+[profiles.pdfs]
+types = ["application/pdf"]
+[profiles.pictures]
+types = ["image/*"]
+[profiles.thumbs]
+[profiles.thumbs.derivatives.t]
+width = 10
+height = 10
+""")
+    profiles = load_profiles(path)
+    assert not profiles.get("default").strips_metadata  # any file: kept byte for byte
+    assert not profiles.get("files").strips_metadata
+    assert not profiles.get("pdfs").strips_metadata
+    assert not profiles.get("originals").strips_metadata  # said so
+    for name in ("photos", "pictures", "thumbs"):
+        assert profiles.get(name).strips_metadata, name
+    assert profiles.get("photos").strips("image/jpeg")
+    assert not profiles.get("photos").strips("image/gif")  # other types are never touched
+    path.write_text("[profiles.a]\nstrip_metadata = 'yes'\n")
+    with pytest.raises(ProfileError, match="'strip_metadata'"):
+        load_profiles(path)
