@@ -5,16 +5,35 @@ through the HTTP API. Images are made here, with Pillow and hand-built segments.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import dataclasses
+import hashlib
 import io
 import random
+import secrets
 import struct
+from typing import Any
 
+import httpx
 import pytest
 from PIL import Image, ImageCms
 
+from app.auth import service as auth
 from app.media import strip
 from app.media.image import image_dimensions
 from app.profiles import ProfileError, load_profiles
+from app.storage.filesystem import FilesystemStorage
+from app.uploads.ingest import receive
+from tests.conftest import (
+    AppKey,
+    api_client,
+    files_under,
+    fresh_resources,
+    make_settings,
+    run_worker,
+)
+from tests.helpers import multipart_body
 
 GPS = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -349,3 +368,260 @@ height = 10
     path.write_text("[profiles.a]\nstrip_metadata = 'yes'\n")
     with pytest.raises(ProfileError, match="'strip_metadata'"):
         load_profiles(path)
+
+
+# --- through the API -----------------------------------------------------------------------------
+
+MODES = ["multipart", "raw", "tus"]
+
+
+@pytest.fixture
+async def env_factory(tmp_path, database_url, moto_endpoint, s3_client):
+    """(res, client, tenant) on the filesystem, or with an S3 (moto) cache."""
+    async with contextlib.AsyncExitStack() as stack:
+        async def make(profiles: str = PROFILES, s3: bool = False) -> tuple[Any, Any, AppKey]:
+            path = tmp_path / "profiles.toml"
+            path.write_text(profiles)
+            values: dict[str, Any] = {"profiles_file": str(path)}
+            if s3:
+                bucket = f"strip-{secrets.token_hex(4)}"
+                await s3_client.create_bucket(Bucket=bucket)
+                values.update(cache_url=f"s3://{bucket}", s3_endpoint_url=moto_endpoint,
+                              s3_region="us-east-1")
+            settings = make_settings(tmp_path, database_url, **values)
+            res = await stack.enter_async_context(fresh_resources(settings))
+            client = await stack.enter_async_context(api_client(res))
+            new = await auth.create_app(res.pool, "strip")
+            return res, client, AppKey(new.app_id, new.api_key)
+
+        yield make
+
+
+@pytest.fixture
+async def env(env_factory):
+    return await env_factory()
+
+
+def _b64(value: str) -> str:
+    return base64.b64encode(value.encode()).decode()
+
+
+async def _chunked(data: bytes, size: int):
+    for i in range(0, len(data), size):
+        yield data[i:i + size]
+
+
+async def upload(client: httpx.AsyncClient, tenant: AppKey, mode: str, data: bytes,
+                 profile: str, filename: str = "photo") -> dict[str, Any]:
+    """The attachment the upload made (201)."""
+    if mode == "multipart":
+        r = await client.post("/v1/attachments", headers=tenant.headers, data={
+            "profile": profile}, files={"file": (filename, data, "application/octet-stream")})
+    elif mode == "raw":  # streamed in small chunks: the filters see them one at a time
+        r = await client.post(f"/v1/attachments/raw?filename={filename}&profile={profile}",
+                              headers=tenant.headers, content=_chunked(data, 1000))
+    else:
+        tus = {"Tus-Resumable": "1.0.0", **tenant.headers}
+        r = await client.post("/v1/tus/", headers={
+            **tus, "Upload-Length": str(len(data)),
+            "Upload-Metadata": f"filename {_b64(filename)},profile {_b64(profile)}"})
+        assert r.status_code == 201, r.text
+        url, half = r.headers["location"], len(data) // 2
+        for offset, part in ((0, data[:half]), (half, data[half:])):  # two PATCHes
+            r = await client.patch(url, headers={
+                **tus, "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream"}, content=part)
+            assert r.status_code == 204, r.text
+        att_id = r.headers["stowage-attachment-id"]
+        r = await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)
+        assert r.status_code == 200
+        return r.json()
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def stored_content(res: Any, client: httpx.AsyncClient, tenant: AppKey,
+                         att: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+    """Promote, then (the attachment, the bytes /content serves)."""
+    await run_worker(res)
+    att = (await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)).json()
+    assert att["state"] == "stored", att
+    r = await client.get(f"/v1/attachments/{att['id']}/content", headers=tenant.headers)
+    if r.status_code == 307:
+        async with httpx.AsyncClient() as plain:
+            r = await plain.get(r.headers["location"])
+    assert r.status_code == 200
+    return att, r.content
+
+
+def describes(att: dict[str, Any], data: bytes) -> bool:
+    return att["size"] == len(data) and att["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+async def no_leftovers(res: Any, tmp_path) -> None:
+    """Only the attachments' own files remain in the cache: no copy kept for a rewrite."""
+    assert all(p.endswith("/upload") for p in files_under(tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["small", "large"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_jpeg_upload_is_stored_without_metadata(env, tmp_path, mode, size):
+    res, client, tenant = env
+    original = photo_jpeg(size)
+    att = await upload(client, tenant, mode, original, "photos")
+    assert att["metadata"] == {"width": size[1], "height": size[0], "orientation": 6,
+                               "stripped": ["comment", "exif", "gps", "iptc", "xmp"]}
+    await no_leftovers(res, tmp_path)
+    att, stored = await stored_content(res, client, tenant, att)
+    assert describes(att, stored) and len(stored) < len(original)
+    assert scan_data(stored) == scan_data(original)
+    assert no_gps(stored) and b"Berlin" not in stored and b"at home" not in stored
+    assert orientation_of(stored) == 6
+    # the thumbnail is made from the stored file: still the right way up (portrait)
+    assert att["derivatives"]["thumb"]["width"] < att["derivatives"]["thumb"]["height"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_profile_that_keeps_metadata_keeps_the_file_byte_for_byte(env, mode):
+    res, client, tenant = env
+    original = photo_jpeg()
+    for profile in ("originals", "files"):  # said so; any file (the default for no types)
+        att = await upload(client, tenant, mode, original, profile)
+        assert "stripped" not in att["metadata"]
+        att, stored = await stored_content(res, client, tenant, att)
+        assert stored == original and describes(att, original)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE], ids=["small", "large"])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", ["png", "webp"])
+async def test_png_and_webp_uploads_are_stored_without_metadata(env, tmp_path, mode, size,
+                                                                 kind):
+    res, client, tenant = env
+    original = photo_png(size) if kind == "png" else photo_webp(size)
+    att = await upload(client, tenant, mode, original, "photos")
+    assert "gps" in att["metadata"]["stripped"] and att["metadata"]["orientation"] == 6
+    await no_leftovers(res, tmp_path)
+    att, stored = await stored_content(res, client, tenant, att)
+    assert describes(att, stored) and stored == strip.strip_bytes(att["mime_type"], original)[0]
+    assert no_gps(stored) and orientation_of(stored) == 6
+    if kind == "png":
+        assert not {b"tEXt", b"zTXt", b"iTXt"} & {t for t, _ in png_chunks(stored)}
+    else:
+        assert b"XMP " not in {t for t, _ in webp_chunks(stored)}
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_odd_jpeg_is_stored_not_refused(env, mode):
+    _, client, tenant = env
+    good = photo_jpeg(SMALL)
+    first_end = 6 + len(jpeg_segments(good)[0][0][1])  # SOI + JFIF
+    truncated = good[:first_end + 40]  # ends inside its EXIF segment
+    odd = good[:first_end] + b"\xff\xfe\x00\x05abc\x00junk" + good[first_end:]
+    odd_stored = good[:first_end] + b"\x00junk" + good[first_end:]  # the comment went
+    for data, expected in ((truncated, truncated), (odd, odd_stored)):
+        att = await upload(client, tenant, mode, data, "photos")
+        assert att["mime_type"] == "image/jpeg" and describes(att, expected)
+
+
+async def test_profile_field_after_the_file_part(env_factory):
+    res, client, tenant = await env_factory()
+    original = photo_jpeg()
+
+    async def multipart(parts):
+        body = multipart_body("XyZ", parts)
+        return await client.post("/v1/attachments", content=body, headers={
+            **tenant.headers, "Content-Type": "multipart/form-data; boundary=XyZ"})
+
+    # received under the default profile (kept as it is), recorded under one that strips
+    r = await multipart([("file", "p.jpg", original), ("profile", None, b"photos")])
+    assert r.status_code == 201, r.text
+    att, stored = await stored_content(res, client, tenant, r.json())
+    assert att["profile"] == "photos" and describes(att, stored)
+    assert no_gps(stored) and scan_data(stored) == scan_data(original)
+    # the other way round: what was removed cannot be put back
+    res, client, tenant = await env_factory(
+        PROFILES + "[profiles.default]\nstrip_metadata = true\n")
+    r = await multipart([("file", "p.jpg", original), ("profile", None, b"originals")])
+    assert r.status_code == 422 and "before the file part" in r.json()["detail"]
+    r = await multipart([("profile", None, b"originals"), ("file", "p.jpg", original)])
+    assert r.status_code == 201 and describes(r.json(), original)
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "webp"])
+async def test_presigned_upload_is_stripped_in_place(env_factory, s3_client, kind):
+    res, client, tenant = await env_factory(s3=True)
+    original = photo_jpeg() if kind == "jpeg" else photo_webp()
+    r = await client.post("/v1/presigned-uploads", headers=tenant.headers, json={
+        "filename": "p", "size": len(original), "profile": "photos"})
+    assert r.status_code == 201, r.text
+    p = r.json()
+    async with httpx.AsyncClient() as plain:
+        r = await plain.post(p["url"], data=p["fields"], files={"file": ("f", original)})
+        assert r.status_code in (200, 201, 204)
+    r = await client.post("/v1/attachments", headers=tenant.headers,
+                          json={"cached_key": p["key"]})
+    assert r.status_code == 201, r.text
+    att = r.json()
+    assert "gps" in att["metadata"]["stripped"] and att["metadata"]["orientation"] == 6
+    bucket = res.settings.cache_url.removeprefix("s3://")
+    listed = await s3_client.list_objects_v2(Bucket=bucket)
+    assert [o["Key"] for o in listed["Contents"]] == [p["key"]]  # no copy left behind
+    att, stored = await stored_content(res, client, tenant, att)
+    assert describes(att, stored) and no_gps(stored)
+    assert stored == strip.strip_bytes(att["mime_type"], original)[0]
+
+
+async def test_tus_upload_on_s3_is_stripped(env_factory):
+    res, client, tenant = await env_factory(s3=True)
+    original = photo_png()
+    att = await upload(client, tenant, "tus", original, "photos")
+    att, stored = await stored_content(res, client, tenant, att)
+    assert describes(att, stored) and stored == strip.strip_bytes(strip.PNG, original)[0]
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "webp"])
+async def test_receive_filters_a_large_stream_chunk_by_chunk(tmp_path, kind):
+    """Over a MiB (several blocks), fed as a network would: the filter in front of the hash and
+    the write, and for a WebP the rewrite afterwards."""
+    buf = io.BytesIO()
+    image = noise((1400, 1000))
+    if kind == "jpeg":
+        image.save(buf, "JPEG", quality=95, exif=exif_block(), comment=b"at home")
+    else:
+        image.save(buf, "WEBP", quality=95, exif=exif_block())
+    original = buf.getvalue()
+    assert len(original) > 1 << 20
+    storage = FilesystemStorage(tmp_path / "cache")
+    profile = load_profiles(None).get(None)
+    profile = dataclasses.replace(profile, strip_metadata=True)
+    got = await receive(_chunked(original, 1000), storage=storage, key="a/b/upload",
+                        profile=profile, max_upload_size=1 << 30)
+    stored = b"".join([c async for c in storage.read("a/b/upload")])
+    expected, _ = strip.strip_bytes(got.mime_type, original)
+    assert stored == expected and len(stored) < len(original)
+    assert (got.size, got.sha256) == (len(stored), hashlib.sha256(stored).hexdigest())
+    assert got.metadata["stripped"] == ["comment", "exif", "gps"][kind == "webp":]
+    assert files_under(tmp_path / "cache") == ["a/b/upload"]
+
+
+async def test_a_stream_over_the_limit_is_refused_while_filtered(env, tmp_path):
+    _, client, tenant = env
+    r = await client.post("/v1/attachments/raw?profile=tiny", headers=tenant.headers,
+                          content=_chunked(photo_jpeg(), 1000))
+    assert r.status_code == 413
+    assert files_under(tmp_path / "cache") == []
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "webp"])
+async def test_a_large_image_without_metadata_is_linked_not_rewritten(env, kind):
+    """tus: the JPEG's head, or a first pass over the WebP, shows nothing to remove."""
+    res, client, tenant = env
+    buf = io.BytesIO()
+    noise(LARGE).save(buf, "JPEG" if kind == "jpeg" else "WEBP", quality=95)
+    original = buf.getvalue()
+    assert len(original) > 64 * 1024
+    att = await upload(client, tenant, "tus", original, "photos")
+    assert "stripped" not in att["metadata"]
+    att, stored = await stored_content(res, client, tenant, att)
+    assert stored == original and describes(att, original)
