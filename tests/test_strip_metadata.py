@@ -625,3 +625,12 @@ async def test_a_large_image_without_metadata_is_linked_not_rewritten(env, kind)
     assert "stripped" not in att["metadata"]
     att, stored = await stored_content(res, client, tenant, att)
     assert stored == original and describes(att, original)
+
+
+async def test_openapi_says_what_size_sha256_and_metadata_describe(env):
+    _, client, _ = env
+    spec = (await client.get("/openapi.json")).json()
+    fields = spec["components"]["schemas"]["AttachmentOut"]["properties"]
+    assert "bytes stored" in fields["sha256"]["description"]
+    assert "`stripped`" in fields["metadata"]["description"]
+    assert "`orientation`" in fields["metadata"]["description"]
