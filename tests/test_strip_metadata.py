@@ -634,3 +634,14 @@ async def test_openapi_says_what_size_sha256_and_metadata_describe(env):
     assert "bytes stored" in fields["sha256"]["description"]
     assert "`stripped`" in fields["metadata"]["description"]
     assert "`orientation`" in fields["metadata"]["description"]
+
+
+def test_fsck_counts_a_rewrite_leftover_as_the_caches():
+    """Cache and store in one place: a copy a crash left behind during a rewrite is judged as
+    a cache object (an orphan once old), not as a store file of a cached attachment."""
+    from app.ops.fsck import _area_for, parse_key
+    from app.uploads.ingest import side_key
+
+    key = parse_key(side_key(f"{'1' * 8}-1111-7111-8111-{'1' * 12}/"
+                             f"{'2' * 8}-2222-7222-8222-{'2' * 12}/upload"))
+    assert key is not None and _area_for(("cache", "store"), key) == "cache"
