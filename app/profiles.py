@@ -1,4 +1,5 @@
-"""Profiles: what an upload may be (size, types, pixels) and how long it may wait in the cache."""
+"""Profiles: what an upload may be (size, types, pixels), how long it may wait in the cache,
+and whether the metadata of its images is removed."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from app.errors import UnknownProfile
 from app.media.derivatives import DerivativeSpec
 from app.media.sniff import known_types
+from app.media.strip import STRIPPABLE
 
 DEFAULT = "default"
 SCRIPTABLE_TYPES = {"image/svg+xml", "text/html", "application/xhtml+xml"}
@@ -32,6 +34,23 @@ class Profile:
     # unsigned links that never expire, served with Cache-Control immutable: for files meant
     # to be public (product images, avatars shown to anyone)
     public: bool = False
+    # remove EXIF/GPS, XMP, IPTC and comments from JPEG, PNG and WebP originals (None: the
+    # default, see strips_metadata)
+    strip_metadata: bool | None = None
+
+    @property
+    def strips_metadata(self) -> bool:
+        """``strip_metadata`` as set, else whether this is a profile for images: one with
+        derivatives, or whose ``types`` admit JPEG, PNG or WebP. A profile that names no types
+        is a general file store and keeps every file byte for byte."""
+        if self.strip_metadata is not None:
+            return self.strip_metadata
+        return bool(self.derivatives) or (
+            bool(self.types) and any(self.allows_type(t) for t in STRIPPABLE))
+
+    def strips(self, mime_type: str) -> bool:
+        """Whether a file of this (sniffed) type is stored without its metadata."""
+        return mime_type in STRIPPABLE and self.strips_metadata
 
     def allows_type(self, mime_type: str) -> bool:
         if not self.types or mime_type in self.types:
@@ -73,7 +92,8 @@ class Profiles:
         return frozenset(name for name, p in self._profiles.items() if p.public)
 
 
-_KEYS = {"max_size", "types", "cache_ttl", "max_pixels", "derivatives", "public"}
+_KEYS = {"max_size", "types", "cache_ttl", "max_pixels", "derivatives", "public",
+         "strip_metadata"}
 
 
 def _unknown_type(pattern: str) -> str | None:
@@ -153,5 +173,8 @@ def _parse_profile(path: Path, name: str, body: Any) -> Profile:
     if derivatives and types and not any(_may_be_image(t) for t in types):
         raise fail("derivatives", "derivatives are rendered from images, and `types` allows"
                    " none: every upload would fail")
+    strip = body.get("strip_metadata")
+    if strip is not None and not isinstance(strip, bool):
+        raise fail("strip_metadata", "must be true or false")
     return Profile(name=name, types=tuple(types), derivatives=derivatives, public=public,
-                   **ints)
+                   strip_metadata=strip, **ints)

@@ -44,7 +44,7 @@ async def test_presign_upload_register_promote(s3_env):
     att = r.json()
     assert p["key"] == f"{tenant.app_id}/{att['id']}/upload"  # no copy: it is already home
     assert (att["mime_type"], att["size"], att["metadata"]) == (
-        "image/png", len(data), {"width": 12, "height": 8})
+        "image/png", len(data), {"width": 12, "height": 8, "orientation": 1})
     assert att["filename"] == "pic.png" and att["client_metadata"] == {"k": "v"}
     await run_worker(res)
     r = await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)

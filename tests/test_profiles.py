@@ -155,7 +155,7 @@ async def test_exif_rotated_and_cmyk_and_alpha_sources(env):
         ids[name] = r.json()["id"]
     assert (await client.get(f"/v1/attachments/{ids['rotated']}",
                              headers=tenant.headers)).json()["metadata"] == {
-        "width": 200, "height": 400}
+        "width": 200, "height": 400, "orientation": 6}
     await run_worker(res)
     for name, att_id in ids.items():
         att = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()

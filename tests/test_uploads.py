@@ -61,10 +61,10 @@ async def test_image_dimensions_follow_exif_orientation(client, tenant):
                           files={"file": ("p.jpg", jpeg_bytes(64, 48, orientation=6))})
     assert r.status_code == 201
     assert r.json()["mime_type"] == "image/jpeg"
-    assert r.json()["metadata"] == {"width": 48, "height": 64}
+    assert r.json()["metadata"] == {"width": 48, "height": 64, "orientation": 6}
     r = await client.post("/v1/attachments", headers=tenant.headers,
                           files={"file": ("p.png", png_bytes(30, 20))})
-    assert r.json()["metadata"] == {"width": 30, "height": 20}
+    assert r.json()["metadata"] == {"width": 30, "height": 20, "orientation": 1}
 
 
 async def test_raw_upload_streams_body(client, tenant):

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.attachments.links import Links
 
@@ -30,9 +30,13 @@ class AttachmentOut(BaseModel):
     profile: str
     filename: str | None
     mime_type: str
-    size: int
-    sha256: str
-    metadata: dict[str, Any]
+    size: int = Field(description="Bytes stored (for a profile that strips metadata: the"
+                      " file as stored, without it)")
+    sha256: str = Field(description="SHA-256 of the bytes stored, hex")
+    metadata: dict[str, Any] = Field(description=(
+        "What was read from the file. Images: `width` and `height` as displayed, `orientation`"
+        " (EXIF, 1-8). `stripped`: the kinds of metadata removed from the stored original"
+        " (`exif`, `gps`, `xmp`, `iptc`, `comment`, `text`, `thumbnail`, `appN`)"))
     client_metadata: dict[str, Any]
     record: RecordRef | None
     derivatives: dict[str, dict[str, Any]]

@@ -34,7 +34,7 @@ from app.ops import metrics
 from app.pagination import Page, page_of
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound
-from app.uploads.ingest import Received, check_against_profile, receive
+from app.uploads.ingest import Received, check_against_profile, receive, restrip
 from app.uploads.options import UploadOptions
 from app.webhooks.outbox import emit_attachment, insert_attachment
 from app.webhooks.service import dispatch
@@ -85,6 +85,8 @@ async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyn
             check_against_profile(prof, mime_type=staged.file.mime_type, size=staged.file.size,
                                   max_upload_size=res.settings.max_upload_size,
                                   metadata=staged.file.metadata)
+            # stored as this profile wants it: without its metadata, if it removes that
+            staged.file = await restrip(res.cache, staged.file, prof)
         cache_ttl = prof.cache_ttl or res.settings.default_cache_ttl
         row, deliveries = await _insert(res, staged, options, prof.name, cache_ttl)
     except BaseException:

@@ -14,7 +14,8 @@ _ORIENTATION_TAG = 0x0112
 
 
 def image_dimensions(head: bytes) -> dict[str, int] | None:
-    """{"width", "height"} as displayed, from the first bytes of an image; None if unreadable.
+    """{"width", "height"} as displayed and the EXIF "orientation" (1-8; 1 without one), from
+    the first bytes of an image; None if unreadable.
 
     Any size is reported, however many pixels it claims: refusing too large an image is the
     profile's ``max_pixels``, which needs the size of exactly those images.
@@ -28,9 +29,11 @@ def image_dimensions(head: bytes) -> dict[str, int] | None:
                 orientation = 1
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error):
         return None
+    if not isinstance(orientation, int) or not 1 <= orientation <= 8:
+        orientation = 1  # what viewers do with a value the standard does not define
     if orientation in _ROTATED:
         width, height = height, width
-    return {"width": width, "height": height}
+    return {"width": width, "height": height, "orientation": orientation}
 
 
 def _open_header(head: bytes) -> ImageFile.ImageFile:

@@ -84,9 +84,10 @@ async def register(res: Resources, app_id: UUID, cached_key: str, options: Uploa
 
 async def _inspect(res: Resources, key: str, presign: Any, options: UploadOptions) -> Received:
     prof = res.profiles.get(options.profile or presign["profile"])
+    # dest=key: an image whose metadata the profile removes is rewritten in place
     return await inspect(res.cache, key, profile=prof,
                          max_upload_size=res.settings.max_upload_size,
-                         declared_size=presign["max_size"])
+                         declared_size=presign["max_size"], dest=key)
 
 
 async def sweep_expired(res: Resources) -> int:

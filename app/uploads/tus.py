@@ -794,10 +794,12 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID, *,
                 options = _options_of(row)
                 profile = res.profiles.get(options.profile or row["profile"])
                 # checked and hashed where it lies, then linked (filesystem) or copied
-                # server-side (S3) to the attachment's key: the bytes are not written again.
-                # Unless a PATCH that lost its lease may still hold the file open
-                # (taken_over): its pwrite or ftruncate must not reach the attachment, so
-                # then a real copy first, and the copy is what is checked and hashed.
+                # server-side (S3) to the attachment's key: the bytes are not written again
+                # (but for an image whose metadata the profile removes: that one is
+                # rewritten there without it). Unless a PATCH that lost its lease may still
+                # hold the file open (taken_over): its pwrite or ftruncate must not reach the
+                # attachment, so then a real copy first, and the copy is what is checked,
+                # hashed (and stripped in place).
                 if row["length"] == 0 and await res.cache.stat(row["storage_key"]) is None:
                     await res.cache.write(row["storage_key"], _nothing())
                 att_key = keys.cache_key(app_id, att_id)
@@ -809,15 +811,11 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID, *,
                     received = await inspect(
                         res.cache, att_key if independent else row["storage_key"],
                         profile=profile, max_upload_size=res.settings.max_upload_size,
-                        sha256=None if independent else sha256)
+                        sha256=None if independent else sha256, dest=att_key)
                 except (UploadTooLarge, UnsupportedMediaType, InvalidInput):
                     if independent:
                         await res.cache.delete(att_key)
                     raise
-                received.key = att_key
-                if not independent:
-                    await res.cache.copy_from(res.cache, row["storage_key"], received.key,
-                                              content_type=received.mime_type)
                 await record(res, Staged(app_id=app_id, att_id=att_id, profile=profile.name,
                                          file=received), options)
                 accepted.append(received.size)
