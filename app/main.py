@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app import errors, problems
 from app.attachments.routes import router as attachments_router
-from app.config import Settings, load_settings
+from app.config import ConfigError, Settings, load_settings
 from app.dashboard.events_routes import router as attachment_events_router
 from app.dashboard.routes import router as dashboard_router
 from app.ops.logs import RequestIdMiddleware
@@ -65,9 +65,13 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
             app.state.resources = resources
             yield
             return
-        async with build_resources(settings) as res:
-            app.state.resources = res
-            yield
+        try:
+            async with build_resources(settings) as res:
+                app.state.resources = res
+                yield
+        except ConfigError as e:
+            app.state.startup_error = e  # for app.server.StartupErrors
+            raise
 
     app = FastAPI(
         title="Stowage",

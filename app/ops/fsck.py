@@ -27,6 +27,8 @@ same transaction), like a promotion that finds its file gone. Every repair holds
 per-attachment advisory lock (an attachment a job is working on is skipped, counted as not
 repaired) and re-reads PostgreSQL first.
 
+The identity marker of each storage (``_stowage/``) is neither listed nor counted.
+
 Free of FastAPI and arq; SQL is in fsck_repository.py.
 """
 
@@ -51,7 +53,7 @@ from app.config import Settings
 from app.ops import fsck_repository as repo
 from app.ops import leftovers
 from app.resources import Resources, build_resources
-from app.storage import FilesystemStorage, S3Storage, Storage
+from app.storage import FilesystemStorage, S3Storage, Storage, is_reserved
 from app.storage.s3 import _is_not_found
 from app.uploads.presigned import PRESIGN_TTL_S, SWEEP_GRACE_S
 from app.webhooks.outbox import emit_attachment
@@ -541,6 +543,8 @@ class _Checker:
             async for key in keys_iter:
                 if any(key.startswith(s) for s in p.skip):
                     continue  # the other storage's, listed on its own
+                if is_reserved(key):
+                    continue  # the storage's identity marker: not data, never an orphan
                 self.report.scanned[p.name] += 1
                 batch.append(key)
                 if len(batch) >= self.batch_size:
