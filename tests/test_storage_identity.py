@@ -143,6 +143,28 @@ async def test_fsck_repair_from_another_folder_is_refused_and_changes_nothing(de
     assert await d.snapshot() == before
 
 
+async def test_doctor_from_another_folder_fails_and_creates_nothing(deployment, tmp_path):
+    d = deployment
+    elsewhere = wrong_folder(tmp_path)
+    result = await run_cli("doctor", env=d.env, cwd=elsewhere)
+    assert result.returncode == 1, str(result)
+    assert "all good" not in result.stdout
+    for role in ("cache", "store"):
+        (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith(f"FAIL  {role}")]
+        assert str(elsewhere / "var" / role) in line and str(d.ids[role]) in line, line
+        assert str(d.home / "var" / role) in line, line
+    assert "stowage storage adopt" in result.stdout
+    assert not (elsewhere / "var").exists()  # neither the folders nor a probe were made
+
+    result = await run_cli("doctor", env=d.env, cwd=d.home)
+    assert result.returncode == 0 and "all good" in result.stdout, str(result)
+    for role in ("cache", "store"):
+        (line,) = [ln for ln in result.stdout.splitlines() if ln.startswith(f"ok    {role}")]
+        # the absolute path the relative URL means, and the identity
+        assert f"file://./var/{role} ({d.home / 'var' / role})" in line, line
+        assert f"storage {d.ids[role]}, as recorded" in line, line
+
+
 @pytest.mark.parametrize("command", ["serve", "worker", "dev"])
 async def test_serve_worker_and_dev_refuse_to_start_in_another_folder(deployment, tmp_path,
                                                                        command):
