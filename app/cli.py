@@ -131,7 +131,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
     from app.ops.fsck import fsck_with_settings, render
 
-    report = asyncio.run(fsck_with_settings(settings, repair=args.repair, grace=args.grace))
+    if args.force and not args.repair:
+        raise ConfigError("--force goes with --repair")
+    report = asyncio.run(fsck_with_settings(settings, repair=args.repair, grace=args.grace,
+                                            force=args.force))
     print(render(report, as_json=args.json))
     return report.exit_code
 
@@ -282,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=_grace, default=3600.0, metavar="SECONDS",
                    help="leave objects younger than this alone (default 3600: uploads in flight"
                    " have their file before their row)")
+    p.add_argument("--force", action="store_true",
+                   help="repair even when that marks more than 10%% of the attachments failed"
+                   " or removes more than 10%% of the objects (and more than 5): refused"
+                   " without it, as that many usually means the wrong storage")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_fsck)
     return parser

@@ -1,5 +1,6 @@
 """Storages carry an identity that the database records: commands run from the wrong folder,
-or against an empty bucket, refuse instead of "repairing" the data.
+or against an empty bucket, refuse instead of "repairing" the data; `fsck --repair` refuses
+to change more than a small share of it without --force.
 
 Through the real `stowage` command where the issue says so, against real Postgres, the
 filesystem and moto S3."""
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 import secrets
 import shutil
 import uuid
@@ -20,8 +23,10 @@ import asyncpg
 import httpx
 import pytest
 
+from app.attachments import keys
 from app.auth import service as auth
 from app.db import create_pool
+from app.ops.fsck import repair_limit
 from app.storage import MARKER_KEY, FilesystemStorage, read_marker, write_marker
 from app.storage_identity.service import Target, verify
 from tests.conftest import (
@@ -36,7 +41,7 @@ from tests.conftest import (
     run_worker,
 )
 from tests.test_cli import Result, run_cli
-from tests.test_fsck import upload
+from tests.test_fsck import put, upload
 
 RELATIVE = {"STOWAGE_CACHE_URL": "file://./var/cache", "STOWAGE_STORE_URL": "file://./var/store"}
 
@@ -289,3 +294,69 @@ async def test_a_storage_moved_with_its_marker_is_still_itself(deployment, tmp_p
     finally:
         await conn.close()
     assert where == str(moved / "store")
+
+
+# --- fsck --repair changes a small share at most without --force --------------------------------
+
+async def test_fsck_repair_refuses_to_fail_most_attachments_without_force(res, client, tenant,
+                                                                          settings):
+    atts = [await upload(client, tenant, f"file {i}".encode()) for i in range(8)]
+    await run_worker(res)
+    for att in atts:  # gone behind Stowage's back, the markers still there
+        await res.store.delete(keys.store_key(tenant.app_id, uuid.UUID(att["id"]),
+                                              "text/plain"))
+    before = await states(res)
+    env = env_for(settings)
+
+    result = await run_cli("fsck", "--repair", "--grace", "0", env=env)
+    assert result.returncode == 1, str(result)
+    assert "REFUSED TO REPAIR: 8 of 8 attachments (100%) would be marked failed" \
+        in result.stdout, str(result)
+    assert "--force" in result.stdout and "nothing changed" in result.stdout
+    assert await states(res) == before
+
+    as_json = await run_cli("fsck", "--repair", "--grace", "0", "--json", env=env)
+    data = json.loads(as_json.stdout)
+    assert data["refused"] and data["exit_code"] == 1 and data["broken_repaired"] == 0
+    assert await states(res) == before
+
+    forced = await run_cli("fsck", "--repair", "--force", "--grace", "0", env=env)
+    assert forced.returncode == 0, str(forced)
+    assert {state for state, _ in (await states(res)).values()} == {"failed"}
+
+
+async def test_fsck_repair_refuses_to_remove_most_files_without_force(res, client, tenant,
+                                                                      settings):
+    kept = [await upload(client, tenant, f"kept {i}".encode()) for i in range(2)]
+    await run_worker(res)
+    strays = [await put(res.store, f"{tenant.app_id}/{uuid.uuid4()}/original.bin")
+              for _ in range(6)]
+    env = env_for(settings)
+
+    result = await run_cli("fsck", "--repair", "--grace", "0", env=env)
+    assert result.returncode == 1, str(result)
+    assert re.search(r"6 of \d+ objects \(\d+%\) would be removed", result.stdout), str(result)
+    assert all([await res.store.stat(k) is not None for k in strays])
+
+    forced = await run_cli("fsck", "--repair", "--force", "--grace", "0", env=env)
+    assert forced.returncode == 0 and "removed 6" in forced.stdout, str(forced)
+    assert not any([await res.store.stat(k) is not None for k in strays])
+    assert {state for state, _ in (await states(res)).values()} == {"stored"}
+    assert len(kept) == 2
+
+
+async def test_fsck_repair_under_the_limit_needs_no_force(res, client, tenant, settings):
+    atts = [await upload(client, tenant, f"file {i}".encode()) for i in range(8)]
+    await run_worker(res)
+    broken = atts[0]
+    await res.store.delete(keys.store_key(tenant.app_id, uuid.UUID(broken["id"]), "text/plain"))
+    result = await run_cli("fsck", "--repair", "--grace", "0", env=env_for(settings))
+    assert result.returncode == 0 and "all repaired" in result.stdout, str(result)
+    assert (await states(res))[uuid.UUID(broken["id"])][0] == "failed"
+
+    usage = await run_cli("fsck", "--force", env=env_for(settings))
+    assert usage.returncode == 2 and "--force goes with --repair" in usage.stderr, str(usage)
+
+
+def test_repair_limit_is_the_larger_of_five_and_a_tenth():
+    assert [repair_limit(n) for n in (0, 5, 28, 59, 60, 61, 1000)] == [5, 5, 5, 5, 6, 6, 100]
