@@ -178,7 +178,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
     from app.ops.fsck import fsck_with_settings, render
 
-    report = asyncio.run(fsck_with_settings(settings, repair=args.repair, grace=args.grace))
+    if args.force and not args.repair:
+        raise ConfigError("--force goes with --repair")
+    report = asyncio.run(fsck_with_settings(settings, repair=args.repair, grace=args.grace,
+                                            force=args.force))
     print(render(report, as_json=args.json))
     return report.exit_code
 
@@ -192,6 +195,29 @@ def _check_profiles(settings: Settings) -> None:
         raise ConfigError(f"invalid profiles file: {e}") from None
 
 
+def cmd_storage_adopt(settings: Settings, args: argparse.Namespace) -> int:
+    import contextlib
+
+    from app.db import create_pool
+    from app.storage_identity.service import adopt, open_targets
+
+    async def run() -> tuple[Any, Any, Any]:
+        async with contextlib.AsyncExitStack() as stack:
+            [target] = await open_targets(stack, settings, [args.role])
+            pool = await create_pool(settings.database_url, max_size=1)
+            stack.push_async_callback(pool.close)
+            old, marker = await adopt(pool, target)
+            return target, old, marker
+
+    target, old, marker = asyncio.run(run())
+    print(f"{target.role} storage {target.where} is storage {marker.id}, recorded as this"
+          " database's " + target.role + " storage"
+          + (f" (in place of storage {old['storage_id']}, last seen at {old['location']})"
+             if old is not None and old["storage_id"] != marker.id else ""))
+    print("Run `stowage fsck` to see how its files compare with the database.", file=sys.stderr)
+    return 0
+
+
 def _require_secret_key(settings: Settings) -> None:
     from app.config import MISSING_SECRET_KEY
 
@@ -203,15 +229,23 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.server import GracefulServer
+    from app.server import GracefulServer, StartupErrors
 
     _require_secret_key(settings)
     # SIGTERM: stop accepting, let in-flight uploads finish within the grace period, exit 0
-    config = uvicorn.Config(create_app(settings), host=args.host, port=args.port,
+    app = StartupErrors(create_app(settings))
+    config = uvicorn.Config(app, host=args.host, port=args.port,
                             log_config=None, timeout_graceful_shutdown=settings.shutdown_grace)
     server = GracefulServer(config)
-    server.run()  # on uvicorn's loop (uvloop where installed), as uvicorn.run does
-    # a failed start (port taken, lifespan error) returns from serve() without having served
+    try:
+        server.run()  # on uvicorn's loop (uvloop where installed), as uvicorn.run does
+    except SystemExit:
+        # uvicorn exits 3 when the lifespan fails: a configuration error (a refused storage,
+        # ...) is the operator's to fix; say which, and exit 2 as for the others
+        if app.error is not None:
+            raise app.error from None
+        raise
+    # a failed start (port taken) returns from serve() without having served
     return 0 if server.started else 3
 
 
@@ -312,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_check)
     p = sub.add_parser("doctor", help="check configuration, PostgreSQL, Redis and both storages")
     p.set_defaults(fn=cmd_doctor)
+    storage = sub.add_parser("storage", help="the storages' identities").add_subparsers(
+        dest="storage", required=True)
+    p = storage.add_parser(
+        "adopt", help="record the configured storage of ROLE as this database's, in place of"
+        " the one recorded (which serve, worker and fsck otherwise insist on): after moving or"
+        " restoring a storage without its identity marker, or replacing a lost one")
+    p.add_argument("role", choices=["cache", "store"])
+    p.set_defaults(fn=cmd_storage_adopt)
     p = sub.add_parser("fsck", help="compare both storages with PostgreSQL: orphan files and"
                        " attachments whose files are missing")
     p.add_argument("--repair", action="store_true",
@@ -320,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=_grace, default=3600.0, metavar="SECONDS",
                    help="leave objects younger than this alone (default 3600: uploads in flight"
                    " have their file before their row)")
+    p.add_argument("--force", action="store_true",
+                   help="repair even when that marks more than 10%% of the attachments failed"
+                   " or removes more than 10%% of the objects (and more than 5): refused"
+                   " without it, as that many usually means the wrong storage")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(fn=cmd_fsck)
     return parser

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp
 
 from app import cors, errors, problems
 from app.attachments.routes import router as attachments_router
-from app.config import Settings, load_settings
+from app.config import ConfigError, Settings, load_settings
 from app.dashboard.events_routes import router as attachment_events_router
 from app.dashboard.routes import router as dashboard_router
 from app.http_methods import MethodsMiddleware
@@ -78,9 +78,13 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
             app.state.resources = resources
             yield
             return
-        async with build_resources(settings) as res:
-            app.state.resources = res
-            yield
+        try:
+            async with build_resources(settings) as res:
+                app.state.resources = res
+                yield
+        except ConfigError as e:
+            app.state.startup_error = e  # for app.server.StartupErrors
+            raise
 
     app = StowageAPI(
         title="Stowage",

@@ -19,6 +19,8 @@ from app.jobs import JobQueue
 from app.media.render import allow_pixels
 from app.profiles import Profiles, load_profiles
 from app.storage import Storage, open_s3_client, storage_from_url
+from app.storage_identity.service import Target
+from app.storage_identity.service import verify as verify_storages
 from app.uploads.running_digests import RunningDigests
 from app.webhooks.schedule import delivery_horizon
 
@@ -78,6 +80,11 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
         store = storage_from_url(settings.store_url, s3_client=s3, s3_presign_client=presign)
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(store.aclose)
+        # before anything reads or writes a file: a process pointed at another folder or
+        # bucket than the database describes must not start (it would take every file for
+        # missing); one small read per storage
+        await verify_storages(pool, [Target("cache", cache, settings.cache_url),
+                                     Target("store", store, settings.store_url)])
         # Webhooks must not follow redirects (SSRF); timeouts keep a slow receiver from
         # holding a worker slot.
         http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(10.0, connect=5.0))

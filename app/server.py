@@ -6,8 +6,12 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Generator
+from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
+
+from app.config import ConfigError
 
 
 class GracefulServer(uvicorn.Server):
@@ -28,3 +32,28 @@ class GracefulServer(uvicorn.Server):
         finally:
             for sig in sigs:
                 loop.remove_signal_handler(sig)
+
+
+class StartupErrors:
+    """The API as `stowage serve` hands it to uvicorn: a configuration error while starting
+    (a refused storage, ...; logged with its reason where it was found) fails the startup with
+    one line instead of uvicorn logging the whole traceback, and is kept in `error` for the
+    command to exit with."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.error: ConfigError | None = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_startup(message: Any) -> None:
+            error = getattr(self.app.state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and error is not None:
+                self.error = error
+                message = {**message, "message": f"{type(error).__name__}: not starting"}
+            await send(message)
+
+        await self.app(scope, receive, send_startup)

@@ -577,10 +577,15 @@ class Check:
     detail: str
 
 
+# every storage in use has one (app.storage.identity); it is no attachment's file
+IDENTITY_MARKER = "_stowage/identity.json"
+
+
 def _files(root: Path) -> set[str]:
     if not root.exists():
         return set()
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} - {
+        IDENTITY_MARKER}
 
 
 def _sample(items: list[str], n: int = 5) -> str:

@@ -30,7 +30,7 @@ from app.config import Settings, load_settings
 from app.main import create_app
 from app.migrate import migrate
 from app.resources import Resources, build_resources
-from app.storage import open_s3_client
+from app.storage import is_reserved, open_s3_client
 from worker.settings import build_worker
 
 PG_BASE = os.environ.get("STOWAGE_TEST_PG", "postgresql://127.0.0.1:5432")
@@ -104,12 +104,33 @@ def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
     return load_settings(**values)
 
 
+async def forget_storage_identities(database_url: str, *, and_apps: bool = False) -> None:
+    """Tests share one database but each has storages of its own (tmp_path, new buckets):
+    the database must forget the storages the previous test recorded, or it would rightly
+    refuse this test's as the wrong ones. `and_apps`: forget every app and attachment too,
+    whose files a new storage cannot have (an empty storage for a database whose attachments
+    have files is refused as well)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(("TRUNCATE apps CASCADE; " if and_apps else "")
+                           + "DELETE FROM storage_identities")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(autouse=True)
+async def _storages_of_this_test(request: pytest.FixtureRequest) -> None:
+    """Every test that uses the database starts without recorded storages (see
+    forget_storage_identities), also those that only start processes."""
+    if "database_url" in request.fixturenames:
+        await forget_storage_identities(request.getfixturevalue("database_url"))
+
+
 @contextlib.asynccontextmanager
 async def fresh_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Resources over an empty database and an empty queue."""
+    """Resources over an empty database (no storages recorded) and an empty queue."""
+    await forget_storage_identities(settings.database_url, and_apps=True)
     async with build_resources(settings) as resources:
-        async with resources.pool.acquire() as conn:
-            await conn.execute("TRUNCATE apps CASCADE")
         await resources.redis.delete(settings.queue_name, resources.jobs.delivery_queue_name)
         yield resources
 
@@ -172,11 +193,19 @@ async def drain(res: Resources):
     return _drain
 
 
+def is_marker(path_or_key: Path | str) -> bool:
+    """A storage's identity marker (app.storage.identity), in a listing of files or keys:
+    every storage has one once in use, and it belongs to no attachment."""
+    return "_stowage" in Path(path_or_key).parts
+
+
 def files_under(root: Path) -> list[str]:
-    """Every file below root, temp files included: what a leak would leave."""
+    """Every file below root, temp files included: what a leak would leave. Not the
+    storage's identity marker, which is no file of any attachment."""
     if not root.exists():
         return []
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+    return sorted(rel for p in root.rglob("*")
+                  if p.is_file() and not is_reserved(rel := p.relative_to(root).as_posix()))
 
 
 @pytest.fixture
@@ -284,9 +313,8 @@ async def s3_env(tmp_path, database_url, moto_endpoint, s3_client):
     settings = make_settings(tmp_path, database_url, cache_url=f"s3://{cache_bucket}",
                              store_url=f"s3://{store_bucket}/files", s3_endpoint_url=moto_endpoint,
                              s3_region="us-east-1", max_upload_size=20 * 1024 * 1024)
+    await forget_storage_identities(database_url, and_apps=True)
     async with build_resources(settings) as res:
-        async with res.pool.acquire() as conn:
-            await conn.execute("TRUNCATE apps CASCADE")
         await res.redis.delete(settings.queue_name)
         app = create_app(settings, res)
         app.state.resources = res

@@ -312,9 +312,10 @@ def test_subcommand_help(args: list[str], mentions: list[str]) -> None:
         assert word.lower() in result.stdout.lower(), f"{word!r} missing from {args} --help"
 
 
-async def test_serve_says_so_when_it_cannot_start(settings):
+async def test_serve_says_so_when_it_cannot_start(settings, res):
     """A port already taken: serve exits non-zero (it used to be 0 only by uvicorn.run's own
-    check, which GracefulServer must keep) and names the problem."""
+    check, which GracefulServer must keep) and names the problem. (`res`: the storages are
+    this database's, so the start gets as far as the port.)"""
     import socket
 
     with socket.socket() as taken:

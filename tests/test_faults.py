@@ -23,6 +23,7 @@ from tests.conftest import (
     AppKey,
     env_for,
     files_under,
+    forget_storage_identities,
     free_port,
     make_settings,
     process,
@@ -68,7 +69,8 @@ async def _no_cache_files(storage_files) -> bool:
 
 
 @pytest.fixture
-def live_api(settings, tmp_path):
+def live_api(settings, tmp_path, res):
+    # `res` first: the database is clean and knows these storages before the API starts
     port = free_port()
     with process(["serve", "--port", str(port)], env_for(settings), tmp_path / "api.log") as p:
         wait_http(f"http://127.0.0.1:{port}/healthz")
@@ -125,9 +127,8 @@ async def proxied(tmp_path, database_url):
     dbname = urlsplit(database_url).path
     settings = make_settings(tmp_path, f"postgresql://127.0.0.1:{pg.port}{dbname}",
                              redis_url=f"redis://127.0.0.1:{rd.port}/7")
+    await forget_storage_identities(database_url, and_apps=True)
     async with build_resources(settings) as res:
-        async with res.pool.acquire() as conn:
-            await conn.execute("TRUNCATE apps CASCADE")
         new = await auth.create_app(res.pool, "faults")
         app = create_app(settings, res)
         app.state.resources = res

@@ -146,7 +146,10 @@ async def test_orphans_are_reported_and_removed_only_after_the_grace(res, client
     text = report.to_text()
     assert "run with --repair" in text and "cache_purged" in text
 
+    # nearly every object an orphan: refused without force (see test_storage_identity)
     report = await fsck(res, grace=0, repair=True, batch_size=3)
+    assert report.refused and report.orphans_removed == 0 and report.exit_code == 1
+    report = await fsck(res, grace=0, repair=True, batch_size=3, force=True)
     assert (report.orphans, report.orphans_removed) == (len(expected), len(expected))
     assert all(o.removed for o in report.orphan_examples)
     assert report.exit_code == 0

@@ -22,7 +22,7 @@ from app.uploads.options import (
     MAX_RECORD_TYPE,
     json_nests_deeper,
 )
-from tests.conftest import run_worker
+from tests.conftest import is_marker, run_worker
 from tests.helpers import multipart_body
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -289,7 +289,7 @@ async def presigned_object(client: httpx.AsyncClient, tenant: Any) -> str:
 
 async def s3_objects(s3_client: Any, bucket: str) -> list[str]:
     listed = await s3_client.list_objects_v2(Bucket=bucket)
-    return [o["Key"] for o in listed.get("Contents", [])]
+    return [o["Key"] for o in listed.get("Contents", []) if not is_marker(o["Key"])]
 
 
 @pytest.mark.parametrize(("field", "extra"), [

@@ -162,7 +162,7 @@ def _doctor(env: dict[str, str]) -> tuple[int, str]:
     return p.returncode, p.stdout
 
 
-def test_doctor_says_what_is_wrong(settings, database_url):
+def test_doctor_says_what_is_wrong(settings, res):
     code, out = _doctor(env_for(settings))
     assert code == 0, out
     assert "ok    postgres" in out and "ok    cache storage" in out

@@ -11,7 +11,7 @@ from PIL import Image
 
 from app.auth import service as auth
 from app.profiles import ProfileError, load_profiles
-from tests.conftest import AppKey, api_client, fresh_resources, make_settings, run_worker
+from tests.conftest import AppKey, api_client, fresh_resources, is_marker, make_settings, run_worker
 from tests.helpers import jpeg_bytes, png_bytes
 from tests.test_lifecycle import _promote_paused
 
@@ -58,7 +58,8 @@ async def post(client, tenant, data, profile="avatar", **fields):
 async def nothing_left(res, tmp_path) -> bool:
     async with res.pool.acquire() as conn:
         rows = await conn.fetchval("SELECT count(*) FROM attachments")
-    files = [p for p in tmp_path.rglob("*") if p.is_file() and "profiles" not in p.name]
+    files = [p for p in tmp_path.rglob("*")
+             if p.is_file() and "profiles" not in p.name and not is_marker(p)]
     return rows == 0 and files == []
 
 
@@ -135,7 +136,8 @@ async def test_truncated_jpeg_fails_for_good_with_its_files_removed(env, tmp_pat
     att = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
     assert att["state"] == "failed"
     assert att["error"]["code"] == "corrupt_image" and att["error"]["detail"]
-    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".toml"]
+    files = [p for p in tmp_path.rglob("*")
+             if p.is_file() and p.suffix != ".toml" and not is_marker(p)]
     assert files == []
 
 
@@ -173,7 +175,7 @@ async def test_reprocess_swaps_the_set_and_removes_old_files(env, tmp_path):
     await run_worker(res)
     before = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
     store = tmp_path / "store"
-    old_files = sorted(p.name for p in store.rglob("*") if p.is_file())
+    old_files = sorted(p.name for p in store.rglob("*") if p.is_file() and not is_marker(p))
     assert len(old_files) == 3  # original + 2 derivatives
     res.profiles = load_profiles_text(path, PROFILES.replace("width = 200\nheight = 200",
                                                              "width = 100\nheight = 100"))
@@ -183,7 +185,7 @@ async def test_reprocess_swaps_the_set_and_removes_old_files(env, tmp_path):
     after = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
     assert after["derivatives"]["thumb"]["width"] == 100
     assert after["generation"] > before["generation"]
-    files = [p for p in store.rglob("*") if p.is_file()]
+    files = [p for p in store.rglob("*") if p.is_file() and not is_marker(p)]
     assert len(files) == 3  # the old set is gone, the new one is there
     r = await client.get(after["derivatives"]["thumb"]["url"])
     assert Image.open(io.BytesIO(r.content)).size == (100, 75)
@@ -224,5 +226,6 @@ async def test_aborted_promotion_removes_its_derivatives_too(env, tmp_path):
     pausing.release.set()
     assert await task == "aborted"
     res.store = real
-    store_files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    store_files = [p for p in (tmp_path / "store").rglob("*")
+                   if p.is_file() and not is_marker(p)]
     assert store_files == []

@@ -25,7 +25,7 @@ from app.ops.routes import CHECK_TIMEOUT
 from app.resources import Resources
 from app.sweep import sweep
 from app.transient import is_transient
-from tests.conftest import AppKey, fresh_resources, make_settings, run_worker
+from tests.conftest import AppKey, fresh_resources, is_marker, make_settings, run_worker
 from tests.s3_fault_proxy import S3FaultProxy
 from worker import tasks
 
@@ -49,7 +49,8 @@ class Env:
         out: dict[str, int] = {}
         paginator = self.s3.get_paginator("list_objects_v2")
         async for page in paginator.paginate(Bucket=bucket):
-            out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+            out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])
+                        if not is_marker(o["Key"])})
         return out
 
     async def multipart_uploads(self) -> list[str]:

@@ -7,13 +7,12 @@ import secrets
 
 import httpx
 
-from app.resources import build_resources
-from tests.conftest import make_settings, run_worker
+from tests.conftest import fresh_resources, is_marker, make_settings, run_worker
 
 
 async def bucket_keys(s3_client, bucket: str) -> list[str]:
     resp = await s3_client.list_objects_v2(Bucket=bucket)
-    return sorted(o["Key"] for o in resp.get("Contents", []))
+    return sorted(o["Key"] for o in resp.get("Contents", []) if not is_marker(o["Key"]))
 
 
 async def test_lifecycle_on_s3(s3_env, s3_client):
@@ -65,7 +64,7 @@ async def test_presigned_urls_use_the_public_endpoint_and_sigv4(tmp_path, databa
                              store_url=f"s3://{bucket}/store", s3_endpoint_url=moto_endpoint,
                              s3_region="us-east-1",
                              s3_public_endpoint_url="http://files.example.test:9000")
-    async with build_resources(settings) as res:
+    async with fresh_resources(settings) as res:
         url = await res.store.presigned_get_url("a/b", expires_in=60)
         post = await res.cache.presigned_post("a/c", max_size=10, expires_in=60)
     assert url.startswith(f"http://files.example.test:9000/{bucket}/store/a/b?")

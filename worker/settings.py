@@ -11,7 +11,7 @@ from typing import Any
 from arq import func
 
 from app import jobs
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.ops.leftovers import sweep_leftovers
 from app.resources import Resources, build_resources, redis_settings
 from app.sweep import sweep as run_sweep
@@ -107,6 +107,11 @@ class StowageWorker:
         # wait for both (gather would return at the first one cancelled by its signal handler
         # while the other still finishes its running jobs)
         await asyncio.wait([w.main_task for w in self.workers])
+        # a worker that could not start (a refused storage, ...) must not exit 0 as if
+        # stopped by a signal
+        for w in self.workers:
+            if not w.main_task.cancelled() and w.main_task.exception() is not None:
+                raise w.main_task.exception()
 
     def run(self) -> None:
         loop = self.files.loop
@@ -129,11 +134,19 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
     shared: dict[str, Resources] = {}
     building = asyncio.Lock()
 
+    refused: list[ConfigError] = []
+
     async def get_resources() -> Resources:
         async with building:  # both workers start at once; one set of resources for both
+            if refused:  # no use asking twice (an outage, in contrast, is retried)
+                raise refused[0]
             if "res" not in shared:
-                shared["res"] = resources or await stack.enter_async_context(
-                    build_resources(settings))
+                try:
+                    shared["res"] = resources or await stack.enter_async_context(
+                        build_resources(settings))
+                except ConfigError as e:
+                    refused.append(e)
+                    raise
             return shared["res"]
 
     async def files_startup(ctx: dict[str, Any]) -> None:

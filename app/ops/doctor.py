@@ -17,7 +17,9 @@ from app.migrate import migration_files
 from app.ops import repository as repo
 from app.profiles import ProfileError, load_profiles
 from app.resources import redis_settings
-from app.storage import open_s3_client, storage_from_url
+from app.storage import Storage
+from app.storage_identity import repository as identity_repo
+from app.storage_identity.service import Action, Target, Verdict, judge, open_targets
 
 TIMEOUT = 5.0
 
@@ -33,6 +35,8 @@ class Check:
 async def _run(name: str, fn: Callable[[], Awaitable[str]]) -> Check:
     try:
         detail = await asyncio.wait_for(fn(), TIMEOUT)
+    except _Failed as e:
+        return Check(name, False, str(e))
     except Exception as e:
         return Check(name, False, f"{type(e).__name__}: {e}".strip())
     return Check(name, True, detail)
@@ -76,19 +80,50 @@ async def diagnose(settings: Settings) -> list[Check]:
     checks.append(await _run("postgres", postgres))
     checks.append(await _run("redis", redis))
     async with contextlib.AsyncExitStack() as stack:
-        s3 = None
-        if "s3://" in (settings.cache_url[:5], settings.store_url[:5]):
-            s3 = await open_s3_client(stack, endpoint_url=settings.s3_endpoint_url,
-                                      region=settings.s3_region)
-        for name, url in (("cache storage", settings.cache_url),
-                          ("store storage", settings.store_url)):
-            checks.append(await _run(name, lambda url=url: _probe(url, s3)))
+        conn = None
+        with contextlib.suppress(Exception):  # the postgres line above says what is wrong
+            conn = await asyncpg.connect(settings.database_url, timeout=TIMEOUT)
+            stack.push_async_callback(conn.close)
+        for target in await open_targets(stack, settings):
+            checks.append(await _run(f"{target.role} storage",
+                                     lambda target=target: _storage(target, conn)))
     return checks
 
 
-async def _probe(url: str, s3: object) -> str:
-    """Write, read back and delete a small object: proves the credentials and permissions."""
-    storage = storage_from_url(url, s3_client=s3)
+class _Failed(Exception):
+    """A check's failure, worded for the operator as it is."""
+
+
+async def _storage(target: Target, conn: asyncpg.Connection | None) -> str:
+    """Is it the storage the database recorded? Then write, read back and delete a small
+    object: proves the credentials and permissions. A storage that is not the recorded one
+    is left untouched (not even created)."""
+    where = target.where
+    verdict = await _identity(target, conn)
+    if verdict is None:
+        if not await target.storage.exists():
+            raise _Failed(f"{where} does not exist, and was not created: without PostgreSQL"
+                          " (and its migrations) there is no telling whether it should be")
+        identity = "identity not checked (PostgreSQL unreachable or not migrated)"
+    elif verdict.action is Action.REFUSE:
+        raise _Failed(verdict.reason)
+    else:
+        identity = verdict.summary()
+    await _probe(target.storage)
+    return f"{where}: {identity}; write, read and delete work"
+
+
+async def _identity(target: Target, conn: asyncpg.Connection | None) -> Verdict | None:
+    if conn is None:
+        return None
+    try:
+        recorded = await identity_repo.recorded(conn)
+    except asyncpg.UndefinedTableError:
+        return None
+    return await judge(conn, target, recorded.get(target.role))
+
+
+async def _probe(storage: Storage) -> None:
     await storage.ping()
     key = f"_doctor/probe-{uuid.uuid4().hex}"
 
@@ -101,7 +136,6 @@ async def _probe(url: str, s3: object) -> str:
             raise RuntimeError("read back different bytes than written")
     finally:
         await storage.delete(key)
-    return f"{url}: write, read and delete work"
 
 
 def report(checks: list[Check]) -> tuple[str, bool]:

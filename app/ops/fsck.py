@@ -27,6 +27,13 @@ same transaction), like a promotion that finds its file gone. Every repair holds
 per-attachment advisory lock (an attachment a job is working on is skipped, counted as not
 repaired) and re-reads PostgreSQL first.
 
+A repair that would mark more than a small share of the attachments failed, or remove more
+than a small share of the objects (more than ``MAX_SHARE`` and more than ``MAX_ITEMS``), is
+refused unless forced: that many missing or unowned files means, far more often than real
+damage, that fsck looks at another storage than the database describes. The check runs first
+(a listing without changes), and the repair that follows never exceeds those limits either.
+The identity marker of each storage (``_stowage/``) is neither listed nor counted.
+
 Free of FastAPI and arq; SQL is in fsck_repository.py.
 """
 
@@ -35,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -51,7 +59,7 @@ from app.config import Settings
 from app.ops import fsck_repository as repo
 from app.ops import leftovers
 from app.resources import Resources, build_resources
-from app.storage import FilesystemStorage, S3Storage, Storage
+from app.storage import FilesystemStorage, S3Storage, Storage, is_reserved
 from app.storage.s3 import _is_not_found
 from app.uploads.presigned import PRESIGN_TTL_S, SWEEP_GRACE_S
 from app.webhooks.outbox import emit_attachment
@@ -67,6 +75,15 @@ STAT_CONCURRENCY = 16
 # repairs lock this many attachments at a time
 REPAIR_CHUNK = 100
 DOCTOR_PREFIX = "_doctor/"
+# without --force, a repair marks failed at most this share of the attachments checked (and
+# removes at most this share of the objects listed), or MAX_ITEMS if that is more
+MAX_SHARE = 0.10
+MAX_ITEMS = 5
+
+
+def repair_limit(total: int) -> int:
+    """How many of `total` a repair may change without --force."""
+    return max(MAX_ITEMS, math.floor(total * MAX_SHARE))
 
 # Verdicts of the ownership check of one key.
 LIVE = "live"  # a file an attachment serves right now
@@ -363,7 +380,12 @@ class FsckReport:
     unrecognized: int = 0  # keys Stowage never makes: reported, never removed
     broken: int = 0
     broken_repaired: int = 0
+    attachments_checked: int = 0  # live attachments whose files were looked for
     skipped_busy: int = 0  # repairs skipped because a worker job held the attachment
+    # why the repair was refused (too much to change without --force); nothing was changed
+    refused: str | None = None
+    # repairs left undone because they would have gone past the limits (without --force)
+    held_back: int = 0
     # temp files and unfinished multipart uploads of writers that died (older than the grace)
     leftovers: int = 0
     leftovers_removed: int = 0
@@ -388,13 +410,18 @@ class FsckReport:
             + self.unrecognized + (self.leftovers - self.leftovers_removed)
 
     @property
+    def objects_scanned(self) -> int:
+        return sum(self.scanned.values())
+
+    @property
     def exit_code(self) -> int:
         """0 when nothing is wrong or everything found was repaired, else 1."""
-        return 0 if self.unresolved == 0 else 1
+        return 0 if self.unresolved == 0 and self.refused is None else 1
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(clean=self.clean, unresolved=self.unresolved, exit_code=self.exit_code)
+        out.update(clean=self.clean, unresolved=self.unresolved, exit_code=self.exit_code,
+                   objects_scanned=self.objects_scanned)
         return out
 
     def to_json(self) -> str:
@@ -429,7 +456,13 @@ class FsckReport:
                          f" {self.recent}")
         if self.skipped_busy:
             lines.append(f"not repaired, a worker job held the attachment: {self.skipped_busy}")
-        if self.clean:
+        if self.held_back:
+            lines.append(f"not repaired, past the limit of a repair without --force:"
+                         f" {self.held_back}")
+        if self.refused is not None:
+            lines.append(f"REFUSED TO REPAIR: {self.refused}")
+            lines.append(f"problems found: {self.unresolved}, nothing changed")
+        elif self.clean:
             lines.append("clean")
         elif self.unresolved == 0:
             lines.append("problems found, all repaired")
@@ -449,21 +482,57 @@ def _human(seconds: float) -> str:
 # --- the check ---------------------------------------------------------------------------------
 
 async def fsck(res: Resources, *, repair: bool = False, grace: float = DEFAULT_GRACE_S,
-               examples: int = EXAMPLES, batch_size: int = BATCH_SIZE) -> FsckReport:
-    """Check (and with `repair`, fix) both storages against PostgreSQL."""
+               examples: int = EXAMPLES, batch_size: int = BATCH_SIZE,
+               force: bool = False) -> FsckReport:
+    """Check (and with `repair`, fix) both storages against PostgreSQL. A repair that would
+    change more than the limits allow (repair_limit) is refused unless `force`."""
     if grace < 0:
         raise ValueError("grace must be >= 0")
-    checker = _Checker(res, repair=repair, grace=grace, examples=examples,
-                       batch_size=batch_size)
-    return await checker.run()
+
+    def checker(repair: bool, limits: tuple[int, int] | None = None) -> _Checker:
+        return _Checker(res, repair=repair, grace=grace, examples=examples,
+                        batch_size=batch_size, limits=limits)
+
+    if not repair or force:
+        return await checker(repair).run()
+    # look before changing anything: a repair refused must leave everything as it was
+    found = await checker(repair=False).run()
+    found.repair = True
+    if not (found.orphans or found.broken or found.leftovers):
+        return found
+    orphan_limit = repair_limit(found.objects_scanned)
+    broken_limit = repair_limit(found.attachments_checked)
+    if found.orphans > orphan_limit or found.broken > broken_limit:
+        found.refused = _refusal(found)
+        log.warning("fsck: refused to repair: %s", found.refused)
+        return found
+    # things move on meanwhile: the repair keeps to the limits of what was looked at
+    return await checker(repair=True, limits=(orphan_limit, broken_limit)).run()
+
+
+def _refusal(found: FsckReport) -> str:
+    def share(n: int, total: int, what: str, done: str) -> str:
+        percent = 100 * n / total if total else 100.0
+        return f"{n} of {total} {what} ({percent:.0f}%) would be {done}"
+
+    parts = []
+    if found.broken > repair_limit(found.attachments_checked):
+        parts.append(share(found.broken, found.attachments_checked, "attachments",
+                           "marked failed"))
+    if found.orphans > repair_limit(found.objects_scanned):
+        parts.append(share(found.orphans, found.objects_scanned, "objects", "removed"))
+    return (f"{' and '.join(parts)}, more than {MAX_SHARE:.0%} and more than {MAX_ITEMS}."
+            " That many usually means that fsck looks at another storage than the one the"
+            " database describes (check the storage URLs, and `stowage doctor`), not that the"
+            " files are gone. Nothing was changed; if you are sure, run fsck --repair --force.")
 
 
 async def fsck_with_settings(settings: Settings, *, repair: bool = False,
                              grace: float = DEFAULT_GRACE_S,
-                             examples: int = EXAMPLES) -> FsckReport:
+                             examples: int = EXAMPLES, force: bool = False) -> FsckReport:
     """For the CLI: build the resources, run, close them."""
     async with build_resources(settings) as res:
-        return await fsck(res, repair=repair, grace=grace, examples=examples)
+        return await fsck(res, repair=repair, grace=grace, examples=examples, force=force)
 
 
 def render(report: FsckReport, *, as_json: bool) -> str:
@@ -482,9 +551,11 @@ class _Candidate:
 
 class _Checker:
     def __init__(self, res: Resources, *, repair: bool, grace: float, examples: int,
-                 batch_size: int) -> None:
+                 batch_size: int, limits: tuple[int, int] | None = None) -> None:
         self.res = res
         self.repair = repair
+        # (orphans to remove, attachments to mark failed) at most; None: no limit
+        self.limits = limits
         self.grace = grace
         self.examples = examples
         self.batch_size = batch_size
@@ -502,6 +573,8 @@ class _Checker:
             await repo.create_scan_tables(conn)
             try:
                 scan_started = await repo.db_now(conn)
+                self.report.attachments_checked = await repo.live_attachments(conn,
+                                                                              scan_started)
                 for p in plan_passes(self.res.cache, self.res.store):
                     await self._scan(p)
                 await self._find_broken(scan_started)
@@ -541,6 +614,8 @@ class _Checker:
             async for key in keys_iter:
                 if any(key.startswith(s) for s in p.skip):
                     continue  # the other storage's, listed on its own
+                if is_reserved(key):
+                    continue  # the storage's identity marker: not data, never an orphan
                 self.report.scanned[p.name] += 1
                 batch.append(key)
                 if len(batch) >= self.batch_size:
@@ -641,6 +716,9 @@ class _Checker:
                         if found in self.report.orphan_examples:
                             self.report.orphan_examples.remove(found)
                         continue
+                if self.limits is not None and self.report.orphans_removed >= self.limits[0]:
+                    self.report.held_back += 1
+                    continue
                 await c.storage.delete(c.key)
                 found.removed = True
                 self.report.orphans_removed += 1
@@ -686,6 +764,9 @@ class _Checker:
         if len(self.report.broken_examples) < self.examples:
             self.report.broken_examples.append(found)
         if self.repair:
+            if self.limits is not None and self.report.broken_repaired >= self.limits[1]:
+                self.report.held_back += 1
+                return
             await self._mark_failed(first, missing, found)
 
     async def _mark_failed(self, first: Any, missing: list[Any],

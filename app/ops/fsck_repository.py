@@ -108,6 +108,15 @@ async def add_seen(conn: asyncpg.Connection, rows: Iterable[tuple[str, str]]) ->
                                      columns=("storage", "key"), schema_name="pg_temp")
 
 
+async def live_attachments(conn: asyncpg.Connection, scan_started: datetime) -> int:
+    """How many attachments collect_missing looks at: the ones that should have files."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM attachments WHERE state IN ('cached', 'stored')"
+        " AND updated_at < $1",
+        scan_started, timeout=LONG_QUERY_S,
+    )
+
+
 async def collect_missing(conn: asyncpg.Connection, scan_started: datetime) -> int:
     """Every file a live attachment (cached: its cache object; stored: its original and each
     derivative) should have and the listing did not find. Rows changed since the scan began

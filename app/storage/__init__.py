@@ -17,24 +17,40 @@ from .base import (
     validate_key,
 )
 from .filesystem import FilesystemStorage
+from .identity import (
+    MARKER_KEY,
+    MarkerUnreadable,
+    StorageIdentity,
+    has_data,
+    is_reserved,
+    read_marker,
+    write_marker,
+)
 from .s3 import S3Storage, S3StorageError, open_s3_client
 
 __all__ = [
+    "MARKER_KEY",
     "FilesystemStorage",
     "Leftover",
+    "MarkerUnreadable",
     "ObjectInfo",
     "S3Storage",
     "S3StorageError",
     "Storage",
     "StorageAccessDenied",
     "StorageFull",
+    "StorageIdentity",
     "StorageObjectNotFound",
     "content_disposition",
+    "has_data",
+    "is_reserved",
     "open_read",
     "open_s3_client",
     "parse_storage_url",
+    "read_marker",
     "storage_from_url",
     "validate_key",
+    "write_marker",
 ]
 
 # Permissive on purpose: S3-compatible servers accept names that AWS itself refuses.

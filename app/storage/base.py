@@ -186,6 +186,16 @@ class Storage(Protocol):
 
     async def ping(self) -> None: ...
 
+    @property
+    def location(self) -> str:
+        """Where the storage is, absolute, for people: a folder's absolute path, or
+        ``s3://BUCKET[/PREFIX]`` (and the endpoint, when not AWS's)."""
+        ...
+
+    async def exists(self) -> bool:
+        """Whether the root (folder, bucket) exists; creates nothing, unlike ``ping``."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -226,6 +226,13 @@ class FilesystemStorage:
         with explain_os_errors("write into", self.root):
             await asyncio.to_thread(self._check_root)
 
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    async def exists(self) -> bool:
+        return await asyncio.to_thread(self.root.is_dir)
+
     async def aclose(self) -> None:
         return None
 

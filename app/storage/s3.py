@@ -300,6 +300,24 @@ class S3Storage:
     async def ping(self) -> None:
         await self.client.head_bucket(Bucket=self.bucket)
 
+    @property
+    def location(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None)
+        # the same bucket name on another endpoint is another bucket
+        if endpoint and not endpoint.endswith(".amazonaws.com"):
+            where += f" at {endpoint}"
+        return where
+
+    async def exists(self) -> bool:
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise
+        return True
+
     async def aclose(self) -> None:
         # The client belongs to whoever opened it (see open_s3_client).
         return None

@@ -16,15 +16,21 @@ import pytest
 from botocore.exceptions import ClientError
 
 from app.storage import (
+    MARKER_KEY,
     FilesystemStorage,
+    MarkerUnreadable,
     ObjectInfo,
     S3Storage,
     Storage,
     StorageObjectNotFound,
     content_disposition,
+    has_data,
+    is_reserved,
     open_read,
     parse_storage_url,
+    read_marker,
     storage_from_url,
+    write_marker,
 )
 from app.storage import filesystem as fs_module
 
@@ -603,6 +609,44 @@ async def test_ping(storage: Storage) -> None:
 async def test_ping_missing_bucket(s3_client: Any) -> None:
     with pytest.raises(ClientError):
         await S3Storage(s3_client, "no-such-bucket-here").ping()
+
+
+async def test_location_and_exists(storage: Storage, s3_client: Any) -> None:
+    if isinstance(storage, FilesystemStorage):
+        assert storage.location == str(storage.root)
+        assert not await storage.exists()  # a storage's root is made on first use only
+        await storage.ping()
+    else:
+        assert isinstance(storage, S3Storage)
+        assert storage.location.startswith(f"s3://{storage.bucket} at http://127.0.0.1:")
+        assert not await S3Storage(s3_client, "no-such-bucket-here").exists()
+    assert await storage.exists()
+
+
+async def test_location_of_an_s3_prefix_and_of_a_relative_folder(other_storage: Storage,
+                                                                  tmp_path: Any,
+                                                                  monkeypatch: Any) -> None:
+    if isinstance(other_storage, S3Storage):
+        assert other_storage.location.startswith(f"s3://{other_storage.bucket}/nested/prefix ")
+    monkeypatch.chdir(tmp_path)
+    assert storage_from_url("file://./var/store").location == str(tmp_path / "var" / "store")
+
+
+async def test_identity_marker(storage: Storage) -> None:
+    assert await read_marker(storage) is None and not await has_data(storage)
+    made = await write_marker(storage, "store")
+    assert made.role == "store" and made.created_at
+    assert await read_marker(storage) == made
+    # the marker is no data, and no key of an attachment: fsck skips it
+    assert [k async for k in storage.list_keys()] == [MARKER_KEY] and is_reserved(MARKER_KEY)
+    assert not await has_data(storage)
+    await storage.write("_doctor/probe-1", chunked(b"probe"))
+    assert not await has_data(storage)
+    await storage.write("app/id/original.txt", chunked(b"data"))
+    assert await has_data(storage)
+    await storage.write(MARKER_KEY, chunked(b"not json"))
+    with pytest.raises(MarkerUnreadable, match=MARKER_KEY):
+        await read_marker(storage)
 
 
 async def test_aclose(storage: Storage) -> None:

@@ -1,0 +1,1 @@
+"""Storages and the database that describes them must belong together: see service.py."""
