@@ -137,10 +137,11 @@ class ResilientWorker(Worker):
                 self._pool = None
 
 
-async def watch_dependencies(pool: Any, interval: float = 5.0) -> None:
+async def watch_dependencies(pool: Any, postgres: Outage | None = None,
+                             interval: float = 5.0) -> None:
     """Probe Postgres every interval: one log line when it goes away and one when it is back,
     and its gauge. (Redis is watched by the poll loop itself, which uses it every 50 ms.)"""
-    postgres = Outage("postgres")
+    postgres = postgres or Outage("postgres")
     while True:
         try:
             async with asyncio.timeout(interval):

@@ -8,16 +8,18 @@ import logging
 import time
 from typing import Any
 
+import redis.exceptions
 from arq import func
 
 from app import jobs
 from app.config import ConfigError, Settings
+from app.db import CONNECTION_ERRORS
 from app.ops.leftovers import sweep_leftovers
 from app.resources import Resources, build_resources, redis_settings
 from app.sweep import sweep as run_sweep
 from app.transient import is_transient
 from worker import tasks
-from worker.resilience import REDIS_DOWN, ResilientWorker, watch_dependencies
+from worker.resilience import REDIS_DOWN, Outage, ResilientWorker, watch_dependencies
 
 log = logging.getLogger(__name__)
 
@@ -135,18 +137,25 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
     building = asyncio.Lock()
 
     refused: list[ConfigError] = []
+    # one account of Postgres for the process: startup (which checks the storages' identity
+    # in Postgres) waits out an outage with it, then the dependency watch keeps it
+    postgres = Outage("postgres")
 
     async def get_resources() -> Resources:
         async with building:  # both workers start at once; one set of resources for both
             if refused:  # no use asking twice (an outage, in contrast, is retried)
                 raise refused[0]
-            if "res" not in shared:
+            while "res" not in shared:
                 try:
                     shared["res"] = resources or await stack.enter_async_context(
                         build_resources(settings))
                 except ConfigError as e:
                     refused.append(e)
                     raise
+                except redis.exceptions.RedisError:
+                    raise  # ResilientWorker waits out Redis (and says so)
+                except CONNECTION_ERRORS as e:
+                    await asyncio.sleep(postgres.failed(e))
             return shared["res"]
 
     async def files_startup(ctx: dict[str, Any]) -> None:
@@ -154,7 +163,7 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
             return
         res = await get_resources()
         ctx["resources"] = res
-        ctx["background"] = [asyncio.create_task(watch_dependencies(res.pool))]
+        ctx["background"] = [asyncio.create_task(watch_dependencies(res.pool, postgres))]
         if sweep:
             ctx["background"].append(
                 asyncio.create_task(sweep_loop(res, settings.sweep_interval)))
