@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import puremagic
@@ -86,6 +87,7 @@ def _area(footer: bytes, row: Any) -> bytes:
     return footer[row.offset:end] if end != 0 else footer[row.offset:]
 
 
+@functools.cache  # puremagic's tables do not change while the process runs
 def known_types() -> frozenset[str]:
     """Every MIME type sniff_mime can answer: what a profile's `types` may name."""
     rows = list(puremagic.main.magic_header_array) + list(puremagic.main.magic_footer_array)

@@ -163,35 +163,20 @@ async def _receive_stripped(source: AsyncIterator[bytes], head: bytes, *, storag
     afterwards only when it has metadata chunks (they come last: see app/media/strip.py)."""
     scanner = strip.WebpScanner() if mime_type == strip.WEBP else None
     filt = _Tap(scanner) if scanner is not None else strip.new_filter(mime_type)
-    hashing = HashBehind(hashlib.sha256())
-    received, stored = len(head), 0
+    received = len(head)
 
-    async def body() -> AsyncIterator[bytes]:
-        nonlocal received, stored
-        buf = bytearray(filt.feed(head))
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal received
+        yield head
         async for chunk in source:
             received += len(chunk)
             if received > limit:
                 raise UploadTooLarge(
                     f"the file is larger than {limit} bytes (profile {profile.name!r})"
                 )
-            buf += filt.feed(chunk)
-            if len(buf) >= BLOCK:
-                block, buf = buf, bytearray()
-                stored += len(block)
-                await hashing.feed(block)
-                yield block
-        buf += filt.finish()
-        if buf:
-            stored += len(buf)
-            await hashing.feed(buf)
-            yield buf
+            yield chunk
 
-    try:
-        await storage.write(key, body(), content_type=mime_type)
-    finally:
-        await hashing.settle()
-    sha256 = (await hashing.digest()).hex()
+    stored, sha256 = await _write_filtered(storage, key, counted(), filt, mime_type)
     report = filt.report
     if scanner is not None:
         plan = scanner.finish()
@@ -300,20 +285,28 @@ async def _rewrite_in_place(storage: Storage, key: str,
 async def _rewrite(storage: Storage, src: str, dest: str, filt: strip.Filter,
                    mime_type: str) -> tuple[int, str]:
     """Copy `src` to `dest` through `filt`: (size, sha256) of what was written."""
+    async with contextlib.aclosing(storage.read(src)) as chunks:
+        return await _write_filtered(storage, dest, chunks, filt, mime_type)
+
+
+async def _write_filtered(storage: Storage, key: str, chunks: AsyncIterable[bytes],
+                          filt: Any, mime_type: str) -> tuple[int, str]:
+    """Write `chunks` through `filt` to `key` in blocks, hashing what is written behind the
+    write: (size, sha256) of the bytes stored. The one filtered write of both an upload as it
+    streams and a rewrite of a file already in the cache."""
     hashing = HashBehind(hashlib.sha256())
     written = 0
 
     async def body() -> AsyncIterator[bytes]:
         nonlocal written
         buf = bytearray()
-        async with contextlib.aclosing(storage.read(src)) as chunks:
-            async for chunk in chunks:
-                buf += filt.feed(chunk)
-                if len(buf) >= BLOCK:
-                    block, buf = buf, bytearray()
-                    written += len(block)
-                    await hashing.feed(block)
-                    yield block
+        async for chunk in chunks:
+            buf += filt.feed(chunk)
+            if len(buf) >= BLOCK:
+                block, buf = buf, bytearray()
+                written += len(block)
+                await hashing.feed(block)
+                yield block
         buf += filt.finish()
         if buf:
             written += len(buf)
@@ -321,7 +314,7 @@ async def _rewrite(storage: Storage, src: str, dest: str, filt: strip.Filter,
             yield buf
 
     try:
-        await storage.write(dest, body(), content_type=mime_type)
+        await storage.write(key, body(), content_type=mime_type)
     finally:
         await hashing.settle()
     return written, (await hashing.digest()).hex()
