@@ -16,6 +16,7 @@ import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,6 +24,8 @@ import pytest
 from app.auth import service as auth
 from tests.conftest import (
     PG_BASE,
+    REDIS_BASE,
+    REDIS_DB,
     TEST_DB,
     api_client,
     env_for,
@@ -168,3 +171,116 @@ async def test_worker_survives_a_postgres_outage(tmp_path, database_url) -> None
     await proxy.cut()
     text = worker_log(log)
     assert "postgres unreachable" in text and "postgres reachable again" in text, text
+
+
+async def _noop(ctx: dict) -> None:
+    return None
+
+
+@contextlib.asynccontextmanager
+async def poll_only_worker() -> Any:
+    """A ResilientWorker over the shared Redis, on a queue of its own, driven one poll at a
+    time by the test."""
+    from arq import create_pool
+    from arq.connections import RedisSettings
+
+    from worker.resilience import REDIS_DOWN, ResilientWorker
+
+    rs = RedisSettings.from_dsn(f"{REDIS_BASE}/{REDIS_DB}")
+    rs.retry_on_error = list(REDIS_DOWN)  # as worker.settings does
+    pool = await create_pool(rs)
+    worker = ResilientWorker(functions=[_noop], queue_name=f"stowage:test:{uuid.uuid4()}",
+                             redis_pool=pool, handle_signals=False, keep_result=0)
+    try:
+        yield worker
+    finally:
+        worker.tasks.clear()
+        await pool.aclose()
+
+
+async def finished_with(exc: BaseException | None) -> asyncio.Task:
+    async def job() -> None:
+        if exc is not None:
+            raise exc
+
+    task = asyncio.ensure_future(job())
+    with contextlib.suppress(BaseException):
+        await task
+    return task
+
+
+async def test_jobs_cut_off_by_an_outage_do_not_hold_the_worker_down() -> None:
+    # Jobs that ended while Redis was down keep that ConnectionError; arq re-raised one per
+    # poll, so a worker came back from an outage one backoff (up to 5 s) per such job later:
+    # the flake of test_worker_survives_redis_killed_twice. Redis is up: the poll is clean.
+    import redis.exceptions
+
+    async with poll_only_worker() as worker:
+        for n in range(5):
+            worker.tasks[f"cut-{n}"] = await finished_with(
+                redis.exceptions.ConnectionError("Error 111 connecting"))
+        worker.tasks["fine"] = await finished_with(None)
+        await worker._poll_iteration()
+        assert worker.redis_outage.down_since is None
+        assert worker.tasks == {}
+
+
+async def test_other_job_errors_still_reach_arq() -> None:
+    async with poll_only_worker() as worker:
+        worker.tasks["bug"] = await finished_with(ValueError("a bug, not an outage"))
+        with pytest.raises(ValueError):
+            await worker._poll_iteration()
+
+
+async def test_a_connection_lost_while_claiming_a_job_is_an_outage() -> None:
+    # arq claims a job with WATCH ... EXEC; when the connection drops between the two,
+    # redis-py raises WatchError, which arq let escape its poll loop: the file worker's loop
+    # ended silently while the process lived on (the other flake of the killed-twice test).
+    # The fault is real: Redis itself kills the claiming connection right after its WATCH.
+    async with poll_only_worker() as worker:
+        job = await worker.pool.enqueue_job("_noop", _queue_name=worker.queue_name)
+        assert job is not None
+        killer = worker.pool.client()
+        real_pipeline = worker.pool.pipeline
+        killed: list[int] = []
+
+        def pipeline(*args: Any, **kwargs: Any) -> Any:
+            pipe = real_pipeline(*args, **kwargs)
+            real_watch = pipe.watch
+
+            async def watch(*names: Any) -> Any:
+                out = await real_watch(*names)
+                if not killed:
+                    killed.append(await pipe.execute_command("CLIENT", "ID"))
+                    await killer.execute_command("CLIENT", "KILL", "ID", killed[0])
+                return out
+
+            pipe.watch = watch
+            return pipe
+
+        worker.pool.pipeline = pipeline  # type: ignore[method-assign]
+        try:
+            await worker._poll_iteration()  # before the fix: WatchError out of the loop
+            assert killed, "the claim never watched: nothing was tested"
+            assert worker.redis_outage.down_since is not None  # seen as an outage
+            assert worker.job_counter == 0  # its slot given back
+            await worker._poll_iteration()  # the next poll claims and runs it
+            assert worker.redis_outage.down_since is None
+            assert job.job_id in worker.tasks
+            await worker.tasks[job.job_id]
+        finally:
+            await killer.aclose()
+
+
+async def test_a_worker_loop_that_dies_stops_the_process() -> None:
+    # Two loops share the process (files, deliveries). When one ended with an error nobody
+    # foresaw, the other kept the process alive: its supervisor saw a running worker that
+    # would never promote again. Now the other loop is stopped and the error ends the run.
+    from worker.settings import StowageWorker
+
+    async with poll_only_worker() as files, poll_only_worker() as deliveries:
+        files.tasks["bug"] = await finished_with(ValueError("a bug, not an outage"))
+        both = StowageWorker(files, deliveries, contextlib.AsyncExitStack(), False)
+        with pytest.raises(ValueError):
+            await asyncio.wait_for(both.async_run(), 15)
+        assert deliveries.main_task is not None and deliveries.main_task.done()

@@ -103,6 +103,7 @@ class ResilientWorker(Worker):
                 await asyncio.sleep(self.redis_outage.failed(e))
 
     async def _poll_iteration(self) -> None:
+        self._reap_jobs_cut_off_by_redis()
         try:
             await super()._poll_iteration()
         except REDIS_DOWN as e:
@@ -110,16 +111,39 @@ class ResilientWorker(Worker):
         else:
             self.redis_outage.ok()
 
+    def _reap_jobs_cut_off_by_redis(self) -> None:
+        # A job that ends while Redis is down cannot record its end, and its task keeps that
+        # ConnectionError. arq reaps finished tasks in the poll loop and re-raises their
+        # errors there, one task per poll: after an outage during which N jobs ended, the next
+        # N polls would each fail with an old error and back off (up to BACKOFF_MAX each), so
+        # the worker would look down and take no work long after Redis is back. Those errors
+        # are the outage already seen; the jobs' own state is in Postgres (the sweep re-finds
+        # what Redis lost, and every job is idempotent). Other errors still reach arq.
+        for job_id, task in list(self.tasks.items()):
+            if (task.done() and not task.cancelled()
+                    and isinstance(task.exception(), REDIS_DOWN)):
+                del self.tasks[job_id]
+                log.debug("job %s ended while Redis was unreachable: %s", job_id,
+                          task.exception())
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         # arq takes a job slot (semaphore and counter) before it talks to Redis about the job,
         # and gives it back only through the job's task: a Redis error in between would leak
         # the slot for good, and after max_jobs such errors the worker would take no more work.
+        #
+        # arq claims a job in a WATCH transaction and expects a WatchError only from its
+        # EXEC (another worker took the job). redis-py also raises WatchError when the
+        # connection drops while watching (Redis killed between WATCH and EXEC, or a pooled
+        # connection that Redis closed on restart): that one is an outage, not a lost race,
+        # and would otherwise end the worker's poll loop.
         for job_id in job_ids:
             try:
                 await super().start_jobs([job_id])
-            except REDIS_DOWN:
+            except (*REDIS_DOWN, redis.exceptions.WatchError) as e:
                 if job_id.decode() not in self.tasks:
                     self._release_sem_dec_counter_on_complete()
+                if isinstance(e, redis.exceptions.WatchError):
+                    raise redis.exceptions.ConnectionError(str(e)) from e
                 raise
 
     async def close(self) -> None:

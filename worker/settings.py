@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from typing import Any
 
@@ -108,7 +109,19 @@ class StowageWorker:
             w.main_task = asyncio.ensure_future(w.main())
         # wait for both (gather would return at the first one cancelled by its signal handler
         # while the other still finishes its running jobs)
-        await asyncio.wait([w.main_task for w in self.workers])
+        pending = {w.main_task for w in self.workers}
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            crashed = [t for t in done if not t.cancelled() and t.exception() is not None]
+            if crashed and pending:
+                # One loop died (a bug, or an error nobody foresaw): a process that went on
+                # with the other loop alone would look alive to its supervisor and never do
+                # that loop's work again. Stop the rest the graceful way, exit non-zero.
+                log.error("a worker loop stopped: %r; stopping the worker",
+                          crashed[0].exception(), exc_info=crashed[0].exception())
+                for w in self.workers:
+                    if w.main_task in pending:
+                        w.handle_sig_wait_for_completion(signal.SIGTERM)
         # a worker that could not start (a refused storage, ...) must not exit 0 as if
         # stopped by a signal
         for w in self.workers:
