@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -42,3 +43,10 @@ def path_id(value: str, error: type[NotFound]) -> UUID:
     if parsed is None:
         raise error(f"no such id {value}")
     return parsed
+
+
+def timestamp(value: datetime | None) -> str | None:
+    """RFC 3339 in UTC with a Z, the same in every response and event."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -19,7 +19,7 @@ log = logging.getLogger("stowage")
 
 
 def _setup_logging(settings: Settings) -> None:
-    from app.ops.logs import configure_logging
+    from app.observability.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
 
@@ -167,7 +167,7 @@ def cmd_doctor(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from app.ops.selfcheck import selfcheck
+    from app.selfcheck import selfcheck
 
     for line in selfcheck(settings):
         print(line)
@@ -254,7 +254,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     _require_secret_key(settings)
     if settings.worker_metrics_port:
-        from app.ops.metrics import serve_worker_metrics
+        from app.observability.metrics import serve_worker_metrics
 
         last = settings.worker_metrics_port + settings.worker_metrics_ports - 1
         port = serve_worker_metrics(settings.worker_metrics_host, settings.worker_metrics_port,
@@ -270,7 +270,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from app.devserver import run_dev
-    from app.ops.logs import configure_logging
+    from app.observability.logs import configure_logging
 
     if "log_format" not in settings.model_fields_set:
         configure_logging(settings.log_level, "text")  # a human is watching

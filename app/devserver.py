@@ -8,10 +8,10 @@ import logging
 
 import uvicorn
 
+from app.bootstrap import build_resources
 from app.config import Settings
 from app.main import create_app
 from app.migrate import migrate
-from app.resources import build_resources
 from app.server import GracefulServer
 from worker.settings import build_worker
 

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from arq.connections import ArqRedis
 
-from app.ops.logs import request_id_var
+from app.observability.logs import request_id_var
 
 log = logging.getLogger(__name__)
 

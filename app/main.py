@@ -10,13 +10,14 @@ from starlette.types import ASGIApp
 
 from app import cors, errors, problems
 from app.attachments.routes import router as attachments_router
+from app.bootstrap import build_resources
 from app.config import ConfigError, Settings, load_settings
 from app.dashboard.events_routes import router as attachment_events_router
 from app.dashboard.routes import router as dashboard_router
 from app.http_methods import MethodsMiddleware
-from app.ops.logs import RequestIdMiddleware
+from app.observability.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
-from app.resources import Resources, build_resources
+from app.resources import Resources
 from app.uploads.presigned_routes import router as presigned_router
 from app.uploads.tus_routes import router as tus_router
 from app.webhooks.routes import router as webhooks_router

@@ -26,10 +26,11 @@ from botocore.retries.standard import ExponentialBackoff
 from moto.server import ThreadedMotoServer
 
 from app.auth import service as auth
+from app.bootstrap import build_resources
 from app.config import Settings, load_settings
 from app.main import create_app
 from app.migrate import migrate
-from app.resources import Resources, build_resources
+from app.resources import Resources
 from app.storage import is_reserved, open_s3_client
 from worker.settings import build_worker
 

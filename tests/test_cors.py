@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from app.auth import service as auth
+from app.bootstrap import build_resources
 from app.config import ConfigError
 from app.main import create_app
-from app.resources import build_resources
 from tests.conftest import AppKey, fresh_resources, make_settings
 from tests.proxy import TCPProxy
 

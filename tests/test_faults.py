@@ -16,8 +16,8 @@ import pytest
 
 from app.attachments import service
 from app.auth import service as auth
+from app.bootstrap import build_resources
 from app.main import create_app
-from app.resources import build_resources
 from app.sweep import sweep
 from tests.conftest import (
     AppKey,

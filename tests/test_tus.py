@@ -29,7 +29,7 @@ from tusclient.exceptions import TusCommunicationError
 
 from app.auth import service as auth
 from app.main import create_app
-from app.ops import metrics
+from app.observability import metrics
 from app.resources import Resources
 from app.uploads import tus
 from app.uploads.tus_routes import router as tus_router

@@ -16,7 +16,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from app.attachments import service
 from app.auth import service as auth
-from app.resources import event_link_ttl
+from app.bootstrap import event_link_ttl
 from app.sweep import sweep
 from app.webhooks import service as webhooks
 from app.webhooks.delivery import BlockedDestination, is_forbidden_address, resolve_public

@@ -24,7 +24,7 @@ import redis.exceptions
 from arq.worker import Worker
 
 from app.db import CONNECTION_ERRORS
-from app.ops.metrics import DEPENDENCY_UP
+from app.observability.metrics import DEPENDENCY_UP
 
 log = logging.getLogger("stowage.worker")
 

@@ -13,10 +13,11 @@ import redis.exceptions
 from arq import func
 
 from app import jobs
+from app.bootstrap import build_resources
 from app.config import ConfigError, Settings
 from app.db import CONNECTION_ERRORS
 from app.ops.leftovers import sweep_leftovers
-from app.resources import Resources, build_resources, redis_settings
+from app.resources import Resources, redis_settings
 from app.sweep import sweep as run_sweep
 from app.transient import is_transient
 from worker import tasks

@@ -15,8 +15,8 @@ from arq.constants import in_progress_key_prefix
 
 from app.attachments import service, work
 from app.attachments.service import STORAGE_PROBLEMS
-from app.ops import metrics
-from app.ops.logs import request_id_var
+from app.observability import metrics
+from app.observability.logs import request_id_var
 from app.resources import Resources
 from app.transient import is_transient
 from app.webhooks import service as webhooks

@@ -36,7 +36,7 @@ from app.errors import (
 )
 from app.failpoints import failpoint
 from app.http_methods import is_head
-from app.ops.metrics import track_upload
+from app.observability.metrics import track_upload
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound, content_disposition, open_read
 from app.uploads import presigned

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, Field
 
+from app.api_common import timestamp
 from app.attachments.links import Links
 
 State = Literal["cached", "stored", "failed", "deleted"]
@@ -85,10 +86,3 @@ def present(row: Any, links: Links) -> dict[str, Any]:
         "updated_at": timestamp(row["updated_at"]),
         "stored_at": timestamp(row["stored_at"]),
     }
-
-
-def timestamp(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC with a Z, the same in every response and event."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

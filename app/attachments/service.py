@@ -19,6 +19,7 @@ import asyncpg
 from app import activity
 from app.attachments import keys, work
 from app.attachments import repository as repo
+from app.attachments.events import emit_attachment, insert_attachment
 from app.errors import (
     AttachmentNotFound,
     InsufficientStorage,
@@ -30,13 +31,12 @@ from app.failpoints import failpoint
 from app.ids import uuid7
 from app.media.derivatives import ImageProcessingError
 from app.media.render import render
-from app.ops import metrics
+from app.observability import metrics
 from app.pagination import Page, page_of
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound
 from app.uploads.ingest import Received, check_against_profile, receive, restrip
 from app.uploads.options import UploadOptions
-from app.webhooks.outbox import emit_attachment, insert_attachment
 from app.webhooks.service import dispatch
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from app import activity
-from app.attachments.schemas import timestamp
+from app.api_common import timestamp
 from app.dashboard import repository as repo
 from app.resources import Resources
 

@@ -55,14 +55,15 @@ from uuid import UUID
 import asyncpg
 
 from app.attachments import keys
+from app.attachments.events import emit_attachment
+from app.bootstrap import build_resources
 from app.config import Settings
 from app.ops import fsck_repository as repo
 from app.ops import leftovers
-from app.resources import Resources, build_resources
+from app.resources import Resources
 from app.storage import FilesystemStorage, S3Storage, Storage, is_reserved
 from app.storage.s3 import _is_not_found
 from app.uploads.presigned import PRESIGN_TTL_S, SWEEP_GRACE_S
-from app.webhooks.outbox import emit_attachment
 from app.webhooks.service import dispatch
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from arq.constants import in_progress_key_prefix
 
-from app.ops import metrics
+from app.observability import metrics
 from app.ops import repository as repo
 from app.resources import Resources
 

@@ -11,7 +11,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import resources
-from app.ops import gauges, metrics
+from app.observability import metrics
+from app.ops import gauges
 from app.resources import Resources
 
 router = APIRouter(tags=["operations"])

@@ -57,8 +57,8 @@ from app.errors import (
     UploadTooLarge,
 )
 from app.ids import uuid7
+from app.observability.metrics import track_upload
 from app.offload import OrderedOffload
-from app.ops.metrics import track_upload
 from app.resources import Resources
 from app.storage import StorageObjectNotFound
 from app.storage.base import explain_os_errors, run_shielded

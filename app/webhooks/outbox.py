@@ -1,5 +1,8 @@
 """The transactional outbox: call inside the transaction that makes the state change, so a
-committed change always has its event and deliveries, whatever happens to Redis after."""
+committed change always has its event and deliveries, whatever happens to Redis after.
+
+Events know nothing of what they describe: the attachment events are written by
+app.attachments.events, which hands this module a type and a payload."""
 
 from __future__ import annotations
 
@@ -9,9 +12,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.attachments import repository as attachments_repo
-from app.attachments.links import Links
-from app.attachments.schemas import present, timestamp
+from app.api_common import timestamp
 from app.ids import uuid7
 from app.webhooks import repository as repo
 
@@ -26,27 +27,8 @@ async def emit(conn: asyncpg.Connection, app_id: UUID, event_type: str, data: di
     """Write the event and one delivery per subscribed endpoint; returns the delivery ids to
     enqueue after commit."""
     return await repo.insert_event(conn, uuid7(), app_id, event_type, attachment_id,
-                                   _body(event_type, data), only_endpoint)
+                                   event_body(event_type, data), only_endpoint)
 
 
-def _body(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+def event_body(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"type": event_type, "timestamp": timestamp(datetime.now(UTC)), "data": data}
-
-
-async def emit_attachment(conn: asyncpg.Connection, event_type: str, row: Any,
-                          links: Links) -> list[UUID]:
-    return await emit(conn, row["app_id"], event_type, present(row, links.for_events()),
-                      attachment_id=row["id"])
-
-
-async def insert_attachment(conn: asyncpg.Connection, values: dict[str, Any], now: datetime,
-                            links: Links) -> tuple[asyncpg.Record, list[UUID]]:
-    """A new attachment (in no record slot) and its attachment.cached event, in one statement:
-    the event describes the row as INSERT makes it, which is known beforehand. Returns the
-    row and the delivery ids to enqueue."""
-    data = present(attachments_repo.as_inserted(values, now), links.for_events())
-    row = await repo.change_with_event(
-        conn, attachments_repo.INSERT, attachments_repo.insert_args(values, now), uuid7(),
-        values["app_id"], "attachment.cached", values["id"], _body("attachment.cached", data))
-    assert row is not None  # an INSERT ... VALUES returns its row or raises
-    return row, list(row["delivery_ids"])

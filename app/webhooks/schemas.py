@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.attachments.schemas import timestamp
+from app.api_common import timestamp
 
 EventType = Literal["attachment.cached", "attachment.stored", "attachment.updated",
                     "attachment.failed", "attachment.deleted"]

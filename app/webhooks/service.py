@@ -15,7 +15,7 @@ import asyncpg
 from app.errors import InvalidInput, InvalidState, NotFound, WebhookEndpointNotFound
 from app.failpoints import failpoint
 from app.ids import uuid7
-from app.ops import metrics
+from app.observability import metrics
 from app.pagination import Page, page_of
 from app.resources import Resources
 from app.webhooks import delivery as http_delivery

@@ -1,0 +1,1 @@
+"""Observability: metrics and logs. A leaf: every package may use it, it uses none of them."""
