@@ -23,11 +23,11 @@ from app.storage import (
     S3Storage,
     Storage,
     StorageObjectNotFound,
+    StorageURL,
     content_disposition,
     has_data,
     is_reserved,
     open_read,
-    parse_storage_url,
     read_marker,
     storage_from_url,
     write_marker,
@@ -671,14 +671,19 @@ def test_content_disposition() -> None:
 
 
 def test_parse_storage_url() -> None:
-    assert parse_storage_url("file://./var/cache") == ("file", "./var/cache", "")
-    assert parse_storage_url("file:///abs/path") == ("file", "/abs/path", "")
-    assert parse_storage_url("s3://bucket") == ("s3", "bucket", "")
-    assert parse_storage_url("s3://bucket/") == ("s3", "bucket", "")
-    assert parse_storage_url("s3://bucket/some/prefix/") == ("s3", "bucket", "some/prefix")
+    def parse(url: str) -> tuple[str, str, str]:
+        u = StorageURL.parse(url)
+        return u.scheme, u.location, u.prefix
+
+    assert parse("file://./var/cache") == ("file", "./var/cache", "")
+    assert parse("file:///abs/path") == ("file", "/abs/path", "")
+    assert parse("s3://bucket") == ("s3", "bucket", "")
+    assert parse("s3://bucket/") == ("s3", "bucket", "")
+    assert parse("s3://bucket/some/prefix/") == ("s3", "bucket", "some/prefix")
+    assert str(StorageURL.parse("s3://bucket/some/prefix/")) == "s3://bucket/some/prefix"
     for bad in ["", "file://", "s3://", "s3:///x", "http://x", "s3://b/a/../c", "/var/x"]:
         with pytest.raises(ValueError):
-            parse_storage_url(bad)
+            StorageURL.parse(bad)
 
 
 def test_storage_from_url(tmp_path: Any) -> None:
