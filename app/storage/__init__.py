@@ -7,6 +7,8 @@ from typing import Any
 from .base import (
     Leftover,
     ObjectInfo,
+    Placement,
+    PresignedPost,
     Storage,
     StorageAccessDenied,
     StorageFull,
@@ -25,6 +27,7 @@ from .identity import (
     read_marker,
     write_marker,
 )
+from .resumable import Resumable, ResumableDataLost, ResumableState
 from .s3 import S3Storage, S3StorageError, open_s3_client
 from .url import StorageURL
 
@@ -34,6 +37,11 @@ __all__ = [
     "Leftover",
     "MarkerUnreadable",
     "ObjectInfo",
+    "Placement",
+    "PresignedPost",
+    "Resumable",
+    "ResumableDataLost",
+    "ResumableState",
     "S3Storage",
     "S3StorageError",
     "Storage",
