@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     Leftover,
@@ -28,8 +28,22 @@ from .identity import (
     write_marker,
 )
 from .resumable import Resumable, ResumableDataLost, ResumableState
-from .s3 import S3Storage, S3StorageError, open_s3_client
 from .url import StorageURL
+
+if TYPE_CHECKING:
+    from .s3 import S3Storage, S3StorageError, open_s3_client
+
+_S3_NAMES = frozenset({"S3Storage", "S3StorageError", "open_s3_client"})
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: aioboto3 takes half a second to import, which every command
+    # that only reads its settings (StorageURL) would otherwise pay
+    if name in _S3_NAMES:
+        from . import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "MARKER_KEY",
@@ -71,4 +85,6 @@ def storage_from_url(url: str | StorageURL, s3_client: Any = None,
     if s3_client is None:
         raise ValueError(f"storage URL {str(url)!r} needs an S3 client, but none was"
                          " configured")
+    from .s3 import S3Storage
+
     return S3Storage(s3_client, parsed.location, parsed.prefix, presign_client=s3_presign_client)
