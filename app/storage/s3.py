@@ -150,7 +150,7 @@ class S3Storage:
                 for part in page.get("Parts", []):
                     newest = max(newest, part["LastModified"].timestamp())
         except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":
+            if error_code(exc) != "NoSuchUpload":
                 raise
             return 0.0  # finished or aborted meanwhile: not a leftover
         return now - newest if newest else float("inf")
@@ -161,7 +161,7 @@ class S3Storage:
             await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                       UploadId=upload_id)
         except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":  # finished or aborted meanwhile
+            if error_code(exc) != "NoSuchUpload":  # finished or aborted meanwhile
                 raise
 
     def object_key(self, key: str) -> str:
@@ -179,7 +179,7 @@ class S3Storage:
     ) -> int:
         obj_key = self.object_key(key)
         extra = _object_args(content_type, metadata)
-        upload = _MultipartUpload(self.client, self.bucket, obj_key, extra)
+        upload = MultipartUpload(self.client, self.bucket, obj_key, extra)
         put: asyncio.Future[Any] | None = None
         buf = bytearray()
         total = 0
@@ -225,7 +225,7 @@ class S3Storage:
         except ClientError as exc:
             if _is_not_found(exc):
                 raise StorageObjectNotFound(key) from None
-            if _error_code(exc) == "InvalidRange":
+            if error_code(exc) == "InvalidRange":
                 # Starting at or past the end yields nothing, as reading a file at EOF does.
                 return
             raise
@@ -359,7 +359,7 @@ class S3Storage:
         try:
             await self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
                 return False
             raise
         return True
@@ -389,7 +389,7 @@ class S3Storage:
             raise
         return head
 
-    async def _undo_write(self, upload: _MultipartUpload, put: asyncio.Future[Any] | None) -> None:
+    async def _undo_write(self, upload: MultipartUpload, put: asyncio.Future[Any] | None) -> None:
         if put is not None and await _settled_ok(put):
             # The caller is told the write failed, so it must not find the object either.
             await self.client.delete_object(Bucket=self.bucket, Key=upload.key)
@@ -427,7 +427,7 @@ class S3Storage:
         self, src: dict[str, str], dest: str, size: int, extra: dict[str, Any]
     ) -> None:
         part_size = max(self.copy_part_size, math.ceil(size / _MAX_PARTS), _MIN_PART_SIZE)
-        upload = _MultipartUpload(self.client, self.bucket, dest, extra)
+        upload = MultipartUpload(self.client, self.bucket, dest, extra)
         limit = asyncio.Semaphore(self.copy_concurrency)
 
         async def copy_part(number: int, first: int, last: int) -> None:
@@ -471,8 +471,9 @@ class S3Storage:
             )
 
 
-class _MultipartUpload:
-    """One multipart upload, undoable at any point.
+class MultipartUpload:
+    """One multipart upload, undoable at any point: the only one here, for streamed writes,
+    multipart copies and resumable uploads (s3_resumable.py, which resumes one by its id).
 
     Requests whose outcome matters for cleanup (create, complete) run as shielded futures:
     if the caller is cancelled mid-request, `undo` can still learn the upload id, or
@@ -606,14 +607,14 @@ def _object_args(content_type: str | None, metadata: dict[str, str] | None) -> d
     return args
 
 
-def _error_code(exc: ClientError) -> str:
+def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _is_not_found(exc: ClientError) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return _error_code(exc) in _NOT_FOUND_CODES or (
-        status == 404 and _error_code(exc) != "NoSuchBucket"
+    return error_code(exc) in _NOT_FOUND_CODES or (
+        status == 404 and error_code(exc) != "NoSuchBucket"
     )
 
 

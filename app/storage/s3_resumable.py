@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from .base import StorageObjectNotFound, run_shielded
 from .resumable import Record, ResumableDataLost, ResumableState, Verify, drive, no_chunks
-from .s3 import _error_code, _MultipartUpload, part_size_for
+from .s3 import MultipartUpload, error_code, part_size_for
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
@@ -36,8 +36,8 @@ class S3Resumable:
         # named by where it ends: a new tail never overwrites the one the caller records
         return f"{self.key}-tail-{end}"
 
-    def multipart(self) -> _MultipartUpload:
-        upload = _MultipartUpload(self.storage.client, self.storage.bucket, self.obj_key, {},
+    def multipart(self) -> MultipartUpload:
+        upload = MultipartUpload(self.storage.client, self.storage.bucket, self.obj_key, {},
                                   upload_id=self.state.handle)
         upload.resume_after(self.state.parts)
         return upload
@@ -56,7 +56,7 @@ class S3Resumable:
         try:
             await self.multipart().complete()
         except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":
+            if error_code(exc) != "NoSuchUpload":
                 raise
             # completed already (by a request that died before recording it)?
             info = await self.storage.stat(self.key)
@@ -76,7 +76,7 @@ class S3Resumable:
                 await s3.abort_multipart_upload(Bucket=bucket, Key=self.obj_key,
                                                 UploadId=upload_id)
             except ClientError as exc:
-                if _error_code(exc) != "NoSuchUpload":
+                if error_code(exc) != "NoSuchUpload":
                     raise
         await self.storage.delete(self.key)
         async for key in self.storage.list_keys(f"{self.key}-tail-"):
