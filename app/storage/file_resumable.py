@@ -7,16 +7,13 @@ import asyncio
 import os
 from collections.abc import AsyncIterable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from app.offload import OrderedOffload
 
 from .base import explain_os_errors
-from .filesystem import ensure_dir, fsync_dir, start_writeback
+from .filesystem import FilesystemStorage, ensure_dir, fsync_dir, start_writeback
 from .resumable import Record, ResumableDataLost, ResumableState, Verify, drive, no_chunks
-
-if TYPE_CHECKING:
-    from .filesystem import FilesystemStorage
 
 T = TypeVar("T")
 
