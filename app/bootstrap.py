@@ -42,7 +42,8 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
         redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
         stack.push_async_callback(redis.aclose)
         s3 = presign = None
-        if "s3://" in (settings.cache_url[:5], settings.store_url[:5]):
+        cache_url, store_url = settings.storage_url("cache"), settings.storage_url("store")
+        if cache_url.needs_s3_client or store_url.needs_s3_client:
             s3 = await open_s3_client(
                 stack, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
             )
@@ -51,8 +52,8 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
                     stack, endpoint_url=settings.s3_public_endpoint_url,
                     region=settings.s3_region,
                 )
-        cache = storage_from_url(settings.cache_url, s3_client=s3, s3_presign_client=presign)
-        store = storage_from_url(settings.store_url, s3_client=s3, s3_presign_client=presign)
+        cache = storage_from_url(cache_url, s3_client=s3, s3_presign_client=presign)
+        store = storage_from_url(store_url, s3_client=s3, s3_presign_client=presign)
         stack.push_async_callback(cache.aclose)
         stack.push_async_callback(store.aclose)
         # before anything reads or writes a file: a process pointed at another folder or

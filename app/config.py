@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.storage.url import StorageURL
+
 GiB = 1024**3
 MIN_SECRET_KEY_BYTES = 32
 MISSING_SECRET_KEY = (
@@ -114,15 +116,12 @@ class Settings(BaseSettings):
     @field_validator("cache_url", "store_url")
     @classmethod
     def _check_storage_url(cls, v: str) -> str:
-        if v.startswith("file://"):
-            if len(v) == len("file://"):
-                raise ValueError("file:// URL needs a path")
-        elif v.startswith("s3://"):
-            if not v[len("s3://") :].split("/", 1)[0]:
-                raise ValueError("s3:// URL needs a bucket")
-        else:
-            raise ValueError("must be file://PATH or s3://BUCKET[/PREFIX]")
+        StorageURL.parse(v)  # ValueError says what is wrong
         return v
+
+    def storage_url(self, role: Literal["cache", "store"]) -> StorageURL:
+        """The cache's or the store's URL, parsed (it was checked when the settings loaded)."""
+        return StorageURL.parse(self.cache_url if role == "cache" else self.store_url)
 
     @field_validator("public_url", "s3_endpoint_url", "s3_public_endpoint_url")
     @classmethod

@@ -69,4 +69,4 @@ async def test_presigned_urls_use_the_public_endpoint_and_sigv4(tmp_path, databa
         post = await res.cache.presigned_post("a/c", max_size=10, expires_in=60)
     assert url.startswith(f"http://files.example.test:9000/{bucket}/store/a/b?")
     assert "X-Amz-Signature=" in url and "AWSAccessKeyId" not in url
-    assert post["url"].startswith("http://files.example.test:9000/")
+    assert post.url.startswith("http://files.example.test:9000/")

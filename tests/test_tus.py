@@ -31,6 +31,8 @@ from app.auth import service as auth
 from app.main import create_app
 from app.observability import metrics
 from app.resources import Resources
+from app.storage import S3Storage, file_resumable
+from app.storage.s3 import part_size_for as s3_part_size_for
 from app.uploads import tus
 from app.uploads.tus_routes import router as tus_router
 from tests.conftest import (
@@ -680,7 +682,7 @@ async def test_a_disk_error_mid_patch_keeps_the_offset_and_the_retry_completes(e
     data = os.urandom(5 * MiB)
     url = await create(env, len(data))
     assert (await patch(env, url, 0, data[:MiB])).status_code == 204
-    real = tus._pwrite_all
+    real = file_resumable._pwrite_all
     calls = 0
 
     def full_disk(fd: int, buf: bytearray, pos: int) -> None:
@@ -690,7 +692,7 @@ async def test_a_disk_error_mid_patch_keeps_the_offset_and_the_retry_completes(e
             raise OSError(28, "No space left on device")
         real(fd, buf, pos)
 
-    monkeypatch.setattr(tus, "_pwrite_all", full_disk)
+    monkeypatch.setattr(file_resumable, "_pwrite_all", full_disk)
     async def in_blocks() -> AsyncIterator[bytes]:  # so several writes are queued
         for i in range(MiB, len(data), MiB):
             yield data[i:i + MiB]
@@ -702,7 +704,7 @@ async def test_a_disk_error_mid_patch_keeps_the_offset_and_the_retry_completes(e
     assert r.status_code == 507 and r.headers["content-type"] == "application/problem+json"
     assert "ENOSPC" in r.json()["detail"] and "retry-after" not in r.headers
     assert (await head(env, url)).headers["upload-offset"] == str(MiB)
-    monkeypatch.setattr(tus, "_pwrite_all", real)
+    monkeypatch.setattr(file_resumable, "_pwrite_all", real)
     r = await patch(env, url, MiB, data[MiB:])
     assert r.status_code == 204
     att = (await env.client.get(f"/v1/attachments/{r.headers['stowage-attachment-id']}",
@@ -946,10 +948,13 @@ async def test_tuspy_against_stowage_serve(tmp_path, database_url):
 
 
 def test_part_size():
-    assert tus.part_size_for(0) == 5 * MiB
-    assert tus.part_size_for(5 * 1024 * MiB) == 5 * MiB
+    def part_size_for(length: int) -> int:  # of a tus upload: a resumable one
+        return s3_part_size_for(1, S3Storage.resumable_part_size, length)
+
+    assert part_size_for(0) == 5 * MiB
+    assert part_size_for(5 * 1024 * MiB) == 5 * MiB
     big = 200 * 1024 * MiB
-    assert tus.part_size_for(big) * 10_000 >= big and tus.part_size_for(big) % MiB == 0
+    assert part_size_for(big) * 10_000 >= big and part_size_for(big) % MiB == 0
 
 
 @pytest.mark.parametrize(("header", "expected"), [

@@ -8,12 +8,9 @@ memory (one decoded image per thread).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from PIL import Image
 
@@ -30,26 +27,9 @@ def allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-@contextlib.asynccontextmanager
-async def local_path(storage: Storage, key: str) -> AsyncIterator[Path]:
-    """A path to read the object from: the file itself, or a temporary download from S3."""
-    if storage.kind == "file":
-        yield storage.path_for(key)  # type: ignore[attr-defined]
-        return
-    fd, name = tempfile.mkstemp(prefix="stowage-")
-    path = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            async for chunk in storage.read(key):
-                await asyncio.to_thread(f.write, chunk)
-        yield path
-    finally:
-        await asyncio.to_thread(path.unlink, missing_ok=True)
-
-
 async def render(storage: Storage, key: str, specs: Sequence[DerivativeSpec],
                  max_pixels: int | None) -> dict[str, Rendered]:
-    async with local_path(storage, key) as path:
+    async with storage.local_path(key) as path:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(_POOL, lambda: build_all(path, specs,
                                                                    max_pixels=max_pixels))

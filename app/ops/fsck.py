@@ -43,12 +43,10 @@ import asyncio
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -61,8 +59,7 @@ from app.config import Settings
 from app.ops import fsck_repository as repo
 from app.ops import leftovers
 from app.resources import Resources
-from app.storage import FilesystemStorage, S3Storage, Storage, is_reserved
-from app.storage.s3 import _is_not_found
+from app.storage import Storage, is_reserved
 from app.uploads.presigned import PRESIGN_TTL_S, SWEEP_GRACE_S
 from app.webhooks.service import dispatch
 
@@ -265,62 +262,18 @@ UNKNOWN_AGE = _Unknown()
 async def object_modified(storage: Storage, key: str) -> datetime | _Unknown | None:
     """When the object was last written (filesystem mtime, S3 LastModified); None if it is
     gone, UNKNOWN_AGE for a backend that cannot tell."""
-    if isinstance(storage, FilesystemStorage):
-        path = storage.path_for(key)
-        try:
-            mtime = (await asyncio.to_thread(os.stat, path)).st_mtime
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return datetime.fromtimestamp(mtime, UTC)
-    if isinstance(storage, S3Storage):
-        from botocore.exceptions import ClientError
-
-        try:
-            head = await storage.client.head_object(Bucket=storage.bucket,
-                                                    Key=storage.object_key(key))
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return None
-            raise
-        return head["LastModified"]
-    return UNKNOWN_AGE
+    info = await storage.stat(key)
+    if info is None:
+        return None
+    return info.modified_at if info.modified_at is not None else UNKNOWN_AGE
 
 
 # --- where the storages are --------------------------------------------------------------------
 
-def _location(storage: Storage) -> tuple[Any, ...]:
-    if isinstance(storage, FilesystemStorage):
-        return ("file", Path(os.path.realpath(storage.root)))
-    if isinstance(storage, S3Storage):
-        endpoint = getattr(getattr(storage.client, "meta", None), "endpoint_url", None)
-        return ("s3", endpoint, storage.bucket, storage.prefix)
-    return ("other", id(storage))
-
-
 def nested_prefix(outer: Storage, inner: Storage) -> str | None:
     """The key prefix under which `inner`'s objects appear when listing `outer`: "" when
     both are the same place, "sub/" when inner lives inside outer, None when apart."""
-    a, b = _location(outer), _location(inner)
-    if a[0] != b[0] or a[0] == "other":
-        return "" if a == b else None
-    if a[0] == "file":
-        if a[1] == b[1]:
-            return ""
-        try:
-            rel = b[1].relative_to(a[1])
-        except ValueError:
-            return None
-        return rel.as_posix() + "/"
-    if a[1:3] != b[1:3]:
-        return None
-    outer_prefix, inner_prefix = a[3], b[3]
-    if outer_prefix == inner_prefix:
-        return ""
-    if not outer_prefix:
-        return inner_prefix + "/"
-    if inner_prefix.startswith(outer_prefix + "/"):
-        return inner_prefix[len(outer_prefix) + 1:] + "/"
-    return None
+    return outer.placement.prefix_of(inner.placement)
 
 
 @dataclass
@@ -684,7 +637,7 @@ class _Checker:
         registration reads the whole object before the attachment row exists: its key has no
         owner then, however old the object. Registration can only start while the presign
         lives (PRESIGN_TTL_S, then SWEEP_GRACE_S), so an id that young is left alone."""
-        if self.res.cache.kind != "s3" or c.area != "cache" or c.reason != NO_OWNER:
+        if not self.res.cache.direct_upload or c.area != "cache" or c.reason != NO_OWNER:
             return False
         if c.parsed is None or c.parsed.rest != "upload":
             return False

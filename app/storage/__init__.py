@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     Leftover,
     ObjectInfo,
+    Placement,
+    PresignedPost,
     Storage,
     StorageAccessDenied,
     StorageFull,
@@ -26,7 +27,23 @@ from .identity import (
     read_marker,
     write_marker,
 )
-from .s3 import S3Storage, S3StorageError, open_s3_client
+from .resumable import Resumable, ResumableDataLost, ResumableState
+from .url import StorageURL
+
+if TYPE_CHECKING:
+    from .s3 import S3Storage, S3StorageError, open_s3_client
+
+_S3_NAMES = frozenset({"S3Storage", "S3StorageError", "open_s3_client"})
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use: aioboto3 takes half a second to import, which every command
+    # that only reads its settings (StorageURL) would otherwise pay
+    if name in _S3_NAMES:
+        from . import s3
+
+        return getattr(s3, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "MARKER_KEY",
@@ -34,6 +51,11 @@ __all__ = [
     "Leftover",
     "MarkerUnreadable",
     "ObjectInfo",
+    "Placement",
+    "PresignedPost",
+    "Resumable",
+    "ResumableDataLost",
+    "ResumableState",
     "S3Storage",
     "S3StorageError",
     "Storage",
@@ -41,55 +63,28 @@ __all__ = [
     "StorageFull",
     "StorageIdentity",
     "StorageObjectNotFound",
+    "StorageURL",
     "content_disposition",
     "has_data",
     "is_reserved",
     "open_read",
     "open_s3_client",
-    "parse_storage_url",
     "read_marker",
     "storage_from_url",
     "validate_key",
     "write_marker",
 ]
 
-# Permissive on purpose: S3-compatible servers accept names that AWS itself refuses.
-_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
-
-def parse_storage_url(url: str) -> tuple[Literal["file", "s3"], str, str]:
-    """Split a storage URL into (scheme, path_or_bucket, prefix).
-
-    `file://./var/cache` and `file:///abs/path` give ("file", path, ""); the path is taken
-    literally (no percent-decoding, no host part). `s3://BUCKET[/PREFIX]` gives
-    ("s3", bucket, prefix) with the prefix stripped of surrounding slashes.
-    """
-    if url.startswith("file://"):
-        path = url.removeprefix("file://")
-        if not path:
-            raise ValueError(f"storage URL {url!r} has no path (use file://./dir or file:///dir)")
-        return "file", path, ""
-    if url.startswith("s3://"):
-        bucket, _, prefix = url.removeprefix("s3://").partition("/")
-        if not _BUCKET_RE.fullmatch(bucket):
-            raise ValueError(f"storage URL {url!r} needs a valid bucket name: s3://BUCKET[/PREFIX]")
-        prefix = prefix.strip("/")
-        if prefix:
-            try:
-                validate_key(prefix)
-            except ValueError as exc:
-                raise ValueError(f"storage URL {url!r} has an invalid prefix: {exc}") from None
-        return "s3", bucket, prefix
-    raise ValueError(
-        f"unsupported storage URL {url!r}: expected file://PATH or s3://BUCKET[/PREFIX]"
-    )
-
-
-def storage_from_url(url: str, s3_client: Any = None, s3_presign_client: Any = None) -> Storage:
+def storage_from_url(url: str | StorageURL, s3_client: Any = None,
+                     s3_presign_client: Any = None) -> Storage:
     """Build the storage a URL names. `s3://` URLs need an open client (see open_s3_client)."""
-    scheme, location, prefix = parse_storage_url(url)
-    if scheme == "file":
-        return FilesystemStorage(location)
+    parsed = url if isinstance(url, StorageURL) else StorageURL.parse(url)
+    if parsed.scheme == "file":
+        return FilesystemStorage(parsed.location)
     if s3_client is None:
-        raise ValueError(f"storage URL {url!r} needs an S3 client, but none was configured")
-    return S3Storage(s3_client, location, prefix, presign_client=s3_presign_client)
+        raise ValueError(f"storage URL {str(url)!r} needs an S3 client, but none was"
+                         " configured")
+    from .s3 import S3Storage
+
+    return S3Storage(s3_client, parsed.location, parsed.prefix, presign_client=s3_presign_client)

@@ -9,7 +9,12 @@ import os
 import unicodedata
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .resumable import Resumable, ResumableState
 from urllib.parse import quote
 
 from app.errors import InsufficientStorage, StorageMisconfigured
@@ -101,6 +106,41 @@ class ObjectInfo:
     size: int
     # None on the filesystem backend: it keeps no metadata, the database is authoritative.
     content_type: str | None = None
+    # when the object was last written (file mtime, S3 LastModified): fsck judges by it
+    # whether an unowned object may still be an upload in flight
+    modified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a storage's keys live: a space (the filesystem; one bucket at one endpoint) and
+    the path in it under which they start. Two storages can share a space: a store folder
+    inside the cache folder, two prefixes of one bucket."""
+
+    space: tuple[object, ...]
+    root: PurePosixPath  # absolute: "/" is the whole space
+
+    def prefix_of(self, inner: Placement) -> str | None:
+        """The key prefix under which `inner`'s objects appear when listing this storage:
+        "" when both are the same place, "sub/" when inner lives inside, None when apart."""
+        if self.space != inner.space:
+            return None
+        if self.root == inner.root:
+            return ""
+        try:
+            rel = inner.root.relative_to(self.root)
+        except ValueError:
+            return None
+        return rel.as_posix() + "/"
+
+
+@dataclass(frozen=True, slots=True)
+class PresignedPost:
+    """A browser-style form upload straight into the storage: POST `fields` and the file to
+    `url`."""
+
+    url: str
+    fields: dict[str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +166,8 @@ class Storage(Protocol):
     # copy_from may share the data between source and copy (a hard link) unless asked for
     # an independent copy
     shares_copies: bool
+    # clients can upload straight into it (presigned_post), past this service
+    direct_upload: bool
 
     async def write(
         self,
@@ -175,6 +217,27 @@ class Storage(Protocol):
         as_attachment: bool = False,
         method: str = "GET",
     ) -> str | None: ...
+
+    async def presigned_post(self, key: str, *, max_size: int, expires_in: int
+                             ) -> PresignedPost:
+        """A form upload of at most `max_size` bytes to exactly `key`, for a client to send
+        itself. Only where `direct_upload` (NotImplementedError elsewhere)."""
+        ...
+
+    def local_path(self, key: str) -> contextlib.AbstractAsyncContextManager[Path]:
+        """A file holding the object, for readers that need one (Pillow): the file itself,
+        or a temporary copy removed afterwards. StorageObjectNotFound if it is missing."""
+        ...
+
+    def open_resumable(self, key: str, length: int, state: ResumableState) -> Resumable:
+        """Go on with (or start, from ``ResumableState()``) a resumable upload of `length`
+        bytes to `key`; see resumable.py. No I/O until its first call."""
+        ...
+
+    @property
+    def placement(self) -> Placement:
+        """Where its keys live, to tell whether two storages overlap (see Placement)."""
+        ...
 
     def list_leftovers(self, older_than: float, keep: frozenset[str] = frozenset()
                        ) -> AsyncGenerator[Leftover, None]:

@@ -11,8 +11,9 @@ import shutil
 import stat as stat_mod
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterator
-from pathlib import Path
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, TypeVar
 
 from app.failpoints import failpoint
@@ -22,6 +23,8 @@ from .base import (
     TEMP_SUFFIX,
     Leftover,
     ObjectInfo,
+    Placement,
+    PresignedPost,
     Storage,
     StorageObjectNotFound,
     check_range,
@@ -33,6 +36,7 @@ from .base import (
     validate_key,
     validate_prefix,
 )
+from .resumable import Resumable, ResumableState
 
 T = TypeVar("T")
 
@@ -44,6 +48,7 @@ class FilesystemStorage:
     # Chunks from an upload are often small; coalescing them means one thread hop per MiB.
     write_buffer_size = 1 << 20
     shares_copies = True
+    direct_upload = False
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         # Absolute now, so a later chdir cannot silently move the storage.
@@ -124,7 +129,8 @@ class FilesystemStorage:
             return None
         if not stat_mod.S_ISREG(st.st_mode):
             return None
-        return ObjectInfo(size=st.st_size, content_type=None)
+        return ObjectInfo(size=st.st_size, content_type=None,
+                          modified_at=datetime.fromtimestamp(st.st_mtime, UTC))
 
     async def copy_from(
         self,
@@ -186,6 +192,27 @@ class FilesystemStorage:
     ) -> str | None:
         validate_key(key)
         return None
+
+    async def presigned_post(self, key: str, *, max_size: int, expires_in: int
+                             ) -> PresignedPost:
+        raise NotImplementedError("a filesystem storage takes no direct uploads")
+
+    @contextlib.asynccontextmanager
+    async def local_path(self, key: str) -> AsyncIterator[Path]:
+        # the file itself: objects are never changed in place
+        path = self.path_for(key)
+        if not await asyncio.to_thread(path.is_file):
+            raise StorageObjectNotFound(key)
+        yield path
+
+    def open_resumable(self, key: str, length: int, state: ResumableState) -> Resumable:
+        from .file_resumable import FileResumable  # it builds on this module
+
+        return FileResumable(self, key, length)
+
+    @property
+    def placement(self) -> Placement:
+        return Placement(("file",), PurePosixPath(os.path.realpath(self.root)))
 
     async def list_leftovers(self, older_than: float, keep: frozenset[str] = frozenset()
                              ) -> AsyncGenerator[Leftover, None]:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import tempfile
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import aioboto3
@@ -16,6 +19,8 @@ from botocore.exceptions import ClientError
 from .base import (
     Leftover,
     ObjectInfo,
+    Placement,
+    PresignedPost,
     Storage,
     StorageObjectNotFound,
     check_range,
@@ -26,6 +31,7 @@ from .base import (
     validate_key,
     validate_prefix,
 )
+from .resumable import Resumable, ResumableState
 
 # types-aiobotocore is not a dependency; the client is dynamically generated anyway.
 S3Client = Any
@@ -38,6 +44,16 @@ _MAX_PARTS = 10_000
 _MIN_PART_SIZE = 5 * MiB
 _MAX_PART_SIZE = 5 * GiB
 _DELETE_BATCH = 1000
+
+
+def part_size_for(number: int, first: int, length: int | None = None) -> int:
+    """The size of part `number` of a multipart upload: `first` bytes, grown so that the object
+    fits in S3's 10,000 parts. A write of unknown length doubles its parts every 1000; an
+    upload whose length is known (resumable) has parts all of one size, whole MiB."""
+    if length is not None:
+        need = -(-length // _MAX_PARTS)
+        return max(first, -(-need // MiB) * MiB)
+    return min(first << ((number - 1) // 1000), _MAX_PART_SIZE)
 
 
 class S3StorageError(RuntimeError):
@@ -75,8 +91,12 @@ async def open_s3_client(
 class S3Storage:
     kind = "s3"
     shares_copies = False
-    # Upload part size; doubled every 1000 parts so the 10,000-part limit is never hit.
+    direct_upload = True
+    # the first part size of a streamed write (see part_size_for)
     part_size = 8 * MiB
+    # the part size of a resumable upload: the smallest S3 takes, so that a write holds
+    # little in memory and leaves a small tail
+    resumable_part_size = _MIN_PART_SIZE
     # copy_object refuses sources above 5 GiB; those need a multipart copy.
     multipart_copy_threshold = 5 * GiB
     copy_part_size = 512 * MiB
@@ -130,7 +150,7 @@ class S3Storage:
                 for part in page.get("Parts", []):
                     newest = max(newest, part["LastModified"].timestamp())
         except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":
+            if error_code(exc) != "NoSuchUpload":
                 raise
             return 0.0  # finished or aborted meanwhile: not a leftover
         return now - newest if newest else float("inf")
@@ -141,7 +161,7 @@ class S3Storage:
             await self.client.abort_multipart_upload(Bucket=self.bucket, Key=key,
                                                       UploadId=upload_id)
         except ClientError as exc:
-            if _error_code(exc) != "NoSuchUpload":  # finished or aborted meanwhile
+            if error_code(exc) != "NoSuchUpload":  # finished or aborted meanwhile
                 raise
 
     def object_key(self, key: str) -> str:
@@ -159,7 +179,7 @@ class S3Storage:
     ) -> int:
         obj_key = self.object_key(key)
         extra = _object_args(content_type, metadata)
-        upload = _MultipartUpload(self.client, self.bucket, obj_key, extra)
+        upload = MultipartUpload(self.client, self.bucket, obj_key, extra)
         put: asyncio.Future[Any] | None = None
         buf = bytearray()
         total = 0
@@ -167,7 +187,8 @@ class S3Storage:
             async for chunk in chunks:
                 total += len(chunk)
                 view = memoryview(chunk)
-                while len(buf) + len(view) >= (size := self._part_size_for(upload.part_count + 1)):
+                while len(buf) + len(view) >= (
+                        size := part_size_for(upload.part_count + 1, self.part_size)):
                     take = size - len(buf)
                     buf += view[:take]
                     view = view[take:]
@@ -204,7 +225,7 @@ class S3Storage:
         except ClientError as exc:
             if _is_not_found(exc):
                 raise StorageObjectNotFound(key) from None
-            if _error_code(exc) == "InvalidRange":
+            if error_code(exc) == "InvalidRange":
                 # Starting at or past the end yields nothing, as reading a file at EOF does.
                 return
             raise
@@ -220,7 +241,8 @@ class S3Storage:
         head = await self._head(self.bucket, self.object_key(key))
         if head is None:
             return None
-        return ObjectInfo(size=head["ContentLength"], content_type=head.get("ContentType"))
+        return ObjectInfo(size=head["ContentLength"], content_type=head.get("ContentType"),
+                          modified_at=head.get("LastModified"))
 
     async def copy_from(
         self,
@@ -287,7 +309,7 @@ class S3Storage:
         return url
 
     async def presigned_post(self, key: str, *, max_size: int, expires_in: int
-                             ) -> dict[str, Any]:
+                             ) -> PresignedPost:
         """A browser-style POST policy for exactly this key and at most max_size bytes."""
         post: dict[str, Any] = await self.presign_client.generate_presigned_post(
             Bucket=self.bucket,
@@ -295,7 +317,31 @@ class S3Storage:
             Conditions=post_policy_conditions(max_size),
             ExpiresIn=expires_in,
         )
-        return post
+        return PresignedPost(url=post["url"], fields=post["fields"])
+
+    @contextlib.asynccontextmanager
+    async def local_path(self, key: str) -> AsyncIterator[Path]:
+        # a temporary download, removed afterwards
+        fd, name = tempfile.mkstemp(prefix="stowage-")
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in self.read(key):
+                    await asyncio.to_thread(f.write, chunk)
+            yield path
+        finally:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    def open_resumable(self, key: str, length: int, state: ResumableState) -> Resumable:
+        from .s3_resumable import S3Resumable
+
+        return S3Resumable(self, key, length, state)
+
+    @property
+    def placement(self) -> Placement:
+        # the same bucket name on another endpoint is another bucket
+        endpoint = getattr(getattr(self.client, "meta", None), "endpoint_url", None)
+        return Placement(("s3", endpoint, self.bucket), PurePosixPath("/", self.prefix))
 
     async def ping(self) -> None:
         await self.client.head_bucket(Bucket=self.bucket)
@@ -313,7 +359,7 @@ class S3Storage:
         try:
             await self.client.head_bucket(Bucket=self.bucket)
         except ClientError as exc:
-            if _error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(exc) in ("404", "NoSuchBucket", "NotFound"):
                 return False
             raise
         return True
@@ -323,9 +369,6 @@ class S3Storage:
         return None
 
     # -- internals -------------------------------------------------------------------------
-
-    def _part_size_for(self, number: int) -> int:
-        return min(self.part_size << ((number - 1) // 1000), _MAX_PART_SIZE)
 
     def _full_prefix(self, prefix: str) -> str:
         if not self.prefix:
@@ -346,7 +389,7 @@ class S3Storage:
             raise
         return head
 
-    async def _undo_write(self, upload: _MultipartUpload, put: asyncio.Future[Any] | None) -> None:
+    async def _undo_write(self, upload: MultipartUpload, put: asyncio.Future[Any] | None) -> None:
         if put is not None and await _settled_ok(put):
             # The caller is told the write failed, so it must not find the object either.
             await self.client.delete_object(Bucket=self.bucket, Key=upload.key)
@@ -384,7 +427,7 @@ class S3Storage:
         self, src: dict[str, str], dest: str, size: int, extra: dict[str, Any]
     ) -> None:
         part_size = max(self.copy_part_size, math.ceil(size / _MAX_PARTS), _MIN_PART_SIZE)
-        upload = _MultipartUpload(self.client, self.bucket, dest, extra)
+        upload = MultipartUpload(self.client, self.bucket, dest, extra)
         limit = asyncio.Semaphore(self.copy_concurrency)
 
         async def copy_part(number: int, first: int, last: int) -> None:
@@ -428,27 +471,49 @@ class S3Storage:
             )
 
 
-class _MultipartUpload:
-    """One multipart upload, undoable at any point.
+class MultipartUpload:
+    """One multipart upload, undoable at any point: the only one here, for streamed writes,
+    multipart copies and resumable uploads (s3_resumable.py, which resumes one by its id).
 
     Requests whose outcome matters for cleanup (create, complete) run as shielded futures:
     if the caller is cancelled mid-request, `undo` can still learn the upload id, or
     whether the object was already assembled.
     """
 
-    def __init__(self, client: S3Client, bucket: str, key: str, extra: dict[str, Any]) -> None:
+    def __init__(self, client: S3Client, bucket: str, key: str, extra: dict[str, Any],
+                 upload_id: str | None = None) -> None:
         self.client = client
         self.bucket = bucket
         self.key = key
         self.extra = extra
         self.part_count = 0
         self._etags: dict[int, str] = {}
+        # one started elsewhere (a resumable upload's earlier request)
+        self._resumed_id = upload_id
         self._create: asyncio.Future[Any] | None = None
         self._complete: asyncio.Future[Any] | None = None
         # At most one part uploads while the next one is being received.
         self._inflight: asyncio.Task[None] | None = None
 
+    @property
+    def upload_id(self) -> str | None:
+        """Known without a request: resumed, or created and answered."""
+        if self._resumed_id is not None:
+            return self._resumed_id
+        if self._create is not None and self._create.done() and not self._create.cancelled() \
+                and self._create.exception() is None:
+            return str(self._create.result()["UploadId"])
+        return None
+
+    def resume_after(self, parts: list[dict[str, Any]]) -> None:
+        """Go on after these parts ({"PartNumber", "ETag"}, in order): the next part is
+        numbered after them, and one uploaded since under a later number is overwritten."""
+        self._etags = {p["PartNumber"]: p["ETag"] for p in parts}
+        self.part_count = len(parts)
+
     async def start(self) -> str:
+        if self._resumed_id is not None:
+            return self._resumed_id
         if self._create is None:
             self._create = asyncio.ensure_future(
                 self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self.extra)
@@ -460,7 +525,7 @@ class _MultipartUpload:
     async def submit_part(self, body: bytearray) -> None:
         """Start uploading the next part once the previous one has finished."""
         upload_id = await self.start()
-        await self._drain()
+        await self.drain()
         self.part_count += 1
         if self.part_count > _MAX_PARTS:
             raise ValueError("object too large for a multipart upload")
@@ -480,7 +545,7 @@ class _MultipartUpload:
 
     async def complete(self) -> None:
         upload_id = await self.start()
-        await self._drain()
+        await self.drain()
         parts = [{"ETag": etag, "PartNumber": n} for n, etag in sorted(self._etags.items())]
         self._complete = asyncio.ensure_future(
             self.client.complete_multipart_upload(
@@ -514,7 +579,11 @@ class _MultipartUpload:
         )
         self._etags[number] = resp["ETag"]
 
-    async def _drain(self) -> None:
+    def etag(self, number: int) -> str:
+        return self._etags[number]
+
+    async def drain(self) -> None:
+        """Wait for the part in flight; raise its error."""
         if self._inflight is not None:
             # Cleared only on success: undo() must still see a part that failed or was
             # cancelled mid-request.
@@ -538,14 +607,14 @@ def _object_args(content_type: str | None, metadata: dict[str, str] | None) -> d
     return args
 
 
-def _error_code(exc: ClientError) -> str:
+def error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _is_not_found(exc: ClientError) -> bool:
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return _error_code(exc) in _NOT_FOUND_CODES or (
-        status == 404 and _error_code(exc) != "NoSuchBucket"
+    return error_code(exc) in _NOT_FOUND_CODES or (
+        status == 404 and error_code(exc) != "NoSuchBucket"
     )
 
 

@@ -254,7 +254,8 @@ async def open_targets(stack: contextlib.AsyncExitStack, settings: Settings,
     An S3 client, if needed, lives as long as `stack`."""
     urls = {"cache": settings.cache_url, "store": settings.store_url}
     s3 = None
-    if any(urls[r].startswith("s3://") for r in roles):
+    if any(settings.storage_url(r).needs_s3_client for r in roles):
         s3 = await open_s3_client(stack, endpoint_url=settings.s3_endpoint_url,
                                   region=settings.s3_region)
-    return [Target(r, storage_from_url(urls[r], s3_client=s3), urls[r]) for r in roles]
+    return [Target(r, storage_from_url(settings.storage_url(r), s3_client=s3), urls[r])
+            for r in roles]

@@ -25,7 +25,7 @@ SWEEP_GRACE_S = 3600
 
 
 def _require_s3(res: Resources) -> None:
-    if res.cache.kind != "s3":
+    if not res.cache.direct_upload:
         raise InvalidState("presigned uploads need an S3 cache (STOWAGE_CACHE_URL=s3://…);"
                            " this service caches on its filesystem: upload to /v1/attachments")
 
@@ -43,13 +43,12 @@ async def create(res: Resources, app_id: UUID, *, filename: str | None, size: in
     expires_at = datetime.now(UTC) + timedelta(seconds=PRESIGN_TTL_S)
     # the declared size, not the profile's limit, is the most the policy and the
     # registration accept: a client cannot presign a small file and send a large one
-    post = await res.cache.presigned_post(key, max_size=size,  # type: ignore[attr-defined]
-                                          expires_in=PRESIGN_TTL_S)
+    post = await res.cache.presigned_post(key, max_size=size, expires_in=PRESIGN_TTL_S)
     async with res.pool.acquire() as conn:
         await repo.insert(conn, attachment_id=att_id, app_id=app_id, key=key,
                           profile=prof.name, filename=filename, max_size=size,
                           expires_at=expires_at)
-    return {"key": key, "method": "POST", "url": post["url"], "fields": post["fields"],
+    return {"key": key, "method": "POST", "url": post.url, "fields": post.fields,
             "headers": {}, "expires_at": expires_at}
 
 

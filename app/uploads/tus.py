@@ -9,12 +9,11 @@ the upload's own prefix, so an upload resumes on any API instance, after any res
 - One writer at a time: every PATCH (and completion, termination, expiry) first takes a lease
   on the row and renews it while it works. A second PATCH meanwhile gets 423; once a dead
   holder's lease runs out, anyone may take over.
-- The stored offset is always bytes that are durable: the filesystem file is fsynced before
-  the offset moves, S3 parts are durable when UploadPart answers. Bytes written past the
-  stored offset were never acknowledged and are overwritten (or truncated) by the next PATCH.
-- S3: a multipart upload whose parts are all ``part_size_for(length)`` (>= 5 MiB) except the
-  last; the bytes after the last whole part wait in a small "tail" object, merged into the
-  next part by the next PATCH. At most one part is in memory.
+- The stored offset is always bytes that are durable: the cache storage's resumable-upload
+  capability (app/storage/resumable.py) makes them so before it has the offset recorded, with
+  the state it needs to go on (an S3 multipart upload's id and parts, its tail) in the same
+  row. Bytes written past the stored offset were never acknowledged and are overwritten (or
+  truncated) by the next PATCH.
 - Completion: when the last byte is durable the row becomes ``completing`` and the
   attachment's id is chosen and stored in the same UPDATE. The file is then checked where it
   lies (sniffed, held against the profile), linked or copied server-side to that
@@ -33,17 +32,14 @@ import binascii
 import contextlib
 import hashlib
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from uuid import UUID
 
 import asyncpg
-from botocore.exceptions import ClientError
 
 from app.attachments import keys
 from app.attachments import repository as attachments_repo
@@ -58,18 +54,14 @@ from app.errors import (
 )
 from app.ids import uuid7
 from app.observability.metrics import track_upload
-from app.offload import OrderedOffload
 from app.resources import Resources
-from app.storage import StorageObjectNotFound
-from app.storage.base import explain_os_errors, run_shielded
-from app.storage.filesystem import ensure_dir, fsync_dir, start_writeback
+from app.storage import Resumable, ResumableDataLost, ResumableState
+from app.storage.base import run_shielded
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import BLOCK, HashBehind, inspect
 from app.uploads.options import UploadOptions, make_options, parse_options
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "checksum", "expiration")
@@ -86,14 +78,6 @@ METADATA_KEYS = ("filename", "profile", "record_type", "record_id", "record_name
 
 LEASE_SECONDS = 60.0
 LEASE_RENEW_EVERY = 15.0
-
-MiB = 1024 * 1024
-S3_MIN_PART = 5 * MiB
-S3_MAX_PARTS = 10_000
-FS_WRITE_BUFFER = 1 * MiB
-# Without a checksum (which covers the whole PATCH body) progress is made durable every so
-# often, so a server crash in a long PATCH loses at most this much.
-FS_CHECKPOINT_BYTES = 16 * MiB
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -130,10 +114,6 @@ TUS_ERRORS: list[type[StowageError]] = [
     TusUploadNotFound, TusUploadGone, TusOffsetMismatch, TusUploadLocked,
     TusVersionUnsupported, TusChecksumMismatch, TusWrongContentType,
 ]
-
-
-class _DataLost(Exception):
-    """The stored offset promises bytes the storage no longer has."""
 
 
 # --- protocol parsing --------------------------------------------------------------------------
@@ -267,15 +247,11 @@ def storage_key(app_id: UUID, upload_id: UUID) -> str:
     return f"{keys.prefix(app_id, upload_id)}tus"
 
 
-def tail_key(app_id: UUID, upload_id: UUID, end: int) -> str:
-    # named by where it ends: a new tail never overwrites the one the database points at
-    return f"{keys.prefix(app_id, upload_id)}tus-tail-{end}"
-
-
-def part_size_for(length: int) -> int:
-    """S3 part size: 5 MiB, or larger (whole MiB) when the upload needs more than 10,000."""
-    need = -(-length // S3_MAX_PARTS)
-    return max(S3_MIN_PART, -(-need // MiB) * MiB)
+def resumable(res: Resources, row: asyncpg.Record) -> Resumable:
+    """The upload's bytes in the cache storage, as far as the row records them."""
+    state = ResumableState(handle=row["s3_upload_id"], parts=list(row["s3_parts"]),
+                           tail_key=row["tail_key"], tail_size=row["tail_size"])
+    return res.cache.open_resumable(row["storage_key"], row["length"], state)
 
 
 # --- the service -------------------------------------------------------------------------------
@@ -348,10 +324,7 @@ async def append(res: Resources, app_id: UUID, upload_id: UUID, *, offset: int,
         if content_length is not None and offset + content_length > row["length"]:
             raise UploadTooLarge(f"{offset} + {content_length} bytes is over the Upload-Length"
                                  f" of {row['length']}")
-        # the filesystem sink writes the file itself: a full or unwritable disk under it is
-        # a 507 or a configuration error, like any storage's, not an outage (503)
-        with explain_os_errors("write", row["storage_key"]):
-            row = await _receive(res, row, token, chunks, checksum)
+        row = await _receive(res, row, token, chunks, checksum)
         if row["state"] == "completing":
             digest = res.tus_digests.take(row["id"], row["length"])
             row = await _complete(res, row, token,
@@ -452,14 +425,16 @@ async def _release(res: Resources, upload_id: UUID, token: UUID) -> None:
 
 
 async def _save(res: Resources, row: asyncpg.Record, token: UUID, *, offset: int,
-                s3_upload_id: str | None = None, s3_parts: list[dict[str, Any]] | None = None,
-                tail: str | None = None, tail_size: int = 0) -> asyncpg.Record:
-    """Move the durable offset; at the last byte the upload becomes ``completing``."""
+                state: ResumableState | None = None) -> asyncpg.Record:
+    """Move the durable offset (and the storage's state with it); at the last byte the upload
+    becomes ``completing``."""
+    state = state or ResumableState()
     async with res.pool.acquire() as conn:
         new = await repo.save_progress(
             conn, row["id"], token, committed_offset=row["upload_offset"], offset=offset,
-            s3_upload_id=s3_upload_id, s3_parts=s3_parts or [], tail_key=tail,
-            tail_size=tail_size, attachment_id=uuid7() if offset == row["length"] else None,
+            s3_upload_id=state.handle, s3_parts=state.parts, tail_key=state.tail_key,
+            tail_size=state.tail_size,
+            attachment_id=uuid7() if offset == row["length"] else None,
             expiry=expiry_seconds(res), lease=LEASE_SECONDS,
         )
     if new is None:
@@ -472,63 +447,43 @@ async def _save(res: Resources, row: asyncpg.Record, token: UUID, *, offset: int
 async def _receive(res: Resources, row: asyncpg.Record, token: UUID,
                    chunks: AsyncIterable[bytes], checksum: Checksum | None) -> asyncpg.Record:
     """Stream a PATCH body into the upload; returns the row as saved."""
-    checkpoints = checksum is None
-    sink: _FileSink | _S3Sink
-    if res.cache.kind == "s3":
-        sink = _S3Sink(res, row, token, checkpoints)
-    else:
-        sink = _FileSink(res, row, token, checkpoints)
-    try:
-        await sink.open()
-    except _DataLost:
-        await sink.close()
-        await _drop(res, row, token)
-        raise TusUploadGone("the bytes of this upload are lost; start a new upload") from None
+    start = row["upload_offset"]
+    saved = row
+
+    async def keep_progress(offset: int, state: ResumableState) -> None:
+        nonlocal saved
+        saved = await _save(res, saved, token, offset=offset, state=state)
+
     # the whole file's SHA-256 so far (None: not known in this process; the completion then
     # reads the file back), and the PATCH's own Upload-Checksum
-    running = res.tus_digests.take(row["id"], row["upload_offset"])
+    running = res.tus_digests.take(row["id"], start)
     whole = HashBehind(running) if running is not None else None
     body_hash = HashBehind(checksum.new()) if checksum else None
     # a body refused by its checksum is discarded: the hash goes back to this state
     before = running.copy() if running is not None and checksum else None
     hashes = [h for h in (whole, body_hash) if h is not None]
-    room = row["length"] - row["upload_offset"]
+    room = row["length"] - start
     received = 0
-    buf = bytearray()
+    broke: Exception | None = None
 
-    async def push() -> None:
+    async def blocks() -> AsyncIterator[bytes]:
         # network chunks go on in blocks: one thread hop per block for each hash and the write
-        nonlocal buf
-        if buf:
-            block, buf = buf, bytearray()
-            for h in hashes:
-                await h.feed(block)
-            await sink.write(block)
-
-    async def save() -> asyncpg.Record:
-        saved = await sink.save()
-        if whole is not None and saved["upload_offset"] == row["upload_offset"] + received:
-            await whole.drain()
-            res.tus_digests.keep(row["id"], saved["upload_offset"], whole.hasher)
-        return saved
-
-    source = aiter(chunks)
-    try:
+        nonlocal received, broke
+        buf = bytearray()
+        source = aiter(chunks)
         while True:
             try:
                 chunk = await anext(source)
             except StopAsyncIteration:
                 break
-            except Exception:
+            except Exception as exc:
                 # The body broke off (the client went away). tus allows partial progress:
-                # keep what arrived, unless a checksum covers the whole body.
-                if body_hash is None:
-                    try:
-                        await push()
-                        await save()
-                    except Exception:
-                        log.exception("could not keep the partial PATCH of %s", row["id"])
-                raise
+                # keep what arrived (the write ends as if the body had), unless a checksum
+                # covers the whole body (the write is abandoned)
+                if body_hash is not None:
+                    raise
+                broke = exc
+                break
             if not chunk:
                 continue
             received += len(chunk)
@@ -536,247 +491,45 @@ async def _receive(res: Resources, row: asyncpg.Record, token: UUID,
                 raise UploadTooLarge(f"the body goes past the Upload-Length of {row['length']}")
             buf += chunk
             if len(buf) >= BLOCK:
-                await push()
-        await push()
-        if checksum is not None and body_hash is not None and (
-                await body_hash.digest() != checksum.digest):
-            await sink.discard()
+                block, buf = buf, bytearray()
+                for h in hashes:
+                    await h.feed(block)
+                yield block
+        if buf:
+            for h in hashes:
+                await h.feed(buf)
+            yield buf
+
+    async def verify() -> None:
+        assert checksum is not None and body_hash is not None
+        if await body_hash.digest() != checksum.digest:
             if before is not None:  # back at the offset the PATCH started from
-                res.tus_digests.keep(row["id"], row["upload_offset"], before)
+                res.tus_digests.keep(row["id"], start, before)
             raise TusChecksumMismatch(f"the body does not match its {checksum.algorithm}"
                                       " checksum; it was discarded")
-        return await save()
+
+    try:
+        try:
+            await resumable(res, row).write_at(start, blocks(), record=keep_progress,
+                                               verify=verify if checksum else None)
+        except ResumableDataLost:
+            await _drop(res, row, token)
+            raise TusUploadGone("the bytes of this upload are lost; start a new upload"
+                                ) from None
+        except Exception:
+            if broke is not None:
+                log.exception("could not keep the partial PATCH of %s", row["id"])
+                raise broke from None
+            raise
+        if whole is not None and saved["upload_offset"] == start + received:
+            await whole.drain()
+            res.tus_digests.keep(row["id"], saved["upload_offset"], whole.hasher)
+        if broke is not None:
+            raise broke
+        return saved
     finally:
         for h in hashes:
             await run_shielded(h.settle())
-        await run_shielded(sink.close())
-
-
-class _FileSink:
-    """Writes at the stored offset into one file (pwrite, not O_APPEND: a stale writer that
-    lost its lease can then only rewrite the same bytes at the same places)."""
-
-    def __init__(self, res: Resources, row: asyncpg.Record, token: UUID,
-                 checkpoints: bool) -> None:
-        self.res = res
-        self.row = row
-        self.token = token
-        self.checkpoints = checkpoints
-        self.path: Path = res.cache.path_for(row["storage_key"])  # type: ignore[attr-defined]
-        self.pos = row["upload_offset"]
-        self.fd: int | None = None
-        self.buf = bytearray()
-        self._inflight: asyncio.Future[Any] | None = None
-        self._writes = OrderedOffload()
-
-    @property
-    def committed(self) -> int:
-        return int(self.row["upload_offset"])
-
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        await self._settle()
-        # shielded: a cancelled request must not close the fd under a running thread
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        self._inflight = fut
-        return await asyncio.shield(fut)
-
-    async def _settle(self) -> None:
-        """Wait for the queued writes; raises the first one's error."""
-        await self._writes.drain()
-
-    async def open(self) -> None:
-        self.fd = await self._run(_open_upload_file, self.path, self.pos)
-
-    async def write(self, chunk: bytes | bytearray) -> None:
-        """Queue ``chunk``'s write; the caller must not change it afterwards."""
-        if not self.buf and len(chunk) >= FS_WRITE_BUFFER:
-            await self._submit(chunk)  # a whole block already (what _receive sends): no copy
-        else:
-            self.buf += chunk
-            if len(self.buf) < FS_WRITE_BUFFER:
-                return
-            await self._flush()
-        if (self.checkpoints and self.pos - self.committed >= FS_CHECKPOINT_BYTES
-                and self.pos < self.row["length"]):
-            await self._commit()
-
-    async def save(self) -> asyncpg.Record:
-        await self._flush()
-        if self.pos != self.committed:
-            await self._commit()
-        return self.row
-
-    async def discard(self) -> None:
-        self.buf = bytearray()
-        self.pos = self.committed
-        if self.fd is not None:
-            await self._run(os.ftruncate, self.fd, self.committed)
-
-    async def close(self) -> None:
-        await self._writes.settle()
-        if self._inflight is not None:
-            await asyncio.wait([self._inflight])
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    async def _flush(self) -> None:
-        """Queue the buffer's write, behind: the next blocks are received meanwhile."""
-        if self.buf:
-            # a fresh buffer, not clear(): the thread holds the old one
-            buf, self.buf = self.buf, bytearray()
-            await self._submit(buf)
-
-    async def _submit(self, data: bytes | bytearray) -> None:
-        assert self.fd is not None
-        await self._writes.submit(_pwrite_all, self.fd, data, self.pos)
-        self.pos += len(data)
-
-    async def _commit(self) -> None:
-        assert self.fd is not None
-        await self._run(os.fsync, self.fd)  # after the queued writes (_run settles them)
-        self.row = await _save(self.res, self.row, self.token, offset=self.pos)
-
-
-def _open_upload_file(path: Path, offset: int) -> int:
-    created = not path.exists()
-    if created:
-        ensure_dir(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size < offset:
-            raise _DataLost(str(path))
-        if size > offset:
-            os.ftruncate(fd, offset)  # never acknowledged: a PATCH that died before saving
-        if created:
-            fsync_dir(path.parent)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray, pos: int) -> None:
-    start = pos
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, pos)
-        view = view[n:]
-        pos += n
-    start_writeback(fd, start, pos - start)  # the PATCH's closing fsync is then short
-
-
-class _S3Sink:
-    """Fills parts of exactly ``part_size_for(length)`` bytes; what is left over at the end of
-    a PATCH becomes the tail object, and the first bytes of the next part."""
-
-    def __init__(self, res: Resources, row: asyncpg.Record, token: UUID,
-                 checkpoints: bool) -> None:
-        self.res = res
-        self.row = row
-        self.token = token
-        self.checkpoints = checkpoints
-        self.storage: Any = res.cache
-        self.client = self.storage.client
-        self.bucket = self.storage.bucket
-        self.obj_key = self.storage.object_key(row["storage_key"])
-        self.part_size = part_size_for(row["length"])
-        self.upload_id: str | None = row["s3_upload_id"]
-        self.parts: list[dict[str, Any]] = list(row["s3_parts"])
-        self.buf = bytearray()
-
-    @property
-    def position(self) -> int:
-        return sum(p["Size"] for p in self.parts) + len(self.buf)
-
-    async def open(self) -> None:
-        key = self.row["tail_key"]
-        if key:
-            try:
-                async for data in self.storage.read(key):
-                    self.buf += data
-            except StorageObjectNotFound:
-                raise _DataLost(key) from None
-        if self.position != self.row["upload_offset"]:
-            raise _DataLost(self.obj_key)
-
-    async def write(self, chunk: bytes) -> None:
-        view = memoryview(chunk)
-        while len(self.buf) + len(view) >= self.part_size:
-            take = self.part_size - len(self.buf)
-            self.buf += view[:take]
-            view = view[take:]
-            await self._upload_part(self.buf)
-            self.buf = bytearray()
-            if self.checkpoints and self.position < self.row["length"]:
-                await self._commit(self.position, tail=None)
-        self.buf += view
-
-    async def save(self) -> asyncpg.Record:
-        position = self.position
-        if position == self.row["upload_offset"]:
-            return self.row  # nothing new: the buffer is the stored tail
-        tail = None
-        if position == self.row["length"]:
-            if self.parts:
-                if self.buf:
-                    await self._upload_part(self.buf)  # the last part may be small
-            else:
-                # never reached a whole part: one plain object, no multipart upload
-                await self.client.put_object(Bucket=self.bucket, Key=self.obj_key,
-                                             Body=self.buf)
-            self.buf = bytearray()
-        elif self.buf:
-            tail = tail_key(self.row["app_id"], self.row["id"], position)
-            await self.client.put_object(Bucket=self.bucket, Key=self.storage.object_key(tail),
-                                         Body=bytes(self.buf))
-        try:
-            await self._commit(position, tail=tail)
-        except BaseException:
-            if tail:
-                await run_shielded(self.storage.delete(tail))
-            raise
-        return self.row
-
-    async def discard(self) -> None:
-        # parts uploaded by this request but not saved are overwritten by the next one, which
-        # starts from the same part number
-        self.buf = bytearray()
-        self.parts = list(self.row["s3_parts"])
-
-    async def close(self) -> None:
-        return None
-
-    async def _commit(self, offset: int, tail: str | None) -> None:
-        old_tail = self.row["tail_key"]
-        self.row = await _save(self.res, self.row, self.token, offset=offset,
-                               s3_upload_id=self.upload_id, s3_parts=self.parts, tail=tail,
-                               tail_size=len(self.buf) if tail else 0)
-        if old_tail and old_tail != tail:
-            try:
-                await self.storage.delete(old_tail)
-            except Exception as exc:  # removed with the upload's prefix later anyway
-                log.warning("could not delete tus tail %s: %s", old_tail, exc)
-
-    async def _upload_part(self, body: bytearray) -> None:
-        if self.upload_id is None:
-            resp = await self.client.create_multipart_upload(Bucket=self.bucket, Key=self.obj_key)
-            self.upload_id = resp["UploadId"]
-            # recorded at once, so that termination or expiry can always abort it
-            async with self.res.pool.acquire() as conn:
-                row = await repo.set_s3_upload_id(conn, self.row["id"], self.token,
-                                                  self.upload_id)
-            if row is None:
-                await run_shielded(self.client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=self.obj_key, UploadId=self.upload_id))
-                raise TusUploadLocked("another request took this upload over")
-            self.row = row
-        number = len(self.parts) + 1
-        resp = await self.client.upload_part(Bucket=self.bucket, Key=self.obj_key,
-                                             UploadId=self.upload_id, PartNumber=number,
-                                             Body=body)
-        self.parts.append({"PartNumber": number, "ETag": resp["ETag"], "Size": len(body)})
 
 
 # --- completion and removal --------------------------------------------------------------------
@@ -800,8 +553,6 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID, *,
                 # hold the file open (taken_over): its pwrite or ftruncate must not reach the
                 # attachment, so then a real copy first, and the copy is what is checked,
                 # hashed (and stripped in place).
-                if row["length"] == 0 and await res.cache.stat(row["storage_key"]) is None:
-                    await res.cache.write(row["storage_key"], _nothing())
                 att_key = keys.cache_key(app_id, att_id)
                 independent = bool(row["taken_over"]) and res.cache.shares_copies
                 if independent:
@@ -835,32 +586,15 @@ async def _complete(res: Resources, row: asyncpg.Record, token: UUID, *,
 
 
 async def _assemble(res: Resources, row: asyncpg.Record, token: UUID) -> asyncpg.Record:
-    """S3: complete the multipart upload (once; a retry finds it already done)."""
-    if res.cache.kind != "s3" or not row["s3_upload_id"] or not row["s3_parts"]:
+    """Make the upload's object from its bytes (once; a retry finds it already made)."""
+    state = await resumable(res, row).finish()
+    if state.handle == row["s3_upload_id"]:
         return row
-    storage: Any = res.cache
-    parts = [{"ETag": p["ETag"], "PartNumber": p["PartNumber"]} for p in row["s3_parts"]]
-    try:
-        await storage.client.complete_multipart_upload(
-            Bucket=storage.bucket, Key=storage.object_key(row["storage_key"]),
-            UploadId=row["s3_upload_id"], MultipartUpload={"Parts": parts},
-        )
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-            raise
-        info = await storage.stat(row["storage_key"])
-        if info is None or info.size != row["length"]:
-            raise
     async with res.pool.acquire() as conn:
-        new = await repo.set_s3_upload_id(conn, row["id"], token, None)
+        new = await repo.set_s3_upload_id(conn, row["id"], token, state.handle)
     if new is None:
         raise TusUploadLocked("another request took this upload over")
     return new
-
-
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield b""  # an empty async generator
 
 
 async def _attachment_exists(res: Resources, att_id: UUID | None) -> bool:
@@ -882,22 +616,5 @@ async def _drop(res: Resources, row: asyncpg.Record, token: UUID) -> None:
 
 
 async def _delete_data(res: Resources, row: asyncpg.Record) -> None:
-    if res.cache.kind == "s3":
-        await _abort_multipart(res, row)
+    await resumable(res, row).abort()
     await res.cache.delete_prefix(keys.prefix(row["app_id"], row["id"]))
-
-
-async def _abort_multipart(res: Resources, row: asyncpg.Record) -> None:
-    """Abort the upload's multipart upload(s), including one whose id never got saved."""
-    storage: Any = res.cache
-    obj_key = storage.object_key(row["storage_key"])
-    ids = {row["s3_upload_id"]} - {None}
-    resp = await storage.client.list_multipart_uploads(Bucket=storage.bucket, Prefix=obj_key)
-    ids |= {u["UploadId"] for u in resp.get("Uploads", []) if u["Key"] == obj_key}
-    for upload_id in ids:
-        try:
-            await storage.client.abort_multipart_upload(Bucket=storage.bucket, Key=obj_key,
-                                                        UploadId=upload_id)
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                raise
