@@ -33,7 +33,7 @@ from app.observability import metrics
 from app.resources import Resources
 from app.storage import S3Storage, file_resumable
 from app.storage.s3 import part_size_for as s3_part_size_for
-from app.uploads import tus
+from app.uploads import tus, tus_protocol
 from app.uploads.tus_routes import router as tus_router
 from tests.conftest import (
     AppKey,
@@ -964,7 +964,7 @@ def test_part_size():
     ("k " + b64("é"), {"k": "é"}),
 ])
 def test_parse_metadata(header, expected):
-    assert tus.parse_metadata(header) == expected
+    assert tus_protocol.parse_metadata(header) == expected
 
 
 def test_upload_ids_are_uuids():

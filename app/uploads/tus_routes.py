@@ -29,7 +29,8 @@ from app.uploads.options import (
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
 )
-from app.uploads.tus import (
+from app.uploads.tus import UploadStatus
+from app.uploads.tus_protocol import (
     CHECKSUM_ALGORITHMS,
     OFFSET_CONTENT_TYPE,
     TUS_EXTENSIONS,
@@ -37,7 +38,8 @@ from app.uploads.tus import (
     TusUploadNotFound,
     TusVersionUnsupported,
     TusWrongContentType,
-    UploadStatus,
+    parse_checksum,
+    parse_length,
 )
 
 
@@ -153,7 +155,7 @@ def _status_headers(status: UploadStatus) -> dict[str, str]:
 
 def _content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
-    return tus.parse_length("Content-Length", value) if value is not None else None
+    return parse_length("Content-Length", value) if value is not None else None
 
 
 def _is_offset_stream(request: Request) -> bool:
@@ -217,9 +219,9 @@ async def create_upload(
         raise MalformedRequest("the concatenation extension is not supported")
     if request.headers.get("upload-length") is None and request.headers.get("upload-defer-length"):
         raise MalformedRequest("Upload-Defer-Length is not supported; send Upload-Length")
-    length = tus.parse_length("Upload-Length", request.headers.get("upload-length"))
+    length = parse_length("Upload-Length", request.headers.get("upload-length"))
     with_body = _is_offset_stream(request)
-    checksum = tus.parse_checksum(request.headers.get("upload-checksum")) if with_body else None
+    checksum = parse_checksum(request.headers.get("upload-checksum")) if with_body else None
     content_length = _content_length(request) if with_body else None
     status = await tus.create(res, app_id, length=length,
                               metadata_header=request.headers.get("upload-metadata"))
@@ -281,8 +283,8 @@ async def patch_upload(
     if not _is_offset_stream(request):
         raise TusWrongContentType(f"send the bytes as Content-Type: {OFFSET_CONTENT_TYPE}")
     upload = _upload_id(upload_id)
-    offset = tus.parse_length("Upload-Offset", request.headers.get("upload-offset"))
-    checksum = tus.parse_checksum(request.headers.get("upload-checksum"))
+    offset = parse_length("Upload-Offset", request.headers.get("upload-offset"))
+    checksum = parse_checksum(request.headers.get("upload-checksum"))
     status = await tus.append(res, app_id, upload, offset=offset, chunks=request.stream(),
                               content_length=_content_length(request), checksum=checksum)
     return Response(status_code=204, headers=_status_headers(status))
