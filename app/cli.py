@@ -176,7 +176,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
-    from app.ops.fsck import fsck_with_settings, render
+    from app.ops.fsck import fsck_with_settings
+    from app.ops.fsck_report import render
 
     if args.force and not args.repair:
         raise ConfigError("--force goes with --repair")

@@ -34,18 +34,18 @@ damage, that fsck looks at another storage than the database describes. The chec
 (a listing without changes), and the repair that follows never exceeds those limits either.
 The identity marker of each storage (``_stowage/``) is neither listed nor counted.
 
-Free of FastAPI and arq; SQL is in fsck_repository.py.
+Free of FastAPI and arq. The key grammar and ownership rules are in fsck_keys.py, the report
+in fsck_report.py, the SQL in fsck_repository.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -58,6 +58,24 @@ from app.bootstrap import build_resources
 from app.config import Settings
 from app.ops import fsck_repository as repo
 from app.ops import leftovers
+from app.ops.fsck_keys import (
+    DOCTOR_PROBE,
+    LIVE,
+    NO_OWNER,
+    ORPHAN,
+    ParsedKey,
+    classify,
+    load_owners,
+    parse_key,
+    uuid7_time,
+)
+from app.ops.fsck_report import (
+    EXAMPLES,
+    BrokenAttachment,
+    FsckReport,
+    Orphan,
+    human_seconds,
+)
 from app.resources import Resources
 from app.storage import Storage, is_reserved
 from app.uploads.presigned import PRESIGN_TTL_S, SWEEP_GRACE_S
@@ -67,7 +85,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S = 3600.0
 BATCH_SIZE = 1000
-EXAMPLES = 20
 # stat/HEAD requests in flight at once while judging orphan candidates and broken rows
 STAT_CONCURRENCY = 16
 # repairs lock this many attachments at a time
@@ -83,171 +100,12 @@ def repair_limit(total: int) -> int:
     """How many of `total` a repair may change without --force."""
     return max(MAX_ITEMS, math.floor(total * MAX_SHARE))
 
-# Verdicts of the ownership check of one key.
-LIVE = "live"  # a file an attachment serves right now
-PENDING = "pending"  # owned by work not finished yet (promotion, purge, tus, presign)
-ORPHAN = "orphan"
-
-# Why an object is an orphan (the `reason` of an example).
-NO_OWNER = "no_owner"  # no attachment, presign or tus upload with this id
-WRONG_APP = "wrong_app"  # the id exists, but in another app
-DELETED = "deleted"  # the attachment is deleted and its files were purged
-CACHE_PURGED = "cache_purged"  # the cached copy of a stored/failed attachment, purged
-FAILED = "failed"  # a store file of a failed attachment
-UNREFERENCED = "unreferenced"  # not the original nor a current derivative (old generation)
-UNEXPECTED = "unexpected_key"  # a cache key Stowage never makes inside an attachment prefix
-DOCTOR_PROBE = "doctor_probe"  # a `stowage doctor` probe left behind
-
-
 def grace_seconds(value: str) -> float:
     """argparse type for --grace: a non-negative number of seconds."""
     seconds = float(value)
     if not seconds >= 0:  # also refuses nan
         raise ValueError(f"grace must be >= 0 seconds, got {value!r}")
     return seconds
-
-
-# --- keys --------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class ParsedKey:
-    """`{app_id}/{owner_id}/{rest}`: owner_id is an attachment's or a tus upload's id."""
-
-    app_id: UUID
-    owner_id: UUID
-    rest: str
-
-
-def parse_key(key: str) -> ParsedKey | None:
-    parts = key.split("/", 2)
-    if len(parts) != 3 or not parts[2]:
-        return None
-    app, owner, rest = parts
-    try:
-        app_id, owner_id = UUID(app), UUID(owner)
-    except ValueError:
-        return None
-    if str(app_id) != app or str(owner_id) != owner:  # keys only ever hold the canonical form
-        return None
-    return ParsedKey(app_id, owner_id, rest)
-
-
-def uuid7_time(value: UUID) -> float | None:
-    """Creation time (epoch seconds) of a UUIDv7, None for other versions."""
-    if value.version != 7:
-        return None
-    return (value.int >> 80) / 1000
-
-
-# --- ownership ---------------------------------------------------------------------------------
-
-@dataclass
-class Owners:
-    """The rows that may own the keys of one batch."""
-
-    attachments: dict[UUID, Any] = field(default_factory=dict)
-    presigns: dict[UUID, Any] = field(default_factory=dict)  # by attachment id
-    tus: dict[UUID, Any] = field(default_factory=dict)  # by tus upload id
-    tus_completing: dict[UUID, Any] = field(default_factory=dict)  # by attachment id
-
-
-Verdict = tuple[str, str | None]  # (LIVE | PENDING | ORPHAN, reason)
-
-
-def classify_cache(key: str, p: ParsedKey, owners: Owners) -> Verdict:
-    tus = owners.tus.get(p.owner_id)
-    if tus is not None and tus["app_id"] == p.app_id:
-        return PENDING, "tus upload"  # its bytes and tails; removed with it
-    att = owners.attachments.get(p.owner_id)
-    if p.rest != "upload":
-        # e.g. the bytes of a tus upload whose row is gone
-        return ORPHAN, (UNEXPECTED if att is not None else NO_OWNER)
-    if att is not None:
-        if att["app_id"] != p.app_id:
-            return ORPHAN, WRONG_APP
-        state = att["state"]
-        if state == "cached":
-            if att["storage"] == "cache" and att["key"] == key:
-                return LIVE, None
-            return ORPHAN, UNREFERENCED
-        if state in ("stored", "failed"):
-            return (PENDING, "cache purge") if att["cache_purged_at"] is None else (
-                ORPHAN, CACHE_PURGED)
-        return (PENDING, "destroy") if att["purged_at"] is None else (ORPHAN, DELETED)
-    presign = owners.presigns.get(p.owner_id)
-    if presign is not None and presign["app_id"] == p.app_id and presign["key"] == key:
-        return PENDING, "presigned upload"
-    completing = owners.tus_completing.get(p.owner_id)
-    if completing is not None and completing["app_id"] == p.app_id:
-        return PENDING, "tus completion"
-    return ORPHAN, NO_OWNER
-
-
-def classify_store(key: str, p: ParsedKey, owners: Owners) -> Verdict:
-    att = owners.attachments.get(p.owner_id)
-    if att is None:
-        return ORPHAN, NO_OWNER
-    if att["app_id"] != p.app_id:
-        return ORPHAN, WRONG_APP
-    state = att["state"]
-    if state == "cached":
-        return PENDING, "promotion"  # a promotion writes here before the row says stored
-    if state == "stored":
-        if att["storage"] == "store" and att["key"] == key:
-            return LIVE, None
-        if key in derivative_keys(att):
-            return LIVE, None
-        return ORPHAN, UNREFERENCED
-    if state == "failed":
-        return ORPHAN, FAILED
-    return (PENDING, "destroy") if att["purged_at"] is None else (ORPHAN, DELETED)
-
-
-def derivative_keys(att: Any) -> set[str]:
-    out = set()
-    for d in (att["derivatives"] or {}).values():
-        if isinstance(d, dict) and isinstance(d.get("key"), str):
-            out.add(d["key"])
-    return out
-
-
-_CLASSIFIERS: dict[str, Callable[[str, ParsedKey, Owners], Verdict]] = {
-    "cache": classify_cache, "store": classify_store,
-}
-
-
-def classify(areas: tuple[str, ...], key: str, p: ParsedKey, owners: Owners
-             ) -> tuple[Verdict, list[str]]:
-    """The verdict over every storage the key may belong to (two when cache and store share
-    one location), and the storages in which it is a live file."""
-    verdicts = [(area, _CLASSIFIERS[area](key, p, owners)) for area in areas]
-    live = [area for area, (kind, _) in verdicts if kind == LIVE]
-    if live:
-        return (LIVE, None), live
-    for _, v in verdicts:
-        if v[0] == PENDING:
-            return v, []
-    reasons = [v[1] for _, v in verdicts]
-    return (ORPHAN, next((r for r in reasons if r != UNEXPECTED), reasons[0])), []
-
-
-async def load_owners(conn: asyncpg.Connection, parsed: Iterable[ParsedKey],
-                      tables: set[str]) -> Owners:
-    parsed = list(parsed)
-    ids = sorted({p.owner_id for p in parsed})
-    owners = Owners()
-    owners.attachments = {r["id"]: r for r in await repo.attachments_by_id(conn, ids)}
-    rowless = sorted({p.owner_id for p in parsed
-                      if p.rest == "upload" and p.owner_id not in owners.attachments})
-    if "presigned_uploads" in tables:
-        owners.presigns = {r["attachment_id"]: r
-                           for r in await repo.presigns_by_attachment_id(conn, rowless)}
-    if "tus_uploads" in tables:
-        tus_ids = [i for i in ids if i not in owners.attachments]
-        owners.tus = {r["id"]: r for r in await repo.tus_by_id(conn, tus_ids)}
-        owners.tus_completing = {r["attachment_id"]: r
-                                 for r in await repo.tus_completing_for(conn, rowless)}
-    return owners
 
 
 # --- object age --------------------------------------------------------------------------------
@@ -298,139 +156,6 @@ def plan_passes(cache: Storage, store: Storage) -> list[_Pass]:
         _Pass(cache, ("cache",), (store_in_cache,) if store_in_cache else ()),
         _Pass(store, ("store",), (cache_in_store,) if cache_in_store else ()),
     ]
-
-
-# --- the report --------------------------------------------------------------------------------
-
-@dataclass
-class Orphan:
-    storage: str
-    key: str
-    reason: str
-    owner_id: str | None  # the id in the key: an attachment's or a tus upload's
-    age_s: float | None
-    removed: bool = False
-
-
-@dataclass
-class BrokenAttachment:
-    attachment_id: str
-    app_id: str
-    state: str
-    missing: list[str]  # "store:{key}"
-    marked_failed: bool = False
-
-
-@dataclass
-class FsckReport:
-    repair: bool
-    grace_s: float
-    started_at: str = ""
-    duration_s: float = 0.0
-    scanned: dict[str, int] = field(default_factory=dict)  # objects listed, per storage
-    orphans: int = 0
-    orphans_removed: int = 0
-    recent: int = 0  # unowned but younger than the grace period: left alone
-    unrecognized: int = 0  # keys Stowage never makes: reported, never removed
-    broken: int = 0
-    broken_repaired: int = 0
-    attachments_checked: int = 0  # live attachments whose files were looked for
-    skipped_busy: int = 0  # repairs skipped because a worker job held the attachment
-    # why the repair was refused (too much to change without --force); nothing was changed
-    refused: str | None = None
-    # repairs left undone because they would have gone past the limits (without --force)
-    held_back: int = 0
-    # temp files and unfinished multipart uploads of writers that died (older than the grace)
-    leftovers: int = 0
-    leftovers_removed: int = 0
-    leftover_bytes: int = 0
-    leftover_examples: list[str] = field(default_factory=list)
-    examples_limit: int = EXAMPLES
-    orphan_examples: list[Orphan] = field(default_factory=list)
-    broken_examples: list[BrokenAttachment] = field(default_factory=list)
-    unrecognized_examples: list[str] = field(default_factory=list)
-
-    @property
-    def problems(self) -> int:
-        return self.orphans + self.broken + self.unrecognized + self.leftovers
-
-    @property
-    def clean(self) -> bool:
-        return self.problems == 0
-
-    @property
-    def unresolved(self) -> int:
-        return (self.orphans - self.orphans_removed) + (self.broken - self.broken_repaired) \
-            + self.unrecognized + (self.leftovers - self.leftovers_removed)
-
-    @property
-    def objects_scanned(self) -> int:
-        return sum(self.scanned.values())
-
-    @property
-    def exit_code(self) -> int:
-        """0 when nothing is wrong or everything found was repaired, else 1."""
-        return 0 if self.unresolved == 0 and self.refused is None else 1
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update(clean=self.clean, unresolved=self.unresolved, exit_code=self.exit_code,
-                   objects_scanned=self.objects_scanned)
-        return out
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def to_text(self) -> str:
-        scanned = ", ".join(f"{name} {n}" for name, n in self.scanned.items()) or "none"
-        lines = [f"objects scanned: {scanned}, in {self.duration_s:.1f}s"
-                 f" (grace {self.grace_s:g}s{', repair' if self.repair else ''})"]
-        lines.append(f"orphans: {self.orphans}"
-                     + (f" (removed {self.orphans_removed})" if self.repair else ""))
-        for o in self.orphan_examples:
-            age = "age ?" if o.age_s is None else f"age {_human(o.age_s)}"
-            done = "  removed" if o.removed else ""
-            lines.append(f"  {o.storage:<5}  {o.key}  {o.reason}  {age}{done}")
-        lines.append(f"broken attachments: {self.broken}"
-                     + (f" (marked failed {self.broken_repaired})" if self.repair else ""))
-        for b in self.broken_examples:
-            done = "  -> failed" if b.marked_failed else ""
-            lines.append(f"  {b.attachment_id}  {b.state}  missing {', '.join(b.missing)}"
-                         f"{done}")
-        if self.leftovers:
-            lines.append(f"leftovers of interrupted writes: {self.leftovers}"
-                         f" ({self.leftover_bytes} bytes"
-                         + (f", removed {self.leftovers_removed})" if self.repair else ")"))
-            lines += [f"  {x}" for x in self.leftover_examples]
-        if self.unrecognized:
-            lines.append(f"unrecognized keys (never removed): {self.unrecognized}")
-            lines += [f"  {k}" for k in self.unrecognized_examples]
-        if self.recent:
-            lines.append(f"recent unowned objects (younger than the grace period, left alone):"
-                         f" {self.recent}")
-        if self.skipped_busy:
-            lines.append(f"not repaired, a worker job held the attachment: {self.skipped_busy}")
-        if self.held_back:
-            lines.append(f"not repaired, past the limit of a repair without --force:"
-                         f" {self.held_back}")
-        if self.refused is not None:
-            lines.append(f"REFUSED TO REPAIR: {self.refused}")
-            lines.append(f"problems found: {self.unresolved}, nothing changed")
-        elif self.clean:
-            lines.append("clean")
-        elif self.unresolved == 0:
-            lines.append("problems found, all repaired")
-        else:
-            lines.append(f"problems found: {self.unresolved} unresolved"
-                         + ("" if self.repair else " (run with --repair to fix)"))
-        return "\n".join(lines)
-
-
-def _human(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
 
 
 # --- the check ---------------------------------------------------------------------------------
@@ -487,10 +212,6 @@ async def fsck_with_settings(settings: Settings, *, repair: bool = False,
     """For the CLI: build the resources, run, close them."""
     async with build_resources(settings) as res:
         return await fsck(res, repair=repair, grace=grace, examples=examples, force=force)
-
-
-def render(report: FsckReport, *, as_json: bool) -> str:
-    return report.to_json() if as_json else report.to_text()
 
 
 @dataclass
@@ -555,7 +276,7 @@ class _Checker:
                 removed = True
             if len(self.report.leftover_examples) < self.examples:
                 self.report.leftover_examples.append(
-                    f"{name}: {leftover.name}  age {_human(leftover.age_s)}"
+                    f"{name}: {leftover.name}  age {human_seconds(leftover.age_s)}"
                     + ("  removed" if removed else ""))
 
     # -- listing and ownership -----------------------------------------------------------------
