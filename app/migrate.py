@@ -3,12 +3,20 @@
 The SQL files are package data (``app.migrations``, installed from the top-level migrations/
 folder), so an installed wheel migrates from anywhere; STOWAGE_MIGRATIONS_DIR overrides them
 with a folder of the operator's.
+
+A migration runs in one transaction, unless its first line is ``-- stowage: no-transaction``:
+then its statements (separated by a ``;`` at the end of a line) run one by one, outside any
+transaction, which ``CREATE INDEX CONCURRENTLY`` needs so that indexing a big table does not
+lock writes out for the time it takes. Such a migration must be safe to run again from the
+start (``IF NOT EXISTS``), as it is after a crash half-way; an index a crash left invalid is
+dropped first, since ``IF NOT EXISTS`` would keep it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -27,6 +35,31 @@ def default_migrations() -> Traversable:
 
 # Any constant works; it only has to be the same in every process that migrates.
 _LOCK_ID = 0x5707A6E
+
+NO_TRANSACTION = "-- stowage: no-transaction"
+_CONCURRENT_INDEX = re.compile(
+    r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+CONCURRENTLY\s+IF\s+NOT\s+EXISTS\s+(\w+)", re.I)
+
+
+def statements(sql: str) -> list[str]:
+    """The statements of a no-transaction migration: split at a ';' that ends a line (such a
+    migration holds plain DDL, no function bodies)."""
+    return [s.strip() for s in re.split(r";[ \t]*(?:--[^\n]*)?\n", sql + "\n") if s.strip()
+            and not all(line.strip().startswith("--") or not line.strip()
+                        for line in s.strip().splitlines())]
+
+
+async def _apply_without_transaction(conn: asyncpg.Connection, sql: str) -> None:
+    for name in _CONCURRENT_INDEX.findall(sql):
+        invalid = await conn.fetchval(
+            "SELECT c.relname FROM pg_class c JOIN pg_index i ON i.indexrelid = c.oid"
+            " WHERE c.relname = $1 AND c.relnamespace = 'public'::regnamespace"
+            " AND NOT i.indisvalid", name)
+        if invalid:
+            log.warning("dropping index %s, left invalid by an interrupted migration", name)
+            await conn.execute(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+    for statement in statements(sql):
+        await conn.execute(statement)
 
 
 def migration_files(directory: Traversable | None = None) -> list[Traversable]:
@@ -85,11 +118,17 @@ async def migrate(dsn: str, directory: Traversable | None = None) -> list[str]:
             for path in files:
                 if path.name in done:
                     continue
-                async with conn.transaction():
-                    await conn.execute(path.read_text())
+                sql = path.read_text()
+                if sql.startswith(NO_TRANSACTION):
+                    await _apply_without_transaction(conn, sql)
                     await conn.execute(
-                        "INSERT INTO schema_migrations (version) VALUES ($1)", path.name
-                    )
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", path.name)
+                else:
+                    async with conn.transaction():
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO schema_migrations (version) VALUES ($1)", path.name
+                        )
                 applied.append(path.name)
                 log.info("applied migration %s", path.name)
         finally:

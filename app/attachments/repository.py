@@ -9,6 +9,7 @@ from uuid import UUID
 import asyncpg
 
 from app.db import keep_session_state
+from app.sql import Where
 
 COLUMNS = (
     "id, app_id, profile, state, storage, key, filename, mime_type, size, sha256, metadata,"
@@ -119,6 +120,9 @@ async def get_for_app(
     )
 
 
+STATES = frozenset({"cached", "stored", "failed", "deleted"})
+
+
 async def list_for_app(
     conn: asyncpg.Connection,
     app_id: UUID,
@@ -130,15 +134,17 @@ async def list_for_app(
     before: UUID | None,
     limit: int,
 ) -> list[asyncpg.Record]:
+    where = Where()  # only the filters given: see app.sql
+    where.add("app_id = {}", app_id)
+    where.add_known("state", state, STATES)
+    for column, value in (("record_type", record_type), ("record_id", record_id),
+                          ("record_name", record_name)):
+        where.add_if(column + " = {}", value)
+    where.add_if("id < {}", before)
     return await conn.fetch(
-        f"SELECT {COLUMNS} FROM attachments WHERE app_id = $1"
-        " AND ($2::text IS NULL OR state = $2)"
-        " AND ($3::text IS NULL OR record_type = $3)"
-        " AND ($4::text IS NULL OR record_id = $4)"
-        " AND ($5::text IS NULL OR record_name = $5)"
-        " AND ($6::uuid IS NULL OR id < $6)"
-        " ORDER BY id DESC LIMIT $7",
-        app_id, state, record_type, record_id, record_name, before, limit,
+        f"SELECT {COLUMNS} FROM attachments WHERE {where.sql()}"
+        f" ORDER BY id DESC LIMIT {int(limit)}",
+        *where.args,
     )
 
 

@@ -11,6 +11,9 @@ from uuid import UUID
 
 import asyncpg
 
+from app.attachments.repository import STATES
+from app.sql import Where
+
 # --- overview --------------------------------------------------------------------------------
 
 async def apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
@@ -116,26 +119,33 @@ async def list_attachments(
     limit: int,
 ) -> list[asyncpg.Record]:
     """Newest first (ids are UUIDv7), every filter optional; `before` is the cursor."""
+    where = Where()  # only the filters given: see app.sql
+    where.add_known("t.state", state, STATES)
+    for condition, value in (("t.app_id = {}", app_id),
+                             ("t.profile = {}", profile), ("t.record_type = {}", record_type),
+                             ("t.record_id = {}", record_id),
+                             ("t.record_name = {}", record_name),
+                             ("t.created_at >= {}", created_from),
+                             ("t.created_at < {}", created_to), ("t.id < {}", before)):
+        where.add_if(condition, value)
     return await conn.fetch(
         f"SELECT {LIST_COLUMNS} FROM attachments t JOIN apps a ON a.id = t.app_id"
-        " WHERE ($1::uuid IS NULL OR t.app_id = $1)"
-        " AND ($2::text IS NULL OR t.state = $2)"
-        " AND ($3::text IS NULL OR t.profile = $3)"
-        " AND ($4::text IS NULL OR t.record_type = $4)"
-        " AND ($5::text IS NULL OR t.record_id = $5)"
-        " AND ($6::text IS NULL OR t.record_name = $6)"
-        " AND ($7::timestamptz IS NULL OR t.created_at >= $7)"
-        " AND ($8::timestamptz IS NULL OR t.created_at < $8)"
-        " AND ($9::uuid IS NULL OR t.id < $9)"
-        " ORDER BY t.id DESC LIMIT $10",
-        app_id, state, profile, record_type, record_id, record_name, created_from,
-        created_to, before, limit,
+        f" WHERE {where.sql()} ORDER BY t.id DESC LIMIT {int(limit)}",
+        *where.args,
     )
 
 
 async def profiles_in_use(conn: asyncpg.Connection) -> list[str]:
     """Profile names found on attachments: a profile removed from the file still has them."""
-    rows = await conn.fetch("SELECT DISTINCT profile FROM attachments ORDER BY profile")
+    # a skip scan of attachments_profile: one index probe per profile, not a read of every
+    # row (Postgres has no loose index scan of its own)
+    rows = await conn.fetch(
+        "WITH RECURSIVE p AS ("
+        " (SELECT profile FROM attachments ORDER BY profile LIMIT 1)"
+        " UNION ALL"
+        " SELECT (SELECT profile FROM attachments WHERE profile > p.profile"
+        "         ORDER BY profile LIMIT 1) FROM p WHERE p.profile IS NOT NULL)"
+        " SELECT profile FROM p WHERE profile IS NOT NULL")
     return [r["profile"] for r in rows]
 
 
