@@ -14,6 +14,7 @@ dropped first, since ``IF NOT EXISTS`` would keep it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ def default_migrations() -> Traversable:
 
 # Any constant works; it only has to be the same in every process that migrates.
 _LOCK_ID = 0x5707A6E
+LOCK_POLL_S = 0.2
 
 NO_TRANSACTION = "-- stowage: no-transaction"
 _CONCURRENT_INDEX = re.compile(
@@ -108,7 +110,12 @@ async def migrate(dsn: str, directory: Traversable | None = None) -> list[str]:
     conn = await asyncpg.connect(dsn)
     applied: list[str] = []
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        # Wait by polling, not in pg_advisory_lock: a session blocked in that call sits in
+        # an open transaction, and CREATE INDEX CONCURRENTLY in the session holding the lock
+        # waits for every open transaction to end: a deadlock between two `stowage migrate`.
+        # (no event to wait on: the holder is another process)
+        while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", _LOCK_ID):  # noqa: ASYNC110
+            await asyncio.sleep(LOCK_POLL_S)
         try:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("

@@ -3,6 +3,7 @@ work, so whatever Redis lost is found here and enqueued again."""
 
 from __future__ import annotations
 
+from app import counts
 from app.attachments import service as attachments
 from app.attachments.service import SweepReport
 from app.auth import service as auth
@@ -20,4 +21,6 @@ async def sweep(res: Resources) -> SweepReport | None:
     report.presigns_expired = await presigned.sweep_expired(res)
     report.tus_expired = await tus.expire_uploads(res)
     report.apps_removed = await auth.sweep_deleted_apps(res.pool)
+    async with res.pool.acquire() as conn:
+        await counts.fold(conn)  # keeps reading the counts O(apps)
     return report

@@ -22,6 +22,7 @@ import pytest
 from app.attachments import repository as attachments_repo
 from app.dashboard import repository as dashboard_repo
 from app.migrate import migrate
+from app.ops import repository as ops_repo
 from tests.conftest import PG_BASE
 
 ROWS = 20_000
@@ -179,6 +180,11 @@ QUERIES = {
     "sweep: deleted, not purged": lambda c: attachments_repo.unpurged_deleted(c, 60),
     "sweep: cache leftovers": lambda c: attachments_repo.cache_leftovers(c, 60),
     "dashboard: profiles in use": lambda c: dashboard_repo.profiles_in_use(c),
+    "dashboard: counts per app": lambda c: dashboard_repo.state_counts(c),
+    "dashboard: webhooks per app": lambda c: dashboard_repo.webhook_counts(c, 3600),
+    "dashboard: endpoints": lambda c: dashboard_repo.endpoints_with_health(c, None, 20),
+    "metrics: attachments by state": lambda c: ops_repo.attachments_by_state(c),
+    "metrics: deliveries by status": lambda c: ops_repo.deliveries_by_status(c),
     "dashboard: list of a slot": lambda c: dashboard_repo.list_attachments(
         c, app_id=None, state=None, profile=None, record_type="user", record_id="42",
         record_name=None, created_from=None, created_to=None, before=None, limit=50),

@@ -21,15 +21,17 @@ async def apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 
 
 async def state_counts(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    """Attachments per state, one row per app (apps without any included)."""
+    """Attachments per state, one row per app (apps without any included), from the counts
+    the triggers keep (migration 0014): O(apps), not O(attachments)."""
     return await conn.fetch(
         "SELECT a.id AS app_id, a.name,"
-        " count(t.id) FILTER (WHERE t.state = 'cached') AS cached,"
-        " count(t.id) FILTER (WHERE t.state = 'stored') AS stored,"
-        " count(t.id) FILTER (WHERE t.state = 'failed') AS failed,"
-        " count(t.id) FILTER (WHERE t.state = 'deleted') AS deleted,"
-        " count(t.id) AS total"
-        " FROM apps a LEFT JOIN attachments t ON t.app_id = a.id"
+        " coalesce(sum(c.n) FILTER (WHERE c.value = 'cached'), 0)::bigint AS cached,"
+        " coalesce(sum(c.n) FILTER (WHERE c.value = 'stored'), 0)::bigint AS stored,"
+        " coalesce(sum(c.n) FILTER (WHERE c.value = 'failed'), 0)::bigint AS failed,"
+        " coalesce(sum(c.n) FILTER (WHERE c.value = 'deleted'), 0)::bigint AS deleted,"
+        " coalesce(sum(c.n), 0)::bigint AS total"
+        " FROM apps a LEFT JOIN current_row_counts c"
+        "   ON c.kind = 'attachments' AND c.scope = a.id"
         " GROUP BY a.id, a.name ORDER BY a.name, a.id"
     )
 
@@ -76,8 +78,8 @@ async def webhook_counts(conn: asyncpg.Connection, failed_window_s: int
         " count(*) FILTER (WHERE NOT ep.enabled) AS disabled,"
         " coalesce(sum(p.n), 0)::bigint AS pending, coalesce(sum(f.n), 0)::bigint AS failed"
         " FROM webhook_endpoints ep"
-        " LEFT JOIN LATERAL (SELECT count(*) AS n FROM webhook_deliveries d"
-        "   WHERE d.endpoint_id = ep.id AND d.status = 'pending') p ON true"
+        " LEFT JOIN current_row_counts p"
+        "   ON p.kind = 'deliveries' AND p.scope = ep.id AND p.value = 'pending'"
         " LEFT JOIN LATERAL (SELECT count(*) AS n FROM webhook_deliveries d"
         "   WHERE d.endpoint_id = ep.id AND d.status = 'failed'"
         "   AND d.updated_at >= now() - make_interval(secs => $1)) f ON true"
@@ -194,9 +196,10 @@ async def endpoints_with_health(conn: asyncpg.Connection, app_id: UUID | None, w
     deliveries and how many are pending."""
     return await conn.fetch(
         f"SELECT {ENDPOINT_COLUMNS}, h.finished, h.delivered, h.last_delivery_at,"
-        " (SELECT count(*) FROM webhook_deliveries d"
-        "   WHERE d.endpoint_id = ep.id AND d.status = 'pending') AS pending"
+        " coalesce(p.n, 0) AS pending"
         " FROM webhook_endpoints ep JOIN apps a ON a.id = ep.app_id"
+        " LEFT JOIN current_row_counts p"
+        "   ON p.kind = 'deliveries' AND p.scope = ep.id AND p.value = 'pending'"
         " LEFT JOIN LATERAL (SELECT count(*) AS finished,"
         "   count(*) FILTER (WHERE r.status = 'delivered') AS delivered,"
         "   max(r.created_at) AS last_delivery_at"
