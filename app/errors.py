@@ -18,7 +18,8 @@
     ├── RangeNotSatisfiable           416 range-not-satisfiable
     ├── ServiceUnavailable            503 service-unavailable
     ├── InsufficientStorage           507 insufficient-storage (a storage is full)
-    └── StorageMisconfigured          500 storage-misconfigured (permissions, read-only)
+    ├── StorageMisconfigured          500 storage-misconfigured (permissions, read-only)
+    └── FileMissing                   500 file-missing (a file the database has, lost: fsck)
 """
 
 from __future__ import annotations
@@ -142,3 +143,14 @@ def problem_slugs() -> set[str]:
         slugs.add(cls.slug)
         todo.extend(cls.__subclasses__())
     return slugs
+
+
+
+class FileMissing(StowageError):
+    """A file Postgres says is there is not in its storage, and did not move (a promotion or
+    a reprocess would have): lost, a case for `stowage fsck`. Found before a download sends
+    its status line, so it is this answer, never a 200 cut short."""
+
+    status = 500
+    slug = "file-missing"
+    title = "The attachment's file is missing from storage"

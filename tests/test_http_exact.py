@@ -10,6 +10,7 @@ import email.utils
 import os
 import shutil
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -375,3 +376,22 @@ async def test_wget_continue_with_content_disposition(client, tenant, res, tmp_p
         assert "206" in r.stderr and f"bytes 100000-{len(data) - 1}/{len(data)}" in r.stderr
         assert [p.name for p in second.iterdir()] == ["Größe report.bin"]
         assert (second / "Größe report.bin").read_bytes() == data
+
+
+async def test_a_lost_file_is_a_problem_before_any_byte(client, tenant, res):
+    # A stored attachment whose file was lost (not moved): the answer is a problem document,
+    # found before the status line, not a 200 with a Content-Length cut short (issue 25).
+    att = await stored(client, tenant, res, b"y" * 5000)
+    key = await res.pool.fetchval("SELECT key FROM attachments WHERE id = $1",
+                                  uuid.UUID(att["id"]))
+    await res.store.delete(key)
+    url = f"/v1/attachments/{att['id']}/content"
+    for method in ("GET", "HEAD"):
+        r = await client.request(method, url, headers={**tenant.headers, "Range": "bytes=0-9"}
+                                 if method == "GET" else tenant.headers)
+        assert r.status_code == 500, (method, r.status_code)
+        assert r.headers["content-type"] == "application/problem+json"
+        if method == "GET":
+            assert r.json()["type"].endswith("/file-missing"), r.text
+    r = await client.get(url, headers=tenant.headers)
+    assert r.status_code == 500 and r.json()["type"].endswith("/file-missing")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from app.deps import bearer, current_app_id, resources
 from app.errors import (
     AttachmentNotFound,
     DerivativeNotFound,
+    FileMissing,
     InvalidInput,
     InvalidState,
     UnsupportedMediaType,
@@ -54,6 +56,7 @@ from app.uploads.options import (
 )
 from app.uploads.presigned_routes import RegisterRequest
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
 COMMON_ERRORS = not_found_response("attachment")
@@ -441,8 +444,11 @@ async def serve_file(request: Request, res: Resources, row: Any,
                                       cache_control=cache_control)
         except StorageObjectNotFound:
             fresh = await service.moved(res, row)
-            if fresh is None:
-                raise  # not moved but lost: a case for `stowage fsck`
+            if fresh is None:  # not moved but lost: a case for `stowage fsck`
+                log.error("attachment %s: its file %s is missing from storage; run"
+                          " `stowage fsck`", row["id"], pick(res, row).key)
+                raise FileMissing(f"attachment {row['id']}: its file is missing from storage;"
+                                  " the operator is told to run `stowage fsck`") from None
             row = fresh
     return await serve_object(request, **vars(pick(res, row)), cache_control=cache_control)
 
