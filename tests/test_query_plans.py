@@ -23,6 +23,7 @@ from app.attachments import repository as attachments_repo
 from app.dashboard import repository as dashboard_repo
 from app.migrate import migrate
 from app.ops import repository as ops_repo
+from app.webhooks import repository as webhooks_repo
 from tests.conftest import PG_BASE
 
 ROWS = 20_000
@@ -179,6 +180,9 @@ QUERIES = {
     "sweep: stale promotions": lambda c: attachments_repo.stale_promotions(c, 60),
     "sweep: deleted, not purged": lambda c: attachments_repo.unpurged_deleted(c, 60),
     "sweep: cache leftovers": lambda c: attachments_repo.cache_leftovers(c, 60),
+    "sweep: due deliveries": lambda c: webhooks_repo.due_deliveries(c, 2),
+    "dashboard: uploads per hour": lambda c: dashboard_repo.hourly_activity(c, 24),
+    "dashboard: promotion lag": lambda c: dashboard_repo.promotion_lag(c, 3600),
     "dashboard: profiles in use": lambda c: dashboard_repo.profiles_in_use(c),
     "dashboard: counts per app": lambda c: dashboard_repo.state_counts(c),
     "dashboard: webhooks per app": lambda c: dashboard_repo.webhook_counts(c, 3600),
