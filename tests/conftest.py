@@ -325,3 +325,17 @@ async def s3_env(tmp_path, database_url, moto_endpoint, s3_client):
             yield res, client, AppKey(new.app_id, new.api_key), cache_bucket, store_bucket
 
 
+
+
+# Modules whose tests start many processes, browsers, fuzzers or outages: marked slow, so
+# `pytest -m "not slow"` is the quick loop while changing code (CI runs everything).
+SLOW_MODULES = frozenset({
+    "test_soak", "test_artifact", "test_dashboard_browser", "test_cors_browser",
+    "test_dev_e2e", "test_worker_outages", "test_s3_faults", "test_openapi_fuzz",
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
