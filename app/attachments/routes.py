@@ -41,7 +41,7 @@ from app.http_methods import is_head
 from app.observability.metrics import track_upload
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound, content_disposition, open_read
-from app.uploads import presigned
+from app.uploads import intake, presigned
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
 from app.uploads.options import (
     MAX_METADATA_BYTES,
@@ -175,16 +175,16 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                 # fields before the file (and its filename) are validated now, so a bad one
                 # costs no bytes
                 parse_options(fields)
-                staged = await service.stage(res, app_id, fields.get("profile"),
+                staged = await intake.stage(res, app_id, fields.get("profile"),
                                              file_bytes(events))
         if staged is None:
             raise InvalidInput("the part 'file' is missing", field="file")
         options = parse_options(fields)
     except BaseException:
         if staged is not None:
-            await service.discard(res, staged)
+            await intake.discard(res, staged)
         raise
-    return await service.record(res, staged, options)
+    return await intake.record(res, staged, options)
 
 
 async def _register_presigned(request: Request, app_id: UUID, res: Resources) -> JSONResponse:
@@ -259,7 +259,7 @@ async def upload_raw(
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
     with track_upload("raw") as accepted:
-        row = await service.upload(res, app_id, request.stream(), options)
+        row = await intake.upload(res, app_id, request.stream(), options)
         accepted.append(row["size"])
     return _created(res, row)
 

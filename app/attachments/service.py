@@ -1,4 +1,5 @@
-"""The attachment lifecycle: upload into the cache, atomic promotion, deletion, expiry, sweep.
+"""The attachment lifecycle: atomic promotion, replacement in slots, deletion, expiry, sweep
+(uploads come in through app.uploads.intake, which records them here).
 
 Free of FastAPI and arq: the API and the worker both call these functions with a Resources.
 """
@@ -8,9 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,7 +19,7 @@ import asyncpg
 from app import activity
 from app.attachments import keys, work
 from app.attachments import repository as repo
-from app.attachments.events import emit_attachment, insert_attachment
+from app.attachments.events import emit_attachment
 from app.errors import (
     AttachmentNotFound,
     InsufficientStorage,
@@ -28,100 +28,15 @@ from app.errors import (
     StowageError,
 )
 from app.failpoints import failpoint
-from app.ids import uuid7
 from app.media.derivatives import ImageProcessingError
 from app.media.render import render
 from app.observability import metrics
 from app.pagination import Page, page_of
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound
-from app.uploads.ingest import Received, check_against_profile, receive, restrip
-from app.uploads.options import UploadOptions
 from app.webhooks.service import dispatch
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Staged:
-    """A file received into the cache whose row is not written yet."""
-
-    app_id: UUID
-    att_id: UUID
-    profile: str
-    file: Received
-
-
-async def stage(res: Resources, app_id: UUID, profile: str | None,
-                chunks: AsyncIterable[bytes]) -> Staged:
-    """Stream into the cache under the attachment's own key, checked against the profile."""
-    prof = res.profiles.get(profile)
-    att_id = uuid7()
-    received = await receive(
-        chunks,
-        storage=res.cache,
-        key=keys.cache_key(app_id, att_id),
-        profile=prof,
-        max_upload_size=res.settings.max_upload_size,
-    )
-    return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
-
-
-async def discard(res: Resources, staged: Staged) -> None:
-    # shielded: a cancelled request must still not leave its file behind
-    await asyncio.shield(res.cache.delete(staged.file.key))
-
-
-async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyncpg.Record:
-    """Write the row for a staged file and its attachment.cached event, then enqueue.
-
-    An upload into a record slot does not touch the slot's current attachment: it replaces it
-    when it becomes stored (see promote). On any error the staged file is removed, so a
-    refused upload leaves nothing behind.
-    """
-    try:
-        prof = res.profiles.get(options.profile or staged.profile)
-        if prof.name != staged.profile:  # the profile field came after the file part
-            check_against_profile(prof, mime_type=staged.file.mime_type, size=staged.file.size,
-                                  max_upload_size=res.settings.max_upload_size,
-                                  metadata=staged.file.metadata)
-            # stored as this profile wants it: without its metadata, if it removes that
-            staged.file = await restrip(res.cache, staged.file, prof)
-        cache_ttl = prof.cache_ttl or res.settings.default_cache_ttl
-        row, deliveries = await _insert(res, staged, options, prof.name, cache_ttl)
-    except BaseException:
-        await discard(res, staged)
-        raise
-    await dispatch(res, deliveries)
-    if options.promote:
-        await res.jobs.promote(row["id"], row["generation"])
-    return row
-
-
-async def _insert(res: Resources, staged: Staged, options: UploadOptions, profile: str,
-                  cache_ttl: int) -> tuple[asyncpg.Record, list[UUID]]:
-    """The row and its event in one statement."""
-    slot = options.record
-    values = dict(
-        id=staged.att_id, app_id=staged.app_id, profile=profile,
-        key=staged.file.key, filename=options.filename,
-        mime_type=staged.file.mime_type, size=staged.file.size,
-        sha256=staged.file.sha256, metadata=staged.file.metadata,
-        client_metadata=options.client_metadata,
-        record_type=slot.type if slot else None,
-        record_id=slot.id if slot else None,
-        record_name=slot.name if slot else None,
-        promote=options.promote, cache_ttl=cache_ttl,
-    )
-    async with res.pool.acquire() as conn:
-        return await insert_attachment(conn, values, datetime.now(UTC), res.links)
-
-
-async def upload(res: Resources, app_id: UUID, chunks: AsyncIterable[bytes],
-                 options: UploadOptions) -> asyncpg.Record:
-    """Stage and record in one go (raw body, tus): the options are all known up front."""
-    staged = await stage(res, app_id, options.profile, chunks)
-    return await record(res, staged, options)
 
 
 async def get_public(res: Resources, att_id: UUID) -> asyncpg.Record | None:

@@ -11,10 +11,10 @@ from uuid import UUID
 import asyncpg
 
 from app.attachments import keys
-from app.attachments import service as attachments
 from app.errors import InvalidInput, InvalidState, UploadTooLarge
 from app.ids import uuid7
 from app.resources import Resources
+from app.uploads import intake
 from app.uploads import presigned_repository as repo
 from app.uploads.ingest import Received, inspect
 from app.uploads.options import UploadOptions, check_text
@@ -74,11 +74,11 @@ async def register(res: Resources, app_id: UUID, cached_key: str, options: Uploa
     except BaseException:
         await res.cache.delete(cached_key)
         raise
-    staged = attachments.Staged(app_id=app_id, att_id=presign["attachment_id"],
+    staged = intake.Staged(app_id=app_id, att_id=presign["attachment_id"],
                                 profile=options.profile or presign["profile"], file=received)
     if options.filename is None:
         options = dataclasses.replace(options, filename=presign["filename"])
-    return await attachments.record(res, staged, options)
+    return await intake.record(res, staged, options)
 
 
 async def _inspect(res: Resources, key: str, presign: Any, options: UploadOptions) -> Received:

@@ -40,7 +40,6 @@ import asyncpg
 
 from app.attachments import keys
 from app.attachments import repository as attachments_repo
-from app.attachments.service import Staged, record
 from app.errors import (
     InvalidInput,
     UnsupportedMediaType,
@@ -53,6 +52,7 @@ from app.storage import Resumable, ResumableDataLost, ResumableState
 from app.storage.base import run_shielded
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import BLOCK, HashBehind, inspect
+from app.uploads.intake import Staged, record
 from app.uploads.tus_protocol import (
     Checksum,
     TusChecksumMismatch,
