@@ -10,9 +10,9 @@ from starlette.types import ASGIApp
 
 from app import cors, errors, problems
 from app.attachments.routes import router as attachments_router
+from app.attachments.timeline_routes import router as attachment_events_router
 from app.bootstrap import build_resources
 from app.config import ConfigError, Settings, load_settings
-from app.dashboard.events_routes import router as attachment_events_router
 from app.dashboard.routes import router as dashboard_router
 from app.http_methods import MethodsMiddleware
 from app.observability.logs import RequestIdMiddleware

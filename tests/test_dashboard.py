@@ -21,13 +21,13 @@ from starlette.routing import NoMatchFound
 
 from app import activity
 from app.attachments import repository as attachments_repo
+from app.attachments.timeline import build as timeline_build
+from app.attachments.timeline_routes import router as events_router
 from app.auth import service as auth
 from app.config import Settings
 from app.dashboard import service
-from app.dashboard.events_routes import router as events_router
 from app.dashboard.routes import router as dashboard_router
 from app.dashboard.session import COOKIE, Sessions
-from app.dashboard.timeline import build as timeline_build
 from app.main import create_app
 from app.resources import Resources
 from app.webhooks import repository as webhooks_repo

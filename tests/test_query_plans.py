@@ -20,6 +20,7 @@ import asyncpg
 import pytest
 
 from app.attachments import repository as attachments_repo
+from app.attachments import timeline_repository as timeline_repo
 from app.dashboard import repository as dashboard_repo
 from app.migrate import migrate
 from app.ops import repository as ops_repo
@@ -192,9 +193,9 @@ QUERIES = {
     "dashboard: list of a slot": lambda c: dashboard_repo.list_attachments(
         c, app_id=None, state=None, profile=None, record_type="user", record_id="42",
         record_name=None, created_from=None, created_to=None, before=None, limit=50),
-    "dashboard: events of an attachment": lambda c: dashboard_repo.attachment_events(
+    "timeline: events of an attachment": lambda c: timeline_repo.attachment_events(
         c, SOME, 100),
-    "dashboard: deliveries of an attachment": lambda c: dashboard_repo.attachment_deliveries(
+    "timeline: deliveries of an attachment": lambda c: timeline_repo.attachment_deliveries(
         c, SOME, 200, 100),
 }
 

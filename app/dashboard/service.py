@@ -23,11 +23,10 @@ from arq.utils import timestamp_ms
 from app import activity
 from app.attachments import repository as attachments_repo
 from app.attachments import service as attachments
-from app.attachments import work
+from app.attachments import timeline, work
 from app.attachments.schemas import present
 from app.auth import repository as auth_repo
 from app.dashboard import repository as repo
-from app.dashboard import timeline
 from app.errors import AttachmentNotFound, WebhookEndpointNotFound
 from app.pagination import Page, page_of
 from app.resources import Resources
@@ -276,13 +275,6 @@ async def attachment_detail(res: Resources, att_id: UUID) -> AttachmentDetail:
     return AttachmentDetail(row=row, app_name=app["name"] if app else str(row["app_id"]),
                             view=present(row, res.links),
                             timeline=await timeline.load(res, row), work=pending)
-
-
-async def attachment_timeline(res: Resources, app_id: UUID, att_id: UUID
-                              ) -> list[timeline.Entry]:
-    """A client's view of its own attachment's timeline (another app's: not found)."""
-    row = await attachments.get(res, app_id, att_id)
-    return await timeline.load(res, row)
 
 
 async def _audit(res: Resources, att_id: UUID, action: str, **detail: Any) -> None:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app.api_common import not_found_response, path_id
-from app.dashboard import service
+from app.attachments import timeline
 from app.deps import current_app_id, resources
 from app.errors import AttachmentNotFound
 from app.resources import Resources
@@ -50,6 +50,5 @@ async def attachment_events(
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),
 ) -> JSONResponse:
-    entries = await service.attachment_timeline(res, app_id,
-                                                path_id(attachment_id, AttachmentNotFound))
+    entries = await timeline.for_client(res, app_id, path_id(attachment_id, AttachmentNotFound))
     return JSONResponse({"items": [e.as_json() for e in entries]})

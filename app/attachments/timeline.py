@@ -3,7 +3,8 @@
 Pieced together from what is recorded anyway — the attachment's own timestamps, the events
 outbox, the webhook deliveries and their attempts — plus the activity log for the steps
 nothing else records (a promotion started or aborted, a reprocess, an operator's action).
-Shared by the dashboard and GET /v1/attachments/{id}/events; free of FastAPI.
+Shared by the dashboard and GET /v1/attachments/{id}/events (timeline_routes.py); free of
+FastAPI.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import asyncpg
 
 from app import activity
 from app.api_common import timestamp
-from app.dashboard import repository as repo
+from app.attachments import service
+from app.attachments import timeline_repository as repo
 from app.resources import Resources
 
 # Bounds on what one attachment's timeline reads: manual retries can grow the attempts.
@@ -157,3 +159,8 @@ async def load(res: Resources, att: asyncpg.Record) -> list[Entry]:
                                                     MAX_ATTEMPT_ROWS)
         activities = await activity.list_for(conn, att["id"])
     return build(att, events, attempts, activities)
+
+
+async def for_client(res: Resources, app_id: UUID, att_id: UUID) -> list[Entry]:
+    """A client's view of its own attachment's timeline (another app's: not found)."""
+    return await load(res, await service.get(res, app_id, att_id))
