@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import keep_session_state
+from app import db
 
 COLUMNS = (
     "id, app_id, profile, state, storage, key, filename, mime_type, size, sha256, metadata,"
@@ -66,11 +66,8 @@ async def lock_slot(
     conn: asyncpg.Connection, app_id: UUID, record_type: str, record_id: str, record_name: str
 ) -> None:
     """Serialise writers of one slot until the transaction ends: the last one wins cleanly."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended("
-        "$1::uuid::text || chr(31) || $2 || chr(31) || $3 || chr(31) || $4, 1))",
-        app_id, record_type, record_id, record_name,
-    )
+    name = chr(31).join((str(UUID(str(app_id))), record_type, record_id, record_name))
+    await db.advisory_xact_lock(conn, name, seed=1)
 
 
 async def newer_stored_in_slot(conn: asyncpg.Connection, row: asyncpg.Record
@@ -270,7 +267,11 @@ async def cache_leftovers(conn: asyncpg.Connection, older_than_s: int) -> list[a
 
 async def try_lock_sweep(conn: asyncpg.Connection) -> bool:
     """Only one worker sweeps at a time; the lock ends with the transaction."""
-    return await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('sweep', 0))")
+    return await db.try_advisory_xact_lock(conn, "sweep")
+
+
+def _attachment_lock(att_id: UUID) -> str:
+    return f"attachment:{UUID(str(att_id))}"  # as Postgres' uuid::text writes it
 
 
 async def lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
@@ -278,13 +279,14 @@ async def lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
 
     Session-level, so it is released if the worker dies and its connection drops.
     """
-    keep_session_state(conn)
-    await conn.execute(
-        "SELECT pg_advisory_lock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
-    )
+    await db.advisory_lock(conn, _attachment_lock(att_id))
+
+
+async def try_lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> bool:
+    """`lock_attachment` without waiting (fsck): held, no promotion, reprocess or destroy of
+    this attachment runs meanwhile."""
+    return await db.try_advisory_lock(conn, _attachment_lock(att_id))
 
 
 async def unlock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
-    await conn.execute(
-        "SELECT pg_advisory_unlock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
-    )
+    await db.advisory_unlock(conn, _attachment_lock(att_id))
