@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import os
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -47,7 +47,7 @@ async def local_path(storage: Storage, key: str) -> AsyncIterator[Path]:
         await asyncio.to_thread(path.unlink, missing_ok=True)
 
 
-async def render(storage: Storage, key: str, specs: Sequence[DerivativeSpec],
+async def render(storage: Storage, key: str, specs: Mapping[str, DerivativeSpec],
                  max_pixels: int | None) -> dict[str, Rendered]:
     async with local_path(storage, key) as path:
         loop = asyncio.get_running_loop()
