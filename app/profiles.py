@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import tomllib
+from functools import cached_property
 from pathlib import Path
 
 from pydantic import (
@@ -55,7 +56,7 @@ class Profile(BaseModel):
     # the table's name in the file: not a key of the table (ProfilesFile sets it)
     _name: str = PrivateAttr(default=DEFAULT)
 
-    @property
+    @cached_property  # read on every upload; pydantic's path to a private attribute is slow
     def name(self) -> str:
         return self._name
 
