@@ -24,37 +24,71 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
-    """A pool connection that skips asyncpg's reset query on release unless it needs it.
-
-    asyncpg resets every released connection with one more round trip (unlock all advisory
-    locks, CLOSE ALL, UNLISTEN *, RESET ALL): on a small upload, which borrows a connection
-    several times, that is a good part of the database time. Stowage sets no session state
-    on pooled connections (LISTEN has its own connection, settings are per transaction) but
-    for session-level advisory locks, so a connection that takes one is marked with
-    `keep_session_state` and gets the full reset. An open transaction is still rolled back
-    on release either way (asyncpg does that before asking for the query).
-    """
-
-    _session_state = False
-
-    def keep_session_state(self) -> None:
-        self._session_state = True
-
-    def get_reset_query(self) -> str:
-        if not self._session_state:
-            return ""
-        self._session_state = False
-        return str(super().get_reset_query())
+# Connections whose session state needs asyncpg's full reset on release, by backend pid (a
+# public, per-connection identity: the pool hands its reset hook the connection itself and
+# borrowers a proxy of it). A pid left here by a connection that died unreleased costs at
+# most one needless reset of a later connection given the same pid.
+_SESSION_STATE: set[int] = set()
 
 
 def keep_session_state(conn: asyncpg.Connection) -> None:
     """Call before taking session-level state (a session advisory lock) on ``conn``: the
     pool then resets the connection on release, so a lock whose unlock never ran (a
     cancelled job) cannot outlive the borrower."""
-    mark = getattr(conn, "keep_session_state", None)  # a plain connection resets itself
-    if mark is not None:
-        mark()
+    _SESSION_STATE.add(conn.get_server_pid())
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release, skipping asyncpg's reset query unless it is needed.
+
+    asyncpg resets every released connection with one more round trip (unlock all advisory
+    locks, CLOSE ALL, UNLISTEN *, RESET ALL): on a small upload, which borrows a connection
+    several times, that is a good part of the database time. Stowage sets no session state
+    on pooled connections (LISTEN has its own connection, settings are per transaction) but
+    for session-level advisory locks, taken through `keep_session_state`, so only those
+    connections get the full reset. An open transaction is rolled back on release either
+    way: the pool does that before calling this (asyncpg's documented ``reset=`` hook).
+    """
+    pid = conn.get_server_pid()
+    if pid in _SESSION_STATE:
+        _SESSION_STATE.discard(pid)
+        await conn.execute(conn.get_reset_query())
+
+
+# Every advisory lock is keyed by a name hashed in Postgres, and this is the one place the
+# expression is written. The key numbers must not change: processes of the previous release,
+# still running during a deploy, take the same locks. ($2 is the hash seed: 0, or 1 for the
+# record-slot locks, which have always used it.)
+LOCK_KEY = "hashtextextended($1::text, $2::bigint)"
+
+
+async def advisory_lock(conn: asyncpg.Connection, name: str, *, seed: int = 0) -> None:
+    """Wait for the session-level lock ``name``; released by `advisory_unlock`, or by the
+    pool's reset if the holder never gets there."""
+    keep_session_state(conn)
+    await conn.execute(f"SELECT pg_advisory_lock({LOCK_KEY})", name, seed)
+
+
+async def try_advisory_lock(conn: asyncpg.Connection, name: str, *, seed: int = 0) -> bool:
+    """`advisory_lock` without waiting: whether it was taken."""
+    keep_session_state(conn)
+    return bool(await conn.fetchval(f"SELECT pg_try_advisory_lock({LOCK_KEY})", name, seed))
+
+
+async def advisory_unlock(conn: asyncpg.Connection, name: str, *, seed: int = 0) -> None:
+    await conn.execute(f"SELECT pg_advisory_unlock({LOCK_KEY})", name, seed)
+
+
+async def advisory_xact_lock(conn: asyncpg.Connection, name: str, *, seed: int = 0) -> None:
+    """Wait for the lock ``name``, held until the transaction ends."""
+    await conn.execute(f"SELECT pg_advisory_xact_lock({LOCK_KEY})", name, seed)
+
+
+async def try_advisory_xact_lock(conn: asyncpg.Connection, name: str, *, seed: int = 0
+                                 ) -> bool:
+    """`advisory_xact_lock` without waiting: whether it was taken."""
+    return bool(await conn.fetchval(f"SELECT pg_try_advisory_xact_lock({LOCK_KEY})", name,
+                                    seed))
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -69,7 +103,7 @@ async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
         min_size=0,
         max_size=max_size,
         init=_init_connection,
-        connection_class=PooledConnection,
+        reset=_reset,
         command_timeout=30,
         timeout=5,
         max_inactive_connection_lifetime=60,

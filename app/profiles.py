@@ -6,12 +6,24 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import tomllib
-from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from app.errors import UnknownProfile
-from app.media.derivatives import DerivativeSpec
+from app.media.derivatives import DerivativeName, DerivativeSpec
 from app.media.sniff import known_types
 from app.media.strip import STRIPPABLE
 
@@ -23,20 +35,48 @@ class ProfileError(Exception):
     """The profiles file is invalid; the message names the file, profile and key."""
 
 
-@dataclass(frozen=True)
-class Profile:
-    name: str
-    max_size: int | None = None
-    types: tuple[str, ...] = ()  # empty: any type
-    cache_ttl: int | None = None
-    max_pixels: int | None = None
-    derivatives: dict[str, DerivativeSpec] = field(default_factory=dict)
+class Profile(BaseModel):
+    """One ``[profiles.NAME]`` table. Strict: TOML's types as they are, no coercion, and an
+    unknown key is an error (a misspelt limit would otherwise be no limit)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_size: PositiveInt | None = None
+    # empty: any type; TOML gives a list
+    types: tuple[str, ...] = Field(default=(), strict=False)
+    cache_ttl: PositiveInt | None = None
+    max_pixels: PositiveInt | None = None
+    derivatives: dict[DerivativeName, DerivativeSpec] = {}
     # unsigned links that never expire, served with Cache-Control immutable: for files meant
     # to be public (product images, avatars shown to anyone)
     public: bool = False
     # remove EXIF/GPS, XMP, IPTC and comments from JPEG, PNG and WebP originals (None: the
     # default, see strips_metadata)
     strip_metadata: bool | None = None
+    # the table's name in the file: not a key of the table (ProfilesFile sets it)
+    _name: str = PrivateAttr(default=DEFAULT)
+
+    @cached_property  # read on every upload; pydantic's path to a private attribute is slow
+    def name(self) -> str:
+        return self._name
+
+    @field_validator("types")
+    @classmethod
+    def _known_types(cls, types: tuple[str, ...]) -> tuple[str, ...]:
+        problems = [_unknown_type(t) for t in types]
+        if any(problems):
+            raise ValueError("; ".join(p for p in problems if p))
+        return types
+
+    @field_validator("derivatives")
+    @classmethod
+    def _rendered_from_images(cls, derivatives: dict[str, DerivativeSpec],
+                              info: ValidationInfo) -> dict[str, DerivativeSpec]:
+        types = info.data.get("types", ())
+        if derivatives and types and not any(_may_be_image(t) for t in types):
+            raise ValueError("derivatives are rendered from images, and `types` allows none:"
+                             " every upload would fail")
+        return derivatives
 
     @property
     def strips_metadata(self) -> bool:
@@ -67,7 +107,7 @@ class Profile:
 
 class Profiles:
     def __init__(self, profiles: dict[str, Profile]) -> None:
-        self._profiles = {DEFAULT: Profile(DEFAULT), **profiles}
+        self._profiles = {DEFAULT: Profile(), **profiles}
 
     def get(self, name: str | None) -> Profile:
         name = name or DEFAULT
@@ -92,14 +132,12 @@ class Profiles:
         return frozenset(name for name, p in self._profiles.items() if p.public)
 
 
-_KEYS = {"max_size", "types", "cache_ttl", "max_pixels", "derivatives", "public",
-         "strip_metadata"}
-
-
 def _unknown_type(pattern: str) -> str | None:
     """Why a `types` entry can never match a sniffed type, or None. Types come from the bytes
     (app.media.sniff), so a name the sniffer never answers ("image/jpg") would refuse every
     upload it was meant to allow."""
+    if "/" not in pattern:
+        return f'{pattern!r} is not a MIME type such as "image/png" or "image/*"'
     known = known_types()
     if "*" in pattern:
         if any(fnmatch.fnmatchcase(t, pattern) for t in known):
@@ -116,65 +154,51 @@ def _may_be_image(pattern: str) -> bool:
     return pattern.startswith("image/") or pattern == "*/*"
 
 
+class ProfilesFile(BaseModel):
+    """The profiles file: ``[profiles.NAME]`` tables and nothing else ("[profile.avatar]"
+    would otherwise leave every profile out, silently)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    profiles: dict[str, Profile] = {}
+
+    @model_validator(mode="after")
+    def _name_profiles(self) -> ProfilesFile:
+        for name, profile in self.profiles.items():
+            profile._name = name
+        return self
+
+
 def load_profiles(path: Path | None) -> Profiles:
     if path is None:
         return Profiles({})
     try:
         data = tomllib.loads(path.read_text())
+        return Profiles(ProfilesFile.model_validate(data).profiles)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise ProfileError(f"{path}: {e}") from None
-    unknown = sorted(set(data) - {"profiles"})
-    if unknown:  # "[profile.avatar]" would otherwise leave every profile out, silently
-        raise ProfileError(f"{path}: unknown table [{unknown[0]}]: profiles are defined as"
-                           " [profiles.NAME]")
-    raw = data.get("profiles", {})
-    if not isinstance(raw, dict):
-        raise ProfileError(f"{path}: [profiles] must be a table")
-    return Profiles({name: _parse_profile(path, name, body) for name, body in raw.items()})
+    except ValidationError as e:
+        raise ProfileError("\n".join(_describe(path, error) for error in e.errors())) from None
 
 
-def _parse_profile(path: Path, name: str, body: Any) -> Profile:
-    def fail(key: str, msg: str) -> ProfileError:
-        return ProfileError(f"{path}: profile {name!r}, key {key!r}: {msg}")
-
-    if not isinstance(body, dict):
-        raise ProfileError(f"{path}: profile {name!r} must be a table")
-    for key in body:
-        if key not in _KEYS:
-            raise fail(key, f"unknown key (expected one of {', '.join(sorted(_KEYS))})")
-    ints = {}
-    for key in ("max_size", "cache_ttl", "max_pixels"):
-        value = body.get(key)
-        positive_int = isinstance(value, int) and not isinstance(value, bool) and value > 0
-        if value is not None and not positive_int:
-            raise fail(key, "must be a positive integer")
-        ints[key] = value
-    types = body.get("types", [])
-    if not isinstance(types, list) or not all(isinstance(t, str) and "/" in t for t in types):
-        raise fail("types", 'must be a list of MIME types such as "image/png" or "image/*"')
-    for t in types:
-        problem = _unknown_type(t)
-        if problem:
-            raise fail("types", problem)
-    raw_derivatives = body.get("derivatives", {})
-    if not isinstance(raw_derivatives, dict):
-        raise fail("derivatives", "must be a table")
-    derivatives = {}
-    for dname, draw in raw_derivatives.items():
-        if not isinstance(draw, dict):
-            raise fail(f"derivatives.{dname}", "must be a table")
-        try:
-            derivatives[dname] = DerivativeSpec.from_profile(dname, draw)
-        except ValueError as e:
-            raise fail(f"derivatives.{dname}", str(e)) from None
-    public = body.get("public", False)
-    if not isinstance(public, bool):
-        raise fail("public", "must be true or false")
-    if derivatives and types and not any(_may_be_image(t) for t in types):
-        raise fail("derivatives", "derivatives are rendered from images, and `types` allows"
-                   " none: every upload would fail")
-    strip = body.get("strip_metadata")
-    if strip is not None and not isinstance(strip, bool):
-        raise fail("strip_metadata", "must be true or false")
-    return Profile(name=name, types=tuple(types), derivatives=derivatives, public=public,
-                   strip_metadata=strip, **ints)
+def _describe(path: Path, error: ErrorDetails) -> str:
+    """One line per error, naming the file, the profile and the key."""
+    loc = [str(part) for part in error["loc"]]
+    msg = error["msg"].removeprefix("Value error, ")
+    if len(loc) == 1:
+        if error["type"] == "extra_forbidden":
+            return (f"{path}: unknown table [{loc[0]}]: profiles are defined as"
+                    " [profiles.NAME]")
+        return f"{path}: [{loc[0]}] must be a table"
+    name, key = loc[1], loc[2:]
+    if not key:
+        return f"{path}: profile {name!r} must be a table"
+    if key[-1] == "[key]":  # the name of a derivative
+        key, msg = key[:-1], (f"derivative name {key[-2]!r}: must be 1-64 letters, digits, '_'"
+                              " or '-', starting with a letter or digit")
+    elif error["type"] == "extra_forbidden":
+        model = Profile if len(key) == 1 else DerivativeSpec
+        msg = f"unknown key (expected one of {', '.join(sorted(model.model_fields))})"
+    elif error["type"] == "tuple_type":  # a tuple in Python, a list in the file
+        msg = 'must be a list of MIME types such as "image/png" or "image/*"'
+    return f"{path}: profile {name!r}, key {'.'.join(key)!r}: {msg}"

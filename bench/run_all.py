@@ -19,6 +19,8 @@ Runs, each as its own process (each cleans up after itself, also on Ctrl-C):
 5. promotions.py, filesystem and S3 (moto): promotions per second through one worker
    (reported; no target).
 6. thumbnails.py: build_derivative against naive Pillow (its own target: >= 2x).
+7. sniff.py: app.media.sniff's index over puremagic's private tables against puremagic's
+   public call, paired (target >= 2x: the coupling stays only while the gain is large).
 
 Writes bench/results/all.json (every benchmark's JSON plus the verdicts). Exit status: 0 every
 target met, 1 some missed, 2 a benchmark failed to run.
@@ -76,6 +78,8 @@ def steps(results: Path) -> list[Step]:
              out("promotions")),
         Step("thumbnails", "thumbnails.py", ["--count", "20"], ["--count", "5"],
              RESULTS / "thumbnails.json", own_json_flag=False),
+        Step("sniff", "sniff.py", ["--rounds", "15"], ["--rounds", "5", "--reps", "100"],
+             out("sniff")),
     ]
 
 
@@ -242,10 +246,20 @@ def checks_reported(promo: dict[str, Any] | None, thumbs: dict[str, Any] | None)
     return out
 
 
+def checks_sniff(doc: dict[str, Any] | None) -> list[Check]:
+    what = "sniff: index over puremagic's private tables vs its public call"
+    if doc is None:
+        return [_missing("18", what, "≥ 2×")]
+    return [Check("18", what, f"{doc['speedup']:.1f}× ({doc['index_us']:.0f} vs"
+                              f" {doc['public_us']:.0f} µs per sniff)",
+                  f"≥ {doc['target']['speedup']:g}×", bool(doc["target"]["passed"]))]
+
+
 def verdicts(docs: dict[str, dict[str, Any] | None]) -> list[Check]:
     return [*checks_issue7a(docs.get("uploads_1024")), *checks_issue7b(docs.get("small_uploads")),
             *checks_issue7c(docs.get("webhook_latency")), *checks_issue5(docs.get("uploads_256")),
-            *checks_reported(docs.get("promotions"), docs.get("thumbnails"))]
+            *checks_reported(docs.get("promotions"), docs.get("thumbnails")),
+            *checks_sniff(docs.get("sniff"))]
 
 
 def _met(c: Check) -> str:
@@ -342,7 +356,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="1 run per upload target, 5-10 s loads, fewer promotions/thumbnails")
     p.add_argument("--only", default=None,
                    help="comma-separated step keys to run (default all): uploads_1024,"
-                        "uploads_256,small_uploads,webhook_latency,promotions,thumbnails")
+                        "uploads_256,small_uploads,webhook_latency,promotions,thumbnails,sniff")
     p.add_argument("--reuse", action="store_true",
                    help="with --only: take the other benchmarks' results from their JSON of an"
                         " earlier run_all (same --json directory) instead of leaving them out")

@@ -41,7 +41,7 @@ from PIL import Image, ImageOps
 from app.media.derivatives import DerivativeSpec, build_derivative
 
 SIZE = (4000, 3000)
-SPEC = DerivativeSpec("thumb", 200, 200, fit="contain", format="webp", quality=80)
+SPEC = DerivativeSpec(width=200, height=200, fit="contain", format="webp", quality=80)
 MAX_PIXELS = 40_000_000
 RESULTS = Path(__file__).resolve().parent / "results" / "thumbnails.json"
 MODES = {

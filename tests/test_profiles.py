@@ -205,6 +205,12 @@ def load_profiles_text(path, text):
     ("[profiles.a.derivatives.t]\nwidth = 10\n", "derivatives.t"),
     ("[profiles.a.derivatives.t]\nwidth = 10\nheight = 10\nfit = 'stretch'\n", "fit"),
     ("[profiles.a.derivatives.t]\nwidth = 10\nheight = 10\nformat = 'gif'\n", "format"),
+    ("[profiles.a.derivatives.'../etc']\nwidth = 10\nheight = 10\n", "derivative name"),
+    ("[profiles.a.derivatives.'thumb.webp']\nwidth = 10\nheight = 10\n", "'thumb.webp'"),
+    ("[profiles.a]\ntypes = ['image/jpg']\n", "did you mean 'image/jpeg'"),
+    ("[profiles.a]\ntypes = ['text/plain']\n[profiles.a.derivatives.t]\nwidth = 1\n"
+     "height = 1\n", "'derivatives'"),
+    ("[profile.a]\nmax_size = 1\n", "[profiles.NAME]"),
     ("not toml [", "profiles.toml"),
 ])
 def test_profile_file_errors_name_file_profile_and_key(tmp_path, text, needle):
@@ -213,6 +219,29 @@ def test_profile_file_errors_name_file_profile_and_key(tmp_path, text, needle):
     with pytest.raises(ProfileError) as e:
         load_profiles(path)
     assert needle in str(e.value) and str(path) in str(e.value)
+
+
+def test_every_error_of_the_file_is_listed_at_once(tmp_path):
+    path = tmp_path / "profiles.toml"
+    path.write_text("[profiles.a]\nmax_size = 0\ncolour = 1\n[profiles.b]\npublic = 'yes'\n"
+                    "[profiles.b.derivatives.t]\nwidth = 10\nfit = 'stretch'\n")
+    with pytest.raises(ProfileError) as e:
+        load_profiles(path)
+    assert str(e.value).splitlines() == [
+        f"{path}: profile 'a', key 'max_size': Input should be greater than 0",
+        f"{path}: profile 'a', key 'colour': unknown key (expected one of cache_ttl,"
+        " derivatives, max_pixels, max_size, public, strip_metadata, types)",
+        f"{path}: profile 'b', key 'derivatives.t.height': Field required",
+        f"{path}: profile 'b', key 'derivatives.t.fit': Input should be 'contain' or 'cover'",
+        f"{path}: profile 'b', key 'public': Input should be a valid boolean",
+    ]
+
+
+def test_profiles_know_their_names(tmp_path):
+    profiles = load_profiles_text(tmp_path / "profiles.toml", PROFILES)
+    assert profiles.get("avatar").name == "avatar"
+    assert profiles.get(None).name == "default"
+    assert list(profiles.get("avatar").derivatives) == ["thumb", "square"]
 
 
 async def test_aborted_promotion_removes_its_derivatives_too(env, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import hashlib
 import io
 import random
@@ -595,7 +594,7 @@ async def test_receive_filters_a_large_stream_chunk_by_chunk(tmp_path, kind):
     assert len(original) > 1 << 20
     storage = FilesystemStorage(tmp_path / "cache")
     profile = load_profiles(None).get(None)
-    profile = dataclasses.replace(profile, strip_metadata=True)
+    profile = profile.model_copy(update={"strip_metadata": True})
     got = await receive(_chunked(original, 1000), storage=storage, key="a/b/upload",
                         profile=profile, max_upload_size=1 << 30)
     stored = b"".join([c async for c in storage.read("a/b/upload")])

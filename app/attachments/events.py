@@ -25,12 +25,13 @@ async def emit_attachment(conn: asyncpg.Connection, event_type: str, row: Any,
 
 async def insert_attachment(conn: asyncpg.Connection, values: dict[str, Any], now: datetime,
                             links: Links) -> tuple[asyncpg.Record, list[UUID]]:
-    """A new attachment (in no record slot) and its attachment.cached event, in one statement:
-    the event describes the row as INSERT makes it, which is known beforehand. Returns the
-    row and the delivery ids to enqueue."""
-    data = present(attachments_repo.as_inserted(values, now), links.for_events())
+    """A new attachment and its attachment.cached event, in one statement: the event describes
+    the row INSERT writes, which is known beforehand. Returns the row and the delivery ids to
+    enqueue."""
+    new = attachments_repo.new_row(values, now)
+    data = present(new, links.for_events())
     row = await events_repo.change_with_event(
-        conn, attachments_repo.INSERT, attachments_repo.insert_args(values, now), uuid7(),
+        conn, attachments_repo.INSERT, attachments_repo.insert_args(new), uuid7(),
         values["app_id"], "attachment.cached", values["id"], event_body("attachment.cached", data))
     assert row is not None  # an INSERT ... VALUES returns its row or raises
     return row, list(row["delivery_ids"])

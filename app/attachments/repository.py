@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from app.db import keep_session_state
+from app import db
 from app.sql import Where
 
 COLUMNS = (
@@ -19,31 +19,10 @@ COLUMNS = (
 )
 
 
-INSERT = (
-    "INSERT INTO attachments (id, app_id, profile, state, storage, key, filename, mime_type,"
-    " size, sha256, metadata, client_metadata, record_type, record_id, record_name,"
-    " promote_requested_at, expires_at, created_at, updated_at)"
-    " VALUES ($1, $2, $3, 'cached', 'cache', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,"
-    " CASE WHEN $14::boolean THEN $16::timestamptz END,"
-    " CASE WHEN $14::boolean THEN NULL ELSE $16::timestamptz + make_interval(secs => $15) END,"
-    " $16, $16)"
-    f" RETURNING {COLUMNS}"
-)
-
-
-def insert_args(values: dict[str, Any], now: datetime) -> list[Any]:
-    """The parameters of INSERT for a new attachment made at ``now``."""
-    return [
-        values["id"], values["app_id"], values["profile"], values["key"], values["filename"],
-        values["mime_type"], values["size"], values["sha256"], values["metadata"],
-        values["client_metadata"], values["record_type"], values["record_id"],
-        values["record_name"], values["promote"], values["cache_ttl"], now,
-    ]
-
-
-def as_inserted(values: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The row INSERT returns for these values, known before it runs: what the
-    attachment.cached event says (tests/test_webhooks.py holds the two equal)."""
+def new_row(values: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A new attachment's whole row, made at ``now``: INSERT writes every column from it, so
+    the attachment.cached event, written in the same statement before the row exists, is
+    this row as it is (none of the table's defaults are used, so none is repeated here)."""
     return {
         "id": values["id"], "app_id": values["app_id"], "profile": values["profile"],
         "state": "cached", "storage": "cache", "key": values["key"],
@@ -59,19 +38,25 @@ def as_inserted(values: dict[str, Any], now: datetime) -> dict[str, Any]:
     }
 
 
-async def insert(conn: asyncpg.Connection, now: datetime, **values: Any) -> asyncpg.Record:
-    return await conn.fetchrow(INSERT, *insert_args(values, now))
+_COLUMN_NAMES = tuple(name.strip() for name in COLUMNS.split(","))
+INSERT = (
+    f"INSERT INTO attachments ({COLUMNS})"
+    f" VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMN_NAMES) + 1))})"
+    f" RETURNING {COLUMNS}"
+)
+
+
+def insert_args(row: dict[str, Any]) -> list[Any]:
+    """The parameters of INSERT for a `new_row`."""
+    return [row[name] for name in _COLUMN_NAMES]
 
 
 async def lock_slot(
     conn: asyncpg.Connection, app_id: UUID, record_type: str, record_id: str, record_name: str
 ) -> None:
     """Serialise writers of one slot until the transaction ends: the last one wins cleanly."""
-    await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended("
-        "$1::uuid::text || chr(31) || $2 || chr(31) || $3 || chr(31) || $4, 1))",
-        app_id, record_type, record_id, record_name,
-    )
+    name = chr(31).join((str(UUID(str(app_id))), record_type, record_id, record_name))
+    await db.advisory_xact_lock(conn, name, seed=1)
 
 
 async def newer_stored_in_slot(conn: asyncpg.Connection, row: asyncpg.Record
@@ -276,7 +261,11 @@ async def cache_leftovers(conn: asyncpg.Connection, older_than_s: int) -> list[a
 
 async def try_lock_sweep(conn: asyncpg.Connection) -> bool:
     """Only one worker sweeps at a time; the lock ends with the transaction."""
-    return await conn.fetchval("SELECT pg_try_advisory_xact_lock(hashtextextended('sweep', 0))")
+    return await db.try_advisory_xact_lock(conn, "sweep")
+
+
+def _attachment_lock(att_id: UUID) -> str:
+    return f"attachment:{UUID(str(att_id))}"  # as Postgres' uuid::text writes it
 
 
 async def lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
@@ -284,13 +273,14 @@ async def lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
 
     Session-level, so it is released if the worker dies and its connection drops.
     """
-    keep_session_state(conn)
-    await conn.execute(
-        "SELECT pg_advisory_lock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
-    )
+    await db.advisory_lock(conn, _attachment_lock(att_id))
+
+
+async def try_lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> bool:
+    """`lock_attachment` without waiting (fsck): held, no promotion, reprocess or destroy of
+    this attachment runs meanwhile."""
+    return await db.try_advisory_lock(conn, _attachment_lock(att_id))
 
 
 async def unlock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
-    await conn.execute(
-        "SELECT pg_advisory_unlock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
-    )
+    await db.advisory_unlock(conn, _attachment_lock(att_id))

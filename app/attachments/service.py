@@ -256,8 +256,7 @@ async def _build_derivatives(res: Resources, row: asyncpg.Record, source: Storag
     if not profile.derivatives:
         return {}
     with metrics.timed(metrics.DERIVATIVE_SECONDS):
-        rendered = await render(source, key, list(profile.derivatives.values()),
-                                profile.max_pixels)
+        rendered = await render(source, key, profile.derivatives, profile.max_pixels)
     out = {}
     for name, r in rendered.items():
         dkey = keys.derivative_key(row["app_id"], row["id"], f"g{row['generation']}/{name}",

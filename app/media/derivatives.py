@@ -43,17 +43,19 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import struct
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from app.media.image import ROTATED, orientation
 
 try:
     from PIL import ImageCms
@@ -64,8 +66,6 @@ Fit = Literal["contain", "cover"]
 Format = Literal["webp", "jpeg", "png"]
 Source = str | Path | bytes | bytearray | memoryview
 
-FITS: tuple[str, ...] = get_args(Fit)
-FORMATS: tuple[str, ...] = get_args(Format)
 MIME_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png"}
 EXTENSIONS = {"webp": ".webp", "jpeg": ".jpg", "png": ".png"}
 _PIL_FORMATS = {"webp": "WEBP", "jpeg": "JPEG", "png": "PNG"}
@@ -80,10 +80,6 @@ REDUCING_GAP = 2.0
 # Largest derivative side accepted in a spec: a cover box is allocated whatever the source size.
 MAX_DIMENSION = 8192
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_ORIENTATION_TAG = 0x0112
-_ROTATED = {5, 6, 7, 8}  # EXIF orientations that swap width and height as displayed
-_SPEC_KEYS = ("width", "height", "fit", "format", "quality")
 # Leading bytes of the image formats we know: such a file that fails to open is corrupt, not
 # "not an image".
 _IMAGE_SIGNATURES = (
@@ -112,55 +108,18 @@ class ImageProcessingError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.detail}"
 
-    def to_dict(self) -> dict[str, str]:
-        """The attachment's ``error`` object."""
-        return {"code": self.code, "detail": self.detail}
 
+class DerivativeSpec(BaseModel):
+    """One derivative of a profile (a ``[profiles.NAME.derivatives.DNAME]`` table); its name
+    is the key it is listed under (see :data:`DerivativeName`)."""
 
-@dataclass(frozen=True)
-class DerivativeSpec:
-    name: str
-    width: int
-    height: int
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    width: int = Field(ge=1, le=MAX_DIMENSION)
+    height: int = Field(ge=1, le=MAX_DIMENSION)
     fit: Fit = "contain"
     format: Format = "webp"
-    quality: int = 80  # JPEG and WebP; PNG is lossless and ignores it
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
-            raise ValueError(
-                f"derivative name {self.name!r}: must be 1-64 letters, digits, '_' or '-', "
-                "starting with a letter or digit"
-            )
-        for key in ("width", "height"):
-            value = getattr(self, key)
-            if not _is_int(value) or not 0 < value <= MAX_DIMENSION:
-                raise ValueError(
-                    f"{key!r}: must be an integer from 1 to {MAX_DIMENSION}, got {value!r}"
-                )
-        if self.fit not in FITS:
-            raise ValueError(f"'fit': must be one of {', '.join(FITS)}, got {self.fit!r}")
-        if self.format not in FORMATS:
-            raise ValueError(f"'format': must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if not _is_int(self.quality) or not 1 <= self.quality <= 100:
-            raise ValueError(f"'quality': must be an integer from 1 to 100, got {self.quality!r}")
-
-    @classmethod
-    def from_profile(cls, name: str, raw: Mapping[str, Any]) -> DerivativeSpec:
-        """A spec from a profiles-file table such as ``{"width": 200, "height": 200}``.
-
-        Raises ``ValueError`` whose message names the offending key; the profiles loader adds
-        the file and profile names.
-        """
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"derivative {name!r} must be a table, got {type(raw).__name__}")
-        for key in raw:
-            if key not in _SPEC_KEYS:
-                raise ValueError(f"{key!r}: unknown key (expected one of {', '.join(_SPEC_KEYS)})")
-        for key in ("width", "height"):
-            if key not in raw:
-                raise ValueError(f"{key!r}: required")
-        return cls(name=name, **raw)
+    quality: int = Field(default=80, ge=1, le=100)  # JPEG and WebP; PNG is lossless
 
     @property
     def mime_type(self) -> str:
@@ -169,6 +128,10 @@ class DerivativeSpec:
     @property
     def ext(self) -> str:
         return EXTENSIONS[self.format]
+
+
+# A derivative's name goes into storage keys and URLs.
+DerivativeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
 
 @dataclass(frozen=True)
@@ -188,20 +151,17 @@ def build_derivative(
     source_path_or_bytes: Source, spec: DerivativeSpec, *, max_pixels: int | None
 ) -> Rendered:
     """One derivative of an image file (path) or of image bytes. See the module docstring."""
-    return build_all(source_path_or_bytes, [spec], max_pixels=max_pixels)[spec.name]
+    return build_all(source_path_or_bytes, {"d": spec}, max_pixels=max_pixels)["d"]
 
 
 def build_all(
-    source: Source, specs: Sequence[DerivativeSpec], *, max_pixels: int | None
+    source: Source, specs: Mapping[str, DerivativeSpec], *, max_pixels: int | None
 ) -> dict[str, Rendered]:
-    """Every derivative of one source, keyed by spec name; the source is decoded once.
+    """Every derivative of one source, by the names of ``specs``; the source is decoded once.
 
     Raises :class:`ImageProcessingError` for anything wrong with the image itself. A missing or
     unreadable *file* raises the usual ``OSError`` (not permanent: it is not the image's fault).
     """
-    names = [spec.name for spec in specs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate derivative names in {names}")
     if not specs:
         return {}
     with _open(source) as im:
@@ -215,55 +175,26 @@ def build_all(
         jpeg = im.format in ("JPEG", "MPO")
         if not jpeg:
             _load(im)  # no draft mode to set first; and PNG may keep its EXIF after the pixels
-        orientation = _orientation(im)
-        rotated = orientation in _ROTATED
+        turn = orientation(im)
+        rotated = turn in ROTATED
         shown = (height, width) if rotated else (width, height)
-        needs = [_needed(spec, *shown) for spec in specs]
+        needs = {name: _needed(spec, *shown) for name, spec in specs.items()}
         # Keep REDUCING_GAP times the largest need, width and height taken separately.
         want = (
-            math.ceil(max(w for w, _ in needs) * REDUCING_GAP),
-            math.ceil(max(h for _, h in needs) * REDUCING_GAP),
+            math.ceil(max(w for w, _ in needs.values()) * REDUCING_GAP),
+            math.ceil(max(h for _, h in needs.values()) * REDUCING_GAP),
         )
         if jpeg:
             # libjpeg scales by 1/2, 1/4 or 1/8 while decoding, never below `want`
             im.draft("RGB", (want[1], want[0]) if rotated else (want[0], want[1]))
             _load(im)
-        base = _transpose(im, orientation)
+        base = _transpose(im, turn)
         base, icc = _normalize(base)
         factor = min(base.width // want[0], base.height // want[1])
         if factor >= 2:
             base = base.reduce(factor)
         # Rendered inside the `with`: `base` may still be the opened image itself.
-        return {
-            spec.name: _render(base, icc, spec, need)
-            for spec, need in zip(specs, needs, strict=True)
-        }
-
-
-def probe_image(head_or_path: Source) -> dict[str, Any]:
-    """``{"width", "height"}`` as displayed (EXIF orientation applied), from the header only.
-
-    Adds ``"animated"`` and ``"frames"`` when they can be told without decoding (they may be
-    missing when given only the first bytes of a large animation). Raises
-    :class:`ImageProcessingError` (``not_an_image``, ``corrupt_image``, ``unsupported_image``,
-    ``too_many_pixels`` when above twice Pillow's own limit). Enforces no pixel limit itself.
-    """
-    with _open(head_or_path) as im:
-        width, height = im.size
-        if _orientation(im, header_only=True) in _ROTATED:
-            width, height = height, width
-        facts: dict[str, Any] = {"width": width, "height": height}
-        try:
-            frames = int(getattr(im, "n_frames", 1))
-        except Exception:  # a head cut inside the animation: the count is unknowable
-            try:
-                facts["animated"] = bool(getattr(im, "is_animated", False))
-            except Exception:
-                pass
-        else:
-            facts["animated"] = frames > 1
-            facts["frames"] = frames
-    return facts
+        return {name: _render(base, icc, spec, needs[name]) for name, spec in specs.items()}
 
 
 # -- opening and decoding ---------------------------------------------------------------------
@@ -350,24 +281,8 @@ def _load(im: ImageFile.ImageFile) -> None:
         ) from None
 
 
-def _orientation(im: Image.Image, *, header_only: bool = False) -> int | None:
-    """The EXIF orientation, 1..8, or None. ``header_only``: never decode pixels to find it
-    (PNG's ``getexif()`` loads the image, as the eXIf chunk may follow the pixel data)."""
-    try:
-        if header_only and im.format == "PNG":
-            exif = Image.Exif()
-            if "exif" in im.info:
-                exif.load(im.info["exif"])
-        else:
-            exif = im.getexif()
-        value = exif.get(_ORIENTATION_TAG)
-    except Exception:  # broken EXIF is ignored, never fatal
-        return None
-    return value if isinstance(value, int) and 1 <= value <= 8 else None
-
-
-def _transpose(im: Image.Image, orientation: int | None) -> Image.Image:
-    if orientation in (None, 1):
+def _transpose(im: Image.Image, turn: int) -> Image.Image:
+    if turn == 1:
         return im
     try:
         return ImageOps.exif_transpose(im)
@@ -506,7 +421,3 @@ def _for_format(im: Image.Image, fmt: str) -> Image.Image:
     if fmt == "webp" and im.mode in ("L", "LA"):  # WebP is RGB(A) only
         return im.convert("RGBA" if im.mode == "LA" else "RGB")
     return im
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)

@@ -9,7 +9,7 @@ import warnings
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 # EXIF orientations 5-8 rotate by 90 degrees: width and height swap as displayed.
-_ROTATED = {5, 6, 7, 8}
+ROTATED = frozenset({5, 6, 7, 8})
 _ORIENTATION_TAG = 0x0112
 
 
@@ -23,17 +23,27 @@ def image_dimensions(head: bytes) -> dict[str, int] | None:
     try:
         with _open_header(head) as im:
             width, height = im.size
-            try:
-                orientation = im.getexif().get(_ORIENTATION_TAG, 1)
-            except Exception:  # broken EXIF must not fail the upload
-                orientation = 1
+            turn = orientation(im)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error):
         return None
-    if not isinstance(orientation, int) or not 1 <= orientation <= 8:
-        orientation = 1  # what viewers do with a value the standard does not define
-    if orientation in _ROTATED:
+    if turn in ROTATED:
         width, height = height, width
-    return {"width": width, "height": height, "orientation": orientation}
+    return {"width": width, "height": height, "orientation": turn}
+
+
+def orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an opened image, 1-8: 1 without one, or with a broken one or
+    a value the standard does not define (what viewers do). Derivatives read it here too.
+
+    A PNG's EXIF may follow the pixel data, so Pillow decodes the image to find it: at upload
+    that is the first bytes only, and a PNG larger than those with EXIF after its pixels is
+    measured unrotated (its derivatives, made from the whole file, are rotated).
+    """
+    try:
+        value = im.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # broken EXIF must not fail the upload
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _open_header(head: bytes) -> ImageFile.ImageFile:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
@@ -27,7 +27,7 @@ def allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-async def render(storage: Storage, key: str, specs: Sequence[DerivativeSpec],
+async def render(storage: Storage, key: str, specs: Mapping[str, DerivativeSpec],
                  max_pixels: int | None) -> dict[str, Rendered]:
     async with storage.local_path(key) as path:
         loop = asyncio.get_running_loop()

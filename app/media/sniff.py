@@ -29,7 +29,7 @@ def sniff_mime(head: bytes) -> str:
 # upload here, a tenth of a small upload's CPU. The same signatures grouped by (offset,
 # length) need one slice and one dict lookup per group (~140), with the same matches in the
 # same order. This reads puremagic's tables; if a release renames them, the plain call is used
-# (tests/media/test_sniff.py compares both on every signature).
+# (tests/media/test_sniff.py compares both on every signature). Kept for bench/sniff.py's gain.
 def _build_index(rows: list[Any]) -> list[tuple[int, int, dict[bytes, list[int]]]]:
     groups: dict[tuple[int, int], dict[bytes, list[int]]] = {}
     for i, row in enumerate(rows):

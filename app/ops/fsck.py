@@ -53,6 +53,7 @@ from uuid import UUID
 import asyncpg
 
 from app.attachments import keys
+from app.attachments import repository as attachments_repo
 from app.attachments.events import emit_attachment
 from app.bootstrap import build_resources
 from app.config import Settings
@@ -375,7 +376,7 @@ class _Checker:
     async def _remove(self, chunk: list[tuple[_Candidate, Orphan]]) -> None:
         """Under each attachment's lock, with fresh rows: delete what is still an orphan."""
         ids = sorted({c.parsed.owner_id for c, _ in chunk if c.parsed})
-        locked = [i for i in ids if await repo.try_lock_attachment(self.conn, i)]
+        locked = [i for i in ids if await attachments_repo.try_lock_attachment(self.conn, i)]
         try:
             owners = await load_owners(self.conn, (c.parsed for c, _ in chunk if c.parsed),
                                        self.tables)
@@ -400,7 +401,7 @@ class _Checker:
                 log.info("fsck: removed orphan %s:%s (%s)", c.area, c.key, c.reason)
         finally:
             for i in locked:
-                await repo.unlock_attachment(self.conn, i)
+                await attachments_repo.unlock_attachment(self.conn, i)
 
     # -- broken attachments --------------------------------------------------------------------
 
@@ -447,7 +448,7 @@ class _Checker:
     async def _mark_failed(self, first: Any, missing: list[Any],
                            found: BrokenAttachment) -> None:
         att_id = first["id"]
-        if not await repo.try_lock_attachment(self.conn, att_id):
+        if not await attachments_repo.try_lock_attachment(self.conn, att_id):
             self.report.skipped_busy += 1
             return
         deliveries: list[UUID] = []
@@ -477,7 +478,7 @@ class _Checker:
             # like a failed promotion: a failed attachment keeps no files
             await self.res.store.delete_prefix(keys.prefix(first["app_id"], att_id))
         finally:
-            await repo.unlock_attachment(self.conn, att_id)
+            await attachments_repo.unlock_attachment(self.conn, att_id)
         await _best_effort(dispatch(self.res, deliveries), "enqueue webhook deliveries")
         await _best_effort(self.res.jobs.purge_cache(att_id), "enqueue the cache purge")
 

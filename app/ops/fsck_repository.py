@@ -15,7 +15,6 @@ from uuid import UUID
 import asyncpg
 
 from app.attachments.repository import COLUMNS as ATTACHMENT_COLUMNS
-from app.db import keep_session_state
 
 # The anti-join over every live attachment may take far longer than the pool's command timeout.
 LONG_QUERY_S = 6 * 3600.0
@@ -156,22 +155,6 @@ async def missing_page(conn: asyncpg.Connection, after: UUID | None, limit: int
 
 
 # --- repairs -------------------------------------------------------------------------------
-
-async def try_lock_attachment(conn: asyncpg.Connection, att_id: UUID) -> bool:
-    """The worker's per-attachment lock (see attachments.repository.lock_attachment), without
-    waiting: held, no promotion, reprocess or destroy of this attachment runs meanwhile."""
-    keep_session_state(conn)
-    return await conn.fetchval(
-        "SELECT pg_try_advisory_lock(hashtextextended('attachment:' || $1::uuid::text, 0))",
-        att_id,
-    )
-
-
-async def unlock_attachment(conn: asyncpg.Connection, att_id: UUID) -> None:
-    await conn.execute(
-        "SELECT pg_advisory_unlock(hashtextextended('attachment:' || $1::uuid::text, 0))", att_id
-    )
-
 
 async def get_attachment(conn: asyncpg.Connection, att_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(f"SELECT {_OWNER_COLUMNS} FROM attachments WHERE id = $1", att_id)

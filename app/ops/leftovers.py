@@ -12,6 +12,7 @@ import logging
 
 import asyncpg
 
+from app import db
 from app.resources import Resources
 from app.storage import Leftover, Storage
 
@@ -52,8 +53,7 @@ async def sweep_leftovers(res: Resources, older_than: float) -> list[Leftover]:
     """Remove every leftover older than `older_than` seconds; returns them. One worker at a
     time (an advisory lock): the others skip."""
     async with res.pool.acquire() as conn:
-        if not await conn.fetchval(
-                "SELECT pg_try_advisory_lock(hashtextextended('leftovers', 0))"):
+        if not await db.try_advisory_lock(conn, "leftovers"):
             return []
         try:
             found = await find(res, older_than)
@@ -63,5 +63,5 @@ async def sweep_leftovers(res: Resources, older_than: float) -> list[Leftover]:
                          name, leftover.size if leftover.size is not None else "?",
                          leftover.age_s)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended('leftovers', 0))")
+            await db.advisory_unlock(conn, "leftovers")
     return [leftover for _, leftover in found]

@@ -6,6 +6,8 @@ from uuid import UUID
 
 import asyncpg
 
+from app import db
+
 # one lock for every first use: two processes recording at once agree on one identity
 _LOCK = "stowage:storage-identity"
 
@@ -19,7 +21,7 @@ async def recorded(conn: asyncpg.Connection) -> dict[str, asyncpg.Record]:
 
 async def lock(conn: asyncpg.Connection) -> None:
     """Held until the transaction ends."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _LOCK)
+    await db.advisory_xact_lock(conn, _LOCK)
 
 
 async def record(conn: asyncpg.Connection, role: str, storage_id: UUID, location: str) -> None:
