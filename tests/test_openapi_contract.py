@@ -74,3 +74,24 @@ async def test_webhook_description_postgres_cannot_hold_is_422(client, tenant, d
     assert r.status_code == 422, r.text
     listed = await client.get("/v1/webhook-endpoints", headers=tenant.headers)
     assert listed.json()["items"] == []
+
+
+# --- cursors --------------------------------------------------------------------------------
+
+async def test_cursor_pattern_is_stated_and_enforced(client, tenant):
+    spec = await _spec(client)
+    for path in ("/v1/attachments", "/v1/webhook-endpoints",
+                 "/v1/webhook-endpoints/{endpoint_id}/deliveries"):
+        cursor = next(p for p in spec["paths"][path]["get"]["parameters"]
+                      if p["name"] == "cursor")
+        pattern = next(s for s in cursor["schema"]["anyOf"] if s.get("type") == "string"
+                       )["pattern"]
+        assert pattern == "^[A-Za-z0-9_-]{22}$", path
+    # what the schema admits is a position, answered 200 ...
+    r = await client.get("/v1/attachments", params={"cursor": "A" * 22}, headers=tenant.headers)
+    assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
+    # ... what it refuses, the server refuses too
+    for bad in ("Ü", "A" * 21, "A" * 23, "A" * 21 + "="):
+        r = await client.get("/v1/webhook-endpoints", params={"cursor": bad},
+                             headers=tenant.headers)
+        assert r.status_code == 422, bad

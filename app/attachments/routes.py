@@ -16,7 +16,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import ValidationError
 
-from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
+from app.api_common import (
+    PROBLEM,
+    cursor_query,
+    decode_cursor,
+    encode_cursor,
+    not_found_response,
+    path_id,
+)
 from app.attachments import service
 from app.attachments.downloads import (
     http_date,
@@ -293,7 +300,7 @@ async def list_attachments(
     record_type: str | None = Query(None),
     record_id: str | None = Query(None),
     record_name: str | None = Query(None),
-    cursor: str | None = Query(None),
+    cursor: str | None = cursor_query(),
     limit: int = Query(50, ge=1, le=200),
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),
