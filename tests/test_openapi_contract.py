@@ -4,8 +4,10 @@ document; these pin each fix down so that it cannot come undone unnoticed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from uuid import UUID
 
 import pytest
 
@@ -95,3 +97,28 @@ async def test_cursor_pattern_is_stated_and_enforced(client, tenant):
         r = await client.get("/v1/webhook-endpoints", params={"cursor": bad},
                              headers=tenant.headers)
         assert r.status_code == 422, bad
+
+
+# --- found by the fuzzer: a 500 ---------------------------------------------------------------
+
+async def test_deleting_an_attachment_while_an_endpoint_is_deleted_is_no_500(res, client,
+                                                                             tenant):
+    """The attachment.deleted event fans out to the app's endpoints; one being deleted at the
+    same moment used to fail the foreign key check of its delivery (500)."""
+    r = await client.post("/v1/webhook-endpoints", headers=tenant.headers,
+                          json={"url": "https://example.com/h"})
+    endpoint_id = r.json()["id"]
+    r = await client.post("/v1/attachments/raw", headers=tenant.headers, content=b"x",
+                          params={"promote": "false"})
+    att_id = r.json()["id"]
+    async with res.pool.acquire() as conn:
+        tx = conn.transaction()
+        await tx.start()
+        await conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", UUID(endpoint_id))
+        deleting = asyncio.create_task(
+            client.delete(f"/v1/attachments/{att_id}", headers=tenant.headers))
+        await asyncio.sleep(0.5)  # the DELETE of the attachment waits on the endpoint's row
+        await tx.commit()
+    r = await deleting
+    assert r.status_code == 202, r.text
+    assert r.json()["state"] == "deleted"
