@@ -59,8 +59,10 @@ def _url(default: Any = ...) -> Any:
                  json_schema_extra={"pattern": URL_PATTERN, "maxLength": MAX_URL_LENGTH})
 
 
+# strict: the schema says boolean, so "true" or 1 is refused as the document says (422),
+# not coerced
 class EndpointCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     url: str = _url()
     # an empty list would subscribe to nothing: leave it out for every event instead
     events: list[EventType] | None = Field(None, min_length=1)
@@ -68,7 +70,7 @@ class EndpointCreate(BaseModel):
 
 
 class EndpointPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     url: str | None = _url(None)
     events: list[EventType] | None = Field(None, min_length=1)
     description: str | None = Field(None, max_length=500, pattern=DESCRIPTION_PATTERN)
