@@ -34,6 +34,7 @@ from app.uploads.options import (
 from app.uploads.tus import UploadStatus
 from app.uploads.tus_protocol import (
     CHECKSUM_ALGORITHMS,
+    MAX_LENGTH_HEADER,
     OFFSET_CONTENT_TYPE,
     TUS_EXTENSIONS,
     TUS_VERSION,
@@ -129,7 +130,8 @@ BODY: dict[str, Any] = {
 CREATE_DOC: dict[str, Any] = {
     "parameters": [
         TUS_RESUMABLE,
-        _header("Upload-Length", {"type": "integer", "minimum": 0},
+        _header("Upload-Length", {"type": "integer", "minimum": 0,
+                                  "maximum": MAX_LENGTH_HEADER},
                 "the size of the whole file in bytes", required=True),
         _header("Upload-Metadata", {"type": "string"},
                 "comma-separated `key base64(value)` pairs"),
@@ -140,7 +142,8 @@ CREATE_DOC: dict[str, Any] = {
 PATCH_DOC: dict[str, Any] = {
     "parameters": [
         TUS_RESUMABLE,
-        _header("Upload-Offset", {"type": "integer", "minimum": 0},
+        _header("Upload-Offset", {"type": "integer", "minimum": 0,
+                                  "maximum": MAX_LENGTH_HEADER},
                 "where these bytes go: must equal the upload's offset", required=True),
         UPLOAD_CHECKSUM,
     ],
