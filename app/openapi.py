@@ -104,6 +104,31 @@ def _limits_doc(settings: Settings, profiles: Profiles) -> str:
             f" bytes here) or its profile's `max_size`, whichever is lower (413): {limits}.")
 
 
+# options the server refuses with a NUL in them (Postgres text cannot hold one: 422)
+TEXT_OPTIONS = ("record_type", "record_id", "record_name", "filename")
+
+
+def _no_nul(schema: dict[str, Any]) -> None:
+    """Add the NUL rule to a string schema, or to the string branch of an anyOf."""
+    for branch in [schema, *schema.get("anyOf", [])]:
+        if branch.get("type") == "string":
+            branch["pattern"] = NO_NUL
+
+
+def _text_options_without_nul(spec: dict[str, Any]) -> None:
+    for path, method in (("/v1/attachments", "get"), ("/v1/attachments/raw", "post")):
+        for parameter in _operation(spec, path, method)["parameters"]:
+            if parameter["name"] in TEXT_OPTIONS:
+                _no_nul(parameter["schema"])
+    form = _operation(spec, "/v1/attachments", "post")["requestBody"]["content"][
+        "multipart/form-data"]["schema"]["properties"]
+    for properties in (form, spec["components"]["schemas"]["RegisterRequest"]["properties"],
+                       spec["components"]["schemas"]["PresignRequest"]["properties"]):
+        for name in TEXT_OPTIONS:
+            if name in properties:
+                _no_nul(properties[name])
+
+
 def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     """The document for ``app`` run with ``settings``."""
     from app.uploads.presigned_routes import RegisterRequest
@@ -155,6 +180,7 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     form["properties"]["profile"] = profile
     form.update(_slot_rule(nullable=False))
     multipart["description"] = (multipart.get("description", "") + limits).strip()
+    _text_options_without_nul(spec)
     presign = _operation(spec, "/v1/presigned-uploads", "post")
     presign["description"] = (presign.get("description", "") + limits).strip()
     return spec
