@@ -47,10 +47,10 @@ class MethodsMiddleware:
     def __init__(self, app: ASGIApp, routes: list[BaseRoute]) -> None:
         self.app = app
         self.routes = routes  # the app's own list: routers included later are seen too
-        self._table: list[tuple[re.Pattern[str], frozenset[str]]] | None = None
+        self._table: list[tuple[re.Pattern[str], frozenset[str], bool]] | None = None
         self._table_size = -1
 
-    def _resources(self) -> list[tuple[re.Pattern[str], frozenset[str]]]:
+    def _resources(self) -> list[tuple[re.Pattern[str], frozenset[str], bool]]:
         # built on the first request (the routers are all included by then), again if the
         # route list grew (a test including one more router)
         if self._table is None or self._table_size != len(self.routes):
@@ -59,7 +59,8 @@ class MethodsMiddleware:
                 regex: Any = getattr(context, "path_regex", None)
                 methods = context.methods
                 if regex is not None and methods:
-                    table.append((regex, frozenset(methods)))
+                    static = "{" not in getattr(context, "path", "{")
+                    table.append((regex, frozenset(methods), static))
             self._table, self._table_size = table, len(self.routes)
         return self._table
 
@@ -67,9 +68,17 @@ class MethodsMiddleware:
         """(every method of the resource the path names, those its routes declare)."""
         path = get_route_path(scope)
         declared: set[str] = set()
-        for regex, methods in self._resources():
+        fixed: set[str] = set()
+        for regex, methods, static in self._resources():
             if regex.match(path):
                 declared |= methods
+                if static:
+                    fixed |= methods
+        # A path spelled out by a route is that resource, not also a value of another's
+        # parameter: GET /v1/attachments/raw is 405 (Allow: POST), not a lookup of an
+        # attachment whose id is "raw"
+        if fixed:
+            declared = fixed
         allowed = set(declared)
         if "GET" in allowed:
             allowed.add("HEAD")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from starlette.types import ASGIApp
 
-from app import cors, errors, problems
+from app import cors, openapi, problems
 from app.attachments.routes import router as attachments_router
 from app.attachments.timeline_routes import router as attachment_events_router
 from app.bootstrap import build_resources
@@ -21,41 +21,6 @@ from app.resources import Resources
 from app.uploads.presigned_routes import router as presigned_router
 from app.uploads.tus_routes import router as tus_router
 from app.webhooks.routes import router as webhooks_router
-
-
-def _install_openapi(app: FastAPI) -> None:
-    """Add the RFC 9457 Problem schema every error response refers to, with the list of
-    problem types, to the generated document."""
-    from fastapi.openapi.utils import get_openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        spec = get_openapi(title=app.title, version=app.version, summary=app.summary,
-                           routes=app.routes)
-        types = sorted(errors.problem_slugs() | {"method-not-allowed", "http-error"})
-        spec.setdefault("components", {}).setdefault("schemas", {})["Problem"] = {
-            "type": "object",
-            "description": "RFC 9457 problem details. `type` is "
-            f"{errors.PROBLEM_BASE}<name>, one of: {', '.join(types)}.",
-            "required": ["type", "title", "status", "detail"],
-            "properties": {
-                "type": {"type": "string", "format": "uri"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "instance": {"type": "string"},
-            },
-            "additionalProperties": True,
-        }
-        from app.uploads.presigned_routes import RegisterRequest
-
-        spec["components"]["schemas"]["RegisterRequest"] = RegisterRequest.model_json_schema(
-            ref_template="#/components/schemas/{model}")
-        app.openapi_schema = spec
-        return spec
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class StowageAPI(FastAPI):
@@ -95,7 +60,7 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     )
     app.cors_origins = tuple(cors.parse_origins(settings.cors_origins))
     problems.install(app)
-    _install_openapi(app)
+    openapi.install(app, settings)
     # inside the request id's middleware, so its 405s and HEADs are logged and carry the id
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     app.add_middleware(RequestIdMiddleware)

@@ -387,7 +387,7 @@ async def test_openapi_documents_the_limits(client):
     spec = (await client.get("/openapi.json")).json()
     form = spec["paths"]["/v1/attachments"]["post"]["requestBody"]["content"][
         "multipart/form-data"]["schema"]["properties"]
-    raw = {p["name"]: p["schema"] for p in spec["paths"]["/v1/attachments/raw"]["post"][
+    raw = {p["name"]: p.get("schema") for p in spec["paths"]["/v1/attachments/raw"]["post"][
         "parameters"]}
     register = spec["components"]["schemas"]["RegisterRequest"]["properties"]
     for field, limit in [("record_type", MAX_RECORD_TYPE), ("record_id", MAX_RECORD_ID),
@@ -395,5 +395,9 @@ async def test_openapi_documents_the_limits(client):
         assert form[field]["maxLength"] == limit
         assert raw[field]["maxLength"] == limit
         assert register[field]["maxLength"] == limit
-    assert form["metadata"]["maxLength"] == MAX_METADATA_BYTES
-    assert "16" in register["metadata"]["description"]
+    # metadata is the ClientMetadata object everywhere, its limits in its description
+    client_metadata = spec["components"]["schemas"]["ClientMetadata"]
+    assert str(MAX_METADATA_BYTES) in client_metadata["description"]
+    assert "16 levels" in client_metadata["description"]
+    for where in (form["metadata"], register["metadata"]):
+        assert where == {"$ref": "#/components/schemas/ClientMetadata"}

@@ -16,7 +16,14 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import ValidationError
 
-from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
+from app.api_common import (
+    PROBLEM,
+    cursor_query,
+    decode_cursor,
+    encode_cursor,
+    not_found_response,
+    path_id,
+)
 from app.attachments import service
 from app.attachments.downloads import (
     http_date,
@@ -44,11 +51,11 @@ from app.storage import Storage, StorageObjectNotFound, content_disposition, ope
 from app.uploads import intake, presigned
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
 from app.uploads.options import (
-    MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
     MAX_RECORD_ID,
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
+    check_early_options,
     check_text,
     json_nests_deeper,
     make_options,
@@ -60,8 +67,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
 COMMON_ERRORS = not_found_response("attachment")
-METADATA_DOC = (f"a JSON object: at most {MAX_METADATA_BYTES} bytes (UTF-8), nested at most"
-                f" {MAX_METADATA_DEPTH} levels deep (the object itself is level 1)")
 # The JSON registration body is read whole before it is parsed, so it is capped: the options
 # it carries fit with ample room for whitespace and escapes.
 MAX_REGISTER_BODY = 256 * 1024
@@ -75,6 +80,9 @@ UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     507: {"description": "The storage is full: nothing was kept; try again later", **PROBLEM},
 }
 
+# promote as text (a form field, a query parameter): exactly these two words
+PROMOTE_TEXT = {"type": "string", "enum": ["true", "false"], "default": "true",
+                "description": "`false`: wait for POST /v1/attachments/{id}/promote"}
 MULTIPART_BODY = {
     "requestBody": {
         "required": True,
@@ -90,19 +98,24 @@ MULTIPART_BODY = {
                         "record_type": {"type": "string", "maxLength": MAX_RECORD_TYPE},
                         "record_id": {"type": "string", "maxLength": MAX_RECORD_ID},
                         "record_name": {"type": "string", "maxLength": MAX_RECORD_NAME},
-                        "promote": {"type": "boolean", "default": True},
-                        "metadata": {"type": "string", "maxLength": MAX_METADATA_BYTES,
-                                     "description": METADATA_DOC},
+                        "promote": PROMOTE_TEXT,
+                        "metadata": {"$ref": "#/components/schemas/ClientMetadata"},
                     },
+                    # the record slot's parts may come before or after the file part;
+                    # app/openapi.py adds that it is all three parts or none
                 },
-                "encoding": {"file": {"contentType": "application/octet-stream"}},
+                # metadata is a JSON object in a part of its own
+                "encoding": {"file": {"contentType": "application/octet-stream"},
+                             "metadata": {"contentType": "application/json"}},
             }
         },
     }
 }
 RAW_BODY = {
     "requestBody": {
-        "required": True,
+        # the body is the file, and a file may be empty: no body is a file of 0 bytes
+        "required": False,
+        "description": "The file; an empty body is an empty file.",
         "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     }
 }
@@ -173,8 +186,8 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                     raise InvalidInput("only one 'file' part per upload")
                 fields.setdefault("filename", event.filename or "")
                 # fields before the file (and its filename) are validated now, so a bad one
-                # costs no bytes
-                parse_options(fields)
+                # costs no bytes; the slot's parts each alone, as the others may follow
+                check_early_options(fields)
                 staged = await intake.stage(res, app_id, fields.get("profile"),
                                              file_bytes(events))
         if staged is None:
@@ -234,6 +247,7 @@ def _limited(limit: int, description: str | None = None) -> Any:
     responses=UPLOAD_ERRORS,
     openapi_extra=RAW_BODY,
     summary="Upload a file as the raw request body (streamed)",
+    description="`record_type`, `record_id` and `record_name`: all three or none (422).",
 )
 async def upload_raw(
     request: Request,
@@ -242,8 +256,10 @@ async def upload_raw(
     record_type: str | None = _limited(MAX_RECORD_TYPE),
     record_id: str | None = _limited(MAX_RECORD_ID),
     record_name: str | None = _limited(MAX_RECORD_NAME),
-    promote: str | None = Query(None, description="true (default) or false"),
-    metadata: str | None = _limited(MAX_METADATA_BYTES, METADATA_DOC),
+    promote: str | None = Query(None, description=PROMOTE_TEXT["description"],
+                                json_schema_extra={"enum": PROMOTE_TEXT["enum"]}),
+    # JSON text; app/openapi.py documents it as the ClientMetadata it must be
+    metadata: str | None = Query(None),
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),
 ) -> JSONResponse:
@@ -293,7 +309,7 @@ async def list_attachments(
     record_type: str | None = Query(None),
     record_id: str | None = Query(None),
     record_name: str | None = Query(None),
-    cursor: str | None = Query(None),
+    cursor: str | None = cursor_query(),
     limit: int = Query(50, ge=1, le=200),
     app_id: UUID = Depends(current_app_id),
     res: Resources = Depends(resources),

@@ -28,8 +28,6 @@ MAX_RECORD_NAME = 128
 RECORD_LIMITS = {"record_type": MAX_RECORD_TYPE, "record_id": MAX_RECORD_ID,
                  "record_name": MAX_RECORD_NAME}
 
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 # where in the metadata a problem is, for the message; cut short so that building it for
 # every member stays linear in the metadata's size
 _PATH_CHARS = 200
@@ -56,14 +54,14 @@ class UploadOptions:
 
 
 def parse_bool(name: str, value: str | None, default: bool) -> bool:
-    if value is None or value == "":
+    """``true`` or ``false`` exactly, as the OpenAPI document states; left out: ``default``."""
+    if value is None:
         return default
-    v = value.strip().lower()
-    if v in _TRUE:
+    if value == "true":
         return True
-    if v in _FALSE:
+    if value == "false":
         return False
-    raise InvalidInput(f"{name} must be true or false, not {value!r}", field=name)
+    raise InvalidInput(f"{name} must be true or false, not {value[:50]!r}", field=name)
 
 
 def _text_problem(value: str) -> str | None:
@@ -177,8 +175,9 @@ def make_options(*, profile: str | None = None, filename: str | None = None,
 
 
 def parse_metadata(raw: str | None) -> dict[str, Any]:
-    """The ``metadata`` option as text: a JSON object within the size and depth limits."""
-    if not raw:
+    """The ``metadata`` option as text: a JSON object within the size and depth limits (an
+    empty text is no JSON object: refused, as the document says)."""
+    if raw is None:
         return {}
     if len(raw.encode()) > MAX_METADATA_BYTES:  # before parsing it
         raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes",
@@ -196,6 +195,15 @@ def parse_metadata(raw: str | None) -> dict[str, Any]:
     if not isinstance(metadata, dict):
         raise InvalidInput("metadata must be a JSON object", field="metadata")
     return metadata
+
+
+def check_early_options(fields: Mapping[str, str | None]) -> None:
+    """What of the options can be judged before all have arrived (multipart fields before
+    the file part): each alone, the record slot's parts too, but not whether the slot is
+    whole, as its other parts may come after the file."""
+    parse_options({k: v for k, v in fields.items() if k not in RECORD_LIMITS})
+    for name, limit in RECORD_LIMITS.items():
+        check_text(name, fields.get(name), limit)
 
 
 def parse_options(fields: Mapping[str, str | None]) -> UploadOptions:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api_common import AUTH_ERRORS, PROBLEM
 from app.deps import current_app_id, resources
@@ -31,10 +31,21 @@ def _limited(limit: int) -> Any:
     return Field(None, json_schema_extra={"maxLength": limit})
 
 
+# strict: what the schema calls an integer or a boolean is one ("5" and 5.0 are refused,
+# 422, as the document says, rather than coerced)
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema has it: 670.0 is one (strict mode alone would refuse it),
+    "670" and true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class PresignRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     filename: str | None = Field(None, max_length=MAX_FILENAME)
-    size: int = Field(ge=0, description="bytes the client will upload")
+    size: Annotated[int, BeforeValidator(_json_integer)] = Field(
+        ge=0, description="bytes the client will upload")
     profile: str | None = None
 
 
@@ -50,7 +61,7 @@ class PresignOut(BaseModel):
 class RegisterRequest(BaseModel):
     """Body of POST /v1/attachments (application/json) after a presigned upload."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     cached_key: str = Field(description="the `key` POST /v1/presigned-uploads answered")
     filename: str | None = Field(None, max_length=MAX_FILENAME)
     profile: str | None = None

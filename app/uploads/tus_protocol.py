@@ -105,12 +105,17 @@ def parse_checksum(header: str | None) -> Checksum | None:
     return Checksum(algorithm, digest)
 
 
+# the largest length or offset: what Postgres bigint holds, and what the OpenAPI document
+# states as the headers' maximum
+MAX_LENGTH_HEADER = 2**63 - 1
+
+
 def parse_length(name: str, value: str | None) -> int:
     """A non-negative integer header (Upload-Length, Upload-Offset); 400 otherwise."""
     if value is None:
         raise MalformedRequest(f"the {name} header is required", header=name)
     v = value.strip()
-    if not v.isdigit() or not v.isascii() or len(v) > 19:
+    if not v.isdigit() or not v.isascii() or len(v) > 19 or int(v) > MAX_LENGTH_HEADER:
         raise MalformedRequest(f"{name} must be a non-negative integer, not {value!r}",
                                header=name)
     return int(v)

@@ -15,10 +15,12 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_common import PROBLEM, path_id
 from app.deps import current_app_id, resources
 from app.errors import MalformedRequest
+from app.http_methods import allow_header
 from app.problems import error_response
 from app.resources import Resources
 from app.uploads import tus
@@ -32,6 +34,7 @@ from app.uploads.options import (
 from app.uploads.tus import UploadStatus
 from app.uploads.tus_protocol import (
     CHECKSUM_ALGORITHMS,
+    MAX_LENGTH_HEADER,
     OFFSET_CONTENT_TYPE,
     TUS_EXTENSIONS,
     TUS_VERSION,
@@ -106,7 +109,20 @@ def _header(name: str, schema: dict[str, Any], description: str,
 
 TUS_RESUMABLE = _header("Tus-Resumable", {"type": "string", "enum": [TUS_VERSION]},
                         "the protocol version", required=True)
-UPLOAD_CHECKSUM = _header("Upload-Checksum", {"type": "string"},
+
+
+def _checksum_pattern() -> str:
+    """`<algorithm> <base64 digest>`, the digest exactly as long as the algorithm's: what
+    tus.parse_checksum accepts (400 otherwise)."""
+    forms = []
+    for name, algorithm in sorted(CHECKSUM_ALGORITHMS.items()):
+        size = algorithm().digest_size
+        chars = (size * 8 + 5) // 6  # base64 characters carrying the digest's bits
+        forms.append(f"{name} [A-Za-z0-9+/]{{{chars}}}{'=' * (-chars % 4)}")
+    return "^(" + "|".join(forms) + ")$"
+
+
+UPLOAD_CHECKSUM = _header("Upload-Checksum", {"type": "string", "pattern": _checksum_pattern()},
                           "`<sha1|sha256|md5> <base64 digest>` of this request's body")
 BODY: dict[str, Any] = {
     "content": {OFFSET_CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
@@ -114,7 +130,8 @@ BODY: dict[str, Any] = {
 CREATE_DOC: dict[str, Any] = {
     "parameters": [
         TUS_RESUMABLE,
-        _header("Upload-Length", {"type": "integer", "minimum": 0},
+        _header("Upload-Length", {"type": "integer", "minimum": 0,
+                                  "maximum": MAX_LENGTH_HEADER},
                 "the size of the whole file in bytes", required=True),
         _header("Upload-Metadata", {"type": "string"},
                 "comma-separated `key base64(value)` pairs"),
@@ -125,7 +142,8 @@ CREATE_DOC: dict[str, Any] = {
 PATCH_DOC: dict[str, Any] = {
     "parameters": [
         TUS_RESUMABLE,
-        _header("Upload-Offset", {"type": "integer", "minimum": 0},
+        _header("Upload-Offset", {"type": "integer", "minimum": 0,
+                                  "maximum": MAX_LENGTH_HEADER},
                 "where these bytes go: must equal the upload's offset", required=True),
         UPLOAD_CHECKSUM,
     ],
@@ -136,6 +154,10 @@ TUS_ONLY_DOC: dict[str, Any] = {"parameters": [TUS_RESUMABLE]}
 
 def _headers_doc(*names: str) -> dict[str, Any]:
     return {n: {"schema": {"type": "string"}} for n in names}
+
+
+# the methods of /v1/tus/{upload_id} (POST only stands in for one of them, by its override)
+UPLOAD_METHODS = {"HEAD", "PATCH", "DELETE", "OPTIONS"}
 
 
 def _upload_id(value: str) -> UUID:
@@ -320,4 +342,7 @@ async def method_override(
         return await delete_upload(upload_id, app_id, res)
     if method == "HEAD":
         return await head_upload(upload_id, app_id, res)
-    raise MalformedRequest("POST to an upload needs X-HTTP-Method-Override: PATCH or DELETE")
+    # without an override, POST is no method of an upload: 405 naming those it has
+    raise StarletteHTTPException(405, "POST to an upload needs X-HTTP-Method-Override:"
+                                 " PATCH, DELETE or HEAD",
+                                 headers={"Allow": allow_header(UPLOAD_METHODS)})

@@ -115,9 +115,9 @@ async def record_failure(conn: asyncpg.Connection, endpoint_id: UUID, disable_af
 
 def _event_ctes(source: str, first: int) -> str:
     """CTEs ``ev``, the event (one per row of ``source``), and ``dl``, one delivery per
-    enabled endpoint of the app subscribed to its type (or only the endpoint named, whatever
-    its filter: test pings). Parameters from ``$first``: event id, app id, type, attachment
-    id, body, the one endpoint or NULL."""
+    enabled endpoint of the app (still there) subscribed to its type (or only the endpoint
+    named, whatever its filter: test pings). Parameters from ``$first``: event id, app id,
+    type, attachment id, body, the one endpoint or NULL."""
     ev, app, type_, att, body, only = (f"${first + i}" for i in range(6))
     return (
         f"ev AS (INSERT INTO events (id, app_id, type, attachment_id, body)"
@@ -128,6 +128,10 @@ def _event_ctes(source: str, first: int) -> str:
         f"  WHERE ep.app_id = {app} AND ep.enabled"
         f"    AND (CASE WHEN {only}::uuid IS NULL"
         f"         THEN ep.events IS NULL OR {type_} = ANY (ep.events) ELSE ep.id = {only} END)"
+        # an endpoint deleted meanwhile (its DELETE not yet committed when this statement
+        # began) is waited for and then skipped: without the lock the foreign key check met
+        # the deleted row and the whole change failed (a 500 on DELETE of an attachment)
+        "  FOR KEY SHARE OF ep"
         "  RETURNING id)"
     )
 

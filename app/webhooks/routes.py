@@ -8,7 +8,14 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 
-from app.api_common import PROBLEM, decode_cursor, encode_cursor, not_found_response, path_id
+from app.api_common import (
+    PROBLEM,
+    cursor_query,
+    decode_cursor,
+    encode_cursor,
+    not_found_response,
+    path_id,
+)
 from app.deps import current_app_id, resources
 from app.errors import NotFound, WebhookEndpointNotFound
 from app.resources import Resources
@@ -42,7 +49,8 @@ async def create_endpoint(body: EndpointCreate, app_id: UUID = Depends(current_a
 
 
 @router.get("", response_model=EndpointList, responses=ERRORS, summary="List endpoints")
-async def list_endpoints(cursor: str | None = None, limit: int = Query(50, ge=1, le=200),
+async def list_endpoints(cursor: str | None = cursor_query(),
+                         limit: int = Query(50, ge=1, le=200),
                          app_id: UUID = Depends(current_app_id),
                          res: Resources = Depends(resources)) -> dict[str, Any]:
     page = await service.list_endpoints(res, app_id, decode_cursor(cursor), limit)
@@ -81,7 +89,8 @@ async def delete_endpoint(endpoint_id: str, app_id: UUID = Depends(current_app_i
             summary="The delivery log, newest first")
 async def list_deliveries(endpoint_id: str,
                           status: Literal["pending", "delivered", "failed"] | None = None,
-                          cursor: str | None = None, limit: int = Query(50, ge=1, le=200),
+                          cursor: str | None = cursor_query(),
+                          limit: int = Query(50, ge=1, le=200),
                           app_id: UUID = Depends(current_app_id),
                           res: Resources = Depends(resources)) -> dict[str, Any]:
     page = await service.list_deliveries(res, app_id, _endpoint_id(endpoint_id), status,

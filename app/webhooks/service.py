@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,17 +24,26 @@ from app.webhooks import repository as repo
 from app.webhooks.endpoint_slots import endpoint_slot
 from app.webhooks.outbox import EVENT_TYPES, TEST_EVENT, emit
 from app.webhooks.schedule import attempt_lease, next_delay
+from app.webhooks.schemas import MAX_URL_LENGTH, URL_DOC, URL_PATTERN
 
 log = logging.getLogger(__name__)
 
-MAX_URL_LENGTH = 2048
 
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
 
 
+_URL = re.compile(URL_PATTERN)
+
+
 def validate_url(url: str, allow_private: bool) -> str:
+    """The URL rule the OpenAPI document states (URL_PATTERN), then the addresses the
+    settings forbid."""
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidInput(f"url is longer than {MAX_URL_LENGTH} characters", field="url")
+    if not _URL.match(url):
+        raise InvalidInput(f"url is not a valid URL: it must be {URL_DOC}", field="url")
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
@@ -41,8 +51,6 @@ def validate_url(url: str, allow_private: bool) -> str:
         raise InvalidInput(f"url is not a valid URL: {e}", field="url") from None
     if parts.scheme not in ("http", "https") or not hostname:
         raise InvalidInput("url must be an absolute http:// or https:// URL", field="url")
-    if len(url) > MAX_URL_LENGTH:
-        raise InvalidInput(f"url is longer than {MAX_URL_LENGTH} characters", field="url")
     try:
         literal = ipaddress.ip_address(hostname)
     except ValueError:
@@ -65,6 +73,21 @@ def validate_events(events: list[str] | None) -> list[str] | None:
         raise InvalidInput("events must name at least one type, or be left out for all",
                            field="events")
     return sorted(set(events))
+
+
+def validate_description(description: str | None) -> str | None:
+    """What Postgres text can hold: no NUL (the schema's pattern says so), no lone UTF-16
+    surrogate (a JSON escape can carry one; it is no character)."""
+    if description is None:
+        return None
+    if "\x00" in description:
+        raise InvalidInput("description contains a NUL character", field="description")
+    try:
+        description.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput("description contains a lone UTF-16 surrogate",
+                           field="description") from None
+    return description
 
 
 async def check_destination(res: Resources, url: str) -> None:
@@ -95,7 +118,7 @@ async def create_endpoint(res: Resources, app_id: UUID, url: str, events: list[s
     async with res.pool.acquire() as conn:
         return await repo.insert_endpoint(conn, id=uuid7(), app_id=app_id, url=url,
                                           secret=new_secret(), events=validate_events(events),
-                                          description=description)
+                                          description=validate_description(description))
 
 
 async def get_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID) -> asyncpg.Record:
@@ -122,7 +145,7 @@ async def update_endpoint(res: Resources, app_id: UUID, endpoint_id: UUID,
     if "events" in patch:
         changes["events"] = validate_events(patch["events"])
     if "description" in patch:
-        changes["description"] = patch["description"]
+        changes["description"] = validate_description(patch["description"])
     if "enabled" in patch:
         changes["enabled"] = bool(patch["enabled"])
         if patch["enabled"]:  # a fresh start: the failure clock restarts too
