@@ -19,6 +19,7 @@ from app.observability.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.resources import Resources
 from app.uploads.presigned_routes import router as presigned_router
+from app.uploads.routes import router as uploads_router
 from app.uploads.tus_routes import router as tus_router
 from app.webhooks.routes import router as webhooks_router
 
@@ -64,6 +65,8 @@ def create_app(settings: Settings | None = None, resources: Resources | None = N
     # inside the request id's middleware, so its 405s and HEADs are logged and carry the id
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     app.add_middleware(RequestIdMiddleware)
+    # uploads first: POST /v1/attachments/raw is that resource, not an attachment id
+    app.include_router(uploads_router)
     app.include_router(attachments_router)
     app.include_router(presigned_router)
     app.include_router(tus_router)

@@ -11,10 +11,8 @@ from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import ValidationError
 
 from app.api_common import (
     PROBLEM,
@@ -38,87 +36,18 @@ from app.errors import (
     AttachmentNotFound,
     DerivativeNotFound,
     FileMissing,
-    InvalidInput,
     InvalidState,
-    UnsupportedMediaType,
-    UploadTooLarge,
 )
 from app.failpoints import failpoint
 from app.http_methods import is_head
-from app.observability.metrics import track_upload
 from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound, content_disposition, open_read
-from app.uploads import intake, presigned
-from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
-from app.uploads.options import (
-    MAX_METADATA_DEPTH,
-    MAX_RECORD_ID,
-    MAX_RECORD_NAME,
-    MAX_RECORD_TYPE,
-    check_early_options,
-    check_text,
-    json_nests_deeper,
-    make_options,
-    parse_options,
-)
-from app.uploads.presigned_routes import RegisterRequest
+from app.text import check_text
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
 COMMON_ERRORS = not_found_response("attachment")
-# The JSON registration body is read whole before it is parsed, so it is capped: the options
-# it carries fit with ample room for whitespace and escapes.
-MAX_REGISTER_BODY = 256 * 1024
-
-UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
-    **COMMON_ERRORS,
-    409: {"description": "JSON registration, but the cache is not on S3", **PROBLEM},
-    413: {"description": "Larger than the profile or service allows (a JSON registration:"
-                         f" a body over {MAX_REGISTER_BODY // 1024} KiB)", **PROBLEM},
-    415: {"description": "File type not allowed by the profile", **PROBLEM},
-    507: {"description": "The storage is full: nothing was kept; try again later", **PROBLEM},
-}
-
-# promote as text (a form field, a query parameter): exactly these two words
-PROMOTE_TEXT = {"type": "string", "enum": ["true", "false"], "default": "true",
-                "description": "`false`: wait for POST /v1/attachments/{id}/promote"}
-MULTIPART_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/RegisterRequest"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "profile": {"type": "string"},
-                        "record_type": {"type": "string", "maxLength": MAX_RECORD_TYPE},
-                        "record_id": {"type": "string", "maxLength": MAX_RECORD_ID},
-                        "record_name": {"type": "string", "maxLength": MAX_RECORD_NAME},
-                        "promote": PROMOTE_TEXT,
-                        "metadata": {"$ref": "#/components/schemas/ClientMetadata"},
-                    },
-                    # the record slot's parts may come before or after the file part;
-                    # app/openapi.py adds that it is all three parts or none
-                },
-                # metadata is a JSON object in a part of its own
-                "encoding": {"file": {"contentType": "application/octet-stream"},
-                             "metadata": {"contentType": "application/json"}},
-            }
-        },
-    }
-}
-RAW_BODY = {
-    "requestBody": {
-        # the body is the file, and a file may be empty: no body is a file of 0 bytes
-        "required": False,
-        "description": "The file; an empty body is an empty file.",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    }
-}
 
 
 def download_responses(what: str, media_type: str) -> dict[int | str, dict[str, Any]]:
@@ -138,146 +67,6 @@ def download_responses(what: str, media_type: str) -> dict[int | str, dict[str, 
 
 def _attachment_id(value: str) -> UUID:
     return path_id(value, AttachmentNotFound)
-
-
-def _created(res: Resources, row: Any) -> JSONResponse:
-    body = present(row, res.links)
-    return JSONResponse(body, status_code=201, headers={"Location": f"/v1/attachments/{row['id']}"})
-
-
-@router.post(
-    "/attachments",
-    status_code=201,
-    response_model=AttachmentOut,
-    responses=UPLOAD_ERRORS,
-    openapi_extra=MULTIPART_BODY,
-    summary="Upload a file (multipart/form-data, streamed), or register a presigned upload",
-)
-async def upload_multipart(
-    request: Request,
-    app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
-) -> JSONResponse:
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("application/json"):
-        return await _register_presigned(request, app_id, res)
-    if not content_type.startswith("multipart/"):
-        raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
-                                   " JSON {\"cached_key\"} after a presigned upload")
-    with track_upload("multipart") as accepted:
-        row = await _upload_multipart(request, content_type, app_id, res)
-        accepted.append(row["size"])
-    return _created(res, row)
-
-
-async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
-                            res: Resources) -> Any:
-    events = iter_multipart(request.stream(), boundary_of(content_type))
-    fields: dict[str, str] = {}
-    staged = None
-    try:
-        async for event in events:
-            if isinstance(event, Field):
-                fields[event.name] = event.value
-            elif isinstance(event, FileStart):
-                if event.name != "file":
-                    raise InvalidInput(f"unexpected file part {event.name!r}; send it as 'file'")
-                if staged is not None:
-                    raise InvalidInput("only one 'file' part per upload")
-                fields.setdefault("filename", event.filename or "")
-                # fields before the file (and its filename) are validated now, so a bad one
-                # costs no bytes; the slot's parts each alone, as the others may follow
-                check_early_options(fields)
-                staged = await intake.stage(res, app_id, fields.get("profile"),
-                                             file_bytes(events))
-        if staged is None:
-            raise InvalidInput("the part 'file' is missing", field="file")
-        options = parse_options(fields)
-    except BaseException:
-        if staged is not None:
-            await intake.discard(res, staged)
-        raise
-    return await intake.record(res, staged, options)
-
-
-async def _register_presigned(request: Request, app_id: UUID, res: Resources) -> JSONResponse:
-    raw = await _capped_body(request, MAX_REGISTER_BODY)
-    # only metadata may nest (the body is one level more); checked before the parser sees it
-    if json_nests_deeper(raw.decode("utf-8", "replace"), MAX_METADATA_DEPTH + 1):
-        raise InvalidInput(f"metadata nests deeper than {MAX_METADATA_DEPTH} levels",
-                           field="metadata")
-    try:
-        body = RegisterRequest.model_validate_json(raw)
-    except ValidationError as e:
-        raise RequestValidationError(e.errors()) from None
-    options = make_options(
-        profile=body.profile, filename=body.filename, record_type=body.record_type,
-        record_id=body.record_id, record_name=body.record_name, promote=body.promote,
-        client_metadata=body.metadata,
-    )
-    with track_upload("presigned") as accepted:
-        row = await presigned.register(res, app_id, body.cached_key, options)
-        accepted.append(row["size"])
-    return _created(res, row)
-
-
-async def _capped_body(request: Request, limit: int) -> bytes:
-    """The whole request body, refused (413) as soon as it is over ``limit`` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise UploadTooLarge(f"the JSON body is over {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise UploadTooLarge(f"the JSON body is over {limit} bytes")
-    return bytes(body)
-
-
-def _limited(limit: int, description: str | None = None) -> Any:
-    """An upload option in the query: its limit is documented here and enforced, for every
-    upload mode alike, by app/uploads/options.py."""
-    return Query(None, description=description, json_schema_extra={"maxLength": limit})
-
-
-@router.post(
-    "/attachments/raw",
-    status_code=201,
-    response_model=AttachmentOut,
-    responses=UPLOAD_ERRORS,
-    openapi_extra=RAW_BODY,
-    summary="Upload a file as the raw request body (streamed)",
-    description="`record_type`, `record_id` and `record_name`: all three or none (422).",
-)
-async def upload_raw(
-    request: Request,
-    filename: str | None = Query(None),
-    profile: str | None = Query(None),
-    record_type: str | None = _limited(MAX_RECORD_TYPE),
-    record_id: str | None = _limited(MAX_RECORD_ID),
-    record_name: str | None = _limited(MAX_RECORD_NAME),
-    promote: str | None = Query(None, description=PROMOTE_TEXT["description"],
-                                json_schema_extra={"enum": PROMOTE_TEXT["enum"]}),
-    # JSON text; app/openapi.py documents it as the ClientMetadata it must be
-    metadata: str | None = Query(None),
-    app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
-) -> JSONResponse:
-    options = parse_options({
-        "filename": filename, "profile": profile, "record_type": record_type,
-        "record_id": record_id, "record_name": record_name, "promote": promote,
-        "metadata": metadata,
-    })
-    # an unknown profile, or a declared length over the limit, is refused before the body
-    limit = res.profiles.get(options.profile).size_limit(res.settings.max_upload_size)
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit():
-        if int(length) > limit:
-            raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
-    with track_upload("raw") as accepted:
-        row = await intake.upload(res, app_id, request.stream(), options)
-        accepted.append(row["size"])
-    return _created(res, row)
 
 
 @router.get(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import InvalidInput, InvalidRecordSlot
+from app.text import check_text, text_problem
 
 MAX_METADATA_BYTES = 16 * 1024
 # Levels of nesting of metadata, the object itself being level 1. Far below what any reader
@@ -64,29 +65,6 @@ def parse_bool(name: str, value: str | None, default: bool) -> bool:
     raise InvalidInput(f"{name} must be true or false, not {value[:50]!r}", field=name)
 
 
-def _text_problem(value: str) -> str | None:
-    """Why Postgres could not store ``value`` as text (or inside jsonb), if it could not."""
-    if "\x00" in value:
-        return "contains a NUL character"
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "contains a lone UTF-16 surrogate, which is not a character"
-    return None
-
-
-def check_text(name: str, value: str | None, max_length: int | None = None) -> str | None:
-    """``value`` if Postgres can store it and it is at most ``max_length`` characters long;
-    InvalidInput (422) naming the field otherwise."""
-    if value is None:
-        return None
-    if max_length is not None and len(value) > max_length:
-        raise InvalidInput(f"{name} is longer than {max_length} characters", field=name)
-    problem = _text_problem(value)
-    if problem:
-        raise InvalidInput(f"{name} {problem}", field=name)
-    return value
 
 
 def json_nests_deeper(text: str, limit: int) -> bool:
@@ -124,7 +102,7 @@ def check_metadata(metadata: Any, name: str = "metadata") -> None:
                                    f" (at {path})", field=name)
             if isinstance(value, dict):
                 for key, item in value.items():
-                    problem = _text_problem(key) if isinstance(key, str) else None
+                    problem = text_problem(key) if isinstance(key, str) else None
                     if problem:
                         raise InvalidInput(f"a key in {path} {problem}", field=name)
                     todo.append((item, depth + 1, f"{path}.{key}"[:_PATH_CHARS]))
@@ -132,7 +110,7 @@ def check_metadata(metadata: Any, name: str = "metadata") -> None:
                 todo.extend((item, depth + 1, f"{path}[{i}]"[:_PATH_CHARS])
                             for i, item in enumerate(value))
         elif isinstance(value, str):
-            problem = _text_problem(value)
+            problem = text_problem(value)
             if problem:
                 raise InvalidInput(f"{path} {problem}", field=name)
         elif isinstance(value, float) and not math.isfinite(value):

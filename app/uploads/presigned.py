@@ -14,10 +14,11 @@ from app.attachments import keys
 from app.errors import InvalidInput, InvalidState, UploadTooLarge
 from app.ids import uuid7
 from app.resources import Resources
+from app.text import check_text
 from app.uploads import intake
 from app.uploads import presigned_repository as repo
 from app.uploads.ingest import Received, inspect
-from app.uploads.options import UploadOptions, check_text
+from app.uploads.options import UploadOptions
 
 PRESIGN_TTL_S = 3600
 # objects of expired presigns get this much longer, for uploads still in flight at expiry

@@ -19,6 +19,7 @@ from app.ids import uuid7
 from app.observability import metrics
 from app.pagination import Page, page_of
 from app.resources import Resources
+from app.text import check_text
 from app.webhooks import delivery as http_delivery
 from app.webhooks import repository as repo
 from app.webhooks.endpoint_slots import endpoint_slot
@@ -76,18 +77,8 @@ def validate_events(events: list[str] | None) -> list[str] | None:
 
 
 def validate_description(description: str | None) -> str | None:
-    """What Postgres text can hold: no NUL (the schema's pattern says so), no lone UTF-16
-    surrogate (a JSON escape can carry one; it is no character)."""
-    if description is None:
-        return None
-    if "\x00" in description:
-        raise InvalidInput("description contains a NUL character", field="description")
-    try:
-        description.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("description contains a lone UTF-16 surrogate",
-                           field="description") from None
-    return description
+    """What Postgres text can hold (app.text; the schema's pattern says no NUL)."""
+    return check_text("description", description)
 
 
 async def check_destination(res: Resources, url: str) -> None:
