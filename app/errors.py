@@ -1,4 +1,5 @@
-"""Domain errors, and the one place they become HTTP problems (RFC 9457).
+"""Domain errors, each with the HTTP status and problem type (RFC 9457) it answers as;
+app/problems.py is the one place they become HTTP answers.
 
     StowageError                      500 internal
     ├── Unauthorized                  401 unauthorized

@@ -1,18 +1,22 @@
 """Errors as HTTP answers, in one place: RFC 9457 problem documents, 503 with Retry-After
 for an unreachable dependency, never an exception's text.
 
-The app's exception handlers answer with ``error_response``, and so do routes that must add
-headers of their own to every answer, errors included (tus: Tus-Resumable and CORS)."""
+The app's exception handlers answer with ``error_response``. A router whose answers need more
+(tus: its headers on every answer, errors included; the dashboard: pages instead of problem
+documents for its own exceptions, and its security headers) uses a ``ProblemRoute`` with its
+hooks, instead of a mapping of its own."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import botocore.exceptions
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -91,3 +95,30 @@ def install(app: FastAPI) -> None:
     for exc_type in handled:
         app.add_exception_handler(exc_type, handler)
 
+
+
+class ProblemRoute(APIRoute):
+    """A route whose errors are answered right here, by ``error_response``, so the router's
+    hooks see every answer: ``answer_error`` may answer an error its own way first (None: the
+    problem document), ``finish`` adjusts every response (headers)."""
+
+    def answer_error(self, request: Request, exc: Exception) -> Response | None:
+        return None
+
+    def finish(self, request: Request, response: Response, exc: Exception | None) -> None:
+        return None
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            exc: Exception | None = None
+            try:
+                response = await handler(request)
+            except Exception as e:
+                exc = e
+                response = self.answer_error(request, e) or error_response(request, e)
+            self.finish(request, response, exc)
+            return response
+
+        return route

@@ -9,7 +9,6 @@ hidden field (else 403, nothing done). Pages are sent with a strict Content-Secu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -18,7 +17,6 @@ from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.routing import APIRoute
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +35,7 @@ from app.deps import resources_of
 from app.errors import NotFound, StowageError
 from app.ids import parse_uuid
 from app.pagination import Page
+from app.problems import ProblemRoute
 
 # Templates and static files are package data (pyproject.toml), read through the package, not
 # a path next to this file: what a wheel carries is what the dashboard serves.
@@ -72,33 +71,28 @@ class BadForm(Exception):
         self.message = message
 
 
-class DashboardRoute(APIRoute):
-    """Turns the dashboard's own exceptions into pages and sets the security headers on every
-    response, so handlers stay plain."""
+class DashboardRoute(ProblemRoute):
+    """The dashboard's own exceptions as pages, and its security headers on every response, so
+    handlers stay plain. Any other error is the app's problem document (app.problems)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
+    def answer_error(self, request: Request, exc: Exception) -> Response | None:
+        if isinstance(exc, LoginRequired):
+            query = urlencode({"next": exc.next_url})
+            return RedirectResponse(f"{_root(request)}/dashboard/login?{query}", 303)
+        if isinstance(exc, BadForm):
+            return _page(request, "error.html", status=exc.status, title="Bad request",
+                         message=exc.message)
+        if isinstance(exc, CsrfRejected):
+            return _page(request, "error.html", status=403, title="Forbidden",
+                         message="The form's security token is missing or stale. Go back,"
+                                 " reload the page and try again.")
+        if isinstance(exc, NotFound):
+            return _page(request, "error.html", status=404, title="Not found",
+                         message=exc.detail)
+        return None
 
-        async def route(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except LoginRequired as e:
-                query = urlencode({"next": e.next_url})
-                response = RedirectResponse(f"{_root(request)}/dashboard/login?{query}", 303)
-            except BadForm as e:
-                response = _page(request, "error.html", status=e.status, title="Bad request",
-                                 message=e.message)
-            except CsrfRejected:
-                response = _page(request, "error.html", status=403, title="Forbidden",
-                                 message="The form's security token is missing or stale. Go"
-                                         " back, reload the page and try again.")
-            except NotFound as e:
-                response = _page(request, "error.html", status=404, title="Not found",
-                                 message=e.detail)
-            _harden(request, response)
-            return response
-
-        return route
+    def finish(self, request: Request, response: Response, exc: Exception | None) -> None:
+        _harden(request, response)
 
 
 def _harden(request: Request, response: Response) -> None:

@@ -8,20 +8,18 @@ preflight is answered there, before these routes, when STOWAGE_CORS_ORIGINS allo
 from __future__ import annotations
 
 import email.utils
-from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_common import PROBLEM, path_id
 from app.deps import current_app_id, resources
 from app.errors import MalformedRequest
 from app.http_methods import allow_header
-from app.problems import error_response
+from app.problems import ProblemRoute
 from app.resources import Resources
 from app.uploads import tus
 from app.uploads.options import (
@@ -46,29 +44,17 @@ from app.uploads.tus_protocol import (
 )
 
 
-class TusRoute(APIRoute):
-    """Adds the tus headers to every response, errors included: whatever escapes the handler
-    (a domain error, Postgres, Redis or S3 down, a bug) is answered here, with the app's own
-    mapping, rather than by the app-wide handlers, which know nothing of these headers (a
-    tus client needs Tus-Resumable, and Location on a failed creation-with-upload, to
-    resume)."""
+class TusRoute(ProblemRoute):
+    """The tus headers on every response, errors included: a tus client needs Tus-Resumable,
+    and Location on a failed creation-with-upload, to resume."""
 
-    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        handler = super().get_route_handler()
-
-        async def tus_handler(request: Request) -> Response:
-            try:
-                response = await handler(request)
-            except Exception as exc:
-                response = error_response(request, exc)
-                response.headers.update(getattr(request.state, "tus_error_headers", {}))
-                if response.status_code == 412:
-                    response.headers["Tus-Version"] = TUS_VERSION
-            if request.method != "OPTIONS":
-                response.headers["Tus-Resumable"] = TUS_VERSION
-            return response
-
-        return tus_handler
+    def finish(self, request: Request, response: Response, exc: Exception | None) -> None:
+        if exc is not None:
+            response.headers.update(getattr(request.state, "tus_error_headers", {}))
+            if response.status_code == 412:
+                response.headers["Tus-Version"] = TUS_VERSION
+        if request.method != "OPTIONS":
+            response.headers["Tus-Resumable"] = TUS_VERSION
 
 
 async def require_tus_resumable(request: Request) -> None:
