@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -32,28 +32,22 @@ from .base import (
     validate_prefix,
 )
 from .resumable import Resumable, ResumableState
+from .s3_multipart import (
+    GIB,
+    MAX_PARTS,
+    MIB,
+    MIN_PART_SIZE,
+    MultipartUpload,
+    error_code,
+    part_size_for,
+    settled_ok,
+)
 
 # types-aiobotocore is not a dependency; the client is dynamically generated anyway.
 S3Client = Any
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
-_MAX_PARTS = 10_000
-_MIN_PART_SIZE = 5 * MiB
-_MAX_PART_SIZE = 5 * GiB
 _DELETE_BATCH = 1000
-
-
-def part_size_for(number: int, first: int, length: int | None = None) -> int:
-    """The size of part `number` of a multipart upload: `first` bytes, grown so that the object
-    fits in S3's 10,000 parts. A write of unknown length doubles its parts every 1000; an
-    upload whose length is known (resumable) has parts all of one size, whole MiB."""
-    if length is not None:
-        need = -(-length // _MAX_PARTS)
-        return max(first, -(-need // MiB) * MiB)
-    return min(first << ((number - 1) // 1000), _MAX_PART_SIZE)
 
 
 class S3StorageError(RuntimeError):
@@ -93,13 +87,13 @@ class S3Storage:
     shares_copies = False
     direct_upload = True
     # the first part size of a streamed write (see part_size_for)
-    part_size = 8 * MiB
+    part_size = 8 * MIB
     # the part size of a resumable upload: the smallest S3 takes, so that a write holds
     # little in memory and leaves a small tail
-    resumable_part_size = _MIN_PART_SIZE
-    # copy_object refuses sources above 5 GiB; those need a multipart copy.
-    multipart_copy_threshold = 5 * GiB
-    copy_part_size = 512 * MiB
+    resumable_part_size = MIN_PART_SIZE
+    # copy_object refuses sources above 5 GIB; those need a multipart copy.
+    multipart_copy_threshold = 5 * GIB
+    copy_part_size = 512 * MIB
     copy_concurrency = 4
 
     def __init__(self, client: S3Client, bucket: str, prefix: str = "",
@@ -390,7 +384,7 @@ class S3Storage:
         return head
 
     async def _undo_write(self, upload: MultipartUpload, put: asyncio.Future[Any] | None) -> None:
-        if put is not None and await _settled_ok(put):
+        if put is not None and await settled_ok(put):
             # The caller is told the write failed, so it must not find the object either.
             await self.client.delete_object(Bucket=self.bucket, Key=upload.key)
         await upload.undo()
@@ -426,7 +420,7 @@ class S3Storage:
     async def _multipart_copy(
         self, src: dict[str, str], dest: str, size: int, extra: dict[str, Any]
     ) -> None:
-        part_size = max(self.copy_part_size, math.ceil(size / _MAX_PARTS), _MIN_PART_SIZE)
+        part_size = max(self.copy_part_size, math.ceil(size / MAX_PARTS), MIN_PART_SIZE)
         upload = MultipartUpload(self.client, self.bucket, dest, extra)
         limit = asyncio.Semaphore(self.copy_concurrency)
 
@@ -471,133 +465,6 @@ class S3Storage:
             )
 
 
-class MultipartUpload:
-    """One multipart upload, undoable at any point: the only one here, for streamed writes,
-    multipart copies and resumable uploads (s3_resumable.py, which resumes one by its id).
-
-    Requests whose outcome matters for cleanup (create, complete) run as shielded futures:
-    if the caller is cancelled mid-request, `undo` can still learn the upload id, or
-    whether the object was already assembled.
-    """
-
-    def __init__(self, client: S3Client, bucket: str, key: str, extra: dict[str, Any],
-                 upload_id: str | None = None) -> None:
-        self.client = client
-        self.bucket = bucket
-        self.key = key
-        self.extra = extra
-        self.part_count = 0
-        self._etags: dict[int, str] = {}
-        # one started elsewhere (a resumable upload's earlier request)
-        self._resumed_id = upload_id
-        self._create: asyncio.Future[Any] | None = None
-        self._complete: asyncio.Future[Any] | None = None
-        # At most one part uploads while the next one is being received.
-        self._inflight: asyncio.Task[None] | None = None
-
-    @property
-    def upload_id(self) -> str | None:
-        """Known without a request: resumed, or created and answered."""
-        if self._resumed_id is not None:
-            return self._resumed_id
-        if self._create is not None and self._create.done() and not self._create.cancelled() \
-                and self._create.exception() is None:
-            return str(self._create.result()["UploadId"])
-        return None
-
-    def resume_after(self, parts: list[dict[str, Any]]) -> None:
-        """Go on after these parts ({"PartNumber", "ETag"}, in order): the next part is
-        numbered after them, and one uploaded since under a later number is overwritten."""
-        self._etags = {p["PartNumber"]: p["ETag"] for p in parts}
-        self.part_count = len(parts)
-
-    async def start(self) -> str:
-        if self._resumed_id is not None:
-            return self._resumed_id
-        if self._create is None:
-            self._create = asyncio.ensure_future(
-                self.client.create_multipart_upload(Bucket=self.bucket, Key=self.key, **self.extra)
-            )
-        resp = await asyncio.shield(self._create)
-        upload_id: str = resp["UploadId"]
-        return upload_id
-
-    async def submit_part(self, body: bytearray) -> None:
-        """Start uploading the next part once the previous one has finished."""
-        upload_id = await self.start()
-        await self.drain()
-        self.part_count += 1
-        if self.part_count > _MAX_PARTS:
-            raise ValueError("object too large for a multipart upload")
-        self._inflight = asyncio.create_task(self._upload_part(upload_id, self.part_count, body))
-
-    async def copy_part(self, number: int, src: dict[str, str], first: int, last: int) -> None:
-        upload_id = await self.start()
-        resp = await self.client.upload_part_copy(
-            Bucket=self.bucket,
-            Key=self.key,
-            UploadId=upload_id,
-            PartNumber=number,
-            CopySource=src,
-            CopySourceRange=f"bytes={first}-{last}",
-        )
-        self._etags[number] = resp["CopyPartResult"]["ETag"]
-
-    async def complete(self) -> None:
-        upload_id = await self.start()
-        await self.drain()
-        parts = [{"ETag": etag, "PartNumber": n} for n, etag in sorted(self._etags.items())]
-        self._complete = asyncio.ensure_future(
-            self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=self.key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": parts},
-            )
-        )
-        await asyncio.shield(self._complete)
-
-    async def undo(self) -> None:
-        """Leave no upload and no object behind. Never raises for "nothing to undo"."""
-        if self._inflight is not None:
-            # Parts still arriving after the abort could resurrect storage charges.
-            self._inflight.cancel()
-            await _settled_ok(self._inflight)
-        if self._complete is not None and await _settled_ok(self._complete):
-            await self.client.delete_object(Bucket=self.bucket, Key=self.key)
-            return
-        if self._create is None or not await _settled_ok(self._create):
-            return
-        upload_id = self._create.result()["UploadId"]
-        await self.client.abort_multipart_upload(
-            Bucket=self.bucket, Key=self.key, UploadId=upload_id
-        )
-
-    async def _upload_part(self, upload_id: str, number: int, body: bytearray) -> None:
-        resp = await self.client.upload_part(
-            Bucket=self.bucket, Key=self.key, UploadId=upload_id, PartNumber=number, Body=body
-        )
-        self._etags[number] = resp["ETag"]
-
-    def etag(self, number: int) -> str:
-        return self._etags[number]
-
-    async def drain(self) -> None:
-        """Wait for the part in flight; raise its error."""
-        if self._inflight is not None:
-            # Cleared only on success: undo() must still see a part that failed or was
-            # cancelled mid-request.
-            await self._inflight
-            self._inflight = None
-
-
-async def _settled_ok(fut: Awaitable[Any]) -> bool:
-    """Wait for `fut` and report whether it succeeded, without raising its error."""
-    future = asyncio.ensure_future(fut)
-    await asyncio.wait([future])
-    return not future.cancelled() and future.exception() is None
-
-
 def _object_args(content_type: str | None, metadata: dict[str, str] | None) -> dict[str, Any]:
     args: dict[str, Any] = {}
     if content_type is not None:
@@ -605,10 +472,6 @@ def _object_args(content_type: str | None, metadata: dict[str, str] | None) -> d
     if metadata is not None:
         args["Metadata"] = metadata
     return args
-
-
-def error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _is_not_found(exc: ClientError) -> bool:

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from .base import StorageObjectNotFound, run_shielded
 from .resumable import Record, ResumableDataLost, ResumableState, Verify, drive, no_chunks
-from .s3 import MultipartUpload, error_code, part_size_for
+from .s3_multipart import MultipartUpload, error_code, part_size_for
 
 if TYPE_CHECKING:
     from .s3 import S3Storage
