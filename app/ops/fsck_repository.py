@@ -160,6 +160,10 @@ async def get_attachment(conn: asyncpg.Connection, att_id: UUID) -> asyncpg.Reco
     return await conn.fetchrow(f"SELECT {_OWNER_COLUMNS} FROM attachments WHERE id = $1", att_id)
 
 
+async def get_attachments(conn: asyncpg.Connection, ids: list[UUID]) -> list[asyncpg.Record]:
+    return await conn.fetch(f"SELECT {_OWNER_COLUMNS} FROM attachments WHERE id = ANY($1)", ids)
+
+
 async def mark_file_missing(conn: asyncpg.Connection, att_id: UUID, state: str, key: str,
                             generation: int, error: dict[str, Any]) -> asyncpg.Record | None:
     """cached/stored -> failed, only if the row is still exactly what fsck checked."""
