@@ -8,13 +8,7 @@ import uuid
 import pytest
 
 from app.auth import service as auth
-
-
-async def upload(client, tenant, data=b"some text", **fields):
-    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
-                          files={"file": ("f.txt", data)})
-    assert r.status_code == 201, r.text
-    return r.json()
+from tests.factories import upload
 
 
 @pytest.mark.parametrize("headers", [

@@ -31,6 +31,7 @@ from app.dashboard.session import COOKIE, Sessions
 from app.main import create_app
 from app.resources import Resources
 from app.webhooks import repository as webhooks_repo
+from tests import factories
 from tests.conftest import AppKey, fresh_resources, make_settings, run_worker
 from tests.helpers import jpeg_bytes
 from tests.receiver import Receiver, Reply
@@ -119,10 +120,7 @@ async def login(client: httpx.AsyncClient, token: str = TOKEN) -> str:
 
 
 async def upload(client, tenant, data=b"hello", filename="a.txt", **fields) -> dict:
-    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
-                          files={"file": (filename, data)})
-    assert r.status_code == 201, r.text
-    return r.json()
+    return await factories.upload(client, tenant, data, filename, **fields)
 
 
 async def row(res: Resources, att_id: str):

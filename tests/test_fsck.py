@@ -24,16 +24,12 @@ from app.ops.fsck import fsck, nested_prefix, parse_key
 from app.storage import FilesystemStorage, S3Storage
 from app.uploads import tus
 from tests.conftest import AppKey, api_client, env_for, fresh_resources, make_settings, run_worker
+from tests.factories import put, row, upload
 from tests.helpers import jpeg_bytes
 
 
 async def once(data: bytes):
     yield data
-
-
-async def put(storage, key: str, data: bytes = b"stray") -> str:
-    await storage.write(key, once(data))
-    return key
 
 
 async def exists(storage, key: str) -> bool:
@@ -44,18 +40,6 @@ def backdate(storage: FilesystemStorage, key: str, seconds: float) -> None:
     path = storage.path_for(key)
     t = time.time() - seconds
     os.utime(path, (t, t))
-
-
-async def upload(client, tenant, data: bytes = b"payload", **fields) -> dict:
-    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
-                          files={"file": ("f.txt", data)})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def row(res, att_id):
-    async with res.pool.acquire() as conn:
-        return await conn.fetchrow("SELECT * FROM attachments WHERE id = $1", uuid.UUID(att_id))
 
 
 def orphan_reasons(report) -> dict[str, str]:

@@ -25,6 +25,7 @@ from app.main import create_app
 from app.profiles import load_profiles
 from app.resources import Resources
 from tests.conftest import free_port, run_worker
+from tests.factories import stored, upload
 from tests.helpers import jpeg_bytes, png_bytes
 
 PDF = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n"
@@ -32,21 +33,6 @@ HTML = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
 SVG = (b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="1" height="1">'
        b"<script>alert(1)</script></svg>")
 ZIP = b"PK\x05\x06" + b"\x00" * 18  # an empty zip archive
-
-
-async def upload(client, tenant, data, filename="f.txt", **fields):
-    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
-                          files={"file": (filename, data)})
-    assert r.status_code == 201, r.text
-    return r.json()
-
-
-async def stored(client, tenant, res, data, filename="f.txt", **fields):
-    att = await upload(client, tenant, data, filename, **fields)
-    await run_worker(res)
-    r = await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)
-    assert r.json()["state"] == "stored", r.text
-    return r.json()
 
 
 def local(res, url):

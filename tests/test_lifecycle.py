@@ -10,13 +10,7 @@ from app.attachments import keys, service
 from app.storage import Storage
 from app.sweep import sweep
 from tests.conftest import lose_queued_jobs, run_worker
-
-
-async def upload(client, tenant, data=b"payload", **fields):
-    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
-                          files={"file": ("f.txt", data)})
-    assert r.status_code == 201, r.text
-    return r.json()
+from tests.factories import upload
 
 
 async def state_of(client, tenant, att_id):

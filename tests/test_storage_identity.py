@@ -40,8 +40,8 @@ from tests.conftest import (
     make_settings,
     run_worker,
 )
+from tests.factories import put, upload
 from tests.test_cli import Result, run_cli
-from tests.test_fsck import put, upload
 
 RELATIVE = {"STOWAGE_CACHE_URL": "file://./var/cache", "STOWAGE_STORE_URL": "file://./var/store"}
 

@@ -20,6 +20,7 @@ from app.bootstrap import event_link_ttl
 from app.sweep import sweep
 from app.webhooks import service as webhooks
 from app.webhooks.delivery import BlockedDestination, is_forbidden_address, resolve_public
+from tests import factories
 from tests.conftest import (
     AppKey,
     api_client,
@@ -61,10 +62,7 @@ async def subscribe(client, tenant, url, **body):
 
 
 async def upload(client, tenant, data=b"hello", **fields):
-    r = await client.post("/v1/attachments", headers=tenant.headers, data=fields,
-                          files={"file": ("a.txt", data)})
-    assert r.status_code == 201, r.text
-    return r.json()
+    return await factories.upload(client, tenant, data, "a.txt", **fields)
 
 
 async def deliveries(client, tenant, endpoint_id):
