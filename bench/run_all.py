@@ -270,7 +270,8 @@ def checks_scale(doc: dict[str, Any] | None) -> list[Check]:
 
 def verdicts(docs: dict[str, dict[str, Any] | None]) -> list[Check]:
     scale = checks_scale(docs["scale"]) if "scale" in docs else []
-    return [*scale, *checks_issue7a(docs.get("uploads_1024")), *checks_issue7b(docs.get("small_uploads")),
+    return [*scale,
+            *checks_issue7a(docs.get("uploads_1024")), *checks_issue7b(docs.get("small_uploads")),
             *checks_issue7c(docs.get("webhook_latency")), *checks_issue5(docs.get("uploads_256")),
             *checks_reported(docs.get("promotions"), docs.get("thumbnails")),
             *checks_sniff(docs.get("sniff"))]

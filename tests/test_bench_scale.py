@@ -14,7 +14,7 @@ from app.migrate import migrate
 from tests.conftest import PG_BASE
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import scale_data  # noqa: E402
+import scale_data
 
 N = 2000
 
