@@ -15,8 +15,11 @@ sweep_loop calls; nothing is due), and `stowage fsck --json` (wall time, peak RS
 
 fsck: files are written only for a sample of the live attachments (`--fsck-files`, default
 all of the 1,000-row database and 20,000 of the large one); fsck reports the others missing,
-so at N it does the full database side of the work (every row read and compared) but lists
-fewer files than a real storage of N would hold. Say so when quoting its numbers.
+so at N it lists fewer files than a real storage of N would hold, and it takes fsck's path
+for broken attachments for all the others: each one stat'ed again and its row read again,
+one query per attachment (app/ops/fsck.py _check_broken). That path, not the listing,
+dominates its time at 1 M with the default sample; `--fsck-files all` writes every file
+(~4 KiB of disk each) for the real case. Say which when quoting its numbers.
 
 Prints a Markdown table (request, p50 at 1k, p50 at N, ratio, target, met) and writes
 bench/results/scale.json. Targets (issue 25): every API request and dashboard page within 2×
