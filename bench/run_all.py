@@ -55,6 +55,7 @@ class Step:
     quick: list[str]
     json_path: Path
     own_json_flag: bool = True  # thumbnails.py always writes to its fixed path
+    opt_in: bool = False  # run only when named in --only (long: scale.py builds 1 M rows)
 
 
 def steps(results: Path) -> list[Step]:
@@ -80,6 +81,9 @@ def steps(results: Path) -> list[Step]:
              RESULTS / "thumbnails.json", own_json_flag=False),
         Step("sniff", "sniff.py", ["--rounds", "15"], ["--rounds", "5", "--reps", "100"],
              out("sniff")),
+        # issue 25: not in the default set; `--only scale` (full: 1 M rows; quick: 100 k)
+        Step("scale", "scale.py", [], ["--rows", "100000", "--iterations", "100"],
+             out("scale"), opt_in=True),
     ]
 
 
@@ -255,8 +259,19 @@ def checks_sniff(doc: dict[str, Any] | None) -> list[Check]:
                   f"≥ {doc['target']['speedup']:g}×", bool(doc["target"]["passed"]))]
 
 
+def checks_scale(doc: dict[str, Any] | None) -> list[Check]:
+    if doc is None:
+        return [_missing("25", "scale fixture (bench/scale.py)", "see bench/scale.py")]
+    n = doc["large"]["shape"]["attachments"]
+    return [Check("25", f"{v['check']} at {n:,} rows",
+                  f"{v['large']:g} {v['unit']} ({v['ratio']:g}× the 1,000-row database)",
+                  v["target"], bool(v["met"])) for v in doc["verdicts"]]
+
+
 def verdicts(docs: dict[str, dict[str, Any] | None]) -> list[Check]:
-    return [*checks_issue7a(docs.get("uploads_1024")), *checks_issue7b(docs.get("small_uploads")),
+    scale = checks_scale(docs["scale"]) if "scale" in docs else []
+    return [*scale,
+            *checks_issue7a(docs.get("uploads_1024")), *checks_issue7b(docs.get("small_uploads")),
             *checks_issue7c(docs.get("webhook_latency")), *checks_issue5(docs.get("uploads_256")),
             *checks_reported(docs.get("promotions"), docs.get("thumbnails")),
             *checks_sniff(docs.get("sniff"))]
@@ -356,7 +371,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="1 run per upload target, 5-10 s loads, fewer promotions/thumbnails")
     p.add_argument("--only", default=None,
                    help="comma-separated step keys to run (default all): uploads_1024,"
-                        "uploads_256,small_uploads,webhook_latency,promotions,thumbnails,sniff")
+                        "uploads_256,small_uploads,webhook_latency,promotions,thumbnails,sniff;"
+                        " and scale (issue 25), which runs only when named here")
     p.add_argument("--reuse", action="store_true",
                    help="with --only: take the other benchmarks' results from their JSON of an"
                         " earlier run_all (same --json directory) instead of leaving them out")
@@ -376,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
                 docs[step.key] = json.loads(step.json_path.read_text())
                 runs[step.key] = {"reused": str(step.json_path)}
         chosen = [s for s in chosen if s.key in keys]
+    else:
+        chosen = [s for s in chosen if not s.opt_in]
     failed = False
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     info = machine()  # the load average before we add ours
