@@ -417,15 +417,16 @@ class _Checker:
         return self.res.cache if name == "cache" else self.res.store
 
     async def _still_missing(self, rows: list[Any]) -> list[Any]:
-        async def gone(r: Any) -> bool:
-            async with self.stat_limit:
-                return await self._storage(r["storage"]).stat(r["key"]) is None
-        flags = await self._gather(gone(r) for r in rows)
-        return [r for r, missing in zip(rows, flags, strict=True) if missing]
+        """Those of ``rows`` whose file is still not there: one batch per storage."""
+        absent: set[tuple[str, str]] = set()
+        for name in {r["storage"] for r in rows}:
+            keys = [r["key"] for r in rows if r["storage"] == name]
+            absent |= {(name, k) for k in await self._storage(name).missing(keys)}
+        return [r for r in rows if (r["storage"], r["key"]) in absent]
 
     async def _check_broken_page(self, rows: list[Any]) -> None:
         """A page of files the listing did not find, a batch at a time: every file checked
-        again (concurrently, within STAT_CONCURRENCY) and every row read again in one query,
+        again (one batch per storage) and every row read again in one query,
         not one of each per attachment (a million attachments would take 10 minutes)."""
         missing = await self._still_missing(rows)
         if not missing:

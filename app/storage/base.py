@@ -7,7 +7,7 @@ import contextlib
 import errno
 import os
 import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -185,6 +185,11 @@ class Storage(Protocol):
     async def read_head(self, key: str, n: int) -> bytes: ...
 
     async def stat(self, key: str) -> ObjectInfo | None: ...
+
+    async def missing(self, keys: Sequence[str]) -> set[str]:
+        """Of ``keys``, those with no object: a batch at once (fsck asks about a million),
+        cheaper than a ``stat`` each. See ``missing_via_stat``."""
+        ...
 
     async def copy_from(
         self,
@@ -426,3 +431,21 @@ async def stream_copy(
             content_type=content_type if content_type is not None else info.content_type,
             metadata=metadata,
         )
+
+
+# How many stat requests a batch keeps in flight (S3 HEADs).
+MISSING_CONCURRENCY = 16
+
+
+async def missing_via_stat(storage: Storage, keys: Sequence[str],
+                           concurrency: int = MISSING_CONCURRENCY) -> set[str]:
+    """``Storage.missing`` for a backend without a batch of its own: a ``stat`` per key,
+    ``concurrency`` at a time."""
+    limit = asyncio.Semaphore(concurrency)
+
+    async def absent(key: str) -> bool:
+        async with limit:
+            return await storage.stat(key) is None
+
+    flags = await asyncio.gather(*(absent(k) for k in keys))
+    return {k for k, gone in zip(keys, flags, strict=True) if gone}

@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +25,7 @@ from .base import (
     StorageObjectNotFound,
     check_range,
     content_disposition,
+    missing_via_stat,
     read_head_via,
     run_shielded,
     stream_copy,
@@ -237,6 +238,9 @@ class S3Storage:
             return None
         return ObjectInfo(size=head["ContentLength"], content_type=head.get("ContentType"),
                           modified_at=head.get("LastModified"))
+
+    async def missing(self, keys: Sequence[str]) -> set[str]:
+        return await missing_via_stat(self, keys)  # S3 has no batch HEAD
 
     async def copy_from(
         self,

@@ -308,3 +308,12 @@ async def test_a_full_disk_is_a_storage_error(fs_storage: Storage, monkeypatch) 
     with pytest.raises(StorageFull):
         await rec.write(fs_storage, 3 * MiB, blob(2 * MiB))
     assert rec.offset == 0
+
+
+async def test_missing_names_the_keys_without_an_object(storage: Storage) -> None:
+    # fsck's batch check: one call for many keys, a folder is no object
+    await storage.write("m/here", aiter_of([b"x"]))
+    await storage.write("m/dir/inside", aiter_of([b"y"]))
+    asked = ["m/here", "m/gone", "m/dir", "m/dir/inside", "m/here/below"]
+    assert await storage.missing(asked) == {"m/gone", "m/dir", "m/here/below"}
+    assert await storage.missing([]) == set()
