@@ -45,10 +45,10 @@ _CONCURRENT_INDEX = re.compile(
 
 def statements(sql: str) -> list[str]:
     """The statements of a no-transaction migration: split at a ';' that ends a line (such a
-    migration holds plain DDL, no function bodies)."""
-    return [s.strip() for s in re.split(r";[ \t]*(?:--[^\n]*)?\n", sql + "\n") if s.strip()
-            and not all(line.strip().startswith("--") or not line.strip()
-                        for line in s.strip().splitlines())]
+    migration holds plain DDL, no function bodies); a chunk of comments alone is none."""
+    chunks = (c.strip() for c in re.split(r";[ \t]*(?:--[^\n]*)?\n", sql + "\n"))
+    return [c for c in chunks
+            if any(line.strip() and not line.strip().startswith("--") for line in c.splitlines())]
 
 
 async def _apply_without_transaction(conn: asyncpg.Connection, sql: str) -> None:

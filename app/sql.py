@@ -10,6 +10,7 @@ order that filters most rows away over the index that holds exactly the page."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 
@@ -33,7 +34,7 @@ class Where:
         if value is not None:
             self.add(condition, value)
 
-    def add_known(self, column: str, value: str | None, known: frozenset[str]) -> None:
+    def add_known(self, column: str, value: str | None, known: Collection[str]) -> None:
         """``column = 'value'`` written out, for a value from a small fixed set (a state):
         with the value in the text, Postgres plans with that value's share of the rows (2%
         cached, 90% stored), where a generic plan assumes an average share and may read an

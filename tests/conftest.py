@@ -52,16 +52,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(f"{PG_BASE}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def throwaway_database(prefix: str, *, migrated: bool = True) -> AsyncIterator[str]:
+    """The DSN of a database of the caller's own (migrated, unless not asked to), dropped
+    at the end: for tests that fill a database in a shape the shared one must not get."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    dsn = f"{PG_BASE}/{name}"
+    try:
+        if migrated:
+            await migrate(dsn)
+        yield dsn
+    finally:
+        await drop_database(name)
+
+
 @pytest.fixture(scope="session")
 async def database_url() -> AsyncIterator[str]:
     dsn = f"{PG_BASE}/{TEST_DB}"
     await migrate(dsn)
     yield dsn
-    conn = await asyncpg.connect(f"{PG_BASE}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(TEST_DB)
 
 
 @pytest.fixture(scope="session")

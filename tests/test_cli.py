@@ -20,7 +20,7 @@ import pytest
 from app.auth.service import KEY_PREFIX
 from app.config import Settings
 from app.migrate import migration_files
-from tests.conftest import PG_BASE, env_for
+from tests.conftest import PG_BASE, drop_database, env_for
 
 # The console script pip installed next to the interpreter ([project.scripts] in pyproject).
 STOWAGE = str(Path(sys.executable).with_name("stowage"))
@@ -49,14 +49,6 @@ async def run_cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> R
         raise AssertionError(f"stowage {' '.join(args)} did not finish in {CLI_TIMEOUT}s") from None
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
-
-
-async def drop_database(name: str) -> None:
-    conn = await asyncpg.connect(f"{PG_BASE}/postgres")
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from arq.constants import health_check_key_suffix
 
 from app.config import Settings
 from app.migrate import migration_files
-from tests.conftest import PG_BASE, env_for, files_under, free_port
-from tests.test_cli import STOWAGE, drop_database, only_json, run_cli
+from tests.conftest import PG_BASE, drop_database, env_for, files_under, free_port
+from tests.test_cli import STOWAGE, only_json, run_cli
 
 
 @pytest.fixture

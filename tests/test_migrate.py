@@ -4,7 +4,6 @@ invalid instead of keeping it."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,18 +11,13 @@ import asyncpg
 import pytest
 
 from app.migrate import NO_TRANSACTION, migrate, migration_files, statements
-from tests.conftest import PG_BASE
+from tests.conftest import throwaway_database
 
 
 @pytest.fixture
 async def empty_db() -> AsyncIterator[str]:
-    name = f"stowage_migrate_{secrets.token_hex(4)}"
-    yield f"{PG_BASE}/{name}"
-    admin = await asyncpg.connect(f"{PG_BASE}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with throwaway_database("stowage_migrate", migrated=False) as dsn:
+        yield dsn
 
 
 def write(folder: Path, name: str, sql: str) -> None:

@@ -11,7 +11,6 @@ catch-all ``$1 IS NULL OR ...``) scans the table from then on.
 from __future__ import annotations
 
 import json
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,10 +21,9 @@ import pytest
 from app.attachments import repository as attachments_repo
 from app.attachments import timeline_repository as timeline_repo
 from app.dashboard import repository as dashboard_repo
-from app.migrate import migrate
 from app.ops import repository as ops_repo
 from app.webhooks import repository as webhooks_repo
-from tests.conftest import PG_BASE
+from tests.conftest import throwaway_database
 
 ROWS = 20_000
 BIG_TABLES = {"attachments", "events", "webhook_deliveries"}
@@ -34,21 +32,14 @@ MAX_DISCARDED = 500
 
 @pytest.fixture(scope="module")
 async def plans_db() -> AsyncIterator[str]:
-    name = f"stowage_plans_{secrets.token_hex(4)}"
-    dsn = f"{PG_BASE}/{name}"
-    await migrate(dsn)
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(FILL.replace("$1", str(ROWS)))
-        await conn.execute("ANALYZE")
-    finally:
-        await conn.close()
-    yield dsn
-    admin = await asyncpg.connect(f"{PG_BASE}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with throwaway_database("stowage_plans") as dsn:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(FILL.replace("$1", str(ROWS)))
+            await conn.execute("ANALYZE")
+        finally:
+            await conn.close()
+        yield dsn
 
 
 # Two apps (one with nine in ten rows); 90% stored, 5% deleted, 3% failed, 2% cached; half in

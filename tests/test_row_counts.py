@@ -4,7 +4,6 @@ after every kind of change, with the changes folded or not, under parallel write
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 
@@ -12,21 +11,13 @@ import asyncpg
 import pytest
 
 from app import counts
-from app.migrate import migrate
-from tests.conftest import PG_BASE
+from tests.conftest import throwaway_database
 
 
 @pytest.fixture(scope="module")
 async def counts_db() -> AsyncIterator[str]:
-    name = f"stowage_counts_{secrets.token_hex(4)}"
-    dsn = f"{PG_BASE}/{name}"
-    await migrate(dsn)
-    yield dsn
-    admin = await asyncpg.connect(f"{PG_BASE}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with throwaway_database("stowage_counts") as dsn:
+        yield dsn
 
 
 @pytest.fixture

@@ -105,7 +105,8 @@ async def get_for_app(
     )
 
 
-STATES = frozenset({"cached", "stored", "failed", "deleted"})
+# every state an attachment can be in (the table's CHECK), in the order pages show them
+STATES = ("cached", "stored", "failed", "deleted")
 
 
 async def list_for_app(

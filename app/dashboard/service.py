@@ -44,7 +44,7 @@ BODY_PREVIEW_CHARS = 4000
 RESPONSE_PREVIEW_CHARS = 2000
 IN_PROGRESS_SCAN_CAP = 10_000
 
-STATES = ("cached", "stored", "failed", "deleted")
+STATES = attachments_repo.STATES
 DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 

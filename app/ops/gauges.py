@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from arq.constants import in_progress_key_prefix
 
+from app.attachments import repository as attachments_repo
 from app.observability import metrics
 from app.ops import repository as repo
 from app.resources import Resources
@@ -19,7 +20,7 @@ async def refresh(res: Resources) -> None:
     async with res.pool.acquire() as conn:
         by_state = await repo.attachments_by_state(conn)
         by_status = await repo.deliveries_by_status(conn)
-    for state in ("cached", "stored", "failed", "deleted"):
+    for state in attachments_repo.STATES:
         metrics.ATTACHMENTS.labels(state).set(by_state.get(state, 0))
     for status in ("pending", "delivered", "failed"):
         metrics.DELIVERIES.labels(status).set(by_status.get(status, 0))

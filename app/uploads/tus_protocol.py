@@ -67,12 +67,6 @@ class TusWrongContentType(UnsupportedMediaType):
     slug, title = "tus-content-type", "PATCH needs Content-Type: application/offset+octet-stream"
 
 
-TUS_ERRORS: list[type[StowageError]] = [
-    TusUploadNotFound, TusUploadGone, TusOffsetMismatch, TusUploadLocked,
-    TusVersionUnsupported, TusChecksumMismatch, TusWrongContentType,
-]
-
-
 # --- protocol parsing --------------------------------------------------------------------------
 
 @dataclass(frozen=True)
