@@ -1,27 +1,44 @@
-"""The one builder of long-lived resources, shared by the API, the worker and the CLI. It sits
-above every package: it wires them together, none of them imports it."""
+"""The composition root: the one builder of the long-lived parts (pool, Redis, storages, …)
+and of the services over them, shared by the API, the worker and the CLI. It sits above every
+package: it wires them together, none of them imports it. Each service takes what it uses in
+its constructor; routes get theirs through `Annotated` dependencies (app.deps.provided), jobs
+through the worker's context."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+import asyncpg
 import httpx
 from arq import create_pool
+from arq.connections import ArqRedis
 
 from app.attachments.links import Links
+from app.attachments.service import Attachments
 from app.attachments.watch import StateWatcher
 from app.config import Settings
+from app.dashboard.service import Dashboard
 from app.db import create_pool as create_db_pool
-from app.jobs import JobQueue
+from app.jobs import JobQueue, redis_settings
 from app.media.render import allow_pixels
-from app.profiles import load_profiles
-from app.resources import Resources, redis_settings
-from app.storage import open_s3_client, storage_from_url
+from app.ops.fsck import Fsck
+from app.ops.gauges import Gauges
+from app.ops.leftovers import Leftovers
+from app.ops.readiness import Readiness
+from app.profiles import Profiles, load_profiles
+from app.storage import Storage, open_s3_client, storage_from_url
 from app.storage_identity.service import Target
 from app.storage_identity.service import verify as verify_storages
+from app.sweep import Sweep
+from app.uploads.intake import Intake
+from app.uploads.presigned import PresignedUploads
 from app.uploads.running_digests import RunningDigests
+from app.uploads.tus import TusUploads
 from app.webhooks.schedule import delivery_horizon
+from app.webhooks.service import Webhooks
 
 
 def event_link_ttl(settings: Settings) -> int:
@@ -31,8 +48,82 @@ def event_link_ttl(settings: Settings) -> int:
             + settings.download_url_ttl)
 
 
+@dataclass(eq=False)
+class Services:
+    """Everything a process holds for its lifetime: the parts, then the services wired
+    over them (wire). Tests swap a part with rewire."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    redis: ArqRedis
+    jobs: JobQueue
+    cache: Storage
+    store: Storage
+    profiles: Profiles
+    http: httpx.AsyncClient
+    watcher: StateWatcher
+    links: Links
+    tus_digests: RunningDigests
+    webhooks: Webhooks = field(init=False)
+    attachments: Attachments = field(init=False)
+    intake: Intake = field(init=False)
+    presigned: PresignedUploads = field(init=False)
+    tus: TusUploads = field(init=False)
+    dashboard: Dashboard = field(init=False)
+    leftovers: Leftovers = field(init=False)
+    fsck: Fsck = field(init=False)
+    readiness: Readiness = field(init=False)
+    gauges: Gauges = field(init=False)
+    sweep: Sweep = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.wire()
+
+    def wire(self) -> None:
+        """(Re)build every service from the parts, bottom up."""
+        self.webhooks = Webhooks(pool=self.pool, jobs=self.jobs, redis=self.redis,
+                                 http=self.http, settings=self.settings)
+        self.attachments = Attachments(
+            pool=self.pool, cache=self.cache, store=self.store, jobs=self.jobs,
+            profiles=self.profiles, links=self.links, watcher=self.watcher,
+            webhooks=self.webhooks, stale_job_after=self.settings.stale_job_after)
+        self.intake = Intake(pool=self.pool, cache=self.cache, jobs=self.jobs,
+                             profiles=self.profiles, links=self.links, webhooks=self.webhooks,
+                             settings=self.settings)
+        self.presigned = PresignedUploads(pool=self.pool, cache=self.cache,
+                                          profiles=self.profiles, intake=self.intake,
+                                          settings=self.settings)
+        self.tus = TusUploads(pool=self.pool, cache=self.cache, profiles=self.profiles,
+                              intake=self.intake, digests=self.tus_digests,
+                              settings=self.settings)
+        self.dashboard = Dashboard(pool=self.pool, redis=self.redis, jobs=self.jobs,
+                                   profiles=self.profiles, links=self.links,
+                                   attachments=self.attachments, webhooks=self.webhooks)
+        self.leftovers = Leftovers(pool=self.pool, cache=self.cache, store=self.store)
+        self.fsck = Fsck(pool=self.pool, cache=self.cache, store=self.store, links=self.links,
+                         jobs=self.jobs, webhooks=self.webhooks, leftovers=self.leftovers)
+        self.readiness = Readiness(pool=self.pool, redis=self.redis, cache=self.cache,
+                                   store=self.store)
+        self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
+        self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
+                           webhooks=self.webhooks, presigned=self.presigned, tus=self.tus)
+
+    def rewire(self, **parts: Any) -> None:
+        """Swap parts (a profiles file, a storage, the links, the settings) and rebuild the
+        services over them, in place: the API and the worker look services up here on each
+        request and job, so both use the new ones at once. For tests and `stowage dev`."""
+        for name, value in parts.items():
+            if name not in PARTS:
+                raise TypeError(f"{name} is not a part of Services")
+            setattr(self, name, value)
+        self.wire()
+
+
+PARTS = frozenset(f.name for f in fields(Services) if f.init)
+
+
 @contextlib.asynccontextmanager
-async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
+async def build_services(settings: Settings) -> AsyncIterator[Services]:
     async with contextlib.AsyncExitStack() as stack:
         profiles = load_profiles(settings.profiles_file)
         if profiles.max_pixels():
@@ -67,7 +158,7 @@ async def build_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(http.aclose)
         watcher = StateWatcher(settings.database_url)
         stack.push_async_callback(watcher.close)
-        yield Resources(
+        yield Services(
             settings=settings,
             pool=pool,
             redis=redis,

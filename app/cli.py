@@ -176,13 +176,18 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_fsck(settings: Settings, args: argparse.Namespace) -> int:
-    from app.ops.fsck import fsck_with_settings
-    from app.ops.fsck_report import render
+    from app.bootstrap import build_services
+    from app.ops.fsck_report import FsckReport, render
 
     if args.force and not args.repair:
         raise ConfigError("--force goes with --repair")
-    report = asyncio.run(fsck_with_settings(settings, repair=args.repair, grace=args.grace,
-                                            force=args.force))
+
+    async def check() -> FsckReport:
+        async with build_services(settings) as services:
+            return await services.fsck.check(repair=args.repair, grace=args.grace,
+                                             force=args.force)
+
+    report = asyncio.run(check())
     print(render(report, as_json=args.json))
     return report.exit_code
 

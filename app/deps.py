@@ -1,27 +1,43 @@
-"""FastAPI dependencies shared by the routers: resources and the authenticated app."""
+"""FastAPI dependencies shared by the routers: the services built at start, and the
+authenticated app."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.auth.service import authenticate
+from app.config import Settings
 from app.errors import Unauthorized
-from app.resources import Resources
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer stw_…`")
 
 
-def resources_of(request: Request) -> Resources:
-    return request.app.state.resources
+def service_of(request: Request, name: str) -> Any:
+    """The service `name` of the services built at start, where no dependency can be
+    declared (a route class's hooks)."""
+    return getattr(request.app.state.services, name)
 
 
-async def resources(request: Request) -> Resources:
-    # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread
-    # hop on every request for an attribute lookup
-    return resources_of(request)
+def provided(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency that hands a route the service `name` of the services built at start
+    (app.bootstrap.Services): routes say which services they use, with
+    ``Annotated[Attachments, Depends(provided("attachments"))]``."""
+
+    async def provide(request: Request) -> Any:
+        # async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a
+        # thread hop on every request for an attribute lookup
+        return getattr(request.app.state.services, name)
+
+    provide.__name__ = f"provide_{name}"
+    return provide
+
+
+SettingsDep = Annotated[Settings, Depends(provided("settings"))]
 
 
 async def current_app_id(
@@ -30,6 +46,7 @@ async def current_app_id(
 ) -> UUID:
     if credentials is None:
         raise Unauthorized("Authorization: Bearer <api key> is required")
-    app_id = await authenticate(resources_of(request).pool, f"Bearer {credentials.credentials}")
+    app_id = await authenticate(request.app.state.services.pool,
+                                f"Bearer {credentials.credentials}")
     request.state.app_id = app_id
     return app_id

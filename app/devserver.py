@@ -8,7 +8,7 @@ import logging
 
 import uvicorn
 
-from app.bootstrap import build_resources
+from app.bootstrap import build_services
 from app.config import Settings
 from app.main import create_app
 from app.migrate import migrate
@@ -24,11 +24,12 @@ async def run_dev(settings: Settings, host: str, port: int) -> None:
                     " changes on every restart. Set it outside of development.")
     applied = await migrate(settings.database_url)
     log.info("migrations applied: %s", applied or "none pending")
-    async with build_resources(settings) as res:
-        server = GracefulServer(uvicorn.Config(create_app(settings, res), host=host, port=port,
+    async with build_services(settings) as services:
+        server = GracefulServer(uvicorn.Config(create_app(settings, services), host=host,
+                                               port=port,
                                                log_config=None,
                                                timeout_graceful_shutdown=settings.shutdown_grace))
-        worker = build_worker(settings, resources=res, handle_signals=False)
+        worker = build_worker(settings, services=services, handle_signals=False)
         worker_task = asyncio.create_task(worker.async_run())
         try:
             await server.serve()

@@ -1,4 +1,4 @@
-"""The app factory: routers, problem+json errors, and a lifespan that owns every resource."""
+"""The app factory: routers, problem+json errors, and a lifespan that owns the services."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from starlette.types import ASGIApp
 from app import cors, openapi, problems
 from app.attachments.routes import router as attachments_router
 from app.attachments.timeline_routes import router as attachment_events_router
-from app.bootstrap import build_resources
+from app.bootstrap import Services, build_services
 from app.config import ConfigError, Settings, load_settings
 from app.dashboard.routes import router as dashboard_router
 from app.http_methods import MethodsMiddleware
 from app.observability.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
-from app.resources import Resources
 from app.uploads.presigned_routes import router as presigned_router
 from app.uploads.routes import router as uploads_router
 from app.uploads.tus_routes import router as tus_router
@@ -35,19 +34,19 @@ class StowageAPI(FastAPI):
         return cors.V1Cors(super().build_middleware_stack(), list(self.cors_origins))
 
 
-def create_app(settings: Settings | None = None, resources: Resources | None = None) -> FastAPI:
-    """Build the API. Pass ``resources`` to share them (``stowage dev``, tests)."""
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """Build the API. Pass ``services`` to share them (``stowage dev``, tests)."""
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if resources is not None:
-            app.state.resources = resources
+        if services is not None:
+            app.state.services = services
             yield
             return
         try:
-            async with build_resources(settings) as res:
-                app.state.resources = res
+            async with build_services(settings) as built:
+                app.state.services = built
                 yield
         except ConfigError as e:
             app.state.startup_error = e  # for app.server.StartupErrors

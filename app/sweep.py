@@ -3,24 +3,39 @@ work, so whatever Redis lost is found here and enqueued again."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from app import counts
-from app.attachments import service as attachments
 from app.attachments.service import SweepReport
 from app.auth import service as auth
-from app.resources import Resources
-from app.uploads import presigned, tus
-from app.webhooks import service as webhooks
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from app.attachments.service import Attachments
+    from app.uploads.presigned import PresignedUploads
+    from app.uploads.tus import TusUploads
+    from app.webhooks.service import Webhooks
 
 
-async def sweep(res: Resources) -> SweepReport | None:
-    """One pass; None when another worker holds the sweep lock right now."""
-    report = await attachments.sweep(res)
-    if report is None:
-        return None
-    report.deliveries += await webhooks.sweep_due(res)
-    report.presigns_expired = await presigned.sweep_expired(res)
-    report.tus_expired = await tus.expire_uploads(res)
-    report.apps_removed = await auth.sweep_deleted_apps(res.pool)
-    async with res.pool.acquire() as conn:
-        await counts.fold(conn)  # keeps reading the counts O(apps)
-    return report
+class Sweep:
+    def __init__(self, *, pool: asyncpg.Pool, attachments: Attachments, webhooks: Webhooks,
+                 presigned: PresignedUploads, tus: TusUploads) -> None:
+        self.pool = pool
+        self.attachments = attachments
+        self.webhooks = webhooks
+        self.presigned = presigned
+        self.tus = tus
+
+    async def run(self) -> SweepReport | None:
+        """One pass; None when another worker holds the sweep lock right now."""
+        report = await self.attachments.sweep()
+        if report is None:
+            return None
+        report.deliveries += await self.webhooks.sweep_due()
+        report.presigns_expired = await self.presigned.sweep_expired()
+        report.tus_expired = await self.tus.expire_uploads()
+        report.apps_removed = await auth.sweep_deleted_apps(self.pool)
+        async with self.pool.acquire() as conn:
+            await counts.fold(conn)  # keeps reading the counts O(apps)
+        return report

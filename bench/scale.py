@@ -219,9 +219,8 @@ async def measure_requests(base: str, api_key: str, info: dict[str, Any],
 async def measure_sweep(env: dict[str, str], passes: int) -> dict[str, Any]:
     """One sweep pass in this process, as the worker's sweep_loop calls it (app.sweep.sweep),
     `passes` times: p50/p95 and what the last pass found (nothing is due in the fixture)."""
-    from app.bootstrap import build_resources
+    from app.bootstrap import build_services
     from app.config import Settings
-    from app.sweep import sweep
 
     saved = {k: os.environ.get(k) for k in env if k.startswith("STOWAGE_")}
     os.environ.update({k: v for k, v in env.items() if k.startswith("STOWAGE_")})
@@ -235,11 +234,11 @@ async def measure_sweep(env: dict[str, str], passes: int) -> dict[str, Any]:
                 os.environ[k] = v
     times: list[float] = []
     report = None
-    async with build_resources(settings) as res:
-        await sweep(res)  # warm up: the pool's connections, the plans
+    async with build_services(settings) as res:
+        await res.sweep.run()  # warm up: the pool's connections, the plans
         for _ in range(passes):
             t0 = time.perf_counter()
-            report = await sweep(res)
+            report = await res.sweep.run()
             times.append((time.perf_counter() - t0) * 1000)
     found = {k: (len(v) if isinstance(v, list) else v)
              for k, v in (vars(report).items() if report is not None else [])}

@@ -26,11 +26,10 @@ from botocore.retries.standard import ExponentialBackoff
 from moto.server import ThreadedMotoServer
 
 from app.auth import service as auth
-from app.bootstrap import build_resources
+from app.bootstrap import Services, build_services
 from app.config import Settings, load_settings
 from app.main import create_app
 from app.migrate import migrate
-from app.resources import Resources
 from app.storage import is_reserved, open_s3_client
 from worker.settings import build_worker
 
@@ -146,31 +145,31 @@ async def _storages_of_this_test(request: pytest.FixtureRequest) -> None:
 
 
 @contextlib.asynccontextmanager
-async def fresh_resources(settings: Settings) -> AsyncIterator[Resources]:
-    """Resources over an empty database (no storages recorded) and an empty queue."""
+async def fresh_resources(settings: Settings) -> AsyncIterator[Services]:
+    """Services over an empty database (no storages recorded) and an empty queue."""
     await forget_storage_identities(settings.database_url, and_apps=True)
-    async with build_resources(settings) as resources:
+    async with build_services(settings) as resources:
         await resources.redis.delete(settings.queue_name, resources.jobs.delivery_queue_name)
         yield resources
 
 
 @contextlib.asynccontextmanager
-async def api_client(res: Resources) -> AsyncIterator[httpx.AsyncClient]:
+async def api_client(res: Services) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(res.settings, res)
-    app.state.resources = res  # ASGITransport does not run the lifespan
+    app.state.services = res  # ASGITransport does not run the lifespan
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://stowage.test") as c:
         yield c
 
 
 @pytest.fixture
-async def res(settings: Settings) -> AsyncIterator[Resources]:
+async def res(settings: Settings) -> AsyncIterator[Services]:
     async with fresh_resources(settings) as resources:
         yield resources
 
 
 @pytest.fixture
-async def client(res: Resources) -> AsyncIterator[httpx.AsyncClient]:
+async def client(res: Services) -> AsyncIterator[httpx.AsyncClient]:
     async with api_client(res) as c:
         yield c
 
@@ -183,20 +182,20 @@ class AppKey:
 
 
 @pytest.fixture
-async def tenant(res: Resources) -> AppKey:
+async def tenant(res: Services) -> AppKey:
     new = await auth.create_app(res.pool, "tenant")
     return AppKey(new.app_id, new.api_key)
 
 
 @pytest.fixture
-async def other_tenant(res: Resources) -> AppKey:
+async def other_tenant(res: Services) -> AppKey:
     new = await auth.create_app(res.pool, "other")
     return AppKey(new.app_id, new.api_key)
 
 
-async def run_worker(res: Resources) -> None:
+async def run_worker(res: Services) -> None:
     """Run every queued job to completion (arq burst mode), with the test's resources."""
-    worker = build_worker(res.settings, resources=res, burst=True, handle_signals=False,
+    worker = build_worker(res.settings, services=res, burst=True, handle_signals=False,
                           sweep=False)
     try:
         await worker.main()
@@ -205,7 +204,7 @@ async def run_worker(res: Resources) -> None:
 
 
 @pytest.fixture
-async def drain(res: Resources):
+async def drain(res: Services):
     async def _drain() -> None:
         await run_worker(res)
 
@@ -333,10 +332,10 @@ async def s3_env(tmp_path, database_url, moto_endpoint, s3_client):
                              store_url=f"s3://{store_bucket}/files", s3_endpoint_url=moto_endpoint,
                              s3_region="us-east-1", max_upload_size=20 * 1024 * 1024)
     await forget_storage_identities(database_url, and_apps=True)
-    async with build_resources(settings) as res:
+    async with build_services(settings) as res:
         await res.redis.delete(settings.queue_name)
         app = create_app(settings, res)
-        app.state.resources = res
+        app.state.services = res
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://t") as client:
             new = await auth.create_app(res.pool, "s3")

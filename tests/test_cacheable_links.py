@@ -21,11 +21,11 @@ def profiles(tmp_path, res):
                     '[profiles.priv]\ntypes = ["image/*"]\n'
                     '[profiles.priv.derivatives.thumb]\nwidth = 20\nheight = 20\n')
     before = res.profiles, res.links
-    res.profiles = load_profiles(path)
-    res.links = Links(res.settings.public_url, res.settings.signing_key,
-                      res.settings.download_url_ttl, public_profiles=res.profiles.public_names())
+    res.rewire(profiles=load_profiles(path))
+    res.rewire(links=Links(res.settings.public_url, res.settings.signing_key,
+                      res.settings.download_url_ttl, public_profiles=res.profiles.public_names()))
     yield path
-    res.profiles, res.links = before
+    res.rewire(profiles=before[0], links=before[1])
 
 
 async def _stored(client, tenant, res, profile):

@@ -407,7 +407,6 @@ async def test_a_misspelt_variable_is_named_with_the_one_meant(settings, tmp_pat
 
 async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_env, settings):
     from app.auth import service as auth
-    from app.sweep import sweep
     from tests.conftest import api_client, files_under, fresh_resources, run_worker
 
     name = f"doomed-{secrets.token_hex(3)}"
@@ -439,9 +438,9 @@ async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_en
         assert again.returncode == 0, again  # the name is free again
         # the worker removes the files, then the app
         await asyncio.sleep(res.settings.stale_job_after + 0.2)
-        await sweep(res)
+        await res.sweep.run()
         await run_worker(res)
-        report = await sweep(res)
+        report = await res.sweep.run()
         assert report.apps_removed == [made.app_id]
         store = Path(res.settings.store_url.removeprefix("file://"))
         assert files_under(store) == []

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from app.auth import service as auth
-from app.bootstrap import build_resources
+from app.bootstrap import build_services
 from app.config import ConfigError
 from app.main import create_app
 from tests.conftest import AppKey, fresh_resources, make_settings
@@ -49,7 +49,7 @@ async def cors_client(tmp_path, database_url, origins: str, **overrides: Any
     settings = make_settings(tmp_path, database_url, cors_origins=origins, **overrides)
     async with fresh_resources(settings) as res:
         app = create_app(settings, res)
-        app.state.resources = res  # ASGITransport does not run the lifespan
+        app.state.services = res  # ASGITransport does not run the lifespan
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://stowage.test") as c:
             new = await auth.create_app(res.pool, "cors")
@@ -169,10 +169,10 @@ async def test_postgres_unreachable_503_carries_the_cors_headers(tmp_path, datab
     settings = make_settings(tmp_path, f"postgresql://127.0.0.1:{pg.port}{dbname}",
                              cors_origins=ORIGIN)
     try:
-        async with build_resources(settings) as res:
+        async with build_services(settings) as res:
             new = await auth.create_app(res.pool, "cors-503")
             app = create_app(settings, res)
-            app.state.resources = res
+            app.state.services = res
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                          base_url="http://t") as client:
                 await pg.cut()

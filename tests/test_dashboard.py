@@ -24,12 +24,12 @@ from app.attachments import repository as attachments_repo
 from app.attachments.timeline import build as timeline_build
 from app.attachments.timeline_routes import router as events_router
 from app.auth import service as auth
+from app.bootstrap import Services
 from app.config import Settings
 from app.dashboard import service
 from app.dashboard.routes import router as dashboard_router
 from app.dashboard.session import COOKIE, Sessions
 from app.main import create_app
-from app.resources import Resources
 from app.webhooks import repository as webhooks_repo
 from tests import factories
 from tests.conftest import AppKey, fresh_resources, make_settings, run_worker
@@ -66,10 +66,10 @@ def dashboard_settings(tmp_path: Path, database_url: str, token: str = TOKEN,
     return with_token(make_settings(tmp_path, database_url, **values), token)
 
 
-def build_app(res: Resources):
+def build_app(res: Services):
     """The API with the dashboard's routers (until app/main.py includes them itself)."""
     app = create_app(res.settings, res)
-    app.state.resources = res  # ASGITransport does not run the lifespan
+    app.state.services = res  # ASGITransport does not run the lifespan
     for name, params, router in (("dashboard_overview", {}, dashboard_router),
                                  ("attachment_events", {"attachment_id": "x"}, events_router)):
         try:
@@ -80,7 +80,7 @@ def build_app(res: Resources):
 
 
 @contextlib.asynccontextmanager
-async def client_for(res: Resources, base_url: str = BASE) -> AsyncIterator[httpx.AsyncClient]:
+async def client_for(res: Services, base_url: str = BASE) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=build_app(res))
     async with httpx.AsyncClient(transport=transport, base_url=base_url) as c:
         yield c
@@ -88,7 +88,7 @@ async def client_for(res: Resources, base_url: str = BASE) -> AsyncIterator[http
 
 @dataclasses.dataclass
 class Env:
-    res: Resources
+    res: Services
     client: httpx.AsyncClient
     tenant: AppKey
 
@@ -123,12 +123,12 @@ async def upload(client, tenant, data=b"hello", filename="a.txt", **fields) -> d
     return await factories.upload(client, tenant, data, filename, **fields)
 
 
-async def row(res: Resources, att_id: str):
+async def row(res: Services, att_id: str):
     async with res.pool.acquire() as conn:
         return await attachments_repo.get(conn, UUID(att_id))
 
 
-async def queued(res: Resources, job_id: str) -> bool:
+async def queued(res: Services, job_id: str) -> bool:
     return bool(await res.redis.exists(f"arq:job:{job_id}"))
 
 
@@ -308,13 +308,13 @@ async def test_csrf_is_required_for_every_action(env, receiver):
     assert (await c.get("/dashboard")).status_code == 200  # still logged in
 
 
-async def webhooks_repo_disable(res: Resources, endpoint_id: str,
+async def webhooks_repo_disable(res: Services, endpoint_id: str,
                                 reason: str = "the receiver answered 410 Gone") -> None:
     async with res.pool.acquire() as conn:
         await webhooks_repo.disable_endpoint(conn, UUID(endpoint_id), reason)
 
 
-async def get_endpoint_row(res: Resources, endpoint_id: str):
+async def get_endpoint_row(res: Services, endpoint_id: str):
     async with res.pool.acquire() as conn:
         return await conn.fetchrow("SELECT * FROM webhook_endpoints WHERE id = $1",
                                    UUID(endpoint_id))
@@ -440,7 +440,7 @@ async def test_unknown_attachment_is_a_404_page(env):
 
 # --- webhook actions -------------------------------------------------------------------------
 
-async def failed_deliveries(res: Resources, endpoint_id: str) -> list[Any]:
+async def failed_deliveries(res: Services, endpoint_id: str) -> list[Any]:
     async with res.pool.acquire() as conn:
         return await conn.fetch(
             "SELECT d.id, d.status, e.type FROM webhook_deliveries d JOIN events e"
@@ -543,7 +543,7 @@ async def test_overview_figures(env, receiver):
     await c.delete(f"/v1/attachments/{deleted['id']}", headers=other_key.headers)
     await upload(c, tenant)  # queued, not run: the queue holds its promote job
 
-    o = await service.overview(res)
+    o = await res.dashboard.overview()
     by_name = {a.name: a for a in o.apps}
     assert by_name["acme"].states == {"cached": 1, "stored": 1, "failed": 0, "deleted": 0}
     assert by_name["zeta"].states == {"cached": 1, "stored": 0, "failed": 0, "deleted": 1}
@@ -582,7 +582,7 @@ async def test_queue_figures(env):
         # a running job of this queue, and one of another deployment sharing the Redis
         await res.redis.psetex(f"arq:in-progress:{mine}", 10_000, b"1")
         await res.redis.psetex(f"arq:in-progress:{theirs}", 10_000, b"1")
-        q = await service.queue_stats(res)
+        q = await res.dashboard.queue_stats()
         assert (q.depth, q.due, q.deferred, q.in_progress) == (2, 0, 1, 1)
     finally:
         await res.redis.delete(f"arq:in-progress:{mine}", f"arq:in-progress:{theirs}",
@@ -593,7 +593,7 @@ async def test_queue_figures(env):
 async def test_overview_survives_redis_being_down(env):
     down = ArqRedis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     try:
-        queue = await service.queue_stats(dataclasses.replace(env.res, redis=down))
+        queue = await dataclasses.replace(env.res, redis=down).dashboard.queue_stats()
     finally:
         await down.aclose()
     assert queue.available is False and queue.error
@@ -636,9 +636,9 @@ async def test_attachment_filters(env):
     assert "app: not an app id" in r.text and "from: a date" in r.text
     assert await ids(app="nope") == set()
     # paging: newest first, then the older ones
-    page = await service.list_attachments(res, service.AttachmentFilters(), limit=2)
+    page = await res.dashboard.list_attachments(service.AttachmentFilters(), limit=2)
     assert [str(r["id"]) for r in page.items] == [z["id"], b["id"]]
-    rest = await service.list_attachments(res, service.AttachmentFilters(),
+    rest = await res.dashboard.list_attachments(service.AttachmentFilters(),
                                           before=page.next_before, limit=2)
     assert [str(r["id"]) for r in rest.items] == [a["id"]] and rest.next_before is None
     r = await c.get("/dashboard/attachments")

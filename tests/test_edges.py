@@ -140,7 +140,7 @@ async def tus_s3(tmp_path, database_url, moto_endpoint, s3_client, fast_botocore
                                  cors_origins=ORIGIN)
         async with fresh_resources(settings) as res:
             app = create_app(settings, res)
-            app.state.resources = res  # ASGITransport does not run the lifespan
+            app.state.services = res  # ASGITransport does not run the lifespan
             # what escapes the app must come back as the response a browser would get
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:

@@ -14,11 +14,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from app.attachments import service
 from app.auth import service as auth
-from app.bootstrap import build_resources
+from app.bootstrap import build_services
 from app.main import create_app
-from app.sweep import sweep
 from tests.conftest import (
     AppKey,
     env_for,
@@ -44,7 +42,7 @@ async def test_worker_sigkilled_mid_promotion_is_finished_by_the_next(
 
     async def copied_but_not_stored():
         _, store = await storage_files()
-        row = await service.get(res, tenant.app_id, uuid.UUID(att_id))
+        row = await res.attachments.get(tenant.app_id, uuid.UUID(att_id))
         return store and row["state"] == "cached"
 
     with process(["worker"], {**env, "STOWAGE_FAILPOINTS": "promote.after_copy=sleep:120"},
@@ -54,7 +52,7 @@ async def test_worker_sigkilled_mid_promotion_is_finished_by_the_next(
         first.wait(5)
 
     async def stored():
-        return (await service.get(res, tenant.app_id, uuid.UUID(att_id)))["state"] == "stored"
+        return (await res.attachments.get(tenant.app_id, uuid.UUID(att_id)))["state"] == "stored"
 
     with process(["worker"], env, tmp_path / "worker2.log"):
         # arq re-runs the job once its in-progress key expires: job_timeout + 10 s
@@ -119,7 +117,7 @@ async def test_client_disconnect_mid_upload_leaves_nothing(live_api, tenant, res
 
 @pytest.fixture
 async def proxied(tmp_path, database_url):
-    """Resources that reach Postgres and Redis through proxies the test can cut."""
+    """Services that reach Postgres and Redis through proxies the test can cut."""
     pg = TCPProxy("127.0.0.1", 5432)
     rd = TCPProxy("127.0.0.1", 6379)
     await pg.start()
@@ -128,10 +126,10 @@ async def proxied(tmp_path, database_url):
     settings = make_settings(tmp_path, f"postgresql://127.0.0.1:{pg.port}{dbname}",
                              redis_url=f"redis://127.0.0.1:{rd.port}/7")
     await forget_storage_identities(database_url, and_apps=True)
-    async with build_resources(settings) as res:
+    async with build_services(settings) as res:
         new = await auth.create_app(res.pool, "faults")
         app = create_app(settings, res)
-        app.state.resources = res
+        app.state.services = res
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                      base_url="http://t") as client:
             yield res, client, AppKey(new.app_id, new.api_key), pg, rd
@@ -168,7 +166,7 @@ async def test_redis_unreachable_upload_still_lands_and_sweep_enqueues(proxied):
     assert ready.status_code == 503 and ready.json()["checks"]["redis"] != "ok"
     await rd.start()
     await asyncio.sleep(res.settings.stale_job_after + 0.1)
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert att_id in report.promotions
     await run_worker(res)
-    assert (await service.get(res, tenant.app_id, att_id))["state"] == "stored"
+    assert (await res.attachments.get(tenant.app_id, att_id))["state"] == "stored"

@@ -20,7 +20,7 @@ from app.attachments import keys
 from app.auth import service as auth
 from app.cli import build_parser
 from app.ops import fsck as fsck_mod
-from app.ops.fsck import fsck, nested_prefix, parse_key
+from app.ops.fsck import nested_prefix, parse_key
 from app.storage import FilesystemStorage, S3Storage
 from app.uploads import tus
 from tests.conftest import AppKey, api_client, env_for, fresh_resources, make_settings, run_worker
@@ -56,13 +56,13 @@ async def test_clean_system_reports_nothing(res, client, tenant):
     await client.delete(f"/v1/attachments/{doomed['id']}", headers=tenant.headers)
     await run_worker(res)
     # a tus upload in progress owns {app}/{upload_id}/tus
-    st = await tus.create(res, tenant.app_id, length=100, metadata_header=None)
-    await tus.append(res, tenant.app_id, st.id, offset=0, chunks=once(b"x" * 10),
+    st = await res.tus.create(tenant.app_id, length=100, metadata_header=None)
+    await res.tus.append(tenant.app_id, st.id, offset=0, chunks=once(b"x" * 10),
                      content_length=10, checksum=None)
     assert await exists(res.cache, tus.storage_key(tenant.app_id, st.id))
 
     for repair in (False, True):
-        report = await fsck(res, grace=0, repair=repair)
+        report = await res.fsck.check(grace=0, repair=repair)
         assert report.clean, report.to_text()
         assert (report.orphans, report.broken, report.unrecognized, report.recent) == (0, 0, 0, 0)
         assert report.exit_code == 0
@@ -103,7 +103,7 @@ async def test_orphans_are_reported_and_removed_only_after_the_grace(res, client
     storage_of = {key: storage for storage, key, _ in planted}
 
     # young: neither reported nor touched, even when repairing
-    report = await fsck(res, repair=True, grace=3600, batch_size=3)
+    report = await res.fsck.check(repair=True, grace=3600, batch_size=3)
     assert (report.orphans, report.orphans_removed, report.recent) == (0, 0, len(expected))
     assert report.exit_code == 0
     for k in expected:
@@ -113,7 +113,7 @@ async def test_orphans_are_reported_and_removed_only_after_the_grace(res, client
     old_key = f"{app}/{uuid.uuid4()}/original.bin"
     await put(res.store, old_key)
     backdate(res.store, old_key, 7200)
-    report = await fsck(res)
+    report = await res.fsck.check()
     assert report.orphans == 1 and report.recent == len(expected)
     assert orphan_reasons(report) == {old_key: "no_owner"}
     assert report.orphan_examples[0].age_s >= 7199
@@ -121,7 +121,7 @@ async def test_orphans_are_reported_and_removed_only_after_the_grace(res, client
     storage_of[old_key] = res.store
 
     # grace 0, no repair: every one reported with its reason, nothing removed
-    report = await fsck(res, grace=0, batch_size=3)
+    report = await res.fsck.check(grace=0, batch_size=3)
     assert report.orphans == len(expected)
     assert orphan_reasons(report) == expected
     assert report.exit_code == 1 and not report.clean
@@ -131,9 +131,9 @@ async def test_orphans_are_reported_and_removed_only_after_the_grace(res, client
     assert "run with --repair" in text and "cache_purged" in text
 
     # nearly every object an orphan: refused without force (see test_storage_identity)
-    report = await fsck(res, grace=0, repair=True, batch_size=3)
+    report = await res.fsck.check(grace=0, repair=True, batch_size=3)
     assert report.refused and report.orphans_removed == 0 and report.exit_code == 1
-    report = await fsck(res, grace=0, repair=True, batch_size=3, force=True)
+    report = await res.fsck.check(grace=0, repair=True, batch_size=3, force=True)
     assert (report.orphans, report.orphans_removed) == (len(expected), len(expected))
     assert all(o.removed for o in report.orphan_examples)
     assert report.exit_code == 0
@@ -141,13 +141,13 @@ async def test_orphans_are_reported_and_removed_only_after_the_grace(res, client
         assert not await exists(storage_of[k], k), k
     # what is owned survived
     assert await exists(res.store, keys.store_key(app, kept_id, "text/plain"))
-    assert (await fsck(res, grace=0)).clean
+    assert (await res.fsck.check(grace=0)).clean
 
 
 async def test_examples_are_capped_and_json_is_complete(res, tenant):
     for _ in range(5):
         await put(res.store, f"{tenant.app_id}/{uuid.uuid4()}/original.bin")
-    report = await fsck(res, grace=0, examples=2)
+    report = await res.fsck.check(grace=0, examples=2)
     assert report.orphans == 5 and len(report.orphan_examples) == 2
     data = json.loads(report.to_json())
     assert data["orphans"] == 5 and len(data["orphan_examples"]) == 2
@@ -159,7 +159,7 @@ async def test_examples_are_capped_and_json_is_complete(res, tenant):
 async def test_unrecognized_keys_are_reported_and_never_removed(res):
     await put(res.store, "notes/readme.txt")
     await put(res.cache, "not-a-uuid/also-not/upload")
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert report.unrecognized == 2 and report.orphans == 0
     assert sorted(report.unrecognized_examples) == ["cache:not-a-uuid/also-not/upload",
                                                     "store:notes/readme.txt"]
@@ -176,7 +176,7 @@ async def test_an_attachment_a_job_holds_is_not_repaired(res, client, tenant):
         await conn.execute("SELECT pg_advisory_lock(hashtextextended('attachment:' || $1, 0))",
                            str(att_id))
         try:
-            report = await fsck(res, grace=0, repair=True)
+            report = await res.fsck.check(grace=0, repair=True)
         finally:
             await conn.execute(
                 "SELECT pg_advisory_unlock(hashtextextended('attachment:' || $1, 0))",
@@ -184,7 +184,7 @@ async def test_an_attachment_a_job_holds_is_not_repaired(res, client, tenant):
     assert (report.orphans, report.orphans_removed, report.skipped_busy) == (1, 0, 1)
     assert report.exit_code == 1
     assert await exists(res.cache, stray)
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert report.orphans_removed == 1 and not await exists(res.cache, stray)
 
 
@@ -201,14 +201,14 @@ async def test_stored_attachment_without_its_original_becomes_failed(res, client
     original = keys.store_key(tenant.app_id, att_id, "text/plain")
     await res.store.delete(original)  # behind Stowage's back
 
-    report = await fsck(res, grace=0)
+    report = await res.fsck.check(grace=0)
     assert report.broken == 1 and report.orphans == 0
     b = report.broken_examples[0]
     assert (b.attachment_id, b.state, b.missing) == (att["id"], "stored", [f"store:{original}"])
     assert report.exit_code == 1
     assert (await row(res, att["id"]))["state"] == "stored"  # reporting changes nothing
 
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert (report.broken, report.broken_repaired) == (1, 1)
     assert report.broken_examples[0].marked_failed and report.exit_code == 0
     failed = await row(res, att["id"])
@@ -227,13 +227,13 @@ async def test_stored_attachment_without_its_original_becomes_failed(res, client
     r = await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)
     assert r.json()["state"] == "failed" and r.json()["error"]["code"] == "file_missing"
     # once failed it owns nothing and is no longer broken
-    assert (await fsck(res, grace=0)).clean
+    assert (await res.fsck.check(grace=0)).clean
 
 
 async def test_cached_attachment_without_its_cache_object_becomes_failed(res, client, tenant):
     att = await upload(client, tenant, promote="false")
     await res.cache.delete(keys.cache_key(tenant.app_id, uuid.UUID(att["id"])))
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert (report.broken, report.broken_repaired) == (1, 1)
     failed = await row(res, att["id"])
     assert failed["state"] == "failed" and failed["error"]["code"] == "file_missing"
@@ -247,7 +247,7 @@ async def test_many_broken_attachments_are_paged(res, client, tenant):
     atts = [await upload(client, tenant, promote="false") for _ in range(5)]
     for att in atts:
         await res.cache.delete(keys.cache_key(tenant.app_id, uuid.UUID(att["id"])))
-    report = await fsck(res, grace=0, repair=True, batch_size=2, examples=3)
+    report = await res.fsck.check(grace=0, repair=True, batch_size=2, examples=3)
     assert (report.broken, report.broken_repaired, len(report.broken_examples)) == (5, 5, 3)
     for att in atts:
         assert (await row(res, att["id"]))["state"] == "failed"
@@ -265,7 +265,7 @@ async def test_a_row_changed_during_the_scan_is_not_called_broken(res, client, t
 
     fsck_mod.repo.collect_missing = touch_then_collect
     try:
-        report = await fsck(res, grace=0, repair=True)
+        report = await res.fsck.check(grace=0, repair=True)
     finally:
         fsck_mod.repo.collect_missing = original
     assert report.broken == 0
@@ -301,15 +301,15 @@ async def test_derivatives_old_generation_is_orphan_missing_one_is_broken(tmp_pa
         assert stored["state"] == "stored"
         thumb_key = stored["derivatives"]["thumb"]["key"]
         assert "/derivatives/g" in thumb_key
-        assert (await fsck(res, grace=0)).clean
+        assert (await res.fsck.check(grace=0)).clean
 
         old_gen = f"{tenant.app_id}/{att_id}/derivatives/g0/thumb.webp"
         await put(res.store, old_gen)
-        report = await fsck(res, grace=0)
+        report = await res.fsck.check(grace=0)
         assert orphan_reasons(report) == {old_gen: "unreferenced"} and report.broken == 0
 
         await res.store.delete(thumb_key)
-        report = await fsck(res, grace=0, repair=True)
+        report = await res.fsck.check(grace=0, repair=True)
         assert report.orphans_removed == 1 and not await exists(res.store, old_gen)
         assert report.broken_repaired == 1
         assert report.broken_examples[0].missing == [f"store:{thumb_key}"]
@@ -318,7 +318,7 @@ async def test_derivatives_old_generation_is_orphan_missing_one_is_broken(tmp_pa
         assert "derivatives/" in failed["error"]["detail"]
         # like a failed promotion, the failed attachment keeps no store files
         assert not await exists(res.store, stored["key"])
-        assert (await fsck(res, grace=0)).clean
+        assert (await res.fsck.check(grace=0)).clean
 
 
 # --- where the storages are ------------------------------------------------------------------
@@ -338,12 +338,12 @@ async def test_overlapping_storages_are_told_apart(tmp_path, database_url, layou
         await upload(client, tenant, b"stored")
         cached = await upload(client, tenant, b"cached", promote="false")
         await run_worker(res)
-        report = await fsck(res, grace=0, repair=True)
+        report = await res.fsck.check(grace=0, repair=True)
         assert report.clean, report.to_text()
         assert sum(report.scanned.values()) == 2
         # and a missing file is still found
         await res.cache.delete(keys.cache_key(tenant.app_id, uuid.UUID(cached["id"])))
-        report = await fsck(res, grace=0)
+        report = await res.fsck.check(grace=0)
         assert report.broken == 1 and report.orphans == 0
 
 
@@ -361,7 +361,7 @@ async def test_s3_cache_and_store_in_one_bucket(tmp_path, database_url, moto_end
         await upload(client, tenant, b"stored")
         await upload(client, tenant, b"cached", promote="false")
         await run_worker(res)
-        report = await fsck(res, grace=0, repair=True)
+        report = await res.fsck.check(grace=0, repair=True)
         assert report.clean, report.to_text()
         assert sum(report.scanned.values()) == 2
 
@@ -410,24 +410,24 @@ async def test_s3_presigns_and_tus_uploads_are_not_orphans(s3_env):
         r = await plain.post(p["url"], data=p["fields"], files={"file": ("f", b"hello")})
     assert r.status_code in (200, 201, 204)
     # a tus upload in progress on S3: its bytes wait in a tail object
-    st = await tus.create(res, app, length=100, metadata_header=None)
-    await tus.append(res, app, st.id, offset=0, chunks=once(b"y" * 10), content_length=10,
+    st = await res.tus.create(app, length=100, metadata_header=None)
+    await res.tus.append(app, st.id, offset=0, chunks=once(b"y" * 10), content_length=10,
                      checksum=None)
     tus_keys = [k async for k in res.cache.list_keys(f"{app}/{st.id}/")]
     assert tus_keys and all(k.split("/")[2].startswith("tus") for k in tus_keys)
 
     store_orphan = await put(res.store, f"{app}/{uuid.uuid4()}/original.bin")
     cache_orphan = await put(res.cache, f"{app}/{uuid.uuid4()}/upload")
-    report = await fsck(res, grace=0)
+    report = await res.fsck.check(grace=0)
     assert orphan_reasons(report) == {store_orphan: "no_owner", cache_orphan: "no_owner"}
     assert report.broken == 0 and report.recent == 0
     assert report.orphan_examples[0].age_s is not None  # S3 LastModified
 
-    report = await fsck(res, grace=3600, repair=True)  # young: left alone
+    report = await res.fsck.check(grace=3600, repair=True)  # young: left alone
     assert report.orphans == 0 and report.recent == 2
     assert await exists(res.store, store_orphan) and await exists(res.cache, cache_orphan)
 
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert report.orphans_removed == 2 and report.exit_code == 0
     assert not await exists(res.store, store_orphan)
     assert not await exists(res.cache, cache_orphan)
@@ -437,13 +437,13 @@ async def test_s3_presigns_and_tus_uploads_are_not_orphans(s3_env):
     # a presign being registered has no row left, but its id is young: not an orphan yet
     async with res.pool.acquire() as conn:
         await conn.execute("DELETE FROM presigned_uploads WHERE key = $1", p["key"])
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert report.orphans == 0 and report.recent == 1
     assert await exists(res.cache, p["key"])
 
     # broken on S3 too
     await res.store.delete(keys.store_key(app, uuid.UUID(att["id"]), "text/plain"))
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert report.broken_repaired == 1
     assert (await row(res, att["id"]))["error"]["code"] == "file_missing"
 

@@ -21,9 +21,9 @@ import uvicorn
 
 from app.attachments.downloads import serves_inline
 from app.attachments.links import Links
+from app.bootstrap import Services
 from app.main import create_app
 from app.profiles import load_profiles
-from app.resources import Resources
 from tests.conftest import free_port, run_worker
 from tests.factories import stored, upload
 from tests.helpers import jpeg_bytes, png_bytes
@@ -51,11 +51,11 @@ def profiles(tmp_path, res):
                     '[profiles.pics]\ntypes = ["image/*"]\n'
                     '[profiles.pics.derivatives.thumb]\nwidth = 20\nheight = 20\n')
     before = res.profiles, res.links
-    res.profiles = load_profiles(path)
-    res.links = Links(res.settings.public_url, res.settings.signing_key,
-                      res.settings.download_url_ttl, public_profiles=res.profiles.public_names())
+    res.rewire(profiles=load_profiles(path))
+    res.rewire(links=Links(res.settings.public_url, res.settings.signing_key,
+                      res.settings.download_url_ttl, public_profiles=res.profiles.public_names()))
     yield path
-    res.profiles, res.links = before
+    res.rewire(profiles=before[0], links=before[1])
 
 
 # --- Allow and OPTIONS ----------------------------------------------------------------------------
@@ -292,10 +292,10 @@ async def test_s3_redirect_disposition_and_head(s3_env):
 # --- real clients ---------------------------------------------------------------------------------
 
 @contextlib.asynccontextmanager
-async def live_server(res: Resources) -> AsyncIterator[str]:
+async def live_server(res: Services) -> AsyncIterator[str]:
     """A real uvicorn serving the app on this event loop, sharing the test's resources."""
     app = create_app(res.settings, res)
-    app.state.resources = res
+    app.state.services = res
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(),
                                            lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve())

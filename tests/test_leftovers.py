@@ -12,8 +12,6 @@ import time
 import uuid
 from pathlib import Path
 
-from app.ops.fsck import fsck
-from app.ops.leftovers import sweep_leftovers
 from app.storage.base import is_temp_name
 from tests.conftest import env_for, free_port, make_settings, process, wait_for, wait_http
 
@@ -49,13 +47,13 @@ async def test_api_killed_mid_upload_leaves_temp_files_that_fsck_and_sweep_find(
     left = temp_files(cache_root)
     assert len(left) == 2 and all(p.stat().st_size > 0 for p in left)
 
-    report = await fsck(res, grace=0)
+    report = await res.fsck.check(grace=0)
     assert report.leftovers == 2 and report.leftover_bytes >= 2 * MiB
     assert not report.clean and report.exit_code == 1
     assert "leftovers of interrupted writes: 2" in report.to_text()
-    young = await fsck(res, grace=3600)
+    young = await res.fsck.check(grace=3600)
     assert young.leftovers == 0  # within the grace: a live writer's, maybe
-    assert await sweep_leftovers(res, 3600) == [] and len(temp_files(cache_root)) == 2
+    assert await res.leftovers.sweep(3600) == [] and len(temp_files(cache_root)) == 2
 
     # a worker whose leftover grace is short removes them by itself
     worker_settings = make_settings(tmp_path, database_url, leftover_grace=2)
@@ -63,7 +61,7 @@ async def test_api_killed_mid_upload_leaves_temp_files_that_fsck_and_sweep_find(
         async def gone() -> bool:
             return temp_files(cache_root) == []
         await wait_for(gone, within=20, interval=0.5)
-    assert (await fsck(res, grace=0)).clean
+    assert (await res.fsck.check(grace=0)).clean
 
 
 async def test_s3_unfinished_multipart_uploads_are_aborted_but_not_a_live_tus_upload(s3_env):
@@ -86,7 +84,7 @@ async def test_s3_unfinished_multipart_uploads_are_aborted_but_not_a_live_tus_up
     uploads = (await s3.list_multipart_uploads(Bucket=cache_bucket)).get("Uploads", [])
     assert len(uploads) == 2
 
-    report = await fsck(res, grace=0, repair=True)
+    report = await res.fsck.check(grace=0, repair=True)
     assert report.leftovers == 1 and report.leftovers_removed == 1, report.to_text()
     assert report.exit_code == 0
     left = (await s3.list_multipart_uploads(Bucket=cache_bucket)).get("Uploads", [])
@@ -100,7 +98,7 @@ async def test_s3_unfinished_multipart_uploads_are_aborted_but_not_a_live_tus_up
     att_id = r.headers["stowage-attachment-id"]
     got = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
     assert got["sha256"] == hashlib.sha256(body).hexdigest()
-    assert (await fsck(res, grace=0)).leftovers == 0
+    assert (await res.fsck.check(grace=0)).leftovers == 0
 
 
 async def test_a_long_s3_upload_still_sending_parts_is_not_a_leftover(s3_env):
@@ -150,7 +148,7 @@ async def test_worker_killed_while_writing_a_derivative_leaves_nothing_for_good(
     profiles = tmp_path / "profiles.toml"
     profiles.write_text('[profiles.pics]\ntypes = ["image/*"]\n'
                         '[profiles.pics.derivatives.thumb]\nwidth = 20\nheight = 20\n')
-    res.profiles = load_profiles(profiles)
+    res.rewire(profiles=load_profiles(profiles))
     store_root = Path(res.settings.store_url.removeprefix("file://"))
     r = await client.post("/v1/attachments", headers=tenant.headers, data={"profile": "pics"},
                           files={"file": ("a.jpg", jpeg_bytes(80, 60))})
@@ -169,11 +167,11 @@ async def test_worker_killed_while_writing_a_derivative_leaves_nothing_for_good(
         worker.wait(10)
     [left] = temp_files(store_root)
     assert left.name.startswith(".thumb.")
-    report = await fsck(res, grace=0)
+    report = await res.fsck.check(grace=0)
     assert report.leftovers == 1
     with process(["worker"], env, tmp_path / "w2.log"):
         async def done() -> bool:
             r = await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)
             return r.json()["state"] == "stored" and temp_files(store_root) == []
         await wait_for(done, within=40, interval=0.5)
-    assert (await fsck(res, grace=0)).leftovers == 0
+    assert (await res.fsck.check(grace=0)).leftovers == 0

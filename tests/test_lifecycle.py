@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from app.attachments import keys, service
+from app.attachments import keys
 from app.storage import Storage
-from app.sweep import sweep
 from tests.conftest import lose_queued_jobs, run_worker
 from tests.factories import upload
 
@@ -105,7 +104,7 @@ async def test_a_failed_replacement_leaves_the_current_one(client, tenant, res, 
     profiles_file.write_text(
         '[profiles.avatar]\ntypes = ["image/*"]\n'
         '[profiles.avatar.derivatives.thumb]\nwidth = 20\nheight = 20\n')
-    res.profiles = load_profiles(profiles_file)
+    res.rewire(profiles=load_profiles(profiles_file))
     try:
         cat = await upload(client, tenant, jpeg_bytes(), profile="avatar", **slot)
         await run_worker(res)
@@ -125,7 +124,7 @@ async def test_a_failed_replacement_leaves_the_current_one(client, tenant, res, 
         assert (await state_of(client, tenant, later["id"]))["state"] == "stored"
         assert (await state_of(client, tenant, cat["id"]))["error"]["code"] == "replaced"
     finally:
-        res.profiles = prof
+        res.rewire(profiles=prof)
 
 
 async def test_concurrent_uploads_into_one_slot_leave_the_last_one(client, tenant, res):
@@ -140,7 +139,7 @@ async def test_concurrent_uploads_into_one_slot_leave_the_last_one(client, tenan
                                    " ORDER BY created_at DESC, id DESC LIMIT 1")
     for att_id in reversed(ids):
         await client.post(f"/v1/attachments/{att_id}/promote", headers=tenant.headers)
-    outcomes = await asyncio.gather(*[service.promote(res, att_id) for att_id in ids])
+    outcomes = await asyncio.gather(*[res.attachments.promote(att_id) for att_id in ids])
     assert outcomes.count("stored") >= 1
     async with res.pool.acquire() as conn:
         rows = await conn.fetch("SELECT id, state, error FROM attachments WHERE record_id = '5'")
@@ -154,7 +153,7 @@ async def test_unpromoted_upload_expires_after_ttl(client, tenant, res, storage_
     att = await upload(client, tenant, promote="false")
     async with res.pool.acquire() as conn:
         await conn.execute("UPDATE attachments SET expires_at = now() - interval '1 second'")
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert report.expired == [uuid.UUID(att["id"])]
     got = await state_of(client, tenant, att["id"])
     assert got["state"] == "deleted" and got["error"]["code"] == "expired"
@@ -170,7 +169,7 @@ async def test_sweep_recovers_jobs_redis_lost(client, tenant, res, redis_client,
     await run_worker(res)
     assert (await state_of(client, tenant, kept["id"]))["state"] == "cached"
     await asyncio.sleep(res.settings.stale_job_after + 0.2)
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert uuid.UUID(kept["id"]) in report.promotions
     assert uuid.UUID(gone["id"]) in report.destroys
     await run_worker(res)
@@ -183,7 +182,7 @@ async def test_sweep_purges_a_leftover_cached_copy(client, tenant, res, storage_
     att = await upload(client, tenant, promote="false")
     await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
     # as if the worker died right after committing `stored`, before deleting the cached file
-    row = await service.get(res, tenant.app_id, uuid.UUID(att["id"]))
+    row = await res.attachments.get(tenant.app_id, uuid.UUID(att["id"]))
     store_key = keys.store_key(tenant.app_id, row["id"], row["mime_type"])
     await res.store.copy_from(res.cache, row["key"], store_key)
     async with res.pool.acquire() as conn:
@@ -191,7 +190,7 @@ async def test_sweep_purges_a_leftover_cached_copy(client, tenant, res, storage_
                            " updated_at = now() - interval '1 hour' WHERE id=$1", row["id"],
                            store_key)
     await res.redis.delete(res.settings.queue_name)
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert report.cache_purges == [row["id"]]
     await run_worker(res)
     assert (await storage_files())[0] == []
@@ -199,9 +198,9 @@ async def test_sweep_purges_a_leftover_cached_copy(client, tenant, res, storage_
 
 async def test_promotion_of_a_vanished_cache_file_fails_cleanly(client, tenant, res):
     att = await upload(client, tenant)
-    row = await service.get(res, tenant.app_id, uuid.UUID(att["id"]))
+    row = await res.attachments.get(tenant.app_id, uuid.UUID(att["id"]))
     await res.cache.delete(row["key"])
-    assert await service.promote(res, row["id"]) == "failed"
+    assert await res.attachments.promote(row["id"]) == "failed"
     got = await state_of(client, tenant, att["id"])
     assert got["state"] == "failed" and got["error"]["code"] == "file_missing"
 
@@ -225,8 +224,9 @@ class PausingStore:
 
 async def _promote_paused(res, att_id):
     pausing = PausingStore(res.store)
-    real, res.store = res.store, pausing
-    task = asyncio.create_task(service.promote(res, att_id))
+    real = res.store
+    res.rewire(store=pausing)
+    task = asyncio.create_task(res.attachments.promote(att_id))
     await asyncio.wait_for(pausing.copied.wait(), 5)
     return task, pausing, real
 
@@ -240,7 +240,7 @@ async def test_delete_during_promotion_aborts_and_cleans_up(client, tenant, res,
     assert r.status_code == 202
     pausing.release.set()
     assert await task == "aborted"
-    res.store = real
+    res.rewire(store=real)
     await run_worker(res)  # the destroy job
     assert (await state_of(client, tenant, att["id"]))["state"] == "deleted"
     assert await storage_files() == ([], [])
@@ -255,7 +255,7 @@ async def test_replace_during_promotion_keeps_the_old_until_the_new_is_stored(
     new = await upload(client, tenant, b"new", **slot)
     pausing.release.set()
     assert await task == "stored"  # the new one is not stored yet: the old one is current
-    res.store = real
+    res.rewire(store=real)
     await run_worker(res)
     assert (await state_of(client, tenant, old["id"]))["state"] == "deleted"
     assert (await state_of(client, tenant, new["id"]))["state"] == "stored"
@@ -285,7 +285,7 @@ async def test_same_promotion_twice_at_once_stores_exactly_one_file(client, tena
                                                                    storage_files):
     att = await upload(client, tenant, b"z" * 5000, promote="false")
     await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
-    outcomes = await asyncio.gather(*[service.promote(res, uuid.UUID(att["id"]))
+    outcomes = await asyncio.gather(*[res.attachments.promote(uuid.UUID(att["id"]))
                                       for _ in range(4)])
     assert sorted(outcomes) == ["skipped", "skipped", "skipped", "stored"]
     cache, store = await storage_files()

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from app.storage.s3 import post_policy_conditions
-from app.sweep import sweep
 from tests.conftest import is_marker, run_worker
 from tests.helpers import png_bytes
 
@@ -133,7 +132,7 @@ async def test_sweep_removes_expired_unregistered_uploads(s3_env, s3_client):
     await post_to_bucket(p, b"abandoned")
     async with res.pool.acquire() as conn:
         await conn.execute("UPDATE presigned_uploads SET expires_at = now() - interval '2 days'")
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert report.presigns_expired == 1
     listed = await s3_client.list_objects_v2(Bucket=cache_bucket)
     assert [o for o in listed.get("Contents", []) if not is_marker(o["Key"])] == []

@@ -177,8 +177,8 @@ async def test_reprocess_swaps_the_set_and_removes_old_files(env, tmp_path):
     store = tmp_path / "store"
     old_files = sorted(p.name for p in store.rglob("*") if p.is_file() and not is_marker(p))
     assert len(old_files) == 3  # original + 2 derivatives
-    res.profiles = load_profiles_text(path, PROFILES.replace("width = 200\nheight = 200",
-                                                             "width = 100\nheight = 100"))
+    res.rewire(profiles=load_profiles_text(path, PROFILES.replace("width = 200\nheight = 200",
+                                                             "width = 100\nheight = 100")))
     r = await client.post(f"/v1/attachments/{att_id}/reprocess", headers=tenant.headers)
     assert r.status_code == 202
     await run_worker(res)
@@ -254,7 +254,7 @@ async def test_aborted_promotion_removes_its_derivatives_too(env, tmp_path):
     await client.delete(f"/v1/attachments/{att_id}", headers=tenant.headers)
     pausing.release.set()
     assert await task == "aborted"
-    res.store = real
+    res.rewire(store=real)
     store_files = [p for p in (tmp_path / "store").rglob("*")
                    if p.is_file() and not is_marker(p)]
     assert store_files == []

@@ -25,7 +25,6 @@ import pytest
 
 from app.attachments import work
 from app.auth import service as auth
-from app.sweep import sweep
 from tests.conftest import (
     AppKey,
     api_client,
@@ -449,14 +448,14 @@ async def test_promotion_into_a_store_that_cannot_take_it_waits_and_says_why(
             assert errno_name in w["last_error"] and str(store) in w["last_error"]
             assert 50 < w["wait"].total_seconds() <= work.BLOCKED_RETRY
             await asyncio.sleep(res.settings.stale_job_after + 0.2)
-            assert att_id not in (await sweep(res)).promotions  # not in a tight loop
+            assert att_id not in (await res.sweep.run()).promotions  # not in a tight loop
         # the operator makes room (or fixes the folder); BLOCKED_RETRY later the sweep offers
         # the promotion again
         if trouble == "full":
             grow(tiny_disk)
         async with res.pool.acquire() as conn:
             await conn.execute("UPDATE attachment_work SET next_attempt_at = now()")
-        report = await sweep(res)
+        report = await res.sweep.run()
         assert report is not None and att_id in report.promotions
         await asyncio.wait_for(run_worker(res), 30)
         att = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()

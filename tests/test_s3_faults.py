@@ -18,12 +18,11 @@ import httpx
 import pytest
 from arq import Retry
 
-from app.attachments import keys, service
+from app.attachments import keys
 from app.auth import service as auth
+from app.bootstrap import Services
 from app.main import create_app
-from app.ops.routes import CHECK_TIMEOUT
-from app.resources import Resources
-from app.sweep import sweep
+from app.ops.readiness import CHECK_TIMEOUT
 from app.transient import is_transient
 from tests.conftest import AppKey, fresh_resources, is_marker, make_settings, run_worker
 from tests.s3_fault_proxy import S3FaultProxy
@@ -36,7 +35,7 @@ COPY_SOURCE = "x-amz-copy-source"  # CopyObject: PUT with this header
 
 @dataclass
 class Env:
-    res: Resources
+    res: Services
     client: httpx.AsyncClient
     tenant: AppKey
     proxy: S3FaultProxy
@@ -98,7 +97,7 @@ async def env(tmp_path, database_url, moto_endpoint, s3_client, fast_botocore_ba
                                  max_upload_size=64 * MiB)
         async with fresh_resources(settings) as res:
             app = create_app(settings, res)
-            app.state.resources = res  # ASGITransport does not run the lifespan
+            app.state.services = res  # ASGITransport does not run the lifespan
             # a 500 must come back as a response, as it would over the network
             transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
             async with httpx.AsyncClient(transport=transport, base_url="http://t",
@@ -120,7 +119,7 @@ async def rows_count(env: Env) -> int:
         return await conn.fetchval("SELECT count(*) FROM attachments")
 
 
-async def forget_queued_jobs(res: Resources) -> None:
+async def forget_queued_jobs(res: Services) -> None:
     """What Redis holds of this test's queue goes, as when arq gives a job up after its last
     try or Redis loses it: only Postgres still knows the work."""
     queue = res.settings.queue_name
@@ -202,11 +201,11 @@ async def test_promotion_during_s3_outage_stays_cached_then_completes(env):
     env.proxy.fail_always(500)
 
     with pytest.raises(Exception) as caught:
-        await service.promote(env.res, uuid.UUID(att_id))
+        await env.res.attachments.promote(uuid.UUID(att_id))
     assert is_transient(caught.value), repr(caught.value)
     # the job wrapper turns it into a deferred retry, not a failure
     with pytest.raises(Retry):
-        await tasks.promote({"resources": env.res, "job_try": 1, "job_id": "t"}, att_id)
+        await tasks.promote({"services": env.res, "job_try": 1, "job_id": "t"}, att_id)
     row = await env.row(att_id)
     assert row["state"] == "cached" and row["error"] is None
     r = await env.client.get(f"/v1/attachments/{att_id}", headers=env.tenant.headers)
@@ -214,7 +213,7 @@ async def test_promotion_during_s3_outage_stays_cached_then_completes(env):
     # the sweep keeps running through the outage without losing or failing anything
     await asyncio.sleep(env.res.settings.stale_job_after + 0.1)
     await forget_queued_jobs(env.res)  # arq gave up after its last try
-    assert await sweep(env.res) is not None
+    assert await env.res.sweep.run() is not None
     await forget_queued_jobs(env.res)
     assert (await env.row(att_id))["state"] == "cached"
 
@@ -222,7 +221,7 @@ async def test_promotion_during_s3_outage_stays_cached_then_completes(env):
     assert list((await env.objects(env.cache_bucket)).values()) == [len(data)]  # kept
     await env.assert_nothing_orphaned()
     await asyncio.sleep(env.res.settings.stale_job_after + 0.1)
-    report = await sweep(env.res)
+    report = await env.res.sweep.run()
     assert uuid.UUID(att_id) in report.promotions
     await run_worker(env.res)
     row = await env.row(att_id)

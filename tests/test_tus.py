@@ -28,9 +28,9 @@ from tusclient import client as tus_client
 from tusclient.exceptions import TusCommunicationError
 
 from app.auth import service as auth
+from app.bootstrap import Services
 from app.main import create_app
 from app.observability import metrics
-from app.resources import Resources
 from app.storage import S3Storage, file_resumable
 from app.storage.s3 import part_size_for as s3_part_size_for
 from app.uploads import tus, tus_protocol
@@ -53,19 +53,19 @@ TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = {"Content-Type": "application/offset+octet-stream"}
 
 
-def tus_app(res: Resources) -> FastAPI:
+def tus_app(res: Services) -> FastAPI:
     """The app, with the tus router included if app/main.py does not include it yet."""
     app = create_app(res.settings, res)
     included = any(getattr(r, "original_router", None) is tus_router or
                    str(getattr(r, "path", "")).startswith("/v1/tus") for r in app.routes)
     if not included:
         app.include_router(tus_router)
-    app.state.resources = res  # ASGITransport does not run the lifespan
+    app.state.services = res  # ASGITransport does not run the lifespan
     return app
 
 
 @contextlib.asynccontextmanager
-async def asgi_client(res: Resources, raise_app_exceptions: bool = True
+async def asgi_client(res: Services, raise_app_exceptions: bool = True
                       ) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=tus_app(res), raise_app_exceptions=raise_app_exceptions)
     async with httpx.AsyncClient(transport=transport, base_url="http://stowage.test") as c:
@@ -73,7 +73,7 @@ async def asgi_client(res: Resources, raise_app_exceptions: bool = True
 
 
 @contextlib.asynccontextmanager
-async def live_server(res: Resources, port: int) -> AsyncIterator[str]:
+async def live_server(res: Services, port: int) -> AsyncIterator[str]:
     """A real uvicorn serving the app on this event loop, sharing the test's resources."""
     config = uvicorn.Config(tus_app(res), host="127.0.0.1", port=port, lifespan="off",
                             log_level="warning")
@@ -92,7 +92,7 @@ async def live_server(res: Resources, port: int) -> AsyncIterator[str]:
 
 @dataclass
 class Env:
-    res: Resources
+    res: Services
     client: httpx.AsyncClient
     tenant: AppKey
     other: AppKey
@@ -468,7 +468,7 @@ async def test_completion_interrupted_after_the_attachment_is_made_is_finished_b
 
 async def test_completion_interrupted_before_the_attachment_is_made_is_redone(env, monkeypatch):
     url = await create(env, 3)
-    real_record = tus.record
+    real_record = env.res.intake.record
     calls = 0
 
     async def crash_once(*args: Any, **kwargs: Any) -> Any:
@@ -478,7 +478,7 @@ async def test_completion_interrupted_before_the_attachment_is_made_is_redone(en
             raise RuntimeError("the process died here")
         return await real_record(*args, **kwargs)
 
-    monkeypatch.setattr(tus, "record", crash_once)
+    monkeypatch.setattr(env.res.intake, "record", crash_once)
     async with asgi_client(env.res, raise_app_exceptions=False) as c:
         r = await c.patch(url, content=b"abc", headers={**TUS, **OCTETS, **env.tenant.headers,
                                                        "Upload-Offset": "0"})
@@ -501,18 +501,18 @@ async def test_sweep_finishes_a_completion_whose_request_died(env, monkeypatch):
         raise RuntimeError("the process died here")
 
     with monkeypatch.context() as m:
-        m.setattr(tus, "record", crash)
+        m.setattr(env.res.intake, "record", crash)
         async with asgi_client(env.res, raise_app_exceptions=False) as c:
             r = await c.patch(url, content=b"xyz", headers={
                 **TUS, **OCTETS, **env.tenant.headers, "Upload-Offset": "0"})
         assert r.status_code == 500
     # the client never comes back; a fresh stall is left alone, an old one is finished
-    await tus.expire_uploads(env.res)
+    await env.res.tus.expire_uploads()
     assert (await env.tus_rows())[0]["state"] == "completing"
     async with env.res.pool.acquire() as conn:
         await conn.execute("UPDATE tus_uploads SET updated_at = now() - interval '2 minutes',"
                            " expires_at = now() - interval '1 second'")
-    assert await tus.expire_uploads(env.res) == 0  # finished, not thrown away
+    assert await env.res.tus.expire_uploads() == 0  # finished, not thrown away
     row = (await env.tus_rows())[0]
     assert row["state"] == "done"
     assert await env.attachment_count() == 1
@@ -522,7 +522,7 @@ async def test_sweep_finishes_a_completion_whose_request_died(env, monkeypatch):
     # and once a finished upload's row expires it goes too, its attachment stays
     async with env.res.pool.acquire() as conn:
         await conn.execute("UPDATE tus_uploads SET expires_at = now() - interval '1 second'")
-    assert await tus.expire_uploads(env.res) == 1
+    assert await env.res.tus.expire_uploads() == 1
     assert await env.tus_rows() == [] and await env.attachment_count() == 1
 
 
@@ -885,13 +885,13 @@ async def test_expired_uploads_are_removed(env_factory, backend):
     assert "stowage-attachment-id" in r.headers
     if backend == "s3":
         assert len(await env.multipart_uploads()) == 1
-    assert await tus.expire_uploads(env.res) == 0
+    assert await env.res.tus.expire_uploads() == 0
     async with env.res.pool.acquire() as conn:
         await conn.execute("UPDATE tus_uploads SET expires_at = now() - interval '1 second'")
     r = await head(env, url)
     assert r.status_code == 410
     assert (await patch(env, url, len(data), data)).status_code == 410
-    assert await tus.expire_uploads(env.res) == 2
+    assert await env.res.tus.expire_uploads() == 2
     assert await env.tus_rows() == []
     assert (await head(env, url)).status_code == 404
     assert await env.multipart_uploads() == []

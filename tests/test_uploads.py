@@ -87,9 +87,9 @@ async def test_empty_raw_upload_is_accepted_as_octet_stream(client, tenant):
 @pytest.fixture
 async def small_limit_client(res, tmp_path, database_url):
     """The same resources, but a service-wide limit of 100 KB."""
-    res.settings = make_settings(tmp_path, database_url, max_upload_size=100_000)
+    res.rewire(settings=make_settings(tmp_path, database_url, max_upload_size=100_000))
     app = create_app(res.settings, res)
-    app.state.resources = res
+    app.state.services = res
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://t") as c:
         yield c

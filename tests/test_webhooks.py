@@ -14,11 +14,8 @@ from datetime import UTC, datetime
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from app.attachments import service
 from app.auth import service as auth
 from app.bootstrap import event_link_ttl
-from app.sweep import sweep
-from app.webhooks import service as webhooks
 from app.webhooks.delivery import BlockedDestination, is_forbidden_address, resolve_public
 from tests import factories
 from tests.conftest import (
@@ -44,7 +41,7 @@ def receiver():
 
 @pytest.fixture
 async def hooks(tmp_path, database_url, request):
-    """Resources, client and tenant with fast retries; override with @pytest.mark.settings."""
+    """Services, client and tenant with fast retries; override with @pytest.mark.settings."""
     marker = request.node.get_closest_marker("settings")
     overrides = {"webhook_retry_delays": "0,0,0", "webhook_timeout": 0.5,
                  **(marker.kwargs if marker else {})}
@@ -163,7 +160,7 @@ async def test_retries_after_500_and_timeout_keep_one_webhook_id(hooks, receiver
     assert (log["status"], log["attempts"], log["last_status_code"]) == ("delivered", 3, 200)
     assert log["delivered_at"] and log["next_attempt_at"] is None
     await run_worker(res)  # nothing more is sent after the success
-    await sweep(res)
+    await res.sweep.run()
     await run_worker(res)
     assert len(receiver.received) == 3
 
@@ -247,11 +244,11 @@ async def test_retry_after_is_honoured_and_410_disables(hooks, receiver):
     # one attempt, by hand: a burst worker would wait out the 120 s deferral
     await res.redis.delete(res.settings.queue_name, res.jobs.delivery_queue_name)
     [log] = await deliveries(client, tenant, ep["id"])
-    assert await webhooks.deliver(res, uuid.UUID(log["id"])) == "retrying"
+    assert await res.webhooks.deliver(uuid.UUID(log["id"])) == "retrying"
     [log] = await deliveries(client, tenant, ep["id"])
     due = datetime.fromisoformat(log["next_attempt_at"])
     assert log["status"] == "pending" and (due - datetime.now(UTC)).total_seconds() > 100
-    assert await webhooks.deliver(res, uuid.UUID(log["id"])) == "skipped"  # not due yet
+    assert await res.webhooks.deliver(uuid.UUID(log["id"])) == "skipped"  # not due yet
     await res.redis.delete(res.settings.queue_name, res.jobs.delivery_queue_name)
 
     receiver.script = [Reply(410)]
@@ -384,7 +381,7 @@ async def test_deleted_and_failed_events(hooks, receiver):
     res, client, tenant = hooks
     await subscribe(client, tenant, receiver.url)
     att = await upload(client, tenant, promote="false")
-    row = await service.get(res, tenant.app_id, uuid.UUID(att["id"]))
+    row = await res.attachments.get(tenant.app_id, uuid.UUID(att["id"]))
     await res.cache.delete(row["key"])
     await client.post(f"/v1/attachments/{att['id']}/promote", headers=tenant.headers)
     await run_worker(res)
@@ -403,7 +400,7 @@ async def test_events_survive_a_redis_flush(hooks, receiver, redis_client):
     # the committed event's job is gone
     assert await lose_queued_jobs(redis_client, res.settings.queue_name)
     await asyncio.sleep(2.1)  # past the sweep's grace for due deliveries
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert len(report.deliveries) == 1
     await run_worker(res)
     assert [r.json["type"] for r in receiver.received] == ["attachment.cached"]
@@ -536,7 +533,7 @@ async def test_reprocess_sends_attachment_updated_with_the_new_derivative_links(
     profiles_file = tmp_path / "profiles.toml"
     profiles_file.write_text('[profiles.pics]\ntypes = ["image/*"]\n'
                              '[profiles.pics.derivatives.thumb]\nwidth = 20\nheight = 20\n')
-    res.profiles = load_profiles(profiles_file)
+    res.rewire(profiles=load_profiles(profiles_file))
     ep = await subscribe(client, tenant, receiver.url, events=["attachment.updated"])
     r = await client.post("/v1/attachments", headers=tenant.headers, data={"profile": "pics"},
                           files={"file": ("a.jpg", jpeg_bytes(80, 60))})
@@ -545,7 +542,7 @@ async def test_reprocess_sends_attachment_updated_with_the_new_derivative_links(
     before = (await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)).json()
     profiles_file.write_text('[profiles.pics]\ntypes = ["image/*"]\n'
                              '[profiles.pics.derivatives.thumb]\nwidth = 40\nheight = 40\n')
-    res.profiles = load_profiles(profiles_file)
+    res.rewire(profiles=load_profiles(profiles_file))
     r = await client.post(f"/v1/attachments/{att['id']}/reprocess", headers=tenant.headers)
     assert r.status_code == 202, r.text
     await run_worker(res)

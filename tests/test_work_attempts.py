@@ -60,7 +60,6 @@ async def test_a_failed_attempt_is_recorded_and_waits_its_backoff(client, tenant
                                                                   monkeypatch):
     """An attempt that fails keeps its error and next attempt time in Postgres, and the
     sweep does not enqueue it again before then."""
-    from app.sweep import sweep
 
     monkeypatch.setattr(res.settings, "job_timeout", 1)
     monkeypatch.setitem(failpoints._POINTS, "promote.after_copy", 3)
@@ -76,10 +75,10 @@ async def test_a_failed_attempt_is_recorded_and_waits_its_backoff(client, tenant
     assert row["last_error"] == "boom" and row["attempts"] == 1 and row["next_attempt_at"]
     await lose_queued_jobs(res.redis, res.settings.queue_name)
     await asyncio.sleep(res.settings.stale_job_after + 0.2)
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert att_id not in report.promotions  # still waiting out its backoff
     await asyncio.sleep(delay)
-    report = await sweep(res)
+    report = await res.sweep.run()
     assert att_id in report.promotions
 
 

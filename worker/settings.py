@@ -1,4 +1,4 @@
-"""The arq worker: job functions, the sweep loop, and resources from the shared builder."""
+"""The arq worker: job functions, the sweep loop, and the services from the shared builder."""
 
 from __future__ import annotations
 
@@ -13,12 +13,10 @@ import redis.exceptions
 from arq import func
 
 from app import jobs
-from app.bootstrap import build_resources
+from app.bootstrap import Services, build_services
 from app.config import ConfigError, Settings
 from app.db import CONNECTION_ERRORS
-from app.ops.leftovers import sweep_leftovers
-from app.resources import Resources, redis_settings
-from app.sweep import sweep as run_sweep
+from app.jobs import redis_settings
 from app.transient import is_transient
 from worker import tasks
 from worker.resilience import REDIS_DOWN, Outage, ResilientWorker, watch_dependencies
@@ -26,21 +24,21 @@ from worker.resilience import REDIS_DOWN, Outage, ResilientWorker, watch_depende
 log = logging.getLogger(__name__)
 
 
-async def sweep_loop(res: Resources, interval: float) -> None:
+async def sweep_loop(services: Services, interval: float) -> None:
     """Re-find lost work from Postgres every interval, and leftovers of dead writers every
     so often. Runs in the worker process itself (not as an arq job) so that it keeps going
     even when Redis was flushed."""
-    leftovers_every = max(interval, min(res.settings.leftover_grace / 2, 600))
+    leftovers_every = max(interval, min(services.settings.leftover_grace / 2, 600))
     leftovers_due = time.monotonic()
     while True:
         if time.monotonic() >= leftovers_due:
             leftovers_due = time.monotonic() + leftovers_every
             try:
-                await sweep_leftovers(res, res.settings.leftover_grace)
+                await services.leftovers.sweep(services.settings.leftover_grace)
             except Exception as e:
                 log.warning("leftover sweep failed: %s: %s", type(e).__name__, e)
         try:
-            report = await run_sweep(res)
+            report = await services.sweep.run()
             if report and (report.expired or report.promotions or report.destroys
                            or report.cache_purges):
                 log.info("sweep: %s", report)
@@ -81,7 +79,7 @@ def delivery_functions(settings: Settings) -> list[Any]:
 
 
 class StowageWorker:
-    """The worker process: two arq workers on one event loop and one set of resources.
+    """The worker process: two arq workers on one event loop and one set of services.
 
     File work and webhook deliveries have queues and job slots of their own
     (app.jobs.delivery_queue): however many deliveries wait on dead receivers, promotions and
@@ -144,10 +142,10 @@ class StowageWorker:
             await self._stack.aclose()
 
 
-def build_worker(settings: Settings, *, resources: Resources | None = None, burst: bool = False,
+def build_worker(settings: Settings, *, services: Services | None = None, burst: bool = False,
                  handle_signals: bool = True, sweep: bool = True) -> StowageWorker:
     stack = contextlib.AsyncExitStack()
-    shared: dict[str, Resources] = {}
+    shared: dict[str, Services] = {}
     building = asyncio.Lock()
 
     refused: list[ConfigError] = []
@@ -155,14 +153,14 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
     # in Postgres) waits out an outage with it, then the dependency watch keeps it
     postgres = Outage("postgres")
 
-    async def get_resources() -> Resources:
-        async with building:  # both workers start at once; one set of resources for both
+    async def get_services() -> Services:
+        async with building:  # both workers start at once; one set of services for both
             if refused:  # no use asking twice (an outage, in contrast, is retried)
                 raise refused[0]
-            while "res" not in shared:
+            while "services" not in shared:
                 try:
-                    shared["res"] = resources or await stack.enter_async_context(
-                        build_resources(settings))
+                    shared["services"] = services or await stack.enter_async_context(
+                        build_services(settings))
                 except ConfigError as e:
                     refused.append(e)
                     raise
@@ -170,28 +168,28 @@ def build_worker(settings: Settings, *, resources: Resources | None = None, burs
                     raise  # ResilientWorker waits out Redis (and says so)
                 except CONNECTION_ERRORS as e:
                     await asyncio.sleep(postgres.failed(e))
-            return shared["res"]
+            return shared["services"]
 
     async def files_startup(ctx: dict[str, Any]) -> None:
-        if "resources" in ctx:  # ResilientWorker runs startup again after a failed attempt
+        if "services" in ctx:  # ResilientWorker runs startup again after a failed attempt
             return
-        res = await get_resources()
-        ctx["resources"] = res
-        ctx["background"] = [asyncio.create_task(watch_dependencies(res.pool, postgres))]
+        built = await get_services()
+        ctx["services"] = built
+        ctx["background"] = [asyncio.create_task(watch_dependencies(built.pool, postgres))]
         if sweep:
             ctx["background"].append(
-                asyncio.create_task(sweep_loop(res, settings.sweep_interval)))
+                asyncio.create_task(sweep_loop(built, settings.sweep_interval)))
 
     async def deliveries_startup(ctx: dict[str, Any]) -> None:
-        if "resources" not in ctx:
-            ctx["resources"] = await get_resources()
+        if "services" not in ctx:
+            ctx["services"] = await get_services()
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for task in ctx.pop("background", []):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        ctx.pop("resources", None)
+        ctx.pop("services", None)
 
     rs = redis_settings(settings)
     # A command on a dropped connection is tried once more on a new one; an outage beyond

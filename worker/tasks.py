@@ -7,20 +7,21 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from arq import Retry
 from arq.constants import in_progress_key_prefix
 
-from app.attachments import service, work
+from app.attachments import work
 from app.attachments.service import STORAGE_PROBLEMS
 from app.observability import metrics
 from app.observability.logs import request_id_var
-from app.resources import Resources
 from app.transient import is_transient
-from app.webhooks import service as webhooks
 from app.webhooks.endpoint_slots import EndpointBusy
+
+if TYPE_CHECKING:
+    from app.bootstrap import Services
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ async def heartbeat(ctx: dict[str, Any], ttl: float) -> AsyncIterator[None]:
             await task
 
 
-def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
+def job(name: str, call: Callable[[Services, UUID], Awaitable[str]]
         ) -> Callable[..., Awaitable[str]]:
     """An arq function around a domain call on one id: the request id of the request that
     caused it in the logs, retries with backoff for transient failures, and its outcome (the
@@ -75,7 +76,8 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
 
     async def run(ctx: dict[str, Any], target_id: str, request_id: str | None = None) -> str:
         token = request_id_var.set(request_id or f"job:{ctx.get('job_id')}")
-        res: Resources = ctx["resources"]
+        # looked up on each run, not kept: Services.rewire takes effect at once
+        services: Services = ctx["services"]
         target = UUID(target_id)
         outcome = "error"
         started = time.perf_counter()
@@ -83,21 +85,21 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
         deadline = None
         try:
             if tracked:
-                async with res.pool.acquire() as conn:
-                    attempt = await work.begin(conn, res.settings, name, target)
+                async with services.pool.acquire() as conn:
+                    attempt = await work.begin(conn, services.settings, name, target)
                 if attempt is None:
                     outcome = "skipped"
                     return outcome
                 if attempt.exhausted:
                     log.warning("%s %s: attempts used up (%s); giving up", name, target,
                                 attempt.last_error)
-                    outcome = await service.give_up(res, attempt)
+                    outcome = await services.attachments.give_up(attempt)
                     return outcome
-            async with heartbeat(ctx, res.settings.job_timeout + 10):
+            async with heartbeat(ctx, services.settings.job_timeout + 10):
                 async with asyncio.timeout(attempt.deadline if attempt else None) as deadline:
-                    outcome = await call(res, target)
+                    outcome = await call(services, target)
             if attempt is not None:
-                async with res.pool.acquire() as conn:
+                async with services.pool.acquire() as conn:
                     await work.done(conn, name, target)
             return outcome
         except EndpointBusy as e:  # not an attempt: the endpoint's slots are all taken
@@ -110,7 +112,7 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
             # seconds, so it completes once an operator has made room or fixed permissions.
             outcome = "blocked"
             error = f"{type(e).__name__}: {e}"
-            delay = await _record_failure(res, attempt, e, timed_out=False, error=error,
+            delay = await _record_failure(services, attempt, e, timed_out=False, error=error,
                                           counts=False)
             log.error("%s %s blocked: %s; trying again in %ss", name, target_id, error,
                       delay or "a while")
@@ -119,12 +121,12 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
             timed_out = isinstance(e, TimeoutError) and deadline is not None \
                 and deadline.expired()
             if not (timed_out or is_transient(e)):
-                await _record_failure(res, attempt, e, timed_out=False)
+                await _record_failure(services, attempt, e, timed_out=False)
                 raise  # a bug: the sweep tries again after the backoff, not in a tight loop
             outcome = "timeout" if timed_out else "retry"
             error = (f"ran out of time after {attempt.deadline:.0f} s" if timed_out and attempt
                      else f"{type(e).__name__}: {e}")
-            delay = await _record_failure(res, attempt, e, timed_out=timed_out, error=error)
+            delay = await _record_failure(services, attempt, e, timed_out=timed_out, error=error)
             if delay is None:
                 tries = ctx.get("job_try", 1)
                 delay = RETRY_DEFERS[min(tries - 1, len(RETRY_DEFERS) - 1)]
@@ -142,7 +144,7 @@ def job(name: str, call: Callable[[Resources, UUID], Awaitable[str]]
     return run
 
 
-async def _record_failure(res: Resources, attempt: work.Attempt | None, exc: BaseException,
+async def _record_failure(services: Services, attempt: work.Attempt | None, exc: BaseException,
                           *, timed_out: bool, error: str | None = None,
                           counts: bool = True) -> int | None:
     """Keep why the attempt failed in Postgres; the seconds until the next attempt, or None
@@ -150,7 +152,7 @@ async def _record_failure(res: Resources, attempt: work.Attempt | None, exc: Bas
     if attempt is None:
         return None
     try:
-        async with res.pool.acquire() as conn:
+        async with services.pool.acquire() as conn:
             return await work.failed(conn, attempt, error or f"{type(exc).__name__}: {exc}",
                                      timed_out=timed_out, counts=counts)
     except Exception as e:
@@ -159,10 +161,12 @@ async def _record_failure(res: Resources, attempt: work.Attempt | None, exc: Bas
         return work.backoff(attempt.number)
 
 
-promote = job("promote", service.promote)
-destroy = job("destroy", service.destroy)
-purge_cache = job("purge_cache", service.purge_cache)
-reprocess = job("reprocess", service.reprocess)
+promote = job("promote", lambda services, att_id: services.attachments.promote(att_id))
+destroy = job("destroy", lambda services, att_id: services.attachments.destroy(att_id))
+purge_cache = job("purge_cache",
+                  lambda services, att_id: services.attachments.purge_cache(att_id))
+reprocess = job("reprocess", lambda services, att_id: services.attachments.reprocess(att_id))
 # HTTP failures are the delivery's own business (backoff kept in Postgres); only our own
 # database trouble is retried by arq
-deliver_webhook = job("deliver_webhook", webhooks.deliver)
+deliver_webhook = job("deliver_webhook",
+                      lambda services, delivery_id: services.webhooks.deliver(delivery_id))

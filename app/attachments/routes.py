@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -22,7 +22,6 @@ from app.api_common import (
     not_found_response,
     path_id,
 )
-from app.attachments import service
 from app.attachments.downloads import (
     http_date,
     is_active,
@@ -31,7 +30,8 @@ from app.attachments.downloads import (
     range_applies,
 )
 from app.attachments.schemas import AttachmentList, AttachmentOut, State, present
-from app.deps import bearer, current_app_id, resources
+from app.attachments.service import Attachments
+from app.deps import SettingsDep, bearer, current_app_id, provided
 from app.errors import (
     AttachmentNotFound,
     DerivativeNotFound,
@@ -40,12 +40,13 @@ from app.errors import (
 )
 from app.failpoints import failpoint
 from app.http_methods import is_head
-from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound, content_disposition, open_read
 from app.text import check_text
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["attachments"])
+
+AttachmentsDep = Annotated[Attachments, Depends(provided("attachments"))]
 
 COMMON_ERRORS = not_found_response("attachment")
 
@@ -76,15 +77,16 @@ def _attachment_id(value: str) -> UUID:
     summary="Get an attachment",
 )
 async def get_attachment(
+    attachments: AttachmentsDep,
+    settings: SettingsDep,
     attachment_id: str,
     wait: float = Query(0, ge=0, le=60, description="long-poll: answer as soon as the state"
                         " is no longer `cached`, or after this many seconds"),
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> dict[str, Any]:
-    wait = min(wait, res.settings.long_poll_max)
-    row = await service.wait_for_change(res, app_id, _attachment_id(attachment_id), wait)
-    return present(row, res.links)
+    wait = min(wait, settings.long_poll_max)
+    row = await attachments.wait_for_change(app_id, _attachment_id(attachment_id), wait)
+    return present(row, attachments.links)
 
 
 @router.get(
@@ -94,6 +96,7 @@ async def get_attachment(
     summary="List attachments, newest first",
 )
 async def list_attachments(
+    attachments: AttachmentsDep,
     state: State | None = Query(None),
     record_type: str | None = Query(None),
     record_id: str | None = Query(None),
@@ -101,17 +104,16 @@ async def list_attachments(
     cursor: str | None = cursor_query(),
     limit: int = Query(50, ge=1, le=200),
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> dict[str, Any]:
     for name, value in (("record_type", record_type), ("record_id", record_id),
                         ("record_name", record_name)):
         check_text(name, value)  # a NUL would reach Postgres, which refuses it (500)
-    page = await service.list_attachments(
-        res, app_id, state=state, record_type=record_type, record_id=record_id,
+    page = await attachments.list_attachments(
+        app_id, state=state, record_type=record_type, record_id=record_id,
         record_name=record_name, before=decode_cursor(cursor), limit=limit,
     )
     return {
-        "items": [present(r, res.links) for r in page.items],
+        "items": [present(r, attachments.links) for r in page.items],
         "next_cursor": encode_cursor(page.next_before),
     }
 
@@ -124,12 +126,12 @@ async def list_attachments(
     summary="Promote a two-phase (promote=false) upload",
 )
 async def promote_attachment(
+    attachments: AttachmentsDep,
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> JSONResponse:
-    row = await service.request_promotion(res, app_id, _attachment_id(attachment_id))
-    return JSONResponse(present(row, res.links), status_code=202)
+    row = await attachments.request_promotion(app_id, _attachment_id(attachment_id))
+    return JSONResponse(present(row, attachments.links), status_code=202)
 
 
 @router.delete(
@@ -140,12 +142,12 @@ async def promote_attachment(
     summary="Delete an attachment; its files are removed in the background",
 )
 async def delete_attachment(
+    attachments: AttachmentsDep,
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> JSONResponse:
-    row = await service.delete(res, app_id, _attachment_id(attachment_id))
-    return JSONResponse(present(row, res.links), status_code=202)
+    row = await attachments.delete(app_id, _attachment_id(attachment_id))
+    return JSONResponse(present(row, attachments.links), status_code=202)
 
 
 @router.get(
@@ -155,15 +157,15 @@ async def delete_attachment(
     summary="Download the file",
 )
 async def download(
+    attachments: AttachmentsDep,
     attachment_id: str,
     request: Request,
     token: str | None = Query(None, description="the signed token of the attachment's `url`"),
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    res: Resources = Depends(resources),
 ) -> Response:
-    row, cache = await _readable(request, res, _attachment_id(attachment_id), token,
+    row, cache = await _readable(request, attachments, _attachment_id(attachment_id), token,
                                  credentials)
-    return await serve_file(request, res, row, cache_control=cache)
+    return await serve_file(request, attachments, row, cache_control=cache)
 
 
 # Cache-Control of a download, by how it was asked for. A public profile's original never
@@ -175,24 +177,24 @@ REVALIDATE = "public, no-cache"
 PRIVATE = "private, max-age=3600"
 
 
-async def _readable(request: Request, res: Resources, att_id: UUID, token: str | None,
+async def _readable(request: Request, attachments: Attachments, att_id: UUID, token: str | None,
                     credentials: HTTPAuthorizationCredentials | None,
                     derivative: str | None = None, version: int | None = None
                     ) -> tuple[Any, str]:
     """Downloads take a signed link (for browsers), the API key, or nothing at all for a
     public profile's files: (the row, the Cache-Control to answer with)."""
     if token is not None:
-        row = await service.get_by_link(res, att_id, token, derivative, version)
-        expires = res.links.expires_at(token) or 0
+        row = await attachments.get_by_link(att_id, token, derivative, version)
+        expires = attachments.links.expires_at(token) or 0
         max_age = max(0, expires - int(time.time()))
         return row, f"public, max-age={max_age}"
     if credentials is None:
-        row = await service.get_public(res, att_id)
+        row = await attachments.get_public(att_id)
         if row is not None:
             current = derivative is None or version == row["generation"]
             return row, IMMUTABLE if current else REVALIDATE
     app_id = await current_app_id(request, credentials)
-    return await service.get(res, app_id, att_id), PRIVATE
+    return await attachments.get(app_id, att_id), PRIVATE
 
 
 @dataclass(frozen=True)
@@ -214,30 +216,30 @@ class _File:
 _MOVES = 3
 
 
-def _original(res: Resources, row: Any) -> _File:
+def _original(attachments: Attachments, row: Any) -> _File:
     if row["state"] not in ("cached", "stored"):
         raise InvalidState(f"attachment {row['id']} is {row['state']}; it has no file")
-    storage = res.store if row["storage"] == "store" else res.cache
+    storage = attachments.store if row["storage"] == "store" else attachments.cache
     return _File(storage, row["key"], row["mime_type"], row["size"], row["sha256"],
                  row["filename"], row["stored_at"] or row["created_at"])
 
 
-def _derivative(name: str) -> Callable[[Resources, Any], _File]:
-    def pick(res: Resources, row: Any) -> _File:
+def _derivative(name: str) -> Callable[[Attachments, Any], _File]:
+    def pick(attachments: Attachments, row: Any) -> _File:
         derivative = (row["derivatives"] or {}).get(name)
         if derivative is None:
             raise DerivativeNotFound(f"attachment {row['id']} has no derivative {name!r}")
         if row["state"] != "stored":
             raise InvalidState(f"attachment {row['id']} is {row['state']}")
-        return _File(res.store, derivative["key"], derivative["mime_type"], derivative["size"],
-                     f"{row['sha256'][:16]}-{row['generation']}-{name}", None,
+        return _File(attachments.store, derivative["key"], derivative["mime_type"],
+                     derivative["size"], f"{row['sha256'][:16]}-{row['generation']}-{name}", None,
                      row["updated_at"])
 
     return pick
 
 
-async def serve_file(request: Request, res: Resources, row: Any,
-                     pick: Callable[[Resources, Any], _File] = _original, *,
+async def serve_file(request: Request, attachments: Attachments, row: Any,
+                     pick: Callable[[Attachments, Any], _File] = _original, *,
                      cache_control: str = PRIVATE) -> Response:
     """Serve what ``pick`` chooses from the row. When the file is gone by the time it is
     opened, the row is read again: if the attachment changed meanwhile (a promotion purged
@@ -245,17 +247,17 @@ async def serve_file(request: Request, res: Resources, row: Any,
     is now, or the new state answers (deleted: 409)."""
     for _ in range(_MOVES):
         try:
-            return await serve_object(request, **vars(pick(res, row)),
+            return await serve_object(request, **vars(pick(attachments, row)),
                                       cache_control=cache_control)
         except StorageObjectNotFound:
-            fresh = await service.moved(res, row)
+            fresh = await attachments.moved(row)
             if fresh is None:  # not moved but lost: a case for `stowage fsck`
                 log.error("attachment %s: its file %s is missing from storage; run"
-                          " `stowage fsck`", row["id"], pick(res, row).key)
+                          " `stowage fsck`", row["id"], pick(attachments, row).key)
                 raise FileMissing(f"attachment {row['id']}: its file is missing from storage;"
                                   " the operator is told to run `stowage fsck`") from None
             row = fresh
-    return await serve_object(request, **vars(pick(res, row)), cache_control=cache_control)
+    return await serve_object(request, **vars(pick(attachments, row)), cache_control=cache_control)
 
 
 async def serve_object(request: Request, storage: Storage, *, key: str, mime: str, size: int,
@@ -322,17 +324,17 @@ def _joined(request: Request, name: str) -> str | None:
     summary="Download a derivative (thumbnail…)",
 )
 async def download_derivative(
+    attachments: AttachmentsDep,
     attachment_id: str,
     name: str,
     request: Request,
     token: str | None = Query(None, description="the signed token of the derivative's `url`"),
     v: int | None = Query(None, description="the derivative's generation, as its `url` has it"),
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    res: Resources = Depends(resources),
 ) -> Response:
-    row, cache = await _readable(request, res, _attachment_id(attachment_id), token,
+    row, cache = await _readable(request, attachments, _attachment_id(attachment_id), token,
                                  credentials, derivative=name, version=v)
-    return await serve_file(request, res, row, _derivative(name), cache_control=cache)
+    return await serve_file(request, attachments, row, _derivative(name), cache_control=cache)
 
 
 @router.post(
@@ -343,9 +345,9 @@ async def download_derivative(
     summary="Rebuild the derivatives from the profile as it is now",
 )
 async def reprocess_attachment(
+    attachments: AttachmentsDep,
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> JSONResponse:
-    row = await service.request_reprocess(res, app_id, _attachment_id(attachment_id))
-    return JSONResponse(present(row, res.links), status_code=202)
+    row = await attachments.request_reprocess(app_id, _attachment_id(attachment_id))
+    return JSONResponse(present(row, attachments.links), status_code=202)

@@ -1,7 +1,7 @@
 """The attachment lifecycle: atomic promotion, replacement in slots, deletion, expiry, sweep
 (uploads come in through app.uploads.intake, which records them here).
 
-Free of FastAPI and arq: the API and the worker both call these functions with a Resources.
+Free of FastAPI and arq: the API and the worker share one Attachments, built at start.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -32,115 +32,17 @@ from app.media.derivatives import ImageProcessingError
 from app.media.render import render
 from app.observability import metrics
 from app.pagination import Page, page_of
-from app.resources import Resources
 from app.storage import Storage, StorageObjectNotFound
-from app.webhooks.service import dispatch
+
+if TYPE_CHECKING:
+    from app.attachments.links import Links
+    from app.attachments.watch import StateWatcher
+    from app.jobs import JobQueue
+    from app.profiles import Profiles
+    from app.webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
 
-
-async def get_public(res: Resources, att_id: UUID) -> asyncpg.Record | None:
-    """The attachment when a public profile's: its links need no key and no signature."""
-    if not res.links.public_profiles:
-        return None
-    async with res.pool.acquire() as conn:
-        row = await repo.get(conn, att_id)
-    if row is None or row["profile"] not in res.links.public_profiles:
-        return None
-    return row
-
-
-async def get_by_link(res: Resources, att_id: UUID, token: str,
-                      derivative: str | None = None, version: int | None = None
-                      ) -> asyncpg.Record:
-    """The attachment behind a signed download link (no API key involved)."""
-    res.links.verify(token, att_id, derivative, version)
-    async with res.pool.acquire() as conn:
-        row = await repo.get(conn, att_id)
-    if row is None:
-        raise AttachmentNotFound(f"no attachment {att_id}")
-    return row
-
-
-async def get(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
-    async with res.pool.acquire() as conn:
-        row = await repo.get_for_app(conn, app_id, att_id)
-    if row is None:
-        raise AttachmentNotFound(f"no attachment {att_id}")
-    return row
-
-
-async def moved(res: Resources, row: asyncpg.Record) -> asyncpg.Record | None:
-    """The attachment anew if it changed since ``row`` was read, else None: a file that is
-    gone under a download was usually moved (promotion purged the cached copy, a reprocess
-    replaced the derivatives), and the row now says where it is."""
-    async with res.pool.acquire() as conn:
-        fresh = await repo.get(conn, row["id"])
-    if fresh is None or fresh["generation"] == row["generation"]:
-        return None
-    return fresh
-
-
-async def wait_for_change(res: Resources, app_id: UUID, att_id: UUID, wait: float
-                          ) -> asyncpg.Record:
-    """The attachment, once it is no longer `cached` or after `wait` seconds (long-poll).
-
-    Holds no pooled connection while waiting: one LISTEN connection serves every waiter.
-    """
-    row = await get(res, app_id, att_id)
-    if wait <= 0 or row["state"] != "cached":
-        return row
-    await res.watcher.start()
-    with res.watcher.subscribe(att_id) as changed:
-        row = await get(res, app_id, att_id)  # it may have changed before we subscribed
-        if row["state"] != "cached":
-            return row
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed, wait)
-    return await get(res, app_id, att_id)
-
-
-async def list_attachments(res: Resources, app_id: UUID, *, state: str | None = None,
-                           record_type: str | None = None, record_id: str | None = None,
-                           record_name: str | None = None, before: UUID | None = None,
-                           limit: int = 50) -> Page:
-    async with res.pool.acquire() as conn:
-        rows = await repo.list_for_app(
-            conn, app_id, state=state, record_type=record_type, record_id=record_id,
-            record_name=record_name, before=before, limit=limit + 1,
-        )
-    return page_of(rows, limit)
-
-
-async def request_promotion(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
-    """Ask for promotion of a two-phase upload; harmless when already asked or stored."""
-    await get(res, app_id, att_id)  # tenant check
-    async with res.pool.acquire() as conn:
-        row = await repo.request_promotion(conn, att_id)
-    if row["state"] in ("failed", "deleted"):
-        raise InvalidState(f"attachment {att_id} is {row['state']}", state=row["state"])
-    if row["state"] == "cached":
-        await res.jobs.promote(row["id"], row["generation"])
-    return row
-
-
-async def delete(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
-    """Mark deleted at once; the files go in the background. Deleting twice is fine."""
-    await get(res, app_id, att_id)
-    deliveries: list[UUID] = []
-    async with res.pool.acquire() as conn:
-        async with conn.transaction():
-            row = await repo.mark_deleted(conn, att_id)
-            if row is not None:
-                deliveries = await emit_attachment(conn, "attachment.deleted", row,
-                                                   res.links)
-        row = row or await repo.get(conn, att_id)
-    await dispatch(res, deliveries)
-    await res.jobs.destroy(att_id)
-    return row
-
-
-# --- worker side -------------------------------------------------------------------------------
 
 class PermanentError(Exception):
     """Processing can never succeed for this file: the attachment becomes ``failed``."""
@@ -151,125 +53,10 @@ class PermanentError(Exception):
         self.detail = detail
 
 
-@contextlib.asynccontextmanager
-async def _attachment_lock(res: Resources, att_id: UUID):
-    """One worker job at a time per attachment, held on a connection the job then uses."""
-    async with res.pool.acquire() as conn:
-        await repo.lock_attachment(conn, att_id)
-        try:
-            yield conn
-        finally:
-            await repo.unlock_attachment(conn, att_id)
-
-
-async def promote(res: Resources, att_id: UUID) -> str:
-    """Atomic promotion (Shrine's atomic_promote, for a service). Returns what happened."""
-    async with _attachment_lock(res, att_id) as conn:
-        row = await repo.get(conn, att_id)
-        if row is None or row["state"] != "cached" or row["promote_requested_at"] is None:
-            return "skipped"
-        await activity.record(conn, att_id, "promotion.started",
-                              {"generation": row["generation"]})
-        cached_key = row["key"]
-        store_key = keys.store_key(row["app_id"], att_id, row["mime_type"])
-        written = [store_key]
-        try:
-            await res.store.copy_from(res.cache, cached_key, store_key,
-                                      content_type=row["mime_type"])
-            derivatives = await _build_derivatives(res, row, res.cache, cached_key, written)
-        except StorageObjectNotFound:
-            return await _fail(res, conn, row, PermanentError(
-                "file_missing", "the uploaded file is no longer in the cache"))
-        except ImageProcessingError as e:
-            return await _fail(res, conn, row, PermanentError(e.code, e.detail))
-        except STORAGE_PROBLEMS as e:
-            await _blocked(conn, att_id, "promotion.blocked", e, res.store, written)
-            raise
-        await failpoint("promote.after_copy")
-        async with conn.transaction():
-            stored, replaced, deliveries = await _store_in_slot(res, conn, row, store_key,
-                                                                derivatives)
-        if stored is None:
-            # replaced or deleted meanwhile: what this run wrote belongs to nobody
-            await activity.record(conn, att_id, "promotion.aborted",
-                                  {"reason": "replaced or deleted while it was promoted"})
-            await _remove(res.store, written)
-            await dispatch(res, deliveries)
-            for old in replaced:
-                await res.jobs.destroy(old["id"])
-            return "aborted"
-    metrics.PROMOTION_LAG.observe((stored["stored_at"] - stored["created_at"]).total_seconds())
-    await dispatch(res, deliveries)
-    for old in replaced:
-        await res.jobs.destroy(old["id"])
-    await purge_cache(res, att_id)
-    return "stored"
-
-
-async def _store_in_slot(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,
-                         store_key: str, derivatives: dict[str, Any]
-                         ) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[UUID]]:
-    """The compare-and-set of a promotion, and the slot's replacement in the same
-    transaction: (the stored row or None, the attachments it replaced, deliveries).
-
-    Of a slot's uploads the one uploaded last wins: it replaces every earlier one when it is
-    stored, and an earlier one finding it stored already is replaced itself instead."""
-    att_id, deliveries = row["id"], []
-    if row["record_type"] is not None:
-        await repo.lock_slot(conn, row["app_id"], row["record_type"], row["record_id"],
-                             row["record_name"])
-        newer = await repo.newer_stored_in_slot(conn, row)
-        if newer is not None:
-            lost = await repo.mark_deleted(conn, att_id, {
-                "code": "replaced", "detail": f"replaced by {newer['id']}"})
-            if lost is not None:
-                await activity.record(conn, att_id, "replaced", {"by": str(newer["id"])})
-                deliveries = await emit_attachment(conn, "attachment.deleted", lost, res.links)
-                return None, [lost], deliveries
-            return None, [], []
-    replaced: list[asyncpg.Record] = []
-    if row["record_type"] is not None:
-        # the slot's current attachment goes before this one is stored (one stored per slot),
-        # so first make sure this one will be: locked, and still the upload it was
-        if not await repo.lock_if_cached(conn, att_id, row["key"]):
-            return None, [], []
-        replaced = await repo.replace_older_in_slot(conn, row)
-        for old in replaced:
-            await activity.record(conn, old["id"], "replaced", {"by": str(att_id)})
-            deliveries += await emit_attachment(conn, "attachment.deleted", old, res.links)
-    stored = await repo.mark_stored(conn, att_id, row["key"], store_key, derivatives)
-    if stored is None:
-        return None, [], []
-    deliveries += await emit_attachment(conn, "attachment.stored", stored, res.links)
-    return stored, replaced, deliveries
-
-
-async def _build_derivatives(res: Resources, row: asyncpg.Record, source: Storage, key: str,
-                             written: list[str]) -> dict[str, dict[str, Any]]:
-    """Render the profile's derivatives into the store; every key written is appended to
-    `written` as it is written, so an aborted run knows what to remove.
-
-    The keys carry the row's generation: a re-run of this job overwrites its own files, and a
-    reprocess never overwrites the set that is live until its swap commits.
-    """
-    profile = res.profiles.get_or_default(row["profile"])
-    if not profile.derivatives:
-        return {}
-    with metrics.timed(metrics.DERIVATIVE_SECONDS):
-        rendered = await render(source, key, profile.derivatives, profile.max_pixels)
-    out = {}
-    for name, r in rendered.items():
-        dkey = keys.derivative_key(row["app_id"], row["id"], f"g{row['generation']}/{name}",
-                                   r.ext)
-        written.append(dkey)
-        await res.store.write(dkey, _once(r.data), content_type=r.mime_type)
-        out[name] = {"mime_type": r.mime_type, "size": r.size, "width": r.width,
-                     "height": r.height, "key": dkey}
-    return out
-
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
 
 
 async def _remove(storage: Storage, keys_written: list[str]) -> None:
@@ -278,9 +65,11 @@ async def _remove(storage: Storage, keys_written: list[str]) -> None:
         await storage.delete(key)
 
 
+
 # A storage that cannot take the work (full, read-only, not writable): not the file's fault,
 # so the attachment is not failed for it, and not an outage to retry in seconds either.
 STORAGE_PROBLEMS = (InsufficientStorage, StorageMisconfigured)
+
 
 
 async def _blocked(conn: asyncpg.Connection, att_id: UUID, kind: str, error: StowageError,
@@ -298,115 +87,6 @@ async def _blocked(conn: asyncpg.Connection, att_id: UUID, kind: str, error: Sto
     })
 
 
-async def request_reprocess(res: Resources, app_id: UUID, att_id: UUID) -> asyncpg.Record:
-    row = await get(res, app_id, att_id)
-    if row["state"] != "stored":
-        raise InvalidState(f"attachment {att_id} is {row['state']}; only stored attachments"
-                           " can be reprocessed", state=row["state"])
-    await res.jobs.reprocess(att_id, row["generation"])
-    async with res.pool.acquire() as conn:
-        await activity.record(conn, att_id, "reprocess.requested",
-                              {"generation": row["generation"]})
-    return row
-
-
-async def reprocess(res: Resources, att_id: UUID) -> str:
-    """Rebuild derivatives from the stored original (after a profile changed), swapping the
-    whole set in one UPDATE; the old files go only after that commits."""
-    async with _attachment_lock(res, att_id) as conn:
-        row = await repo.get(conn, att_id)
-        if row is None or row["state"] != "stored":
-            return "skipped"
-        written: list[str] = []
-        try:
-            derivatives = await _build_derivatives(res, row, res.store, row["key"], written)
-        except ImageProcessingError as e:
-            log.warning("reprocess %s: %s (%s); keeping the current derivatives", att_id,
-                        e.code, e.detail)
-            await activity.record(conn, att_id, "reprocess.failed",
-                                  {"code": e.code, "detail": e.detail})
-            await _remove(res.store, written)
-            return "failed"
-        except STORAGE_PROBLEMS as e:
-            await _blocked(conn, att_id, "reprocess.blocked", e, res.store, written)
-            raise
-        async with conn.transaction():
-            swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives)
-            if swapped is not None:
-                await activity.record(conn, att_id, "reprocessed",
-                                      {"derivatives": sorted(derivatives)})
-                # clients that keep derivative links from webhooks learn the new ones
-                deliveries = await emit_attachment(conn, "attachment.updated", swapped,
-                                                   res.links)
-        if swapped is None:
-            await activity.record(conn, att_id, "reprocess.aborted",
-                                  {"reason": "changed while it was reprocessed"})
-            await _remove(res.store, written)
-            return "aborted"
-    await dispatch(res, deliveries)
-    for old in (row["derivatives"] or {}).values():
-        if old.get("key") not in written:
-            await res.store.delete(old["key"])
-    return "reprocessed"
-
-
-async def _fail(res: Resources, conn: asyncpg.Connection, row: asyncpg.Record,
-                error: PermanentError) -> str:
-    async with conn.transaction():
-        failed = await repo.mark_failed(conn, row["id"], row["key"],
-                                        {"code": error.code, "detail": error.detail})
-        if failed is not None:
-            deliveries = await emit_attachment(conn, "attachment.failed", failed,
-                                               res.links)
-    if failed is None:
-        return "aborted"
-    await dispatch(res, deliveries)
-    await res.store.delete_prefix(keys.prefix(row["app_id"], row["id"]))
-    await res.jobs.purge_cache(row["id"])
-    return "failed"
-
-
-async def give_up(res: Resources, attempt: work.Attempt) -> str:
-    """Work that used up its attempts: a promotion fails the attachment (event
-    attachment.failed, files removed as for any failure), a reprocess leaves the stored
-    attachment as it is and says so in its timeline."""
-    code, detail = work.give_up_error(attempt)
-    async with _attachment_lock(res, attempt.attachment_id) as conn:
-        row = await repo.get(conn, attempt.attachment_id)
-        outcome = "skipped"
-        if row is not None and attempt.kind == work.PROMOTE and row["state"] == "cached":
-            outcome = await _fail(res, conn, row, PermanentError(code, detail))
-        elif row is not None and attempt.kind == work.REPROCESS:
-            await activity.record(conn, row["id"], "reprocess.failed",
-                                  {"code": code, "detail": detail})
-            outcome = "failed"
-        await work.done(conn, attempt.kind, attempt.attachment_id)
-    return outcome
-
-
-async def purge_cache(res: Resources, att_id: UUID) -> str:
-    """Remove the cached copy of a stored (or failed) attachment; idempotent."""
-    async with res.pool.acquire() as conn:
-        row = await repo.get(conn, att_id)
-        if row is None or row["state"] not in ("stored", "failed") or row["cache_purged_at"]:
-            return "skipped"
-        await res.cache.delete(keys.cache_key(row["app_id"], att_id))
-        await repo.mark_cache_purged(conn, att_id)
-    return "purged"
-
-
-async def destroy(res: Resources, att_id: UUID) -> str:
-    """Remove every file of a deleted attachment from both storages; idempotent."""
-    async with _attachment_lock(res, att_id) as conn:
-        row = await repo.get(conn, att_id)
-        if row is None or row["state"] != "deleted":
-            return "skipped"
-        prefix = keys.prefix(row["app_id"], att_id)
-        await res.cache.delete_prefix(prefix)
-        await res.store.delete_prefix(prefix)
-        await repo.mark_purged(conn, att_id)
-    return "destroyed"
-
 
 @dataclass
 class SweepReport:
@@ -420,29 +100,356 @@ class SweepReport:
     apps_removed: list[UUID] = field(default_factory=list)
 
 
-async def sweep(res: Resources) -> SweepReport | None:
-    """Find from Postgres the attachment work Redis may have lost and enqueue it again; expire
-    stale cached uploads. None when another worker is sweeping right now."""
-    report = SweepReport()
-    grace = res.settings.stale_job_after
-    async with res.pool.acquire() as conn, conn.transaction():
-        if not await repo.try_lock_sweep(conn):
+class Attachments:
+    """The lifecycle of attachments: what the API asks for, and the worker's jobs on them."""
+
+    def __init__(self, *, pool: asyncpg.Pool, cache: Storage, store: Storage, jobs: JobQueue,
+                 profiles: Profiles, links: Links, watcher: StateWatcher, webhooks: Webhooks,
+                 stale_job_after: float) -> None:
+        self.pool = pool
+        self.cache = cache
+        self.store = store
+        self.jobs = jobs
+        self.profiles = profiles
+        self.links = links
+        self.watcher = watcher
+        self.webhooks = webhooks
+        # how long queued work may go unseen before the sweep takes it for lost
+        self.stale_job_after = stale_job_after
+
+    async def get_public(self, att_id: UUID) -> asyncpg.Record | None:
+        """The attachment when a public profile's: its links need no key and no signature."""
+        if not self.links.public_profiles:
             return None
-        expired = await repo.expire_cached(conn)
-        report.expired = [r["id"] for r in expired]
-        for row in expired:
-            report.deliveries += await emit_attachment(conn, "attachment.deleted", row,
-                                                       res.links)
-        promotions = await repo.stale_promotions(conn, grace)
-        report.destroys = [r["id"] for r in await repo.unpurged_deleted(conn, grace)]
-        report.cache_purges = [r["id"] for r in await repo.cache_leftovers(conn, grace)]
-    for r in promotions:
-        # False when the job is still queued or running: not lost, nothing to report
-        if await res.jobs.promote(r["id"], r["generation"]):
-            report.promotions.append(r["id"])
-    for att_id in report.expired + report.destroys:
-        await res.jobs.destroy(att_id)
-    for att_id in report.cache_purges:
-        await res.jobs.purge_cache(att_id)
-    await dispatch(res, report.deliveries)
-    return report
+        async with self.pool.acquire() as conn:
+            row = await repo.get(conn, att_id)
+        if row is None or row["profile"] not in self.links.public_profiles:
+            return None
+        return row
+
+    async def get_by_link(self, att_id: UUID, token: str,
+                          derivative: str | None = None, version: int | None = None
+                          ) -> asyncpg.Record:
+        """The attachment behind a signed download link (no API key involved)."""
+        self.links.verify(token, att_id, derivative, version)
+        async with self.pool.acquire() as conn:
+            row = await repo.get(conn, att_id)
+        if row is None:
+            raise AttachmentNotFound(f"no attachment {att_id}")
+        return row
+
+    async def get(self, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+        async with self.pool.acquire() as conn:
+            row = await repo.get_for_app(conn, app_id, att_id)
+        if row is None:
+            raise AttachmentNotFound(f"no attachment {att_id}")
+        return row
+
+    async def moved(self, row: asyncpg.Record) -> asyncpg.Record | None:
+        """The attachment anew if it changed since ``row`` was read, else None: a file that is
+        gone under a download was usually moved (promotion purged the cached copy, a reprocess
+        replaced the derivatives), and the row now says where it is."""
+        async with self.pool.acquire() as conn:
+            fresh = await repo.get(conn, row["id"])
+        if fresh is None or fresh["generation"] == row["generation"]:
+            return None
+        return fresh
+
+    async def wait_for_change(self, app_id: UUID, att_id: UUID, wait: float
+                              ) -> asyncpg.Record:
+        """The attachment, once it is no longer `cached` or after `wait` seconds (long-poll).
+
+        Holds no pooled connection while waiting: one LISTEN connection serves every waiter.
+        """
+        row = await self.get(app_id, att_id)
+        if wait <= 0 or row["state"] != "cached":
+            return row
+        await self.watcher.start()
+        with self.watcher.subscribe(att_id) as changed:
+            row = await self.get(app_id, att_id)  # it may have changed before we subscribed
+            if row["state"] != "cached":
+                return row
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed, wait)
+        return await self.get(app_id, att_id)
+
+    async def list_attachments(self, app_id: UUID, *, state: str | None = None,
+                               record_type: str | None = None, record_id: str | None = None,
+                               record_name: str | None = None, before: UUID | None = None,
+                               limit: int = 50) -> Page:
+        async with self.pool.acquire() as conn:
+            rows = await repo.list_for_app(
+                conn, app_id, state=state, record_type=record_type, record_id=record_id,
+                record_name=record_name, before=before, limit=limit + 1,
+            )
+        return page_of(rows, limit)
+
+    async def request_promotion(self, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+        """Ask for promotion of a two-phase upload; harmless when already asked or stored."""
+        await self.get(app_id, att_id)  # tenant check
+        async with self.pool.acquire() as conn:
+            row = await repo.request_promotion(conn, att_id)
+        if row["state"] in ("failed", "deleted"):
+            raise InvalidState(f"attachment {att_id} is {row['state']}", state=row["state"])
+        if row["state"] == "cached":
+            await self.jobs.promote(row["id"], row["generation"])
+        return row
+
+    async def delete(self, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+        """Mark deleted at once; the files go in the background. Deleting twice is fine."""
+        await self.get(app_id, att_id)
+        deliveries: list[UUID] = []
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                row = await repo.mark_deleted(conn, att_id)
+                if row is not None:
+                    deliveries = await emit_attachment(conn, "attachment.deleted", row,
+                                                       self.links)
+            row = row or await repo.get(conn, att_id)
+        await self.webhooks.dispatch(deliveries)
+        await self.jobs.destroy(att_id)
+        return row
+
+    @contextlib.asynccontextmanager
+    async def _attachment_lock(self, att_id: UUID):
+        """One worker job at a time per attachment, held on a connection the job then uses."""
+        async with self.pool.acquire() as conn:
+            await repo.lock_attachment(conn, att_id)
+            try:
+                yield conn
+            finally:
+                await repo.unlock_attachment(conn, att_id)
+
+    async def promote(self, att_id: UUID) -> str:
+        """Atomic promotion (Shrine's atomic_promote, for a service). Returns what happened."""
+        async with self._attachment_lock(att_id) as conn:
+            row = await repo.get(conn, att_id)
+            if row is None or row["state"] != "cached" or row["promote_requested_at"] is None:
+                return "skipped"
+            await activity.record(conn, att_id, "promotion.started",
+                                  {"generation": row["generation"]})
+            cached_key = row["key"]
+            store_key = keys.store_key(row["app_id"], att_id, row["mime_type"])
+            written = [store_key]
+            try:
+                await self.store.copy_from(self.cache, cached_key, store_key,
+                                          content_type=row["mime_type"])
+                derivatives = await self._build_derivatives(row, self.cache, cached_key, written)
+            except StorageObjectNotFound:
+                return await self._fail(conn, row, PermanentError(
+                    "file_missing", "the uploaded file is no longer in the cache"))
+            except ImageProcessingError as e:
+                return await self._fail(conn, row, PermanentError(e.code, e.detail))
+            except STORAGE_PROBLEMS as e:
+                await _blocked(conn, att_id, "promotion.blocked", e, self.store, written)
+                raise
+            await failpoint("promote.after_copy")
+            async with conn.transaction():
+                stored, replaced, deliveries = await self._store_in_slot(conn, row, store_key,
+                                                                    derivatives)
+            if stored is None:
+                # replaced or deleted meanwhile: what this run wrote belongs to nobody
+                await activity.record(conn, att_id, "promotion.aborted",
+                                      {"reason": "replaced or deleted while it was promoted"})
+                await _remove(self.store, written)
+                await self.webhooks.dispatch(deliveries)
+                for old in replaced:
+                    await self.jobs.destroy(old["id"])
+                return "aborted"
+        metrics.PROMOTION_LAG.observe((stored["stored_at"] - stored["created_at"]).total_seconds())
+        await self.webhooks.dispatch(deliveries)
+        for old in replaced:
+            await self.jobs.destroy(old["id"])
+        await self.purge_cache(att_id)
+        return "stored"
+
+    async def _store_in_slot(self, conn: asyncpg.Connection, row: asyncpg.Record,
+                             store_key: str, derivatives: dict[str, Any]
+                             ) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[UUID]]:
+        """The compare-and-set of a promotion, and the slot's replacement in the same
+        transaction: (the stored row or None, the attachments it replaced, deliveries).
+
+        Of a slot's uploads the one uploaded last wins: it replaces every earlier one when it is
+        stored, and an earlier one finding it stored already is replaced itself instead."""
+        att_id, deliveries = row["id"], []
+        if row["record_type"] is not None:
+            await repo.lock_slot(conn, row["app_id"], row["record_type"], row["record_id"],
+                                 row["record_name"])
+            newer = await repo.newer_stored_in_slot(conn, row)
+            if newer is not None:
+                lost = await repo.mark_deleted(conn, att_id, {
+                    "code": "replaced", "detail": f"replaced by {newer['id']}"})
+                if lost is not None:
+                    await activity.record(conn, att_id, "replaced", {"by": str(newer["id"])})
+                    deliveries = await emit_attachment(conn, "attachment.deleted", lost, self.links)
+                    return None, [lost], deliveries
+                return None, [], []
+        replaced: list[asyncpg.Record] = []
+        if row["record_type"] is not None:
+            # the slot's current attachment goes before this one is stored (one stored per slot),
+            # so first make sure this one will be: locked, and still the upload it was
+            if not await repo.lock_if_cached(conn, att_id, row["key"]):
+                return None, [], []
+            replaced = await repo.replace_older_in_slot(conn, row)
+            for old in replaced:
+                await activity.record(conn, old["id"], "replaced", {"by": str(att_id)})
+                deliveries += await emit_attachment(conn, "attachment.deleted", old, self.links)
+        stored = await repo.mark_stored(conn, att_id, row["key"], store_key, derivatives)
+        if stored is None:
+            return None, [], []
+        deliveries += await emit_attachment(conn, "attachment.stored", stored, self.links)
+        return stored, replaced, deliveries
+
+    async def _build_derivatives(self, row: asyncpg.Record, source: Storage, key: str,
+                                 written: list[str]) -> dict[str, dict[str, Any]]:
+        """Render the profile's derivatives into the store; every key written is appended to
+        `written` as it is written, so an aborted run knows what to remove.
+
+        The keys carry the row's generation: a re-run of this job overwrites its own files, and a
+        reprocess never overwrites the set that is live until its swap commits.
+        """
+        profile = self.profiles.get_or_default(row["profile"])
+        if not profile.derivatives:
+            return {}
+        with metrics.timed(metrics.DERIVATIVE_SECONDS):
+            rendered = await render(source, key, profile.derivatives, profile.max_pixels)
+        out = {}
+        for name, r in rendered.items():
+            dkey = keys.derivative_key(row["app_id"], row["id"], f"g{row['generation']}/{name}",
+                                       r.ext)
+            written.append(dkey)
+            await self.store.write(dkey, _once(r.data), content_type=r.mime_type)
+            out[name] = {"mime_type": r.mime_type, "size": r.size, "width": r.width,
+                         "height": r.height, "key": dkey}
+        return out
+
+    async def request_reprocess(self, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+        row = await self.get(app_id, att_id)
+        if row["state"] != "stored":
+            raise InvalidState(f"attachment {att_id} is {row['state']}; only stored attachments"
+                               " can be reprocessed", state=row["state"])
+        await self.jobs.reprocess(att_id, row["generation"])
+        async with self.pool.acquire() as conn:
+            await activity.record(conn, att_id, "reprocess.requested",
+                                  {"generation": row["generation"]})
+        return row
+
+    async def reprocess(self, att_id: UUID) -> str:
+        """Rebuild derivatives from the stored original (after a profile changed), swapping the
+        whole set in one UPDATE; the old files go only after that commits."""
+        async with self._attachment_lock(att_id) as conn:
+            row = await repo.get(conn, att_id)
+            if row is None or row["state"] != "stored":
+                return "skipped"
+            written: list[str] = []
+            try:
+                derivatives = await self._build_derivatives(row, self.store, row["key"], written)
+            except ImageProcessingError as e:
+                log.warning("reprocess %s: %s (%s); keeping the current derivatives", att_id,
+                            e.code, e.detail)
+                await activity.record(conn, att_id, "reprocess.failed",
+                                      {"code": e.code, "detail": e.detail})
+                await _remove(self.store, written)
+                return "failed"
+            except STORAGE_PROBLEMS as e:
+                await _blocked(conn, att_id, "reprocess.blocked", e, self.store, written)
+                raise
+            async with conn.transaction():
+                swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives)
+                if swapped is not None:
+                    await activity.record(conn, att_id, "reprocessed",
+                                          {"derivatives": sorted(derivatives)})
+                    # clients that keep derivative links from webhooks learn the new ones
+                    deliveries = await emit_attachment(conn, "attachment.updated", swapped,
+                                                       self.links)
+            if swapped is None:
+                await activity.record(conn, att_id, "reprocess.aborted",
+                                      {"reason": "changed while it was reprocessed"})
+                await _remove(self.store, written)
+                return "aborted"
+        await self.webhooks.dispatch(deliveries)
+        for old in (row["derivatives"] or {}).values():
+            if old.get("key") not in written:
+                await self.store.delete(old["key"])
+        return "reprocessed"
+
+    async def _fail(self, conn: asyncpg.Connection, row: asyncpg.Record,
+                    error: PermanentError) -> str:
+        async with conn.transaction():
+            failed = await repo.mark_failed(conn, row["id"], row["key"],
+                                            {"code": error.code, "detail": error.detail})
+            if failed is not None:
+                deliveries = await emit_attachment(conn, "attachment.failed", failed,
+                                                   self.links)
+        if failed is None:
+            return "aborted"
+        await self.webhooks.dispatch(deliveries)
+        await self.store.delete_prefix(keys.prefix(row["app_id"], row["id"]))
+        await self.jobs.purge_cache(row["id"])
+        return "failed"
+
+    async def give_up(self, attempt: work.Attempt) -> str:
+        """Work that used up its attempts: a promotion fails the attachment (event
+        attachment.failed, files removed as for any failure), a reprocess leaves the stored
+        attachment as it is and says so in its timeline."""
+        code, detail = work.give_up_error(attempt)
+        async with self._attachment_lock(attempt.attachment_id) as conn:
+            row = await repo.get(conn, attempt.attachment_id)
+            outcome = "skipped"
+            if row is not None and attempt.kind == work.PROMOTE and row["state"] == "cached":
+                outcome = await self._fail(conn, row, PermanentError(code, detail))
+            elif row is not None and attempt.kind == work.REPROCESS:
+                await activity.record(conn, row["id"], "reprocess.failed",
+                                      {"code": code, "detail": detail})
+                outcome = "failed"
+            await work.done(conn, attempt.kind, attempt.attachment_id)
+        return outcome
+
+    async def purge_cache(self, att_id: UUID) -> str:
+        """Remove the cached copy of a stored (or failed) attachment; idempotent."""
+        async with self.pool.acquire() as conn:
+            row = await repo.get(conn, att_id)
+            if row is None or row["state"] not in ("stored", "failed") or row["cache_purged_at"]:
+                return "skipped"
+            await self.cache.delete(keys.cache_key(row["app_id"], att_id))
+            await repo.mark_cache_purged(conn, att_id)
+        return "purged"
+
+    async def destroy(self, att_id: UUID) -> str:
+        """Remove every file of a deleted attachment from both storages; idempotent."""
+        async with self._attachment_lock(att_id) as conn:
+            row = await repo.get(conn, att_id)
+            if row is None or row["state"] != "deleted":
+                return "skipped"
+            prefix = keys.prefix(row["app_id"], att_id)
+            await self.cache.delete_prefix(prefix)
+            await self.store.delete_prefix(prefix)
+            await repo.mark_purged(conn, att_id)
+        return "destroyed"
+
+    async def sweep(self) -> SweepReport | None:
+        """Find from Postgres the attachment work Redis may have lost and enqueue it again; expire
+        stale cached uploads. None when another worker is sweeping right now."""
+        report = SweepReport()
+        grace = self.stale_job_after
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await repo.try_lock_sweep(conn):
+                return None
+            expired = await repo.expire_cached(conn)
+            report.expired = [r["id"] for r in expired]
+            for row in expired:
+                report.deliveries += await emit_attachment(conn, "attachment.deleted", row,
+                                                           self.links)
+            promotions = await repo.stale_promotions(conn, grace)
+            report.destroys = [r["id"] for r in await repo.unpurged_deleted(conn, grace)]
+            report.cache_purges = [r["id"] for r in await repo.cache_leftovers(conn, grace)]
+        for r in promotions:
+            # False when the job is still queued or running: not lost, nothing to report
+            if await self.jobs.promote(r["id"], r["generation"]):
+                report.promotions.append(r["id"])
+        for att_id in report.expired + report.destroys:
+            await self.jobs.destroy(att_id)
+        for att_id in report.cache_purges:
+            await self.jobs.purge_cache(att_id)
+        await self.webhooks.dispatch(report.deliveries)
+        return report

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
 
 from app import activity
 from app.api_common import timestamp
-from app.attachments import service
 from app.attachments import timeline_repository as repo
-from app.resources import Resources
+
+if TYPE_CHECKING:
+    from app.attachments.service import Attachments
 
 # Bounds on what one attachment's timeline reads: manual retries can grow the attempts.
 MAX_EVENTS = 200
@@ -151,9 +152,9 @@ def build(att: Any, events: list[Any], attempts: list[Any], activities: list[Any
     return out
 
 
-async def load(res: Resources, att: asyncpg.Record) -> list[Entry]:
+async def load(pool: asyncpg.Pool, att: asyncpg.Record) -> list[Entry]:
     """Read what the timeline of `att` (an attachments row) is made of, and build it."""
-    async with res.pool.acquire() as conn:
+    async with pool.acquire() as conn:
         events = await repo.attachment_events(conn, att["id"], MAX_EVENTS)
         attempts = await repo.attachment_deliveries(conn, att["id"], RESPONSE_SNIPPET,
                                                     MAX_ATTEMPT_ROWS)
@@ -161,6 +162,6 @@ async def load(res: Resources, att: asyncpg.Record) -> list[Entry]:
     return build(att, events, attempts, activities)
 
 
-async def for_client(res: Resources, app_id: UUID, att_id: UUID) -> list[Entry]:
+async def for_client(attachments: Attachments, app_id: UUID, att_id: UUID) -> list[Entry]:
     """A client's view of its own attachment's timeline (another app's: not found)."""
-    return await load(res, await service.get(res, app_id, att_id))
+    return await load(attachments.pool, await attachments.get(app_id, att_id))

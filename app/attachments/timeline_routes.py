@@ -13,9 +13,9 @@ from pydantic import BaseModel, Field
 
 from app.api_common import not_found_response, path_id
 from app.attachments import timeline
-from app.deps import current_app_id, resources
+from app.attachments.routes import AttachmentsDep
+from app.deps import current_app_id
 from app.errors import AttachmentNotFound
-from app.resources import Resources
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
@@ -46,9 +46,10 @@ class TimelineOut(BaseModel):
     ),
 )
 async def attachment_events(
+    attachments: AttachmentsDep,
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> JSONResponse:
-    entries = await timeline.for_client(res, app_id, path_id(attachment_id, AttachmentNotFound))
+    entries = await timeline.for_client(attachments, app_id,
+                                        path_id(attachment_id, AttachmentNotFound))
     return JSONResponse({"items": [e.as_json() for e in entries]})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 from uuid import UUID
 
@@ -31,7 +31,7 @@ from app.dashboard.session import (
     Sessions,
     is_secure,
 )
-from app.deps import resources_of
+from app.deps import provided, service_of
 from app.errors import NotFound, StowageError
 from app.ids import parse_uuid
 from app.pagination import Page
@@ -96,10 +96,9 @@ class DashboardRoute(ProblemRoute):
 
 
 def _harden(request: Request, response: Response) -> None:
-    res = resources_of(request)
     # signed download links point at public_url, which may be another origin than this one
     img = "'self' data:"
-    public = urlsplit(res.settings.public_url)
+    public = urlsplit(service_of(request, "settings").public_url)
     if public.scheme and public.netloc:
         img += f" {public.scheme}://{public.netloc}"
     response.headers.setdefault(
@@ -115,6 +114,8 @@ def _harden(request: Request, response: Response) -> None:
 
 router = APIRouter(prefix="/dashboard", route_class=DashboardRoute, include_in_schema=False)
 
+DashboardDep = Annotated[service.Dashboard, Depends(provided("dashboard"))]
+
 
 # --- dependencies ----------------------------------------------------------------------------
 
@@ -122,7 +123,7 @@ router = APIRouter(prefix="/dashboard", route_class=DashboardRoute, include_in_s
 # a worker thread.
 async def sessions(request: Request) -> Sessions:
     """Sessions for the configured token; 404 when there is none (the dashboard is off)."""
-    settings = resources_of(request).settings
+    settings = service_of(request, "settings")
     cached = getattr(request.app.state, "dashboard_sessions", None)
     if cached is None or cached[0] is not settings:
         cached = (settings, Sessions(settings))
@@ -250,7 +251,7 @@ def _redirect(request: Request, sessions: Sessions, url: str, level: str | None 
     if level and message:
         response.set_cookie(FLASH_COOKIE, sessions.flash(level, message), max_age=FLASH_TTL_S,
                             path=_cookie_path(request), httponly=True, samesite="lax",
-                            secure=is_secure(resources_of(request).settings))
+                            secure=is_secure(service_of(request, "settings")))
     return response
 
 
@@ -297,7 +298,7 @@ async def login(request: Request, sessions: Sessions = Depends(sessions)) -> Res
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(COOKIE, cookie, max_age=SESSION_TTL_S, path=_cookie_path(request),
                         httponly=True, samesite="lax",
-                        secure=is_secure(resources_of(request).settings))
+                        secure=is_secure(service_of(request, "settings")))
     return response
 
 
@@ -311,9 +312,9 @@ async def logout(request: Request, _: dict[str, str] = Depends(checked_form)) ->
 # --- overview --------------------------------------------------------------------------------
 
 @router.get("", name="dashboard_overview")
-async def overview(request: Request, _: Session = Depends(session)) -> Response:
-    res = resources_of(request)
-    data = await service.overview(res)
+async def overview(dashboard: DashboardDep,
+                   request: Request, _: Session = Depends(session)) -> Response:
+    data = await dashboard.overview()
     return _page(request, "overview.html", title="Overview", o=data,
                  lag_window_min=service.LAG_WINDOW_S // 60)
 
@@ -356,21 +357,21 @@ def _filters(request: Request) -> tuple[service.AttachmentFilters, dict[str, str
 
 
 @router.get("/attachments")
-async def attachments_page(request: Request, _: Session = Depends(session)) -> Response:
-    res = resources_of(request)
+async def attachments_page(dashboard: DashboardDep,
+                           request: Request, _: Session = Depends(session)) -> Response:
     filters, query, problems = _filters(request)
     before = parse_uuid(query.get("before", "")) if query.get("before") else None
     if problems or ("app" in query and filters.app_id is None):
         page = Page([])
     else:
-        page = await service.list_attachments(res, filters, before)
+        page = await dashboard.list_attachments(filters, before)
     next_query = None
     if page.next_before:
         next_query = urlencode({**{k: v for k, v in query.items() if k != "before"},
                                 "before": str(page.next_before)})
     return _page(request, "attachments.html", title="Attachments", page=page, q=query,
-                 problems=problems, apps=await service.apps(res),
-                 profiles=await service.profile_names(res), next_query=next_query)
+                 problems=problems, apps=await dashboard.apps(),
+                 profiles=await dashboard.profile_names(), next_query=next_query)
 
 
 def _id(value: str, what: str) -> UUID:
@@ -381,21 +382,22 @@ def _id(value: str, what: str) -> UUID:
 
 
 @router.get("/attachments/{att_id}")
-async def attachment_page(att_id: str, request: Request, _: Session = Depends(session)
+async def attachment_page(dashboard: DashboardDep,
+                          att_id: str, request: Request, _: Session = Depends(session)
                           ) -> Response:
-    detail = await service.attachment_detail(resources_of(request), _id(att_id, "attachment"))
+    detail = await dashboard.attachment_detail(_id(att_id, "attachment"))
     return _page(request, "attachment.html", title=f"Attachment {detail.row['id']}", d=detail)
 
 
 ACTIONS = {
-    "promote": (service.promote, "Promotion requested."),
-    "reprocess": (service.reprocess, "Reprocessing queued: the derivatives are rebuilt."),
-    "delete": (service.delete, "Deleted; its files are being removed."),
+    "promote": (service.Dashboard.promote, "Promotion requested."),
+    "reprocess": (service.Dashboard.reprocess, "Reprocessing queued: the derivatives are rebuilt."),
+    "delete": (service.Dashboard.delete, "Deleted; its files are being removed."),
 }
 
 
 @router.post("/attachments/{att_id}/{action}")
-async def attachment_action(att_id: str, action: str, request: Request,
+async def attachment_action(dashboard: DashboardDep, att_id: str, action: str, request: Request,
                             _: dict[str, str] = Depends(checked_form),
                             sessions: Sessions = Depends(sessions)) -> Response:
     if action not in ACTIONS:
@@ -404,7 +406,7 @@ async def attachment_action(att_id: str, action: str, request: Request,
     run, done = ACTIONS[action]
     url = f"{_root(request)}/dashboard/attachments/{attachment_id}"
     try:
-        await run(resources_of(request), attachment_id)
+        await run(dashboard, attachment_id)
     except NotFound:
         raise
     except StowageError as e:  # e.g. promoting a deleted one: say so on the page
@@ -415,22 +417,22 @@ async def attachment_action(att_id: str, action: str, request: Request,
 # --- webhooks --------------------------------------------------------------------------------
 
 @router.get("/webhooks")
-async def webhooks_page(request: Request, _: Session = Depends(session),
+async def webhooks_page(dashboard: DashboardDep, request: Request, _: Session = Depends(session),
                         app: str | None = None) -> Response:
-    res = resources_of(request)
     app_id = parse_uuid(app) if app else None
-    endpoints = [] if app and app_id is None else await service.endpoints(res, app_id)
+    endpoints = [] if app and app_id is None else await dashboard.endpoints(app_id)
     return _page(request, "webhooks.html", title="Webhooks", endpoints=endpoints,
-                 apps=await service.apps(res), app=app or "",
+                 apps=await dashboard.apps(), app=app or "",
                  window=service.HEALTH_WINDOW)
 
 
 @router.get("/webhooks/{endpoint_id}")
-async def endpoint_page(endpoint_id: str, request: Request, _: Session = Depends(session),
+async def endpoint_page(dashboard: DashboardDep,
+                        endpoint_id: str, request: Request, _: Session = Depends(session),
                         status: str | None = None, before: str | None = None) -> Response:
     status = status if status in service.DELIVERY_STATUSES else None
-    detail = await service.endpoint_detail(
-        resources_of(request), _id(endpoint_id, "webhook endpoint"), status,
+    detail = await dashboard.endpoint_detail(
+        _id(endpoint_id, "webhook endpoint"), status,
         parse_uuid(before) if before else None,
     )
     next_query = None
@@ -443,17 +445,18 @@ async def endpoint_page(endpoint_id: str, request: Request, _: Session = Depends
 
 
 @router.post("/webhooks/{endpoint_id}/deliveries/{delivery_id}/retry")
-async def retry_delivery(endpoint_id: str, delivery_id: str, request: Request,
+async def retry_delivery(dashboard: DashboardDep,
+                         endpoint_id: str, delivery_id: str, request: Request,
                          _: dict[str, str] = Depends(checked_form),
                          sessions: Sessions = Depends(sessions)) -> Response:
     ep = _id(endpoint_id, "webhook endpoint")
-    await service.retry_delivery(resources_of(request), ep, _id(delivery_id, "delivery"))
+    await dashboard.retry_delivery(ep, _id(delivery_id, "delivery"))
     return _redirect(request, sessions, f"{_root(request)}/dashboard/webhooks/{ep}", "ok",
                      "Delivery queued again.")
 
 
 @router.post("/webhooks/{endpoint_id}/retry-failed")
-async def retry_failed(endpoint_id: str, request: Request,
+async def retry_failed(dashboard: DashboardDep, endpoint_id: str, request: Request,
                        form: dict[str, str] = Depends(checked_form),
                        sessions: Sessions = Depends(sessions)) -> Response:
     ep = _id(endpoint_id, "webhook endpoint")
@@ -465,17 +468,17 @@ async def retry_failed(endpoint_id: str, request: Request,
     if since is None:
         return _redirect(request, sessions, url, "error",
                          "Since when? Give a date and time (UTC).")
-    count = await service.retry_failed_since(resources_of(request), ep, since)
+    count = await dashboard.retry_failed_since(ep, since)
     return _redirect(request, sessions, url, "ok",
                      f"{count} failed deliver{'y' if count == 1 else 'ies'} since"
                      f" {_fmt_dt(since, seconds=False)} UTC queued again.")
 
 
 @router.post("/webhooks/{endpoint_id}/enable")
-async def enable_endpoint(endpoint_id: str, request: Request,
+async def enable_endpoint(dashboard: DashboardDep, endpoint_id: str, request: Request,
                           _: dict[str, str] = Depends(checked_form),
                           sessions: Sessions = Depends(sessions)) -> Response:
     ep = _id(endpoint_id, "webhook endpoint")
-    await service.reenable(resources_of(request), ep)
+    await dashboard.reenable(ep)
     return _redirect(request, sessions, f"{_root(request)}/dashboard/webhooks/{ep}", "ok",
                      "Endpoint enabled again.")

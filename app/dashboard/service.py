@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -22,15 +22,21 @@ from arq.utils import timestamp_ms
 
 from app import activity
 from app.attachments import repository as attachments_repo
-from app.attachments import service as attachments
 from app.attachments import timeline, work
 from app.attachments.schemas import present
 from app.auth import repository as auth_repo
 from app.dashboard import repository as repo
 from app.errors import AttachmentNotFound, WebhookEndpointNotFound
 from app.pagination import Page, page_of
-from app.resources import Resources
-from app.webhooks import service as webhooks
+
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+    from app.attachments.links import Links
+    from app.attachments.service import Attachments
+    from app.jobs import JobQueue
+    from app.profiles import Profiles
+    from app.webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -114,78 +120,6 @@ class Overview:
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
-async def overview(res: Resources) -> Overview:
-    async with res.pool.acquire() as conn:
-        counts = await repo.state_counts(conn)
-        lag = await repo.promotion_lag(conn, LAG_WINDOW_S)
-        hourly = await repo.hourly_activity(conn, CHART_HOURS)
-        hooks = {r["app_id"]: r for r in await repo.webhook_counts(conn, FAILED_WINDOW_S)}
-        disabled = await repo.disabled_endpoints(conn, 20)
-    apps = []
-    for r in counts:
-        h = hooks.get(r["app_id"])
-        apps.append(AppRow(
-            app_id=r["app_id"], name=r["name"], states={s: r[s] for s in STATES},
-            total=r["total"],
-            endpoints=h["endpoints"] if h else 0, disabled_endpoints=h["disabled"] if h else 0,
-            deliveries_pending=h["pending"] if h else 0,
-            deliveries_failed=h["failed"] if h else 0,
-        ))
-    return Overview(
-        apps=apps,
-        totals={s: sum(a.states[s] for a in apps) for s in STATES},
-        lag_count=lag["n"], lag_p50=lag["p50"], lag_p95=lag["p95"],
-        queue=await queue_stats(res),
-        deliveries_pending=sum(a.deliveries_pending for a in apps),
-        deliveries_failed=sum(a.deliveries_failed for a in apps),
-        disabled=disabled,
-        chart=chart(hourly),
-    )
-
-
-async def queue_stats(res: Resources) -> Queue:
-    """The arq queues (file work and webhook deliveries, together): how many jobs wait, are
-    due, are deferred, run now. Redis being down is shown, not raised (the overview is what
-    an operator opens during that very incident)."""
-    queues = (res.jobs.queue_name, res.jobs.delivery_queue_name)
-    try:
-        depth = due_or_running = 0
-        for queue in queues:
-            depth += await res.redis.zcard(queue)
-            # arq scores a job by the time it is due (its own ms clock, rounded); deferred
-            # retries wait in the same set
-            due_or_running += await res.redis.zcount(queue, "-inf", timestamp_ms())
-        in_progress, capped = await _in_progress(res, queues)
-    except (redis.exceptions.RedisError, OSError) as e:
-        log.warning("dashboard: Redis unavailable: %s", e)
-        return Queue(False, error=f"{type(e).__name__}: {e}")
-    return Queue(True, depth=depth, due=max(due_or_running - in_progress, 0),
-                 deferred=depth - due_or_running, in_progress=in_progress,
-                 in_progress_capped=capped)
-
-
-async def _in_progress(res: Resources, queues: tuple[str, ...]) -> tuple[int, bool]:
-    """Jobs of these queues running now. arq marks a running job with an in-progress key named
-    after the job id alone (not the queue), and leaves the job in its queue until it ends: so
-    a key counts when its job is in one of these queues, which keeps other deployments sharing
-    the Redis out of the count."""
-    job_ids: list[str] = []
-    # SCAN, never KEYS (which blocks Redis); and stop at some point
-    async for key in res.redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
-        name = key.decode() if isinstance(key, bytes) else key
-        job_ids.append(name[len(in_progress_key_prefix):])
-        if len(job_ids) >= IN_PROGRESS_SCAN_CAP:
-            break
-    if not job_ids:
-        return 0, False
-    async with res.redis.pipeline(transaction=False) as pipe:
-        for job_id in job_ids:
-            for queue in queues:
-                pipe.zscore(queue, job_id)
-        scores = await pipe.execute()
-    return sum(1 for s in scores if s is not None), len(job_ids) >= IN_PROGRESS_SCAN_CAP
-
-
 def chart(hourly: list[Any], width: int = 720, height: int = 180) -> Chart:
     """Two bars per hour (uploads, promotions) on one scale, labels every 6 hours."""
     left, right, top, bottom = 36, 8, 10, height - 22
@@ -211,7 +145,6 @@ def chart(hourly: list[Any], width: int = 720, height: int = 180) -> Chart:
                  total_promotions=sum(r["promotions"] for r in hourly))
 
 
-# --- attachments -----------------------------------------------------------------------------
 
 @dataclass
 class AttachmentFilters:
@@ -225,30 +158,6 @@ class AttachmentFilters:
     created_to: datetime | None = None  # exclusive
 
 
-async def list_attachments(res: Resources, filters: AttachmentFilters,
-                           before: UUID | None = None, limit: int = PAGE_SIZE
-                           ) -> Page:
-    async with res.pool.acquire() as conn:
-        rows = await repo.list_attachments(
-            conn, app_id=filters.app_id, state=filters.state, profile=filters.profile,
-            record_type=filters.record_type, record_id=filters.record_id,
-            record_name=filters.record_name, created_from=filters.created_from,
-            created_to=filters.created_to, before=before, limit=limit + 1,
-        )
-    return page_of(rows, limit)
-
-
-async def apps(res: Resources) -> list[asyncpg.Record]:
-    async with res.pool.acquire() as conn:
-        return await repo.apps(conn)
-
-
-async def profile_names(res: Resources) -> list[str]:
-    """Profiles of the file and those still found on attachments."""
-    async with res.pool.acquire() as conn:
-        used = await repo.profiles_in_use(conn)
-    return sorted(set(res.profiles.names()) | set(used))
-
 
 @dataclass
 class AttachmentDetail:
@@ -259,52 +168,6 @@ class AttachmentDetail:
     work: list[asyncpg.Record] = field(default_factory=list)  # retrying or failing jobs
 
 
-async def get_attachment(res: Resources, att_id: UUID) -> asyncpg.Record:
-    async with res.pool.acquire() as conn:
-        row = await attachments_repo.get(conn, att_id)
-    if row is None:
-        raise AttachmentNotFound(f"no attachment {att_id}")
-    return row
-
-
-async def attachment_detail(res: Resources, att_id: UUID) -> AttachmentDetail:
-    row = await get_attachment(res, att_id)
-    async with res.pool.acquire() as conn:
-        app = await auth_repo.get_app(conn, row["app_id"])
-        pending = await work.of_attachment(conn, att_id)
-    return AttachmentDetail(row=row, app_name=app["name"] if app else str(row["app_id"]),
-                            view=present(row, res.links),
-                            timeline=await timeline.load(res, row), work=pending)
-
-
-async def _audit(res: Resources, att_id: UUID, action: str, **detail: Any) -> None:
-    async with res.pool.acquire() as conn:
-        await activity.record(conn, att_id, f"operator.{action}", {"via": "dashboard",
-                                                                   **detail})
-
-
-async def promote(res: Resources, att_id: UUID) -> asyncpg.Record:
-    row = await get_attachment(res, att_id)
-    out = await attachments.request_promotion(res, row["app_id"], att_id)
-    await _audit(res, att_id, "promote")
-    return out
-
-
-async def reprocess(res: Resources, att_id: UUID) -> asyncpg.Record:
-    row = await get_attachment(res, att_id)
-    out = await attachments.request_reprocess(res, row["app_id"], att_id)
-    await _audit(res, att_id, "reprocess")
-    return out
-
-
-async def delete(res: Resources, att_id: UUID) -> asyncpg.Record:
-    row = await get_attachment(res, att_id)
-    out = await attachments.delete(res, row["app_id"], att_id)
-    await _audit(res, att_id, "delete")
-    return out
-
-
-# --- webhooks --------------------------------------------------------------------------------
 
 @dataclass
 class EndpointHealth:
@@ -328,13 +191,6 @@ class EndpointHealth:
         return "healthy" if self.finished else "idle"
 
 
-async def endpoints(res: Resources, app_id: UUID | None = None) -> list[EndpointHealth]:
-    async with res.pool.acquire() as conn:
-        rows = await repo.endpoints_with_health(conn, app_id, HEALTH_WINDOW)
-    return [EndpointHealth(row=r, finished=r["finished"], delivered=r["delivered"],
-                           pending=r["pending"], last_delivery_at=r["last_delivery_at"])
-            for r in rows]
-
 
 @dataclass
 class Attempt:
@@ -346,11 +202,13 @@ class Attempt:
         return code is not None and 200 <= code < 300
 
 
+
 @dataclass
 class DeliveryView:
     row: asyncpg.Record
     request_body: str  # what was sent, pretty-printed and cut to a preview
     attempts: list[Attempt]
+
 
 
 @dataclass
@@ -360,34 +218,6 @@ class EndpointDetail:
     next_before: UUID | None
 
 
-async def get_endpoint(res: Resources, endpoint_id: UUID) -> asyncpg.Record:
-    async with res.pool.acquire() as conn:
-        row = await repo.get_endpoint(conn, endpoint_id)
-    if row is None:
-        raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
-    return row
-
-
-async def endpoint_detail(res: Resources, endpoint_id: UUID, status: str | None = None,
-                          before: UUID | None = None, limit: int = PAGE_SIZE
-                          ) -> EndpointDetail:
-    endpoint = await get_endpoint(res, endpoint_id)
-    health = next((h for h in await endpoints(res, endpoint["app_id"])
-                   if h.row["id"] == endpoint_id), None)
-    if health is None:  # deleted in between
-        raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
-    async with res.pool.acquire() as conn:
-        rows = await repo.endpoint_deliveries(conn, endpoint_id, status, before, limit + 1)
-        page = page_of(rows, limit)
-        attempts = await repo.attempts_of(conn, [r["id"] for r in page.items],
-                                          RESPONSE_PREVIEW_CHARS)
-    by_delivery: dict[UUID, list[Attempt]] = {}
-    for a in attempts:
-        by_delivery.setdefault(a["delivery_id"], []).append(Attempt(a))
-    views = [DeliveryView(row=r, request_body=preview_json(r["body"], BODY_PREVIEW_CHARS),
-                          attempts=by_delivery.get(r["id"], [])) for r in page.items]
-    return EndpointDetail(health=health, deliveries=views, next_before=page.next_before)
-
 
 def preview_json(value: Any, limit: int) -> str:
     if isinstance(value, dict):  # jsonb keeps no key order: put what a reader wants first
@@ -396,29 +226,206 @@ def preview_json(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "\n… (cut)"
 
 
-async def retry_delivery(res: Resources, endpoint_id: UUID, delivery_id: UUID
-                         ) -> asyncpg.Record:
-    endpoint = await get_endpoint(res, endpoint_id)
-    return await webhooks.retry_delivery(res, endpoint["app_id"], endpoint_id, delivery_id)
-
-
-async def retry_failed_since(res: Resources, endpoint_id: UUID, since: datetime) -> int:
-    """Redeliver every delivery of the endpoint that failed at or after `since` (at most
-    RETRY_ALL_CAP at once: the next press takes the rest). Returns how many."""
-    endpoint = await get_endpoint(res, endpoint_id)
-    async with res.pool.acquire() as conn:
-        rows = await repo.failed_deliveries_since(conn, endpoint_id, since, RETRY_ALL_CAP)
-    for r in rows:
-        await webhooks.retry_delivery(res, endpoint["app_id"], endpoint_id, r["id"])
-    return len(rows)
-
-
-async def reenable(res: Resources, endpoint_id: UUID) -> asyncpg.Record:
-    endpoint = await get_endpoint(res, endpoint_id)
-    return await webhooks.update_endpoint(res, endpoint["app_id"], endpoint_id,
-                                          {"enabled": True})
-
 
 def default_retry_since(now: datetime | None = None) -> datetime:
     """What the "retry failed since" form proposes: the last 24 hours."""
     return (now or datetime.now(UTC)) - timedelta(hours=24)
+
+
+class Dashboard:
+    """What the operator's dashboard shows and does, over every app."""
+
+    def __init__(self, *, pool: asyncpg.Pool, redis: ArqRedis, jobs: JobQueue,
+                 profiles: Profiles, links: Links, attachments: Attachments,
+                 webhooks: Webhooks) -> None:
+        self.pool = pool
+        self.redis = redis  # the queues' depth
+        self.jobs = jobs
+        self.profiles = profiles
+        self.links = links
+        self.attachments = attachments
+        self.webhooks = webhooks
+
+    async def overview(self) -> Overview:
+        async with self.pool.acquire() as conn:
+            counts = await repo.state_counts(conn)
+            lag = await repo.promotion_lag(conn, LAG_WINDOW_S)
+            hourly = await repo.hourly_activity(conn, CHART_HOURS)
+            hooks = {r["app_id"]: r for r in await repo.webhook_counts(conn, FAILED_WINDOW_S)}
+            disabled = await repo.disabled_endpoints(conn, 20)
+        apps = []
+        for r in counts:
+            h = hooks.get(r["app_id"])
+            apps.append(AppRow(
+                app_id=r["app_id"], name=r["name"], states={s: r[s] for s in STATES},
+                total=r["total"],
+                endpoints=h["endpoints"] if h else 0, disabled_endpoints=h["disabled"] if h else 0,
+                deliveries_pending=h["pending"] if h else 0,
+                deliveries_failed=h["failed"] if h else 0,
+            ))
+        return Overview(
+            apps=apps,
+            totals={s: sum(a.states[s] for a in apps) for s in STATES},
+            lag_count=lag["n"], lag_p50=lag["p50"], lag_p95=lag["p95"],
+            queue=await self.queue_stats(),
+            deliveries_pending=sum(a.deliveries_pending for a in apps),
+            deliveries_failed=sum(a.deliveries_failed for a in apps),
+            disabled=disabled,
+            chart=chart(hourly),
+        )
+
+    async def queue_stats(self) -> Queue:
+        """The arq queues (file work and webhook deliveries, together): how many jobs wait, are
+        due, are deferred, run now. Redis being down is shown, not raised (the overview is what
+        an operator opens during that very incident)."""
+        queues = (self.jobs.queue_name, self.jobs.delivery_queue_name)
+        try:
+            depth = due_or_running = 0
+            for queue in queues:
+                depth += await self.redis.zcard(queue)
+                # arq scores a job by the time it is due (its own ms clock, rounded); deferred
+                # retries wait in the same set
+                due_or_running += await self.redis.zcount(queue, "-inf", timestamp_ms())
+            in_progress, capped = await self._in_progress(queues)
+        except (redis.exceptions.RedisError, OSError) as e:
+            log.warning("dashboard: Redis unavailable: %s", e)
+            return Queue(False, error=f"{type(e).__name__}: {e}")
+        return Queue(True, depth=depth, due=max(due_or_running - in_progress, 0),
+                     deferred=depth - due_or_running, in_progress=in_progress,
+                     in_progress_capped=capped)
+
+    async def _in_progress(self, queues: tuple[str, ...]) -> tuple[int, bool]:
+        """Jobs of these queues running now. arq marks a running job with an in-progress key named
+        after the job id alone (not the queue), and leaves the job in its queue until it ends: so
+        a key counts when its job is in one of these queues, which keeps other deployments sharing
+        the Redis out of the count."""
+        job_ids: list[str] = []
+        # SCAN, never KEYS (which blocks Redis); and stop at some point
+        async for key in self.redis.scan_iter(match=in_progress_key_prefix + "*", count=1000):
+            name = key.decode() if isinstance(key, bytes) else key
+            job_ids.append(name[len(in_progress_key_prefix):])
+            if len(job_ids) >= IN_PROGRESS_SCAN_CAP:
+                break
+        if not job_ids:
+            return 0, False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                for queue in queues:
+                    pipe.zscore(queue, job_id)
+            scores = await pipe.execute()
+        return sum(1 for s in scores if s is not None), len(job_ids) >= IN_PROGRESS_SCAN_CAP
+
+    async def list_attachments(self, filters: AttachmentFilters,
+                               before: UUID | None = None, limit: int = PAGE_SIZE
+                               ) -> Page:
+        async with self.pool.acquire() as conn:
+            rows = await repo.list_attachments(
+                conn, app_id=filters.app_id, state=filters.state, profile=filters.profile,
+                record_type=filters.record_type, record_id=filters.record_id,
+                record_name=filters.record_name, created_from=filters.created_from,
+                created_to=filters.created_to, before=before, limit=limit + 1,
+            )
+        return page_of(rows, limit)
+
+    async def apps(self) -> list[asyncpg.Record]:
+        async with self.pool.acquire() as conn:
+            return await repo.apps(conn)
+
+    async def profile_names(self) -> list[str]:
+        """Profiles of the file and those still found on attachments."""
+        async with self.pool.acquire() as conn:
+            used = await repo.profiles_in_use(conn)
+        return sorted(set(self.profiles.names()) | set(used))
+
+    async def get_attachment(self, att_id: UUID) -> asyncpg.Record:
+        async with self.pool.acquire() as conn:
+            row = await attachments_repo.get(conn, att_id)
+        if row is None:
+            raise AttachmentNotFound(f"no attachment {att_id}")
+        return row
+
+    async def attachment_detail(self, att_id: UUID) -> AttachmentDetail:
+        row = await self.get_attachment(att_id)
+        async with self.pool.acquire() as conn:
+            app = await auth_repo.get_app(conn, row["app_id"])
+            pending = await work.of_attachment(conn, att_id)
+        return AttachmentDetail(row=row, app_name=app["name"] if app else str(row["app_id"]),
+                                view=present(row, self.links),
+                                timeline=await timeline.load(self.pool, row), work=pending)
+
+    async def _audit(self, att_id: UUID, action: str, **detail: Any) -> None:
+        async with self.pool.acquire() as conn:
+            await activity.record(conn, att_id, f"operator.{action}", {"via": "dashboard",
+                                                                       **detail})
+
+    async def promote(self, att_id: UUID) -> asyncpg.Record:
+        row = await self.get_attachment(att_id)
+        out = await self.attachments.request_promotion(row["app_id"], att_id)
+        await self._audit(att_id, "promote")
+        return out
+
+    async def reprocess(self, att_id: UUID) -> asyncpg.Record:
+        row = await self.get_attachment(att_id)
+        out = await self.attachments.request_reprocess(row["app_id"], att_id)
+        await self._audit(att_id, "reprocess")
+        return out
+
+    async def delete(self, att_id: UUID) -> asyncpg.Record:
+        row = await self.get_attachment(att_id)
+        out = await self.attachments.delete(row["app_id"], att_id)
+        await self._audit(att_id, "delete")
+        return out
+
+    async def endpoints(self, app_id: UUID | None = None) -> list[EndpointHealth]:
+        async with self.pool.acquire() as conn:
+            rows = await repo.endpoints_with_health(conn, app_id, HEALTH_WINDOW)
+        return [EndpointHealth(row=r, finished=r["finished"], delivered=r["delivered"],
+                               pending=r["pending"], last_delivery_at=r["last_delivery_at"])
+                for r in rows]
+
+    async def get_endpoint(self, endpoint_id: UUID) -> asyncpg.Record:
+        async with self.pool.acquire() as conn:
+            row = await repo.get_endpoint(conn, endpoint_id)
+        if row is None:
+            raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
+        return row
+
+    async def endpoint_detail(self, endpoint_id: UUID, status: str | None = None,
+                              before: UUID | None = None, limit: int = PAGE_SIZE
+                              ) -> EndpointDetail:
+        endpoint = await self.get_endpoint(endpoint_id)
+        health = next((h for h in await self.endpoints(endpoint["app_id"])
+                       if h.row["id"] == endpoint_id), None)
+        if health is None:  # deleted in between
+            raise WebhookEndpointNotFound(f"no webhook endpoint {endpoint_id}")
+        async with self.pool.acquire() as conn:
+            rows = await repo.endpoint_deliveries(conn, endpoint_id, status, before, limit + 1)
+            page = page_of(rows, limit)
+            attempts = await repo.attempts_of(conn, [r["id"] for r in page.items],
+                                              RESPONSE_PREVIEW_CHARS)
+        by_delivery: dict[UUID, list[Attempt]] = {}
+        for a in attempts:
+            by_delivery.setdefault(a["delivery_id"], []).append(Attempt(a))
+        views = [DeliveryView(row=r, request_body=preview_json(r["body"], BODY_PREVIEW_CHARS),
+                              attempts=by_delivery.get(r["id"], [])) for r in page.items]
+        return EndpointDetail(health=health, deliveries=views, next_before=page.next_before)
+
+    async def retry_delivery(self, endpoint_id: UUID, delivery_id: UUID
+                             ) -> asyncpg.Record:
+        endpoint = await self.get_endpoint(endpoint_id)
+        return await self.webhooks.retry_delivery(endpoint["app_id"], endpoint_id, delivery_id)
+
+    async def retry_failed_since(self, endpoint_id: UUID, since: datetime) -> int:
+        """Redeliver every delivery of the endpoint that failed at or after `since` (at most
+        RETRY_ALL_CAP at once: the next press takes the rest). Returns how many."""
+        endpoint = await self.get_endpoint(endpoint_id)
+        async with self.pool.acquire() as conn:
+            rows = await repo.failed_deliveries_since(conn, endpoint_id, since, RETRY_ALL_CAP)
+        for r in rows:
+            await self.webhooks.retry_delivery(endpoint["app_id"], endpoint_id, r["id"])
+        return len(rows)
+
+    async def reenable(self, endpoint_id: UUID) -> asyncpg.Record:
+        endpoint = await self.get_endpoint(endpoint_id)
+        return await self.webhooks.update_endpoint(endpoint["app_id"], endpoint_id,
+                                              {"enabled": True})

@@ -13,10 +13,10 @@ import asyncpg
 from arq import create_pool
 
 from app.config import MISSING_SECRET_KEY, Settings, unknown_variables
+from app.jobs import redis_settings
 from app.migrate import migration_files
 from app.ops import repository as repo
 from app.profiles import ProfileError, load_profiles
-from app.resources import redis_settings
 from app.storage import Storage
 from app.storage_identity import repository as identity_repo
 from app.storage_identity.service import Action, Target, Verdict, judge, open_targets

@@ -47,7 +47,7 @@ import time
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import asyncpg
@@ -55,10 +55,7 @@ import asyncpg
 from app.attachments import keys
 from app.attachments import repository as attachments_repo
 from app.attachments.events import emit_attachment
-from app.bootstrap import build_resources
-from app.config import Settings
 from app.ops import fsck_repository as repo
-from app.ops import leftovers
 from app.ops.fsck_keys import (
     DOCTOR_PROBE,
     LIVE,
@@ -77,10 +74,14 @@ from app.ops.fsck_report import (
     Orphan,
     human_seconds,
 )
-from app.resources import Resources
+from app.ops.leftovers import Leftovers
 from app.storage import Storage, is_reserved
 from app.uploads.presigned import PRESIGN_TTL_S, SWEEP_GRACE_S
-from app.webhooks.service import dispatch
+
+if TYPE_CHECKING:
+    from app.attachments.links import Links
+    from app.jobs import JobQueue
+    from app.webhooks.service import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -161,33 +162,46 @@ def plan_passes(cache: Storage, store: Storage) -> list[_Pass]:
 
 # --- the check ---------------------------------------------------------------------------------
 
-async def fsck(res: Resources, *, repair: bool = False, grace: float = DEFAULT_GRACE_S,
-               examples: int = EXAMPLES, batch_size: int = BATCH_SIZE,
-               force: bool = False) -> FsckReport:
-    """Check (and with `repair`, fix) both storages against PostgreSQL. A repair that would
-    change more than the limits allow (repair_limit) is refused unless `force`."""
-    if grace < 0:
-        raise ValueError("grace must be >= 0")
+class Fsck:
+    """Both storages checked against PostgreSQL, and repaired on request."""
 
-    def checker(repair: bool, limits: tuple[int, int] | None = None) -> _Checker:
-        return _Checker(res, repair=repair, grace=grace, examples=examples,
-                        batch_size=batch_size, limits=limits)
+    def __init__(self, *, pool: asyncpg.Pool, cache: Storage, store: Storage, links: Links,
+                 jobs: JobQueue, webhooks: Webhooks, leftovers: Leftovers) -> None:
+        self.pool = pool
+        self.cache = cache
+        self.store = store
+        self.links = links  # the events of attachments a repair marks failed
+        self.jobs = jobs
+        self.webhooks = webhooks
+        self.leftovers = leftovers
 
-    if not repair or force:
-        return await checker(repair).run()
-    # look before changing anything: a repair refused must leave everything as it was
-    found = await checker(repair=False).run()
-    found.repair = True
-    if not (found.orphans or found.broken or found.leftovers):
-        return found
-    orphan_limit = repair_limit(found.objects_scanned)
-    broken_limit = repair_limit(found.attachments_checked)
-    if found.orphans > orphan_limit or found.broken > broken_limit:
-        found.refused = _refusal(found)
-        log.warning("fsck: refused to repair: %s", found.refused)
-        return found
-    # things move on meanwhile: the repair keeps to the limits of what was looked at
-    return await checker(repair=True, limits=(orphan_limit, broken_limit)).run()
+    async def check(self, *, repair: bool = False, grace: float = DEFAULT_GRACE_S,
+                    examples: int = EXAMPLES, batch_size: int = BATCH_SIZE,
+                    force: bool = False) -> FsckReport:
+        """Check (and with `repair`, fix) both storages against PostgreSQL. A repair that
+        would change more than the limits allow (repair_limit) is refused unless `force`."""
+        if grace < 0:
+            raise ValueError("grace must be >= 0")
+
+        def checker(repair: bool, limits: tuple[int, int] | None = None) -> _Checker:
+            return _Checker(self, repair=repair, grace=grace, examples=examples,
+                            batch_size=batch_size, limits=limits)
+
+        if not repair or force:
+            return await checker(repair).run()
+        # look before changing anything: a repair refused must leave everything as it was
+        found = await checker(repair=False).run()
+        found.repair = True
+        if not (found.orphans or found.broken or found.leftovers):
+            return found
+        orphan_limit = repair_limit(found.objects_scanned)
+        broken_limit = repair_limit(found.attachments_checked)
+        if found.orphans > orphan_limit or found.broken > broken_limit:
+            found.refused = _refusal(found)
+            log.warning("fsck: refused to repair: %s", found.refused)
+            return found
+        # things move on meanwhile: the repair keeps to the limits of what was looked at
+        return await checker(repair=True, limits=(orphan_limit, broken_limit)).run()
 
 
 def _refusal(found: FsckReport) -> str:
@@ -207,14 +221,6 @@ def _refusal(found: FsckReport) -> str:
             " files are gone. Nothing was changed; if you are sure, run fsck --repair --force.")
 
 
-async def fsck_with_settings(settings: Settings, *, repair: bool = False,
-                             grace: float = DEFAULT_GRACE_S,
-                             examples: int = EXAMPLES, force: bool = False) -> FsckReport:
-    """For the CLI: build the resources, run, close them."""
-    async with build_resources(settings) as res:
-        return await fsck(res, repair=repair, grace=grace, examples=examples, force=force)
-
-
 @dataclass
 class _Candidate:
     areas: tuple[str, ...]  # the storages the key may belong to (see classify)
@@ -226,9 +232,9 @@ class _Candidate:
 
 
 class _Checker:
-    def __init__(self, res: Resources, *, repair: bool, grace: float, examples: int,
+    def __init__(self, fsck: Fsck, *, repair: bool, grace: float, examples: int,
                  batch_size: int, limits: tuple[int, int] | None = None) -> None:
-        self.res = res
+        self.fsck = fsck
         self.repair = repair
         # (orphans to remove, attachments to mark failed) at most; None: no limit
         self.limits = limits
@@ -243,7 +249,7 @@ class _Checker:
     async def run(self) -> FsckReport:
         t0 = time.monotonic()
         self.report.started_at = datetime.now(UTC).isoformat()
-        async with self.res.pool.acquire() as conn:
+        async with self.fsck.pool.acquire() as conn:
             self.conn = conn
             self.tables = await repo.tables_present(conn)
             await repo.create_scan_tables(conn)
@@ -251,7 +257,7 @@ class _Checker:
                 scan_started = await repo.db_now(conn)
                 self.report.attachments_checked = await repo.live_attachments(conn,
                                                                               scan_started)
-                for p in plan_passes(self.res.cache, self.res.store):
+                for p in plan_passes(self.fsck.cache, self.fsck.store):
                     await self._scan(p)
                 await self._find_broken(scan_started)
                 await self._leftovers()
@@ -267,12 +273,12 @@ class _Checker:
         return r
 
     async def _leftovers(self) -> None:
-        for name, leftover in await leftovers.find(self.res, self.grace):
+        for name, leftover in await self.fsck.leftovers.find(self.grace):
             self.report.leftovers += 1
             self.report.leftover_bytes += leftover.size or 0
             removed = False
             if self.repair:
-                await leftovers.remove(self.res, name, leftover)
+                await self.fsck.leftovers.remove(name, leftover)
                 self.report.leftovers_removed += 1
                 removed = True
             if len(self.report.leftover_examples) < self.examples:
@@ -359,7 +365,7 @@ class _Checker:
         registration reads the whole object before the attachment row exists: its key has no
         owner then, however old the object. Registration can only start while the presign
         lives (PRESIGN_TTL_S, then SWEEP_GRACE_S), so an id that young is left alone."""
-        if not self.res.cache.direct_upload or c.area != "cache" or c.reason != NO_OWNER:
+        if not self.fsck.cache.direct_upload or c.area != "cache" or c.reason != NO_OWNER:
             return False
         if c.parsed is None or c.parsed.rest != "upload":
             return False
@@ -414,7 +420,7 @@ class _Checker:
             await self._check_broken_page(rows)
 
     def _storage(self, name: str) -> Storage:
-        return self.res.cache if name == "cache" else self.res.store
+        return self.fsck.cache if name == "cache" else self.fsck.store
 
     async def _still_missing(self, rows: list[Any]) -> list[Any]:
         """Those of ``rows`` whose file is still not there: one batch per storage."""
@@ -474,7 +480,7 @@ class _Checker:
                                                       error)
                 if failed is not None:
                     deliveries = await emit_attachment(self.conn, "attachment.failed", failed,
-                                                       self.res.links)
+                                                       self.fsck.links)
             if failed is None:
                 self._forget_broken(found)
                 return
@@ -482,11 +488,11 @@ class _Checker:
             self.report.broken_repaired += 1
             log.warning("fsck: attachment %s marked failed: %s", att_id, error["detail"])
             # like a failed promotion: a failed attachment keeps no files
-            await self.res.store.delete_prefix(keys.prefix(first["app_id"], att_id))
+            await self.fsck.store.delete_prefix(keys.prefix(first["app_id"], att_id))
         finally:
             await attachments_repo.unlock_attachment(self.conn, att_id)
-        await _best_effort(dispatch(self.res, deliveries), "enqueue webhook deliveries")
-        await _best_effort(self.res.jobs.purge_cache(att_id), "enqueue the cache purge")
+        await _best_effort(self.fsck.webhooks.dispatch(deliveries), "enqueue webhook deliveries")
+        await _best_effort(self.fsck.jobs.purge_cache(att_id), "enqueue the cache purge")
 
     def _forget_broken(self, found: BrokenAttachment) -> None:
         self.report.broken -= 1

@@ -2,7 +2,7 @@
 
 The database records, per role (cache, store), the id in the marker of the storage it first
 saw (app.storage.identity). Every process that works on the files (`serve`, `worker`, `dev`,
-`fsck`: all through app.bootstrap.build_resources) checks it before anything else, and
+`fsck`: all through app.bootstrap.build_services) checks it before anything else, and
 `stowage doctor` reports it:
 
 - marker and record agree: go on (one small read per storage, one query);

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
@@ -16,10 +17,16 @@ import asyncpg
 from app.attachments import keys
 from app.attachments.events import insert_attachment
 from app.ids import uuid7
-from app.resources import Resources
 from app.uploads.ingest import Received, check_against_profile, receive, restrip
 from app.uploads.options import UploadOptions
-from app.webhooks.service import dispatch
+
+if TYPE_CHECKING:
+    from app.attachments.links import Links
+    from app.config import Settings
+    from app.jobs import JobQueue
+    from app.profiles import Profiles
+    from app.storage import Storage
+    from app.webhooks.service import Webhooks
 
 
 @dataclass
@@ -32,73 +39,83 @@ class Staged:
     file: Received
 
 
-async def stage(res: Resources, app_id: UUID, profile: str | None,
-                chunks: AsyncIterable[bytes]) -> Staged:
-    """Stream into the cache under the attachment's own key, checked against the profile."""
-    prof = res.profiles.get(profile)
-    att_id = uuid7()
-    received = await receive(
-        chunks,
-        storage=res.cache,
-        key=keys.cache_key(app_id, att_id),
-        profile=prof,
-        max_upload_size=res.settings.max_upload_size,
-    )
-    return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
+class Intake:
+    """Every upload's way in: into the cache, then its row, event and promotion."""
 
+    def __init__(self, *, pool: asyncpg.Pool, cache: Storage, jobs: JobQueue,
+                 profiles: Profiles, links: Links, webhooks: Webhooks,
+                 settings: Settings) -> None:
+        self.pool = pool
+        self.cache = cache
+        self.jobs = jobs
+        self.profiles = profiles
+        self.links = links
+        self.webhooks = webhooks
+        self.settings = settings
 
-async def discard(res: Resources, staged: Staged) -> None:
-    # shielded: a cancelled request must still not leave its file behind
-    await asyncio.shield(res.cache.delete(staged.file.key))
+    async def stage(self, app_id: UUID, profile: str | None,
+                    chunks: AsyncIterable[bytes]) -> Staged:
+        """Stream into the cache under the attachment's own key, checked against the profile."""
+        prof = self.profiles.get(profile)
+        att_id = uuid7()
+        received = await receive(
+            chunks,
+            storage=self.cache,
+            key=keys.cache_key(app_id, att_id),
+            profile=prof,
+            max_upload_size=self.settings.max_upload_size,
+        )
+        return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
 
+    async def discard(self, staged: Staged) -> None:
+        # shielded: a cancelled request must still not leave its file behind
+        await asyncio.shield(self.cache.delete(staged.file.key))
 
-async def record(res: Resources, staged: Staged, options: UploadOptions) -> asyncpg.Record:
-    """Write the row for a staged file and its attachment.cached event, then enqueue.
+    async def record(self, staged: Staged, options: UploadOptions) -> asyncpg.Record:
+        """Write the row for a staged file and its attachment.cached event, then enqueue.
 
-    An upload into a record slot does not touch the slot's current attachment: it replaces it
-    when it becomes stored (see promote). On any error the staged file is removed, so a
-    refused upload leaves nothing behind.
-    """
-    try:
-        prof = res.profiles.get(options.profile or staged.profile)
-        if prof.name != staged.profile:  # the profile field came after the file part
-            check_against_profile(prof, mime_type=staged.file.mime_type, size=staged.file.size,
-                                  max_upload_size=res.settings.max_upload_size,
-                                  metadata=staged.file.metadata)
-            # stored as this profile wants it: without its metadata, if it removes that
-            staged.file = await restrip(res.cache, staged.file, prof)
-        cache_ttl = prof.cache_ttl or res.settings.default_cache_ttl
-        row, deliveries = await _insert(res, staged, options, prof.name, cache_ttl)
-    except BaseException:
-        await discard(res, staged)
-        raise
-    await dispatch(res, deliveries)
-    if options.promote:
-        await res.jobs.promote(row["id"], row["generation"])
-    return row
+        An upload into a record slot does not touch the slot's current attachment: it replaces it
+        when it becomes stored (see promote). On any error the staged file is removed, so a
+        refused upload leaves nothing behind.
+        """
+        try:
+            prof = self.profiles.get(options.profile or staged.profile)
+            if prof.name != staged.profile:  # the profile field came after the file part
+                check_against_profile(prof, mime_type=staged.file.mime_type, size=staged.file.size,
+                                      max_upload_size=self.settings.max_upload_size,
+                                      metadata=staged.file.metadata)
+                # stored as this profile wants it: without its metadata, if it removes that
+                staged.file = await restrip(self.cache, staged.file, prof)
+            cache_ttl = prof.cache_ttl or self.settings.default_cache_ttl
+            row, deliveries = await self._insert(staged, options, prof.name, cache_ttl)
+        except BaseException:
+            await self.discard(staged)
+            raise
+        await self.webhooks.dispatch(deliveries)
+        if options.promote:
+            await self.jobs.promote(row["id"], row["generation"])
+        return row
 
+    async def _insert(self, staged: Staged, options: UploadOptions, profile: str,
+                      cache_ttl: int) -> tuple[asyncpg.Record, list[UUID]]:
+        """The row and its event in one statement."""
+        slot = options.record
+        values = dict(
+            id=staged.att_id, app_id=staged.app_id, profile=profile,
+            key=staged.file.key, filename=options.filename,
+            mime_type=staged.file.mime_type, size=staged.file.size,
+            sha256=staged.file.sha256, metadata=staged.file.metadata,
+            client_metadata=options.client_metadata,
+            record_type=slot.type if slot else None,
+            record_id=slot.id if slot else None,
+            record_name=slot.name if slot else None,
+            promote=options.promote, cache_ttl=cache_ttl,
+        )
+        async with self.pool.acquire() as conn:
+            return await insert_attachment(conn, values, datetime.now(UTC), self.links)
 
-async def _insert(res: Resources, staged: Staged, options: UploadOptions, profile: str,
-                  cache_ttl: int) -> tuple[asyncpg.Record, list[UUID]]:
-    """The row and its event in one statement."""
-    slot = options.record
-    values = dict(
-        id=staged.att_id, app_id=staged.app_id, profile=profile,
-        key=staged.file.key, filename=options.filename,
-        mime_type=staged.file.mime_type, size=staged.file.size,
-        sha256=staged.file.sha256, metadata=staged.file.metadata,
-        client_metadata=options.client_metadata,
-        record_type=slot.type if slot else None,
-        record_id=slot.id if slot else None,
-        record_name=slot.name if slot else None,
-        promote=options.promote, cache_ttl=cache_ttl,
-    )
-    async with res.pool.acquire() as conn:
-        return await insert_attachment(conn, values, datetime.now(UTC), res.links)
-
-
-async def upload(res: Resources, app_id: UUID, chunks: AsyncIterable[bytes],
-                 options: UploadOptions) -> asyncpg.Record:
-    """Stage and record in one go (raw body, tus): the options are all known up front."""
-    staged = await stage(res, app_id, options.profile, chunks)
-    return await record(res, staged, options)
+    async def upload(self, app_id: UUID, chunks: AsyncIterable[bytes],
+                     options: UploadOptions) -> asyncpg.Record:
+        """Stage and record in one go (raw body, tus): the options are all known up front."""
+        staged = await self.stage(app_id, options.profile, chunks)
+        return await self.record(staged, options)

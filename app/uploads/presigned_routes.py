@@ -10,9 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api_common import AUTH_ERRORS, PROBLEM
-from app.deps import current_app_id, resources
-from app.resources import Resources
-from app.uploads import presigned
+from app.deps import current_app_id, provided
 from app.uploads.options import (
     MAX_FILENAME,
     MAX_METADATA_BYTES,
@@ -21,8 +19,11 @@ from app.uploads.options import (
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
 )
+from app.uploads.presigned import PresignedUploads
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
+
+PresignedDep = Annotated[PresignedUploads, Depends(provided("presigned"))]
 
 
 def _limited(limit: int) -> Any:
@@ -84,7 +85,7 @@ class RegisterRequest(BaseModel):
                413: {"description": "Larger than the profile allows", **PROBLEM}},
     summary="A POST policy for uploading straight to the S3 cache",
 )
-async def create_presigned_upload(body: PresignRequest, app_id: UUID = Depends(current_app_id),
-                                  res: Resources = Depends(resources)) -> dict[str, Any]:
-    return await presigned.create(res, app_id, filename=body.filename, size=body.size,
+async def create_presigned_upload(presigned: PresignedDep, body: PresignRequest,
+                                  app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+    return await presigned.create(app_id, filename=body.filename, size=body.size,
                                   profile=body.profile)

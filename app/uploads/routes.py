@@ -4,7 +4,7 @@ registration of a presigned upload) and the raw body. Each streams into the inta
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -14,11 +14,10 @@ from pydantic import ValidationError
 
 from app.api_common import PROBLEM, not_found_response
 from app.attachments.schemas import AttachmentOut, present
-from app.deps import current_app_id, resources
+from app.deps import current_app_id, provided
 from app.errors import InvalidInput, UnsupportedMediaType, UploadTooLarge
 from app.observability.metrics import track_upload
-from app.resources import Resources
-from app.uploads import intake, presigned
+from app.uploads.intake import Intake
 from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
 from app.uploads.options import (
     MAX_METADATA_DEPTH,
@@ -30,9 +29,12 @@ from app.uploads.options import (
     make_options,
     parse_options,
 )
-from app.uploads.presigned_routes import RegisterRequest
+from app.uploads.presigned import PresignedUploads
+from app.uploads.presigned_routes import PresignedDep, RegisterRequest
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
+
+IntakeDep = Annotated[Intake, Depends(provided("intake"))]
 
 COMMON_ERRORS = not_found_response("attachment")
 # The JSON registration body is read whole before it is parsed, so it is capped: the options
@@ -89,8 +91,8 @@ RAW_BODY = {
 }
 
 
-def _created(res: Resources, row: Any) -> JSONResponse:
-    body = present(row, res.links)
+def _created(intake: Intake, row: Any) -> JSONResponse:
+    body = present(row, intake.links)
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/attachments/{row['id']}"})
 
 
@@ -103,24 +105,25 @@ def _created(res: Resources, row: Any) -> JSONResponse:
     summary="Upload a file (multipart/form-data, streamed), or register a presigned upload",
 )
 async def upload_multipart(
+    intake: IntakeDep,
+    presigned: PresignedDep,
     request: Request,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> JSONResponse:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        return await _register_presigned(request, app_id, res)
+        return await _register_presigned(request, app_id, presigned)
     if not content_type.startswith("multipart/"):
         raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
                                    " JSON {\"cached_key\"} after a presigned upload")
     with track_upload("multipart") as accepted:
-        row = await _upload_multipart(request, content_type, app_id, res)
+        row = await _upload_multipart(request, content_type, app_id, intake)
         accepted.append(row["size"])
-    return _created(res, row)
+    return _created(intake, row)
 
 
 async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
-                            res: Resources) -> Any:
+                            intake: Intake) -> Any:
     events = iter_multipart(request.stream(), boundary_of(content_type))
     fields: dict[str, str] = {}
     staged = None
@@ -137,19 +140,20 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                 # fields before the file (and its filename) are validated now, so a bad one
                 # costs no bytes; the slot's parts each alone, as the others may follow
                 check_early_options(fields)
-                staged = await intake.stage(res, app_id, fields.get("profile"),
+                staged = await intake.stage(app_id, fields.get("profile"),
                                              file_bytes(events))
         if staged is None:
             raise InvalidInput("the part 'file' is missing", field="file")
         options = parse_options(fields)
     except BaseException:
         if staged is not None:
-            await intake.discard(res, staged)
+            await intake.discard(staged)
         raise
-    return await intake.record(res, staged, options)
+    return await intake.record(staged, options)
 
 
-async def _register_presigned(request: Request, app_id: UUID, res: Resources) -> JSONResponse:
+async def _register_presigned(request: Request, app_id: UUID, presigned: PresignedUploads
+                              ) -> JSONResponse:
     raw = await _capped_body(request, MAX_REGISTER_BODY)
     # only metadata may nest (the body is one level more); checked before the parser sees it
     if json_nests_deeper(raw.decode("utf-8", "replace"), MAX_METADATA_DEPTH + 1):
@@ -165,9 +169,9 @@ async def _register_presigned(request: Request, app_id: UUID, res: Resources) ->
         client_metadata=body.metadata,
     )
     with track_upload("presigned") as accepted:
-        row = await presigned.register(res, app_id, body.cached_key, options)
+        row = await presigned.register(app_id, body.cached_key, options)
         accepted.append(row["size"])
-    return _created(res, row)
+    return _created(presigned.intake, row)
 
 
 async def _capped_body(request: Request, limit: int) -> bytes:
@@ -199,6 +203,7 @@ def _limited(limit: int, description: str | None = None) -> Any:
     description="`record_type`, `record_id` and `record_name`: all three or none (422).",
 )
 async def upload_raw(
+    intake: IntakeDep,
     request: Request,
     filename: str | None = Query(None),
     profile: str | None = Query(None),
@@ -210,7 +215,6 @@ async def upload_raw(
     # JSON text; app/openapi.py documents it as the ClientMetadata it must be
     metadata: str | None = Query(None),
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> JSONResponse:
     options = parse_options({
         "filename": filename, "profile": profile, "record_type": record_type,
@@ -218,12 +222,12 @@ async def upload_raw(
         "metadata": metadata,
     })
     # an unknown profile, or a declared length over the limit, is refused before the body
-    limit = res.profiles.get(options.profile).size_limit(res.settings.max_upload_size)
+    limit = intake.profiles.get(options.profile).size_limit(intake.settings.max_upload_size)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit():
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
     with track_upload("raw") as accepted:
-        row = await intake.upload(res, app_id, request.stream(), options)
+        row = await intake.upload(app_id, request.stream(), options)
         accepted.append(row["size"])
-    return _created(res, row)
+    return _created(intake, row)

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import email.utils
 from datetime import UTC
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_common import PROBLEM, path_id
-from app.deps import current_app_id, resources
+from app.deps import current_app_id, provided
 from app.errors import MalformedRequest
 from app.http_methods import allow_header
 from app.problems import ProblemRoute
-from app.resources import Resources
-from app.uploads import tus
 from app.uploads.options import (
     MAX_METADATA_BYTES,
     MAX_METADATA_DEPTH,
@@ -29,7 +27,7 @@ from app.uploads.options import (
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
 )
-from app.uploads.tus import UploadStatus
+from app.uploads.tus import TusUploads, UploadStatus
 from app.uploads.tus_protocol import (
     CHECKSUM_ALGORITHMS,
     MAX_LENGTH_HEADER,
@@ -67,6 +65,8 @@ async def require_tus_resumable(request: Request) -> None:
 
 router = APIRouter(prefix="/v1/tus", tags=["tus"], route_class=TusRoute,
                    dependencies=[Depends(require_tus_resumable)])
+
+TusDep = Annotated[TusUploads, Depends(provided("tus"))]
 
 TUS_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "Malformed tus header", **PROBLEM},
@@ -171,8 +171,8 @@ def _is_offset_stream(request: Request) -> bool:
     return ctype.split(";", 1)[0].strip().lower() == OFFSET_CONTENT_TYPE
 
 
-def _location(res: Resources, upload_id: UUID) -> str:
-    return f"{res.settings.public_url.rstrip('/')}/v1/tus/{upload_id}"
+def _location(tus: TusUploads, upload_id: UUID) -> str:
+    return f"{tus.settings.public_url.rstrip('/')}/v1/tus/{upload_id}"
 
 
 # --- discovery ---------------------------------------------------------------------------------
@@ -187,12 +187,12 @@ def _location(res: Resources, upload_id: UUID) -> str:
 @router.options("", status_code=204, response_class=Response, include_in_schema=False)
 @router.options("/{upload_id}", status_code=204, response_class=Response,
                 include_in_schema=False)
-async def discover(res: Resources = Depends(resources)) -> Response:
+async def discover(tus: TusDep) -> Response:
     return Response(status_code=204, headers={
         "Tus-Resumable": TUS_VERSION,
         "Tus-Version": TUS_VERSION,
         "Tus-Extension": ",".join(TUS_EXTENSIONS),
-        "Tus-Max-Size": str(tus.max_size(res)),
+        "Tus-Max-Size": str(tus.max_size()),
         "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
     })
 
@@ -219,9 +219,9 @@ async def discover(res: Resources = Depends(resources)) -> Response:
 )
 @router.post("", status_code=201, response_class=Response, include_in_schema=False)
 async def create_upload(
+    tus: TusDep,
     request: Request,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> Response:
     if request.headers.get("upload-concat"):
         raise MalformedRequest("the concatenation extension is not supported")
@@ -231,14 +231,14 @@ async def create_upload(
     with_body = _is_offset_stream(request)
     checksum = parse_checksum(request.headers.get("upload-checksum")) if with_body else None
     content_length = _content_length(request) if with_body else None
-    status = await tus.create(res, app_id, length=length,
+    status = await tus.create(app_id, length=length,
                               metadata_header=request.headers.get("upload-metadata"))
-    location = _location(res, status.id)
+    location = _location(tus, status.id)
     if with_body and content_length != 0 and status.offset < status.length:
         # the upload exists: should the bytes fail, the error tells the client where it is,
         # so it can resume
         request.state.tus_error_headers = {"Location": location}
-        status = await tus.append(res, app_id, status.id, offset=0, chunks=request.stream(),
+        status = await tus.append(app_id, status.id, offset=0, chunks=request.stream(),
                                   content_length=content_length, checksum=checksum)
     return Response(status_code=201, headers={"Location": location, **_status_headers(status)})
 
@@ -256,11 +256,11 @@ async def create_upload(
                    "Stowage-Attachment-Id")}},
 )
 async def head_upload(
+    tus: TusDep,
     upload_id: str,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> Response:
-    status = await tus.status(res, app_id, _upload_id(upload_id))
+    status = await tus.status(app_id, _upload_id(upload_id))
     headers = {**_status_headers(status), "Upload-Length": str(status.length),
                "Cache-Control": "no-store"}
     if status.metadata_header:
@@ -283,17 +283,17 @@ async def head_upload(
                460: {"description": "Upload-Checksum mismatch; bytes discarded", **PROBLEM}},
 )
 async def patch_upload(
+    tus: TusDep,
     upload_id: str,
     request: Request,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> Response:
     if not _is_offset_stream(request):
         raise TusWrongContentType(f"send the bytes as Content-Type: {OFFSET_CONTENT_TYPE}")
     upload = _upload_id(upload_id)
     offset = parse_length("Upload-Offset", request.headers.get("upload-offset"))
     checksum = parse_checksum(request.headers.get("upload-checksum"))
-    status = await tus.append(res, app_id, upload, offset=offset, chunks=request.stream(),
+    status = await tus.append(app_id, upload, offset=offset, chunks=request.stream(),
                               content_length=_content_length(request), checksum=checksum)
     return Response(status_code=204, headers=_status_headers(status))
 
@@ -305,29 +305,29 @@ async def patch_upload(
     responses=TUS_ERRORS,
 )
 async def delete_upload(
+    tus: TusDep,
     upload_id: str,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> Response:
-    await tus.terminate(res, app_id, _upload_id(upload_id))
+    await tus.terminate(app_id, _upload_id(upload_id))
     return Response(status_code=204)
 
 
 @router.post("/{upload_id}", response_class=Response, include_in_schema=False)
 async def method_override(
+    tus: TusDep,
     upload_id: str,
     request: Request,
     app_id: UUID = Depends(current_app_id),
-    res: Resources = Depends(resources),
 ) -> Response:
     """``X-HTTP-Method-Override``: for clients behind proxies that allow only GET and POST."""
     method = request.headers.get("x-http-method-override", "").strip().upper()
     if method == "PATCH":
-        return await patch_upload(upload_id, request, app_id, res)
+        return await patch_upload(tus, upload_id, request, app_id)
     if method == "DELETE":
-        return await delete_upload(upload_id, app_id, res)
+        return await delete_upload(tus, upload_id, app_id)
     if method == "HEAD":
-        return await head_upload(upload_id, app_id, res)
+        return await head_upload(tus, upload_id, app_id)
     # without an override, POST is no method of an upload: 405 naming those it has
     raise StarletteHTTPException(405, "POST to an upload needs X-HTTP-Method-Override:"
                                  " PATCH, DELETE or HEAD",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -16,10 +16,8 @@ from app.api_common import (
     not_found_response,
     path_id,
 )
-from app.deps import current_app_id, resources
+from app.deps import current_app_id, provided
 from app.errors import NotFound, WebhookEndpointNotFound
-from app.resources import Resources
-from app.webhooks import service
 from app.webhooks.schemas import (
     DeliveryList,
     DeliveryOut,
@@ -30,8 +28,11 @@ from app.webhooks.schemas import (
     present_delivery,
     present_endpoint,
 )
+from app.webhooks.service import Webhooks
 
 router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+
+WebhooksDep = Annotated[Webhooks, Depends(provided("webhooks"))]
 ERRORS = not_found_response("webhook endpoint")
 
 
@@ -41,59 +42,56 @@ def _endpoint_id(value: str) -> UUID:
 
 @router.post("", status_code=201, response_model=EndpointOut, responses=ERRORS,
              summary="Subscribe a URL to events; the answer holds its signing secret")
-async def create_endpoint(body: EndpointCreate, app_id: UUID = Depends(current_app_id),
-                          res: Resources = Depends(resources)) -> JSONResponse:
-    row = await service.create_endpoint(res, app_id, body.url, body.events, body.description)
+async def create_endpoint(webhooks: WebhooksDep, body: EndpointCreate,
+                          app_id: UUID = Depends(current_app_id)) -> JSONResponse:
+    row = await webhooks.create_endpoint(app_id, body.url, body.events, body.description)
     return JSONResponse(present_endpoint(row), status_code=201,
                         headers={"Location": f"/v1/webhook-endpoints/{row['id']}"})
 
 
 @router.get("", response_model=EndpointList, responses=ERRORS, summary="List endpoints")
-async def list_endpoints(cursor: str | None = cursor_query(),
+async def list_endpoints(webhooks: WebhooksDep, cursor: str | None = cursor_query(),
                          limit: int = Query(50, ge=1, le=200),
-                         app_id: UUID = Depends(current_app_id),
-                         res: Resources = Depends(resources)) -> dict[str, Any]:
-    page = await service.list_endpoints(res, app_id, decode_cursor(cursor), limit)
+                         app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+    page = await webhooks.list_endpoints(app_id, decode_cursor(cursor), limit)
     return {"items": [present_endpoint(r) for r in page.items],
             "next_cursor": encode_cursor(page.next_before)}
 
 
 @router.get("/{endpoint_id}", response_model=EndpointOut, responses=ERRORS,
             summary="Get an endpoint")
-async def get_endpoint(endpoint_id: str, app_id: UUID = Depends(current_app_id),
-                       res: Resources = Depends(resources)) -> dict[str, Any]:
-    return present_endpoint(await service.get_endpoint(res, app_id, _endpoint_id(endpoint_id)))
+async def get_endpoint(webhooks: WebhooksDep, endpoint_id: str,
+                       app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+    return present_endpoint(await webhooks.get_endpoint(app_id, _endpoint_id(endpoint_id)))
 
 
 @router.patch("/{endpoint_id}", response_model=EndpointOut, responses=ERRORS,
               summary="Change url, events, description, enabled; rotate the secret")
-async def patch_endpoint(endpoint_id: str, body: EndpointPatch,
-                         app_id: UUID = Depends(current_app_id),
-                         res: Resources = Depends(resources)) -> dict[str, Any]:
+async def patch_endpoint(webhooks: WebhooksDep, endpoint_id: str, body: EndpointPatch,
+                         app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
     patch = body.model_dump(exclude_unset=True)
     for key in ("url", "enabled"):  # explicit nulls mean nothing for these
         if key in patch and patch[key] is None:
             del patch[key]
-    row = await service.update_endpoint(res, app_id, _endpoint_id(endpoint_id), patch)
+    row = await webhooks.update_endpoint(app_id, _endpoint_id(endpoint_id), patch)
     return present_endpoint(row)
 
 
 @router.delete("/{endpoint_id}", status_code=204, responses=ERRORS, summary="Delete an endpoint")
-async def delete_endpoint(endpoint_id: str, app_id: UUID = Depends(current_app_id),
-                          res: Resources = Depends(resources)) -> Response:
-    await service.delete_endpoint(res, app_id, _endpoint_id(endpoint_id))
+async def delete_endpoint(webhooks: WebhooksDep, endpoint_id: str,
+                          app_id: UUID = Depends(current_app_id)) -> Response:
+    await webhooks.delete_endpoint(app_id, _endpoint_id(endpoint_id))
     return Response(status_code=204)
 
 
 @router.get("/{endpoint_id}/deliveries", response_model=DeliveryList, responses=ERRORS,
             summary="The delivery log, newest first")
-async def list_deliveries(endpoint_id: str,
+async def list_deliveries(webhooks: WebhooksDep, endpoint_id: str,
                           status: Literal["pending", "delivered", "failed"] | None = None,
                           cursor: str | None = cursor_query(),
                           limit: int = Query(50, ge=1, le=200),
-                          app_id: UUID = Depends(current_app_id),
-                          res: Resources = Depends(resources)) -> dict[str, Any]:
-    page = await service.list_deliveries(res, app_id, _endpoint_id(endpoint_id), status,
+                          app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+    page = await webhooks.list_deliveries(app_id, _endpoint_id(endpoint_id), status,
                                          decode_cursor(cursor), limit)
     return {"items": [present_delivery(r) for r in page.items],
             "next_cursor": encode_cursor(page.next_before)}
@@ -101,10 +99,9 @@ async def list_deliveries(endpoint_id: str,
 
 @router.post("/{endpoint_id}/deliveries/{delivery_id}/retry", status_code=202,
              response_model=DeliveryOut, responses=ERRORS, summary="Deliver again now")
-async def retry_delivery(endpoint_id: str, delivery_id: str,
-                         app_id: UUID = Depends(current_app_id),
-                         res: Resources = Depends(resources)) -> JSONResponse:
-    row = await service.retry_delivery(res, app_id, _endpoint_id(endpoint_id),
+async def retry_delivery(webhooks: WebhooksDep, endpoint_id: str, delivery_id: str,
+                         app_id: UUID = Depends(current_app_id)) -> JSONResponse:
+    row = await webhooks.retry_delivery(app_id, _endpoint_id(endpoint_id),
                                        path_id(delivery_id, NotFound))
     return JSONResponse(present_delivery(row), status_code=202)
 
@@ -112,7 +109,7 @@ async def retry_delivery(endpoint_id: str, delivery_id: str,
 @router.post("/{endpoint_id}/test", status_code=202, response_model=DeliveryOut,
              responses={**ERRORS, 409: {"description": "The endpoint is disabled", **PROBLEM}},
              summary="Send a webhook.test event to this endpoint")
-async def test_endpoint(endpoint_id: str, app_id: UUID = Depends(current_app_id),
-                        res: Resources = Depends(resources)) -> JSONResponse:
-    row = await service.send_test(res, app_id, _endpoint_id(endpoint_id))
+async def test_endpoint(webhooks: WebhooksDep, endpoint_id: str,
+                        app_id: UUID = Depends(current_app_id)) -> JSONResponse:
+    row = await webhooks.send_test(app_id, _endpoint_id(endpoint_id))
     return JSONResponse(present_delivery(row), status_code=202)
