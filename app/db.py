@@ -107,4 +107,9 @@ async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
         command_timeout=30,
         timeout=5,
         max_inactive_connection_lifetime=60,
+        # No JIT: every query here reads a handful of rows by index, yet a planner estimate
+        # over jit_above_cost (a generate_series it guesses at 1,000 rows) made Postgres
+        # compile the dashboard's hourly chart for ~125 ms to run it in 2 ms
+        # (bench/scale.py at 1 M rows). asyncpg's own advice for short queries.
+        server_settings={"jit": "off"},
     )
