@@ -40,6 +40,12 @@ def _grace(value: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of 1 or more: {value!r}")
+    return int(value)
+
+
 async def _with_pool(settings: Settings, fn: Callable[[Any], Awaitable[Any]]) -> Any:
     from app.db import create_pool
 
@@ -235,9 +241,14 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.main import create_app
-    from app.server import GracefulServer, StartupErrors
+    from app.server import GracefulServer, StartupErrors, serve_processes, usable_cpus
 
     _require_secret_key(settings)
+    workers = args.workers or settings.api_workers or usable_cpus()
+    if workers > 1:
+        # the processes would each refuse a bad configuration; say it once, as below
+        asyncio.run(_check_services(settings))
+        return serve_processes(settings, args.host, args.port, workers)
     # SIGTERM: stop accepting, let in-flight uploads finish within the grace period, exit 0
     app = StartupErrors(create_app(settings))
     config = uvicorn.Config(app, host=args.host, port=args.port,
@@ -253,6 +264,15 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         raise
     # a failed start (port taken) returns from serve() without having served
     return 0 if server.started else 3
+
+
+async def _check_services(settings: Settings) -> None:
+    """Build the services once and close them: what each API process does first (profiles,
+    Postgres, Redis, the storages and their identity), with its ConfigErrors."""
+    from app.bootstrap import build_services
+
+    async with build_services(settings):
+        pass
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -344,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.add_argument("--host", default="127.0.0.1")
         p.add_argument("--port", type=int, default=8000)
+        if fn is cmd_serve:
+            p.add_argument("--workers", type=_positive, default=0, metavar="N",
+                           help="API processes (default: STOWAGE_API_WORKERS, else one per"
+                           " core this process may use)")
         p.set_defaults(fn=fn)
     p = sub.add_parser("worker", help="run the arq worker (promotion, deletion, webhooks, sweeps)")
     p.set_defaults(fn=cmd_worker)

@@ -80,6 +80,8 @@ class Settings(BaseSettings):
     # it is this old (the API enqueues right after its commit; this covers that moment).
     stale_job_after: int = Field(default=5, gt=0)
     worker_max_jobs: int = Field(default=10, gt=0)
+    # `stowage serve` processes; 0: one per core the process may use (`--workers` wins)
+    api_workers: int = Field(default=0, ge=0)
     download_url_ttl: int = Field(default=3600, gt=0)
     # an incomplete tus upload untouched this long is removed (S3 multipart aborted)
     tus_expiry: int = Field(default=24 * 3600, gt=0)

@@ -394,6 +394,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="load generator (default wrk; see the docstring)")
     p.add_argument("--targets", type=choice_list(TARGET_KEYS), default=list(TARGET_KEYS),
                    help=f"comma-separated, default all: {','.join(TARGET_KEYS)}")
+    p.add_argument("--api-workers", type=int, default=0, metavar="N",
+                   help="`stowage serve` processes (default 0: serve's default, one per core)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     p.add_argument("--peer-dir", type=Path, default=DEFAULT_PEER_DIR)
     p.add_argument("--pg", default=DEFAULT_PG)
@@ -414,7 +416,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         targets: list[Target] = []
         if keys & {"stowage-raw", "stowage-multipart"}:
-            stowage = start_stowage(stack, tmp, args.pg, args.redis)
+            # 0: what `stowage serve` picks by default (one process per core)
+            stowage = start_stowage(stack, tmp, args.pg, args.redis, extra_env={
+                "STOWAGE_API_WORKERS": str(args.api_workers)})
             cache = tmp / "stowage-cache"
             cache.mkdir(exist_ok=True)
             targets += stowage_targets(stowage, cache, body, keys)
@@ -426,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.client == "wrk":
             ensure_wrk()
         print(f"{args.size} bytes per upload, {args.concurrency} in flight, {args.duration:g} s"
-              f" per run, {args.runs} run(s), client {args.client}", flush=True)
+              f" per run, {args.runs} run(s), client {args.client}, Stowage API processes"
+              f" {args.api_workers or 'default (one per core)'}", flush=True)
         runs = run_targets(targets, args, tmp)
     rows = summarise(runs)
     print()
@@ -437,7 +442,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "params": {"size_bytes": args.size, "concurrency": args.concurrency,
                    "duration_s": args.duration, "runs": args.runs, "client": args.client,
-                   "tus_node_creation_with_upload": with_upload},
+                   "tus_node_creation_with_upload": with_upload,
+                   "api_workers": args.api_workers or None},
         "results": rows,
     })
     print(f"\nJSON: {args.json}")

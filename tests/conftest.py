@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -288,6 +289,8 @@ def process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subproc
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            with contextlib.suppress(ProcessLookupError):  # what it started (serve's processes)
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def wait_http(url: str, timeout: float = 20.0) -> None:

@@ -3,11 +3,19 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from app.errors import StowageError
 
@@ -39,16 +47,32 @@ WEBHOOK_DELIVERIES = Counter("stowage_webhook_attempts_total",
 WEBHOOK_SECONDS = Histogram("stowage_webhook_attempt_duration_seconds",
                             "Webhook attempt duration", buckets=_SIZE_BUCKETS,
                             registry=REGISTRY)
-QUEUE_DEPTH = Gauge("stowage_queue_depth", "Jobs waiting in the arq queue", registry=REGISTRY)
+# Gauges read from their source at scrape time: with several API processes
+# (PROMETHEUS_MULTIPROC_DIR) the value of the process that served the last scrape is the one
+# (livemostrecent); counters and histograms are summed over the processes.
+_READ_AT_SCRAPE = "livemostrecent"
+QUEUE_DEPTH = Gauge("stowage_queue_depth", "Jobs waiting in the arq queue", registry=REGISTRY,
+                    multiprocess_mode=_READ_AT_SCRAPE)
 JOBS_IN_PROGRESS = Gauge("stowage_jobs_in_progress", "Jobs running on some worker",
-                         registry=REGISTRY)
+                         registry=REGISTRY, multiprocess_mode=_READ_AT_SCRAPE)
 ATTACHMENTS = Gauge("stowage_attachments", "Attachments by state", ["state"],
-                    registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode=_READ_AT_SCRAPE)
 DELIVERIES = Gauge("stowage_webhook_deliveries", "Webhook deliveries by status", ["status"],
-                   registry=REGISTRY)
+                   registry=REGISTRY, multiprocess_mode=_READ_AT_SCRAPE)
 DEPENDENCY_UP = Gauge("stowage_worker_dependency_up",
                       "1 while the worker reaches the dependency, 0 while it does not",
                       ["dependency"], registry=REGISTRY)
+
+
+def exposition() -> bytes:
+    """The text /metrics answers: this process's registry, or, when `stowage serve` runs
+    several processes (it sets PROMETHEUS_MULTIPROC_DIR for them), every process's values
+    from the shared directory (counters and histograms summed)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry)
 
 
 def serve_worker_metrics(host: str, first_port: int, ports: int) -> int | None:

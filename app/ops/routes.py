@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.deps import provided
 from app.observability import metrics
@@ -44,4 +44,4 @@ async def metrics_endpoint(gauges: Annotated[Gauges, Depends(provided("gauges"))
         await gauges.refresh()
     except Exception as e:  # a scrape must still show the counters when a dependency is down
         log.warning("gauges not refreshed: %s", e)
-    return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
