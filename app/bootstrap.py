@@ -19,6 +19,8 @@ from arq.connections import ArqRedis
 from app.attachments.links import Links
 from app.attachments.service import Attachments
 from app.attachments.watch import StateWatcher
+from app.auth.key_cache import KeyCache
+from app.auth.service import ApiKeys
 from app.config import Settings
 from app.dashboard.service import Dashboard
 from app.db import create_pool as create_db_pool
@@ -64,6 +66,8 @@ class Services:
     watcher: StateWatcher
     links: Links
     tus_digests: RunningDigests
+    key_cache: KeyCache
+    api_keys: ApiKeys = field(init=False)
     webhooks: Webhooks = field(init=False)
     attachments: Attachments = field(init=False)
     intake: Intake = field(init=False)
@@ -81,6 +85,7 @@ class Services:
 
     def wire(self) -> None:
         """(Re)build every service from the parts, bottom up."""
+        self.api_keys = ApiKeys(pool=self.pool, cache=self.key_cache)
         self.webhooks = Webhooks(pool=self.pool, jobs=self.jobs, redis=self.redis,
                                  http=self.http, settings=self.settings)
         self.attachments = Attachments(
@@ -158,6 +163,8 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(http.aclose)
         watcher = StateWatcher(settings.database_url)
         stack.push_async_callback(watcher.close)
+        key_cache = KeyCache(settings.database_url)
+        stack.push_async_callback(key_cache.close)
         yield Services(
             settings=settings,
             pool=pool,
@@ -172,4 +179,5 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
                         event_ttl=event_link_ttl(settings),
                         public_profiles=profiles.public_names()),
             tus_digests=RunningDigests(),
+            key_cache=key_cache,
         )

@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.auth.service import authenticate
+from app.auth.service import ApiKeys
 from app.config import Settings
 from app.errors import Unauthorized
 
@@ -46,7 +46,7 @@ async def current_app_id(
 ) -> UUID:
     if credentials is None:
         raise Unauthorized("Authorization: Bearer <api key> is required")
-    app_id = await authenticate(request.app.state.services.pool,
-                                f"Bearer {credentials.credentials}")
+    keys: ApiKeys = service_of(request, "api_keys")
+    app_id = await keys.authenticate(f"Bearer {credentials.credentials}")
     request.state.app_id = app_id
     return app_id

@@ -485,7 +485,8 @@ async def test_long_poll_answers_when_its_listen_connection_is_lost(hooks):
     async with res.pool.acquire() as conn:
         killed = await conn.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN%'")
+            " WHERE datname = current_database()"
+            " AND query LIKE 'LISTEN%stowage_attachment_state%'")
     assert killed == 1
     r = await asyncio.wait_for(poll, 5)  # answered with the current state, not left hanging
     assert r.status_code == 200 and r.json()["state"] == "cached"

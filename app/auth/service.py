@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from app.auth import repository as repo
+from app.auth.key_cache import KeyCache
 from app.errors import AppNotFound, InvalidInput, InvalidState, NotFound, Unauthorized
 from app.ids import uuid7
 
@@ -108,17 +109,30 @@ async def revoke_key(pool: asyncpg.Pool, key_id: UUID) -> asyncpg.Record:
     return row
 
 
-async def authenticate(pool: asyncpg.Pool, authorization: str | None) -> UUID:
-    """The app behind an ``Authorization: Bearer <key>`` header, or Unauthorized."""
+def bearer_token(authorization: str | None) -> str:
     if not authorization:
         raise Unauthorized("Authorization: Bearer <api key> is required")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("Authorization must be 'Bearer <api key>'")
-    # Looked up by hash every time (no cache), so a revoked key stops working at once.
-    async with pool.acquire() as conn:
-        app_id = await repo.app_id_for_key_hash(conn, hash_key(token))
-    if app_id is None:
-        raise Unauthorized("unknown or revoked API key")
-    return app_id
+    return token
+
+
+class ApiKeys:
+    """The API's key check: the app of a request's key, kept in memory between requests
+    until any key changes (KeyCache), so a revoked key is refused at once."""
+
+    def __init__(self, *, pool: asyncpg.Pool, cache: KeyCache) -> None:
+        self.pool = pool
+        self.cache = cache
+
+    async def _lookup(self, key_hash: bytes) -> UUID | None:
+        async with self.pool.acquire() as conn:
+            return await repo.app_id_for_key_hash(conn, key_hash)
+
+    async def authenticate(self, authorization: str | None) -> UUID:
+        app_id = await self.cache.app_for(hash_key(bearer_token(authorization)), self._lookup)
+        if app_id is None:
+            raise Unauthorized("unknown or revoked API key")
+        return app_id
