@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 
 from app.observability.logs import request_id_var
 
@@ -43,23 +46,40 @@ def redis_settings(settings: Settings) -> RedisSettings:
     return rs
 
 
+# arq's enqueue_job, in one round trip instead of three (WATCH + EXISTS, then MULTI/EXEC):
+# the same keys, the same serialized job and the same rule (a job id that is queued, running
+# or has a result is not enqueued again), done atomically by Redis. ~1.6× fewer microseconds
+# per enqueue on the upload path: bench/enqueue.py.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
 class JobQueue:
     def __init__(self, redis: ArqRedis, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.delivery_queue_name = delivery_queue(queue_name)
+        self._script = redis.register_script(_ENQUEUE)
 
     async def _enqueue(self, function: str, job_id: str, *args: object,
                        defer_by: float | None = None, queue: str | None = None) -> bool:
+        now = timestamp_ms()
+        score = now + round(defer_by * 1000) if defer_by else now
+        job = serialize_job(function, args, {"request_id": request_id_var.get()}, None, now,
+                            serializer=self.redis.job_serializer)
         try:
-            job = await self.redis.enqueue_job(
-                function, *args, _job_id=job_id, _queue_name=queue or self.queue_name,
-                _defer_by=defer_by, request_id=request_id_var.get(),
-            )
+            added = await self._script(
+                keys=[job_key_prefix + job_id, result_key_prefix + job_id,
+                      queue or self.queue_name],
+                args=[score - now + self.redis.expires_extra_ms, job, score, job_id])
         except Exception as e:  # Redis down: the sweep re-enqueues from Postgres
             log.warning("enqueue %s failed (%s); the sweep will retry", job_id, e)
             return False
-        return job is not None
+        return bool(added)
 
     async def promote(self, att_id: UUID, generation: int) -> bool:
         # The generation is in the id so that a re-promotion after a change is a new job.
