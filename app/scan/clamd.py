@@ -3,7 +3,8 @@
 Spoken directly rather than through a library: the protocol is a few lines, and the
 maintained asyncio clients either read the whole file into memory or treat a size-limit
 reply as an ordinary answer. Every command uses the `z` form (NUL-terminated command and
-reply) on a connection of its own, which is how clamd expects one-shot commands.
+reply) on a connection of its own, which is how clamd expects one-shot commands. Raw
+non-blocking sockets (loop.sock_*), not asyncio streams: see `scan` for why.
 
 INSTREAM: after `zINSTREAM\\0`, the file goes as chunks, each prefixed by its length as a
 4-byte big-endian integer, and a zero-length chunk ends it. clamd answers
@@ -22,9 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
 import struct
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
@@ -37,6 +40,7 @@ DEFAULT_SCAN_TIMEOUT = 130.0
 
 _LENGTH = struct.Struct(">I")
 _END_OF_STREAM = _LENGTH.pack(0)
+_MAX_REPLY = 64 * 1024  # a signature name is short; more is not clamd
 _FOUND = re.compile(r"^stream: (?P<signature>.+) FOUND$")
 # "ClamAV 1.4.6/27480/Thu Dec  4 09:31:02 2026", or only "ClamAV 1.4.6" with no versioned
 # database (official .cvd/.cld, or an unsigned .cud) loaded
@@ -175,35 +179,46 @@ class Clamd:
         # the database version goes with the verdict (metadata.scan); asked first, so a
         # reload during the scan reports the older database, and a rescan follows later
         version = await self.version()
-        reader, writer = await self._connect()
+        sock = await self._connect()
+        # read while sending: clamd answers early past its StreamMaxLength, and then closes
+        reply_task = asyncio.ensure_future(_read_reply(sock))
         try:
-            reply_task = asyncio.ensure_future(reader.readuntil(b"\0"))
             try:
-                sent = await self._send_stream(writer, chunks, reply_task, max_bytes)
-                async with asyncio.timeout(self.scan_timeout):
-                    raw = await asyncio.shield(reply_task)
-            except (asyncio.IncompleteReadError, ConnectionError, OSError, TimeoutError) as exc:
-                # clamd closes on us past its StreamMaxLength: the reply may still be there
-                raw = _reply_if_done(reply_task)
-                if raw is None:
-                    raise ClamdUnavailable(
-                        f"clamd at {self.url} failed during a scan: {_describe(exc)}") from exc
-                sent = None
-            finally:
-                if not reply_task.done():
-                    reply_task.cancel()
-                elif not reply_task.cancelled():
-                    reply_task.exception()  # retrieved: no "never retrieved" warning
+                sent, complete = await self._send_stream(sock, chunks, reply_task, max_bytes)
+            except OSError as exc:
+                # clamd closed on us (its size limit, or it died): an answer already sent is
+                # still in the socket's buffer, which a raw socket (unlike asyncio's streams,
+                # which drop it on a write error) can read
+                sent, complete = None, False
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        raw = await reply_task
+                except OSError:
+                    raise ClamdUnavailable(f"clamd at {self.url} failed during a scan: "
+                                           f"{_describe(exc)}") from exc
+            else:
+                try:
+                    async with asyncio.timeout(self.scan_timeout):
+                        raw = await reply_task
+                except OSError as exc:
+                    raise ClamdUnavailable(f"clamd at {self.url} failed during a scan: "
+                                           f"{_describe(exc)}") from exc
         finally:
-            await _close(writer)
+            if not reply_task.done():
+                reply_task.cancel()
+                await asyncio.wait([reply_task])
+            if not reply_task.cancelled():
+                reply_task.exception()  # retrieved: no "never retrieved" warning
+            _close(sock)
         reply = _decode(raw)
         if reply.endswith(" ERROR"):
             if "size limit exceeded" in reply:
                 raise ScanTooLarge(f"the file exceeds clamd's StreamMaxLength ({self.url}): "
                                    "not scanned", limit=max_bytes)
             raise ClamdError(f"clamd at {self.url}: {reply}")
-        if sent is None:
-            raise ClamdUnavailable(f"clamd at {self.url} closed the stream early: {reply!r}")
+        if not complete or sent is None:
+            raise ClamdUnavailable(f"clamd at {self.url} answered before the end of the "
+                                   f"stream: {reply!r}")
         if reply == "stream: OK":
             return ScanResult(True, None, version.engine, version.database, sent)
         found = _FOUND.match(reply)
@@ -211,28 +226,28 @@ class Clamd:
             raise ClamdUnavailable(f"clamd at {self.url} answered INSTREAM with {reply!r}")
         return ScanResult(False, found["signature"], version.engine, version.database, sent)
 
-    async def _send_stream(self, writer: asyncio.StreamWriter, chunks: AsyncIterable[bytes],
-                           reply_task: asyncio.Future[bytes], max_bytes: int | None) -> int:
-        """Send `chunks` re-cut to `chunk_size` and the end mark; the number of bytes sent.
-        Stops early when clamd answers before the end (its size limit)."""
+    async def _send_stream(self, sock: socket.socket, chunks: AsyncIterable[bytes],
+                           reply_task: asyncio.Future[bytes],
+                           max_bytes: int | None) -> tuple[int, bool]:
+        """Send `chunks` re-cut to `chunk_size`, then the end mark: (bytes sent, whether all
+        were). Stops early when clamd answers before the end (its size limit)."""
+        loop = asyncio.get_running_loop()
         size = self.chunk_size
         pending = bytearray()  # less than one chunk, held back to fill the next one
         total = 0
 
-        async def send(piece: bytes | bytearray | memoryview) -> None:
-            writer.write(_LENGTH.pack(len(piece)))
-            writer.write(piece)
+        async def send(data: bytes | bytearray | memoryview) -> None:
             async with asyncio.timeout(self.timeout):
-                await writer.drain()
+                await loop.sock_sendall(sock, data)
 
-        writer.write(b"zINSTREAM\0")
+        await send(b"zINSTREAM\0")
         async for chunk in chunks:
             total += len(chunk)
             if max_bytes is not None and total > max_bytes:
                 raise ScanTooLarge(f"the file exceeds clamd's StreamMaxLength of {max_bytes} "
                                    "bytes: not scanned", limit=max_bytes)
             if reply_task.done():
-                return total  # clamd gave its answer early: stop feeding it
+                return total, False  # clamd gave its answer early: stop feeding it
             view = memoryview(chunk)
             if pending:
                 take = size - len(pending)
@@ -240,51 +255,91 @@ class Clamd:
                 view = view[take:]
                 if len(pending) < size:
                     continue
-                await send(pending)
+                await send(_LENGTH.pack(size) + pending)
                 pending = bytearray()
             while len(view) >= size:
+                await send(_LENGTH.pack(size))
                 await send(view[:size])
                 view = view[size:]
             pending += view
         if pending:
-            await send(pending)
-        writer.write(_END_OF_STREAM)
-        async with asyncio.timeout(self.timeout):
-            await writer.drain()
-        return total
+            await send(_LENGTH.pack(len(pending)) + pending)
+        await send(_END_OF_STREAM)
+        return total, True
 
     async def _command(self, command: bytes) -> str:
-        reader, writer = await self._connect()
+        sock = await self._connect()
+        loop = asyncio.get_running_loop()
         try:
-            writer.write(command)
             async with asyncio.timeout(self.timeout):
-                await writer.drain()
-                raw = await reader.readuntil(b"\0")
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
-                OSError, TimeoutError) as exc:
+                await loop.sock_sendall(sock, command)
+                raw = await _read_reply(sock)
+        except OSError as exc:
             raise ClamdUnavailable(
                 f"clamd at {self.url} did not answer {command[1:-1].decode()}: "
                 f"{_describe(exc)}") from exc
         finally:
-            await _close(writer)
+            _close(sock)
         return _decode(raw)
 
-    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _connect(self) -> socket.socket:
+        """A connected non-blocking socket; ClamdUnavailable when none can be had in time."""
+        loop = asyncio.get_running_loop()
         address = self._address
         try:
             async with asyncio.timeout(self.timeout):
                 if address.path is not None:
-                    return await asyncio.open_unix_connection(address.path)
-                return await asyncio.open_connection(address.host, address.port)
-        except (OSError, TimeoutError) as exc:
+                    targets: list[tuple[int, Any]] = [(socket.AF_UNIX, address.path)]
+                else:
+                    infos = await loop.getaddrinfo(address.host, address.port,
+                                                   type=socket.SOCK_STREAM)
+                    targets = [(family, addr) for family, _, _, _, addr in infos]
+                error: OSError = OSError("no address")
+                for family, target in targets:
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    sock.setblocking(False)
+                    try:
+                        await loop.sock_connect(sock, target)
+                        return sock
+                    except OSError as exc:
+                        _close(sock)
+                        error = exc
+                    except BaseException:
+                        _close(sock)
+                        raise
+                raise error
+        except OSError as exc:
             raise ClamdUnavailable(f"clamd at {self.url} is unreachable: {_describe(exc)}") \
                 from exc
 
 
-def _reply_if_done(task: asyncio.Future[bytes]) -> bytes | None:
-    if task.done() and not task.cancelled() and task.exception() is None:
-        return task.result()
-    return None
+async def _read_reply(sock: socket.socket) -> bytes:
+    """One NUL-terminated reply; ConnectionResetError if clamd closes without one."""
+    loop = asyncio.get_running_loop()
+    reply = b""
+    while b"\0" not in reply:
+        if len(reply) > _MAX_REPLY:
+            raise ConnectionResetError(f"an endless reply: {reply[:100]!r}…")
+        data = await loop.sock_recv(sock, 4096)
+        if not data:
+            if reply:
+                return reply
+            raise ConnectionResetError("clamd closed the connection without an answer")
+        reply += data
+    return reply[:reply.index(b"\0")]
+
+
+def _close(sock: socket.socket) -> None:
+    """Close a socket the loop may still watch. A cancelled sock_recv/sock_connect leaves
+    a callback that unregisters its file descriptor on the next turn of the loop; removing
+    the registration now disarms it, so it cannot hit a new socket given the same number."""
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(ValueError, OSError):  # already closed
+        fd = sock.fileno()
+        if fd >= 0:
+            loop.remove_reader(fd)
+            loop.remove_writer(fd)
+    sock.close()
 
 
 def _decode(raw: bytes) -> str:
@@ -295,10 +350,3 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return str(exc) or type(exc).__name__
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    writer.close()
-    with contextlib.suppress(OSError, TimeoutError):
-        async with asyncio.timeout(1):
-            await writer.wait_closed()
