@@ -179,6 +179,37 @@ async def test_clamd_killed_mid_scan_is_unavailable() -> None:
         assert time.monotonic() - started < 5
 
 
+async def test_a_failing_source_is_not_clamd_being_down(clamd: ClamdServer) -> None:
+    # a cache file that cannot be read raises its own error, not ClamdUnavailable (which
+    # would have the promotion wait for a clamd that is fine)
+    async def unreadable() -> AsyncIterator[bytes]:
+        yield os.urandom(300 * 1024)
+        raise FileNotFoundError("cache/abc: gone")
+
+    client = Clamd(clamd.unix_url)
+    with pytest.raises(FileNotFoundError, match="gone"):
+        await client.scan(unreadable())
+    assert (await client.scan(stream(EICAR))).signature == scanned_name(EICAR_SIGNATURE)
+
+
+async def test_a_cancelled_scan_leaves_nothing_behind(clamd: ClamdServer) -> None:
+    # a job timeout cancels the scan mid-stream; the next scans on the same loop still work
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield os.urandom(64 * 1024)
+            await asyncio.sleep(0.01)  # well under StreamMaxLength (1M) by the cancel
+
+    client = Clamd(clamd.unix_url, timeout=2.0)
+    for _ in range(3):
+        task = asyncio.create_task(client.scan(endless()))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        result = await client.scan(stream(MARKER))
+        assert result.signature == scanned_name(MARKER_SIGNATURE)
+
+
 async def _peer(reply: bytes | None) -> tuple[asyncio.Server, str]:
     """A socket peer that reads what it is sent and answers `reply` to the first command
     (None: never answers): for the replies a healthy clamd does not give on demand."""
