@@ -6,8 +6,10 @@ database (`sigtool --unsigned` → daily.cud, which gives clamd a database versi
 and runs Debian's `clamd` in the foreground on a socket in its own folder. scripts/test
 installs clamav-daemon and clamav; nothing here skips when they are missing.
 
-Use the session fixture `clamd` (unix socket and TCP, StreamMaxLength 1M) by naming this
-module in a test module's `pytest_plugins`, or `start_clamd(...)` for a clamd of one's own.
+The session fixture `clamd` (unix socket and TCP, StreamMaxLength 1M) is there for every
+test (tests/conftest.py names this module in `pytest_plugins`); `start_clamd(...)` gives a
+clamd of one's own (another StreamMaxLength; one to stop and start again, `stop()`/`start()`
+keep its socket and port; one to add a signature to, `add_body_signature`).
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from tests.clamd_server import (
     MARKER_SIGNATURE,
     ClamdServer,
     free_port,
+    require,
     scanned_name,
     start_clamd,
 )
@@ -334,3 +335,33 @@ async def test_a_new_signature_after_reload() -> None:
         assert again.database == "2"
         # the old signatures survive the reload
         assert (await client.scan(stream(EICAR))).signature == scanned_name(EICAR_SIGNATURE)
+
+
+async def test_one_client_many_concurrent_scans(clamd: ClamdServer) -> None:
+    client = Clamd(clamd.unix_url, chunk_size=16 * 1024)
+    files = [os.urandom(200 * 1024), EICAR, os.urandom(50_000) + MARKER] * 8
+    results = await asyncio.gather(*(client.scan(stream(data, 10_000)) for data in files))
+    assert [r.signature for r in results] == [
+        None, scanned_name(EICAR_SIGNATURE), scanned_name(MARKER_SIGNATURE)] * 8
+    assert [r.bytes_scanned for r in results] == [len(data) for data in files]
+
+
+async def test_a_restarted_clamd_answers_on_the_same_socket() -> None:
+    # what a later "clamd down, then back" lifecycle test does with a server of its own
+    with start_clamd(tcp=True) as server:
+        client, over_tcp = Clamd(server.unix_url, timeout=1.0), Clamd(server.tcp_url, timeout=1.0)
+        server.stop()
+        with pytest.raises(ClamdUnavailable):
+            await client.scan(stream(EICAR))
+        with pytest.raises(ClamdUnavailable):
+            await over_tcp.ping()
+        server.start()
+        assert (await client.scan(stream(EICAR))).signature == scanned_name(EICAR_SIGNATURE)
+        await over_tcp.ping()
+
+
+def test_a_missing_clamd_fails_clearly() -> None:
+    # no skip: a machine without clamd fails the scan tests, saying what to install
+    with pytest.raises(pytest.fail.Exception, match="scripts/test installs"):
+        require("clamd-not-installed")
+    assert require("clamd").endswith("/clamd")
