@@ -44,6 +44,8 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 TEST_DB = f"stowage_test_{RUN_ID}"
 REDIS_DB = 7
+# the `clamd` fixture: a real clamd with the tests' own signatures
+pytest_plugins = ["tests.clamd_server"]
 
 
 def free_port() -> int:
