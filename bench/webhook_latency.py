@@ -7,8 +7,8 @@ One command, a steady open-loop load of raw uploads (no derivatives), one genera
 
 Stowage runs as in production: `stowage serve` and `stowage worker` in their own processes,
 against a throwaway database and queue. The receiver is an HTTP server inside this process, so
-the 201 and the event are timed on the same monotonic clock. Target: p99 < 250 ms with no
-event lost; the exit status is 1 when it is missed.
+the 201 and the event are timed on the same monotonic clock. Target: p99 < 100 ms at 20/s and
+< 250 ms at 200/s, with no event lost; the exit status is 1 when it is missed.
 
 Besides the end-to-end figure it prints where the time went: the event's own timestamp
 (written inside the promotion's transaction) splits promotion from delivery, and the worker's
@@ -48,7 +48,11 @@ from _common import (
 from _common import write_json as write_doc
 
 DEFAULT_JSON = REPO / "bench" / "results" / "webhook_latency.json"
-TARGET_P99_MS = 250.0
+
+
+# issue 19: p99 < 100 ms at 20 uploads/s, < 250 ms at 200/s (a rate between: the latter)
+def target_p99_ms(rate: float) -> float:
+    return 100.0 if rate <= 20 else 250.0
 WARMUP_UPLOADS = 10
 # arq logs "<queue wait>s → <job id>:<function>(…)" at start, "<run time>s ← <job id>:<function>
 # ● …" at the end; the job id starts with the function name (app/jobs.py).
@@ -335,7 +339,7 @@ def write_json(path: Path, args: argparse.Namespace, result: dict[str, Any],
         "machine": machine(),
         "params": {"rate_per_s": args.rate, "duration_s": args.duration,
                    "size_bytes": args.size, "grace_s": args.grace, "derivatives": False},
-        "target": {"p99_ms_below": TARGET_P99_MS, "passed": passed,
+        "target": {"p99_ms_below": target_p99_ms(args.rate), "passed": passed,
                    "p99_ms": None if webhook.p99 is None else round(webhook.p99, 1)},
         **{k: v for k, v in result.items() if k != "rows"},
         "latencies": {name.strip(): s.as_dict() for name, s in result["rows"].items()},
@@ -390,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
             worker_log = f.read().decode(errors="replace")
     result = analyse(outcome, worker_log)
     webhook: Stats = next(iter(result["rows"].values()))
-    passed = result["lost"] == 0 and webhook.p99 is not None and webhook.p99 < TARGET_P99_MS
+    passed = (result["lost"] == 0 and webhook.p99 is not None
+              and webhook.p99 < target_p99_ms(args.rate))
     print()
     print(f"{result['uploads']} uploads at {args.rate:g}/s for {args.duration:g} s, "
           f"{args.size} bytes each, no derivatives; indented rows are parts of the first")
@@ -399,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
           f"client schedule lag max: {result['schedule_lag_max_ms']} ms")
     for error in result["upload_errors"]:
         print(f"  upload error: {error}")
-    print(f"target p99 < {TARGET_P99_MS:g} ms with nothing lost: "
+    print(f"target p99 < {target_p99_ms(args.rate):g} ms with nothing lost: "
           f"{'PASS' if passed else 'FAIL'} (p99 {_ms(webhook.p99)} ms)")
     write_json(args.json, args, result, passed)
     print(f"JSON: {args.json}")
