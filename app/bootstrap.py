@@ -7,6 +7,7 @@ through the worker's context."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -17,11 +18,12 @@ from arq import create_pool
 from arq.connections import ArqRedis
 
 from app.attachments.links import Links
+from app.attachments.scanning import Scanner
 from app.attachments.service import Attachments
 from app.attachments.watch import StateWatcher
 from app.auth.key_cache import KeyCache
 from app.auth.service import ApiKeys
-from app.config import Settings
+from app.config import ConfigError, Settings
 from app.dashboard.service import Dashboard
 from app.db import create_pool as create_db_pool
 from app.jobs import JobQueue, redis_settings
@@ -31,6 +33,7 @@ from app.ops.gauges import Gauges
 from app.ops.leftovers import Leftovers
 from app.ops.readiness import Readiness
 from app.profiles import Profiles, load_profiles
+from app.scan import Clamd
 from app.storage import Storage, open_s3_client, storage_from_url
 from app.storage_identity.service import Target
 from app.storage_identity.service import verify as verify_storages
@@ -48,6 +51,8 @@ def event_link_ttl(settings: Settings) -> int:
     event's last automatic attempt."""
     return (delivery_horizon(settings.retry_delays, settings.webhook_timeout)
             + settings.download_url_ttl)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -67,6 +72,8 @@ class Services:
     links: Links
     tus_digests: RunningDigests
     key_cache: KeyCache
+    scanner: Scanner
+    quarantine: Storage | None
     api_keys: ApiKeys = field(init=False)
     webhooks: Webhooks = field(init=False)
     attachments: Attachments = field(init=False)
@@ -91,7 +98,8 @@ class Services:
         self.attachments = Attachments(
             pool=self.pool, cache=self.cache, store=self.store, jobs=self.jobs,
             profiles=self.profiles, links=self.links, watcher=self.watcher,
-            webhooks=self.webhooks, stale_job_after=self.settings.stale_job_after)
+            webhooks=self.webhooks, stale_job_after=self.settings.stale_job_after,
+            scanner=self.scanner, quarantine=self.quarantine)
         self.intake = Intake(pool=self.pool, cache=self.cache, jobs=self.jobs,
                              profiles=self.profiles, links=self.links, webhooks=self.webhooks,
                              settings=self.settings)
@@ -108,7 +116,7 @@ class Services:
         self.fsck = Fsck(pool=self.pool, cache=self.cache, store=self.store, links=self.links,
                          jobs=self.jobs, webhooks=self.webhooks, leftovers=self.leftovers)
         self.readiness = Readiness(pool=self.pool, redis=self.redis, cache=self.cache,
-                                   store=self.store)
+                                   store=self.store, clamd=self.scanner.clamd)
         self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
         self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
                            webhooks=self.webhooks, presigned=self.presigned, tus=self.tus)
@@ -131,6 +139,13 @@ PARTS = frozenset(f.name for f in fields(Services) if f.init)
 async def build_services(settings: Settings) -> AsyncIterator[Services]:
     async with contextlib.AsyncExitStack() as stack:
         profiles = load_profiles(settings.profiles_file)
+        scanning = profiles.scanning_names()
+        if scanning and not settings.clamd_url:
+            raise ConfigError(f"profile {scanning[0]!r} has scan = true, and STOWAGE_CLAMD_URL"
+                              " is not set: its files could never be stored")
+        scanner = Scanner(Clamd(settings.clamd_url) if settings.clamd_url else None)
+        if scanner.clamd is not None:
+            await _warn_if_unreachable(scanner.clamd)
         if profiles.max_pixels():
             allow_pixels(profiles.max_pixels())
         pool = await create_db_pool(settings.database_url, max_size=settings.db_pool_size)
@@ -139,7 +154,9 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(redis.aclose)
         s3 = presign = None
         cache_url, store_url = settings.storage_url("cache"), settings.storage_url("store")
-        if cache_url.needs_s3_client or store_url.needs_s3_client:
+        quarantine_url = settings.storage_url("quarantine") if settings.quarantine_url else None
+        if (cache_url.needs_s3_client or store_url.needs_s3_client
+                or (quarantine_url is not None and quarantine_url.needs_s3_client)):
             s3 = await open_s3_client(
                 stack, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
             )
@@ -148,6 +165,11 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
                     stack, endpoint_url=settings.s3_public_endpoint_url,
                     region=settings.s3_region,
                 )
+        quarantine = None
+        if settings.quarantine_url:
+            quarantine = storage_from_url(quarantine_url, s3_client=s3,
+                                          s3_presign_client=presign)
+            stack.push_async_callback(quarantine.aclose)
         cache = storage_from_url(cache_url, s3_client=s3, s3_presign_client=presign)
         store = storage_from_url(store_url, s3_client=s3, s3_presign_client=presign)
         stack.push_async_callback(cache.aclose)
@@ -180,4 +202,16 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
                         public_profiles=profiles.public_names()),
             tus_digests=RunningDigests(),
             key_cache=key_cache,
+            scanner=scanner,
+            quarantine=quarantine,
         )
+
+
+async def _warn_if_unreachable(clamd: Clamd) -> None:
+    """clamd unreachable at start is not a reason not to start (it may come up after us):
+    scanning files wait for it, and /readyz names it."""
+    try:
+        await clamd.ping()
+    except Exception as e:
+        log.warning("clamd (%s) does not answer now: %s; files of scanning profiles wait"
+                    " until it does", clamd, e)

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.scan.clamd import parse_clamd_url
 from app.storage.url import StorageURL
 
 GiB = 1024**3
@@ -33,6 +34,10 @@ class Settings(BaseSettings):
     redis_url: str = "redis://127.0.0.1:6379/0"
     cache_url: str = "file://./var/cache"
     store_url: str = "file://./var/store"
+    # where infected files go (a storage URL like the cache's); empty: they are removed
+    quarantine_url: str = ""
+    # tcp://HOST:PORT or unix:///PATH of a ClamAV daemon; needed by profiles with scan = true
+    clamd_url: str = ""
     s3_endpoint_url: str | None = None
     s3_region: str | None = None
     # the S3 endpoint as clients reach it, for presigned URLs (default: s3_endpoint_url)
@@ -115,15 +120,25 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// URL")
         return v
 
-    @field_validator("cache_url", "store_url")
+    @field_validator("cache_url", "store_url", "quarantine_url")
     @classmethod
     def _check_storage_url(cls, v: str) -> str:
-        StorageURL.parse(v)  # ValueError says what is wrong
+        if v:  # the quarantine may be left out
+            StorageURL.parse(v)  # ValueError says what is wrong
         return v
 
-    def storage_url(self, role: Literal["cache", "store"]) -> StorageURL:
-        """The cache's or the store's URL, parsed (it was checked when the settings loaded)."""
-        return StorageURL.parse(self.cache_url if role == "cache" else self.store_url)
+    @field_validator("clamd_url")
+    @classmethod
+    def _check_clamd_url(cls, v: str) -> str:
+        if v:
+            parse_clamd_url(v)  # ValueError says what is wrong
+        return v
+
+    def storage_url(self, role: Literal["cache", "store", "quarantine"]) -> StorageURL:
+        """The cache's, the store's or the quarantine's URL, parsed (it was checked when the
+        settings loaded; the quarantine's is set)."""
+        return StorageURL.parse({"cache": self.cache_url, "store": self.store_url,
+                                 "quarantine": self.quarantine_url}[role])
 
     @field_validator("public_url", "s3_endpoint_url", "s3_public_endpoint_url")
     @classmethod

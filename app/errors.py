@@ -135,6 +135,13 @@ class StorageMisconfigured(StowageError):
     status, slug, title = 500, "storage-misconfigured", "Storage misconfigured"
 
 
+class ScannerUnavailable(StowageError):
+    """The malware scanner (clamd) cannot answer: not the file's fault. A file that must be
+    scanned waits (it is never stored unscanned) and is tried again."""
+
+    status, slug, title = 503, "scanner-unavailable", "Scanner unavailable"
+
+
 def problem_slugs() -> set[str]:
     """Every problem type, including those defined next to their domain (tus): derived from
     the class tree, so a new error cannot be left out of the OpenAPI document."""

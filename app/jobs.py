@@ -28,6 +28,7 @@ DESTROY = "destroy"
 PURGE_CACHE = "purge_cache"
 DELIVER_WEBHOOK = "deliver_webhook"
 REPROCESS = "reprocess"
+RESCAN = "rescan"
 
 
 def delivery_queue(queue_name: str) -> str:
@@ -90,6 +91,9 @@ class JobQueue:
 
     async def reprocess(self, att_id: UUID, generation: int) -> bool:
         return await self._enqueue(REPROCESS, f"{REPROCESS}:{att_id}:{generation}", str(att_id))
+
+    async def rescan(self, att_id: UUID, generation: int) -> bool:
+        return await self._enqueue(RESCAN, f"{RESCAN}:{att_id}:{generation}", str(att_id))
 
     async def purge_cache(self, att_id: UUID) -> bool:
         return await self._enqueue(PURGE_CACHE, f"{PURGE_CACHE}:{att_id}", str(att_id))

@@ -53,6 +53,9 @@ class Profile(BaseModel):
     # remove EXIF/GPS, XMP, IPTC and comments from JPEG, PNG and WebP originals (None: the
     # default, see strips_metadata)
     strip_metadata: bool | None = None
+    # every file scanned by ClamAV (STOWAGE_CLAMD_URL) during promotion, before any byte of it
+    # reaches the store; an infected one fails (error.code "infected") and is quarantined
+    scan: bool = False
     # the table's name in the file: not a key of the table (ProfilesFile sets it)
     _name: str = PrivateAttr(default=DEFAULT)
 
@@ -130,6 +133,9 @@ class Profiles:
 
     def public_names(self) -> frozenset[str]:
         return frozenset(name for name, p in self._profiles.items() if p.public)
+
+    def scanning_names(self) -> list[str]:
+        return sorted(name for name, p in self._profiles.items() if p.scan)
 
 
 def _unknown_type(pattern: str) -> str | None:

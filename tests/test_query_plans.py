@@ -170,6 +170,7 @@ QUERIES = {
         c, BIG, **{**NO_FILTER, "state": "cached"}),
     "sweep: expiry": lambda c: attachments_repo.expire_cached(c),
     "sweep: stale promotions": lambda c: attachments_repo.stale_promotions(c, 60),
+    "sweep: rescans asked for": lambda c: attachments_repo.stale_rescans(c, 60),
     "sweep: deleted, not purged": lambda c: attachments_repo.unpurged_deleted(c, 60),
     "sweep: cache leftovers": lambda c: attachments_repo.cache_leftovers(c, 60),
     "sweep: due deliveries": lambda c: webhooks_repo.due_deliveries(c, 2),

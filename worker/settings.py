@@ -51,7 +51,7 @@ async def sweep_loop(services: Services, interval: float) -> None:
 
 
 def functions(settings: Settings) -> list[Any]:
-    """File work: promote, destroy, purge_cache, reprocess.
+    """File work: promote, destroy, purge_cache, reprocess, rescan.
 
     Attachment work runs under its own deadline (app.attachments.work: it grows with the
     file) and counts its attempts in Postgres, which decides when to give up; arq's timeout
@@ -65,6 +65,7 @@ def functions(settings: Settings) -> list[Any]:
              max_tries=1000),
         func(tasks.reprocess, name=jobs.REPROCESS, timeout=outer, keep_result=0,
              max_tries=1000),
+        func(tasks.rescan, name=jobs.RESCAN, timeout=outer, keep_result=0, max_tries=1000),
     ]
 
 

@@ -166,6 +166,9 @@ destroy = job("destroy", lambda services, att_id: services.attachments.destroy(a
 purge_cache = job("purge_cache",
                   lambda services, att_id: services.attachments.purge_cache(att_id))
 reprocess = job("reprocess", lambda services, att_id: services.attachments.reprocess(att_id))
+# not counted in attachment_work: the request stays on the row until done, and the sweep
+# offers it again while it is (clamd down: every sweep)
+rescan = job("rescan", lambda services, att_id: services.attachments.rescan(att_id))
 # HTTP failures are the delivery's own business (backoff kept in Postgres); only our own
 # database trouble is retried by arq
 deliver_webhook = job("deliver_webhook",

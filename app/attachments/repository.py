@@ -146,20 +146,70 @@ async def request_promotion(conn: asyncpg.Connection, att_id: UUID) -> asyncpg.R
     return row or await get(conn, att_id)
 
 
+# metadata with "scan" set to $N when $N is not NULL (a scanning profile's verdict)
+def _with_scan(param: str) -> str:
+    return (f"CASE WHEN {param}::jsonb IS NULL THEN metadata"
+            f" ELSE coalesce(metadata, '{{}}'::jsonb) || jsonb_build_object('scan', {param}::jsonb)"
+            " END")
+
+
 async def mark_stored(
     conn: asyncpg.Connection,
     att_id: UUID,
     cached_key: str,
     store_key: str,
     derivatives: dict[str, Any],
+    scan: dict[str, Any] | None = None,
 ) -> asyncpg.Record | None:
     """The compare-and-set at the heart of atomic promotion: None if the row moved on."""
     return await conn.fetchrow(
         "UPDATE attachments SET state = 'stored', storage = 'store', key = $3,"
-        " derivatives = $4, stored_at = now(), updated_at = now(), generation = generation + 1"
+        " derivatives = $4, stored_at = now(), updated_at = now(), generation = generation + 1,"
+        f" metadata = {_with_scan('$5')}"
         " WHERE id = $1 AND state = 'cached' AND key = $2"
         f" RETURNING {COLUMNS}",
-        att_id, cached_key, store_key, derivatives,
+        att_id, cached_key, store_key, derivatives, scan,
+    )
+
+
+async def request_rescan(conn: asyncpg.Connection, att_id: UUID) -> asyncpg.Record | None:
+    """Ask for a stored attachment's file to be scanned again; the row (None: not stored)."""
+    return await conn.fetchrow(
+        "UPDATE attachments SET rescan_requested_at = coalesce(rescan_requested_at, now())"
+        f" WHERE id = $1 AND state = 'stored' RETURNING {COLUMNS}, rescan_requested_at",
+        att_id,
+    )
+
+
+async def rescanned(conn: asyncpg.Connection, att_id: UUID, generation: int,
+                    scan: dict[str, Any] | None) -> asyncpg.Record | None:
+    """The rescan is done: its verdict (if any) kept, the request cleared."""
+    return await conn.fetchrow(
+        f"UPDATE attachments SET rescan_requested_at = NULL, metadata = {_with_scan('$3')}"
+        f" WHERE id = $1 AND generation = $2 RETURNING {COLUMNS}",
+        att_id, generation, scan,
+    )
+
+
+async def mark_infected_stored(conn: asyncpg.Connection, att_id: UUID, generation: int,
+                               error: dict[str, str], scan: dict[str, Any]
+                               ) -> asyncpg.Record | None:
+    """A stored attachment a rescan found infected becomes failed (compare-and-set)."""
+    return await conn.fetchrow(
+        "UPDATE attachments SET state = 'failed', error = $3, rescan_requested_at = NULL,"
+        f" metadata = {_with_scan('$4')}, updated_at = now(), generation = generation + 1"
+        " WHERE id = $1 AND state = 'stored' AND generation = $2"
+        f" RETURNING {COLUMNS}",
+        att_id, generation, error, scan,
+    )
+
+
+async def stale_rescans(conn: asyncpg.Connection, older_than_s: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT id, generation FROM attachments WHERE rescan_requested_at IS NOT NULL"
+        " AND rescan_requested_at < now() - make_interval(secs => $1)"
+        " ORDER BY rescan_requested_at LIMIT 1000",
+        older_than_s,
     )
 
 
@@ -175,14 +225,15 @@ async def swap_derivatives(conn: asyncpg.Connection, att_id: UUID, generation: i
 
 
 async def mark_failed(
-    conn: asyncpg.Connection, att_id: UUID, cached_key: str, error: dict[str, str]
+    conn: asyncpg.Connection, att_id: UUID, cached_key: str, error: dict[str, str],
+    scan: dict[str, Any] | None = None,
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "UPDATE attachments SET state = 'failed', error = $3, updated_at = now(),"
-        " generation = generation + 1"
+        f" generation = generation + 1, metadata = {_with_scan('$4')}"
         " WHERE id = $1 AND state = 'cached' AND key = $2"
         f" RETURNING {COLUMNS}",
-        att_id, cached_key, error,
+        att_id, cached_key, error, scan,
     )
 
 

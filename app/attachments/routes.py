@@ -351,3 +351,23 @@ async def reprocess_attachment(
 ) -> JSONResponse:
     row = await attachments.request_reprocess(app_id, _attachment_id(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)
+
+
+@router.post(
+    "/attachments/{attachment_id}/rescan",
+    status_code=202,
+    response_model=AttachmentOut,
+    responses={**COMMON_ERRORS,
+               409: {"description": "Not stored, or no malware scanner is set up", **PROBLEM}},
+    summary="Scan the stored file for malware again (after new signatures)",
+    description="The worker scans the stored original with ClamAV: clean → `metadata.scan`"
+    " renewed; infected → the attachment becomes `failed` (`error.code` `infected`), its files"
+    " are quarantined and removed, and `attachment.failed` is sent.",
+)
+async def rescan_attachment(
+    attachments: AttachmentsDep,
+    attachment_id: str,
+    app_id: UUID = Depends(current_app_id),
+) -> JSONResponse:
+    row = await attachments.request_rescan(app_id, _attachment_id(attachment_id))
+    return JSONResponse(present(row, attachments.links), status_code=202)

@@ -20,10 +20,12 @@ from app import activity
 from app.attachments import keys, work
 from app.attachments import repository as repo
 from app.attachments.events import emit_attachment
+from app.attachments.scanning import Scanner, Unscannable, Verdict
 from app.errors import (
     AttachmentNotFound,
     InsufficientStorage,
     InvalidState,
+    ScannerUnavailable,
     StorageMisconfigured,
     StowageError,
 )
@@ -68,7 +70,9 @@ async def _remove(storage: Storage, keys_written: list[str]) -> None:
 
 # A storage that cannot take the work (full, read-only, not writable): not the file's fault,
 # so the attachment is not failed for it, and not an outage to retry in seconds either.
-STORAGE_PROBLEMS = (InsufficientStorage, StorageMisconfigured)
+# clamd not answering is the same kind of problem: the file waits (never stored unscanned)
+# and is offered again, without using up its attempts.
+STORAGE_PROBLEMS = (InsufficientStorage, StorageMisconfigured, ScannerUnavailable)
 
 
 
@@ -92,6 +96,7 @@ async def _blocked(conn: asyncpg.Connection, att_id: UUID, kind: str, error: Sto
 class SweepReport:
     expired: list[UUID] = field(default_factory=list)
     promotions: list[UUID] = field(default_factory=list)
+    rescans: list[UUID] = field(default_factory=list)
     destroys: list[UUID] = field(default_factory=list)
     cache_purges: list[UUID] = field(default_factory=list)
     deliveries: list[UUID] = field(default_factory=list)
@@ -105,7 +110,8 @@ class Attachments:
 
     def __init__(self, *, pool: asyncpg.Pool, cache: Storage, store: Storage, jobs: JobQueue,
                  profiles: Profiles, links: Links, watcher: StateWatcher, webhooks: Webhooks,
-                 stale_job_after: float) -> None:
+                 stale_job_after: float, scanner: Scanner | None = None,
+                 quarantine: Storage | None = None) -> None:
         self.pool = pool
         self.cache = cache
         self.store = store
@@ -116,6 +122,9 @@ class Attachments:
         self.webhooks = webhooks
         # how long queued work may go unseen before the sweep takes it for lost
         self.stale_job_after = stale_job_after
+        self.scanner = scanner or Scanner(None)
+        # infected files go there (None: they are removed)
+        self.quarantine = quarantine
 
     async def get_public(self, att_id: UUID) -> asyncpg.Record | None:
         """The attachment when a public profile's: its links need no key and no signature."""
@@ -231,22 +240,29 @@ class Attachments:
             cached_key = row["key"]
             store_key = keys.store_key(row["app_id"], att_id, row["mime_type"])
             written = [store_key]
+            scan = None
             try:
+                if self.profiles.get_or_default(row["profile"]).scan:
+                    # before any byte of it reaches the store
+                    verdict = await self.scanner.scan(self.cache, cached_key)
+                    if not verdict.clean:
+                        return await self._infected(conn, row, verdict)
+                    scan = verdict.metadata
                 await self.store.copy_from(self.cache, cached_key, store_key,
-                                          content_type=row["mime_type"])
+                                           content_type=row["mime_type"])
                 derivatives = await self._build_derivatives(row, self.cache, cached_key, written)
             except StorageObjectNotFound:
                 return await self._fail(conn, row, PermanentError(
                     "file_missing", "the uploaded file is no longer in the cache"))
-            except ImageProcessingError as e:
+            except (ImageProcessingError, Unscannable) as e:
                 return await self._fail(conn, row, PermanentError(e.code, e.detail))
             except STORAGE_PROBLEMS as e:
                 await _blocked(conn, att_id, "promotion.blocked", e, self.store, written)
                 raise
             await failpoint("promote.after_copy")
             async with conn.transaction():
-                stored, replaced, deliveries = await self._store_in_slot(conn, row, store_key,
-                                                                    derivatives)
+                stored, replaced, deliveries = await self._store_in_slot(
+                    conn, row, store_key, derivatives, scan)
             if stored is None:
                 # replaced or deleted meanwhile: what this run wrote belongs to nobody
                 await activity.record(conn, att_id, "promotion.aborted",
@@ -264,7 +280,8 @@ class Attachments:
         return "stored"
 
     async def _store_in_slot(self, conn: asyncpg.Connection, row: asyncpg.Record,
-                             store_key: str, derivatives: dict[str, Any]
+                             store_key: str, derivatives: dict[str, Any],
+                             scan: dict[str, Any] | None = None
                              ) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[UUID]]:
         """The compare-and-set of a promotion, and the slot's replacement in the same
         transaction: (the stored row or None, the attachments it replaced, deliveries).
@@ -294,7 +311,7 @@ class Attachments:
             for old in replaced:
                 await activity.record(conn, old["id"], "replaced", {"by": str(att_id)})
                 deliveries += await emit_attachment(conn, "attachment.deleted", old, self.links)
-        stored = await repo.mark_stored(conn, att_id, row["key"], store_key, derivatives)
+        stored = await repo.mark_stored(conn, att_id, row["key"], store_key, derivatives, scan)
         if stored is None:
             return None, [], []
         deliveries += await emit_attachment(conn, "attachment.stored", stored, self.links)
@@ -374,10 +391,10 @@ class Attachments:
         return "reprocessed"
 
     async def _fail(self, conn: asyncpg.Connection, row: asyncpg.Record,
-                    error: PermanentError) -> str:
+                    error: PermanentError, scan: dict[str, Any] | None = None) -> str:
         async with conn.transaction():
             failed = await repo.mark_failed(conn, row["id"], row["key"],
-                                            {"code": error.code, "detail": error.detail})
+                                            {"code": error.code, "detail": error.detail}, scan)
             if failed is not None:
                 deliveries = await emit_attachment(conn, "attachment.failed", failed,
                                                    self.links)
@@ -387,6 +404,81 @@ class Attachments:
         await self.store.delete_prefix(keys.prefix(row["app_id"], row["id"]))
         await self.jobs.purge_cache(row["id"])
         return "failed"
+
+    async def _quarantine(self, source: Storage, file_keys: list[str]) -> None:
+        """Copies kept apart for an operator (STOWAGE_QUARANTINE_URL), under the same keys,
+        before the files are removed; nothing when no quarantine is set."""
+        if self.quarantine is None:
+            return
+        for key in file_keys:
+            # independent: the quarantined copy shares nothing with what is removed next
+            await self.quarantine.copy_from(source, key, key, independent=True)
+
+    async def _infected(self, conn: asyncpg.Connection, row: asyncpg.Record,
+                        verdict: Verdict) -> str:
+        """An upload the scanner found infected: quarantined, failed (`infected`, the
+        signature's name), and removed from the cache; never a byte of it in the store."""
+        await self._quarantine(self.cache, [row["key"]])
+        await activity.record(conn, row["id"], "scan.infected",
+                              {"signature": verdict.signature})
+        return await self._fail(conn, row, PermanentError("infected", verdict.signature or "?"),
+                                verdict.metadata)
+
+    async def request_rescan(self, app_id: UUID, att_id: UUID) -> asyncpg.Record:
+        """Scan a stored file again (after new signatures): the request is kept on the row
+        until the worker has done it."""
+        row = await self.get(app_id, att_id)
+        if not self.scanner.configured:
+            raise InvalidState("this service has no malware scanner (STOWAGE_CLAMD_URL)")
+        async with self.pool.acquire() as conn:
+            asked = await repo.request_rescan(conn, att_id)
+            if asked is None:
+                raise InvalidState(f"attachment {att_id} is {row['state']}; only stored"
+                                   " attachments can be rescanned", state=row["state"])
+            await activity.record(conn, att_id, "rescan.requested",
+                                  {"generation": asked["generation"]})
+        await self.jobs.rescan(att_id, asked["generation"])
+        return asked
+
+    async def rescan(self, att_id: UUID) -> str:
+        """Scan the stored original again: clean → its metadata.scan renewed; infected → the
+        original and its derivatives quarantined and removed, the attachment failed."""
+        async with self._attachment_lock(att_id) as conn:
+            row = await repo.get(conn, att_id)
+            if row is None:
+                return "skipped"
+            if row["state"] != "stored":
+                await repo.rescanned(conn, att_id, row["generation"], None)
+                return "skipped"
+            try:
+                verdict = await self.scanner.scan(self.store, row["key"])
+            except Unscannable as e:
+                await activity.record(conn, att_id, "rescan.failed",
+                                      {"code": e.code, "detail": e.detail})
+                await repo.rescanned(conn, att_id, row["generation"], None)
+                return "failed"
+            except ScannerUnavailable as e:
+                await _blocked(conn, att_id, "rescan.blocked", e, self.store, [])
+                raise
+            if verdict.clean:
+                await repo.rescanned(conn, att_id, row["generation"], verdict.metadata)
+                await activity.record(conn, att_id, "rescanned", {"result": "clean"})
+                return "clean"
+            files = [row["key"], *(d["key"] for d in (row["derivatives"] or {}).values())]
+            await self._quarantine(self.store, files)
+            async with conn.transaction():
+                failed = await repo.mark_infected_stored(
+                    conn, att_id, row["generation"],
+                    {"code": "infected", "detail": verdict.signature or "?"}, verdict.metadata)
+                if failed is None:  # changed meanwhile (deleted, reprocessed): next time
+                    return "aborted"
+                await activity.record(conn, att_id, "scan.infected",
+                                      {"signature": verdict.signature})
+                deliveries = await emit_attachment(conn, "attachment.failed", failed,
+                                                   self.links)
+        await self.webhooks.dispatch(deliveries)
+        await self.store.delete_prefix(keys.prefix(row["app_id"], att_id))
+        return "infected"
 
     async def give_up(self, attempt: work.Attempt) -> str:
         """Work that used up its attempts: a promotion fails the attachment (event
@@ -441,12 +533,16 @@ class Attachments:
                 report.deliveries += await emit_attachment(conn, "attachment.deleted", row,
                                                            self.links)
             promotions = await repo.stale_promotions(conn, grace)
+            rescans = await repo.stale_rescans(conn, grace)
             report.destroys = [r["id"] for r in await repo.unpurged_deleted(conn, grace)]
             report.cache_purges = [r["id"] for r in await repo.cache_leftovers(conn, grace)]
         for r in promotions:
             # False when the job is still queued or running: not lost, nothing to report
             if await self.jobs.promote(r["id"], r["generation"]):
                 report.promotions.append(r["id"])
+        for r in rescans:
+            if await self.jobs.rescan(r["id"], r["generation"]):
+                report.rescans.append(r["id"])
         for att_id in report.expired + report.destroys:
             await self.jobs.destroy(att_id)
         for att_id in report.cache_purges:

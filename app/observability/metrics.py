@@ -39,6 +39,12 @@ PROMOTION_LAG = Histogram("stowage_promotion_lag_seconds",
 DERIVATIVE_SECONDS = Histogram("stowage_derivative_duration_seconds",
                                "Time to render one attachment's derivatives",
                                buckets=_SIZE_BUCKETS, registry=REGISTRY)
+SCANS = Counter("stowage_scans_total", "Malware scans by result (clean, infected, too_large,"
+                " unavailable)", ["result"], registry=REGISTRY)
+SCAN_SECONDS = Histogram("stowage_scan_duration_seconds", "Malware scan duration",
+                         buckets=_SIZE_BUCKETS, registry=REGISTRY)
+SCAN_BYTES = Counter("stowage_scanned_bytes_total", "Bytes sent to the malware scanner",
+                     registry=REGISTRY)
 JOBS = Counter("stowage_jobs_total", "Worker jobs by function and outcome",
                ["function", "outcome"], registry=REGISTRY)
 WEBHOOK_DELIVERIES = Counter("stowage_webhook_attempts_total",

@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     import asyncpg
     from arq.connections import ArqRedis
 
+    from app.scan import Clamd
     from app.storage import Storage
 
 CHECK_TIMEOUT = 2.0
@@ -24,8 +25,9 @@ async def _check(coro: Any) -> str:
 
 class Readiness:
     def __init__(self, *, pool: asyncpg.Pool, redis: ArqRedis, cache: Storage,
-                 store: Storage) -> None:
+                 store: Storage, clamd: Clamd | None = None) -> None:
         self.pool = pool
+        self.clamd = clamd  # checked when scanning is set up
         self.redis = redis
         self.cache = cache
         self.store = store
@@ -41,4 +43,7 @@ class Readiness:
             _check(self._postgres()), _check(self.redis.ping()), _check(self.cache.ping()),
             _check(self.store.ping()),
         )
-        return dict(zip(names, results, strict=True))
+        checks = dict(zip(names, results, strict=True))
+        if self.clamd is not None:
+            checks["clamd"] = await _check(self.clamd.ping())
+        return checks
