@@ -315,3 +315,54 @@ async def s3_env_scanning(tmp_path, database_url, moto_endpoint, s3_client, clam
     async with fresh_resources(settings) as res, api_client(res) as client:
         made = await auth.create_app(res.pool, "s3scan")
         yield res, client, AppKey(made.app_id, made.api_key), tmp_path / "quarantine"
+
+
+def test_doctor_names_clamd(env):
+    import subprocess
+    import sys
+
+    from tests.conftest import env_for, free_port
+
+    base = {**env_for(env.res.settings),
+            "STOWAGE_PROFILES_FILE": str(env.res.settings.profiles_file)}
+
+    def doctor(**extra: str) -> tuple[int, str]:
+        p = subprocess.run([sys.executable, "-m", "app.cli", "doctor"], env={**base, **extra},
+                           capture_output=True, text=True, timeout=60)
+        return p.returncode, p.stdout
+
+    code, out = doctor(STOWAGE_CLAMD_URL=env.clamd.unix_url)
+    assert code == 0, out
+    assert re.search(r"ok +clamd: .*ClamAV 1\.\d.*scanning profiles: pics, scanned", out), out
+    code, out = doctor(STOWAGE_CLAMD_URL=f"tcp://127.0.0.1:{free_port()}")
+    assert code == 1 and re.search(r"FAIL +clamd: ", out), out
+    code, out = doctor(STOWAGE_CLAMD_URL="")
+    assert code == 1 and re.search(r"FAIL +clamd: profiles pics, scanned have scan = true", out)
+
+
+async def test_the_dashboard_shows_scans_and_what_waits_for_clamd(tmp_path, database_url,
+                                                                 clamd):
+    token = "dashboard-token-" + secrets.token_hex(8)
+    settings = env_settings(tmp_path, database_url, clamd, admin_token=token)
+    async with fresh_resources(settings) as res, api_client(res) as client:
+        made = await auth.create_app(res.pool, "dash")
+        env = Env(res, client, AppKey(made.app_id, made.api_key), tmp_path, clamd)
+        r = await client.post("/dashboard/login", data={"token": token, "next": "/dashboard"})
+        assert r.status_code == 303
+        bad = await env.upload(EICAR)
+        await run_worker(res)
+        page = (await client.get(f"/dashboard/attachments/{bad['id']}")).text
+        scan = re.search(r'<dd id="scan">(.*?)</dd>', page, re.S)
+        assert scan and "infected" in scan.group(1) and EICAR_SIGNATURE in scan.group(1)
+        assert re.search(r"signatures \d+ ", scan.group(1))  # the version clamd reported
+
+        waiting = await env.upload(b"patient\n")
+        env.clamd.stop()
+        try:
+            await run_worker(res)
+        finally:
+            env.clamd.start()
+        overview = (await client.get("/dashboard")).text
+        count = re.search(r'id="waiting-for-scan">(\d+)<', overview)
+        assert count and count.group(1) == "1", overview[:3000]
+        assert (await env.get(waiting["id"]))["state"] == "cached"

@@ -88,6 +88,13 @@ async def webhook_counts(conn: asyncpg.Connection, failed_window_s: int
     )
 
 
+async def waiting_for_scanner(conn: asyncpg.Connection) -> int:
+    """Promotions held back because clamd did not answer (their last attempt says so)."""
+    return await conn.fetchval(
+        "SELECT count(*) FROM attachment_work WHERE kind = 'promote'"
+        " AND last_error LIKE 'ScannerUnavailable:%'")
+
+
 async def disabled_endpoints(conn: asyncpg.Connection, limit: int) -> list[asyncpg.Record]:
     return await conn.fetch(
         "SELECT ep.id, ep.app_id, a.name AS app_name, ep.url, ep.disabled_reason,"

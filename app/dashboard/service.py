@@ -117,6 +117,8 @@ class Overview:
     deliveries_failed: int
     disabled: list[asyncpg.Record]
     chart: Chart
+    # uploads of scanning profiles held back while clamd does not answer
+    waiting_for_scan: int = 0
     generated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -253,6 +255,7 @@ class Dashboard:
             hourly = await repo.hourly_activity(conn, CHART_HOURS)
             hooks = {r["app_id"]: r for r in await repo.webhook_counts(conn, FAILED_WINDOW_S)}
             disabled = await repo.disabled_endpoints(conn, 20)
+            waiting_for_scan = await repo.waiting_for_scanner(conn)
         apps = []
         for r in counts:
             h = hooks.get(r["app_id"])
@@ -272,6 +275,7 @@ class Dashboard:
             deliveries_failed=sum(a.deliveries_failed for a in apps),
             disabled=disabled,
             chart=chart(hourly),
+            waiting_for_scan=waiting_for_scan,
         )
 
     async def queue_stats(self) -> Queue:

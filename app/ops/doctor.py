@@ -17,6 +17,7 @@ from app.jobs import redis_settings
 from app.migrate import migration_files
 from app.ops import repository as repo
 from app.profiles import ProfileError, load_profiles
+from app.scan import Clamd
 from app.storage import Storage
 from app.storage_identity import repository as identity_repo
 from app.storage_identity.service import Action, Target, Verdict, judge, open_targets
@@ -46,6 +47,7 @@ async def diagnose(settings: Settings) -> list[Check]:
     checks = [Check("configuration", True, "STOWAGE_* variables are valid")]
     checks += [Check("configuration", True, w, warning=True)
                for w in unknown_variables(os.environ)]
+    profiles = None
     try:
         profiles = load_profiles(settings.profiles_file)
         checks.append(Check("profiles", True, ", ".join(profiles.names())))
@@ -79,6 +81,19 @@ async def diagnose(settings: Settings) -> list[Check]:
 
     checks.append(await _run("postgres", postgres))
     checks.append(await _run("redis", redis))
+    scanning = [] if profiles is None else profiles.scanning_names()
+    if settings.clamd_url:
+
+        async def clamd() -> str:
+            version = await Clamd(settings.clamd_url).version()
+            return (f"{settings.clamd_url}: {version.engine}, signatures"
+                    f" {version.database or '?'} ({version.database_date or '?'});"
+                    f" scanning profiles: {', '.join(scanning) or 'none'}")
+
+        checks.append(await _run("clamd", clamd))
+    elif scanning:
+        checks.append(Check("clamd", False, f"profiles {', '.join(scanning)} have scan = true"
+                            " and STOWAGE_CLAMD_URL is not set"))
     async with contextlib.AsyncExitStack() as stack:
         conn = None
         with contextlib.suppress(Exception):  # the postgres line above says what is wrong
