@@ -440,7 +440,7 @@ class _Checker:
         gone: dict[UUID, list[Any]] = {}
         for r in missing:
             gone.setdefault(r["id"], []).append(r)
-        fresh = {r["id"]: r for r in await repo.get_attachments(self.conn, list(gone))}
+        fresh = {r["id"]: r for r in await repo.row_versions(self.conn, list(gone))}
         for att_id, att_missing in gone.items():
             first = att_missing[0]
             if not _unchanged(fresh.get(att_id), first):

@@ -160,8 +160,11 @@ async def get_attachment(conn: asyncpg.Connection, att_id: UUID) -> asyncpg.Reco
     return await conn.fetchrow(f"SELECT {_OWNER_COLUMNS} FROM attachments WHERE id = $1", att_id)
 
 
-async def get_attachments(conn: asyncpg.Connection, ids: list[UUID]) -> list[asyncpg.Record]:
-    return await conn.fetch(f"SELECT {_OWNER_COLUMNS} FROM attachments WHERE id = ANY($1)", ids)
+async def row_versions(conn: asyncpg.Connection, ids: list[UUID]) -> list[asyncpg.Record]:
+    """What tells whether a row moved on (state, key, generation), nothing to decode: fsck
+    reads it for up to every attachment."""
+    return await conn.fetch(
+        "SELECT id, state, key, generation FROM attachments WHERE id = ANY($1)", ids)
 
 
 async def mark_file_missing(conn: asyncpg.Connection, att_id: UUID, state: str, key: str,
