@@ -121,6 +121,12 @@ class ServiceUnavailable(StowageError):
     status, slug, title = 503, "service-unavailable", "Service temporarily unavailable"
 
 
+class RendersBusy(ServiceUnavailable):
+    """Every image render slot is taken, and as many wait: come back shortly."""
+
+    slug, title = "renders-busy", "Too many image renders at once"
+
+
 class InsufficientStorage(StowageError):
     """A storage has no room (disk full, quota): not the request's fault, and retrying at once
     does not help; an operator has to make room."""

@@ -8,6 +8,7 @@ import fnmatch
 import tomllib
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import (
     BaseModel,
@@ -29,6 +30,21 @@ from app.media.strip import STRIPPABLE
 
 DEFAULT = "default"
 SCRIPTABLE_TYPES = {"image/svg+xml", "text/html", "application/xhtml+xml"}
+
+
+TRANSFORM_FORMATS = ("webp", "jpeg", "png", "avif")
+
+
+class Transforms(BaseModel):
+    """``[profiles.NAME.transforms]``: the image variants a client may ask for on request
+    (GET /v1/attachments/{id}/image), bounded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    max_width: PositiveInt
+    max_height: PositiveInt
+    formats: tuple[Literal["webp", "jpeg", "png", "avif"], ...] = Field(
+        default=TRANSFORM_FORMATS, strict=False, min_length=1)
 
 
 class ProfileError(Exception):
@@ -56,6 +72,8 @@ class Profile(BaseModel):
     # every file scanned by ClamAV (STOWAGE_CLAMD_URL) during promotion, before any byte of it
     # reaches the store; an infected one fails (error.code "infected") and is quarantined
     scan: bool = False
+    # image variants on request; None: refused (422)
+    transforms: Transforms | None = None
     # the table's name in the file: not a key of the table (ProfilesFile sets it)
     _name: str = PrivateAttr(default=DEFAULT)
 

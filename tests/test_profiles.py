@@ -230,7 +230,8 @@ def test_every_error_of_the_file_is_listed_at_once(tmp_path):
     assert str(e.value).splitlines() == [
         f"{path}: profile 'a', key 'max_size': Input should be greater than 0",
         f"{path}: profile 'a', key 'colour': unknown key (expected one of cache_ttl,"
-        " derivatives, max_pixels, max_size, public, scan, strip_metadata, types)",
+        " derivatives, max_pixels, max_size, public, scan, strip_metadata, transforms,"
+        " types)",
         f"{path}: profile 'b', key 'derivatives.t.height': Field required",
         f"{path}: profile 'b', key 'derivatives.t.fit': Input should be 'contain' or 'cover'",
         f"{path}: profile 'b', key 'public': Input should be a valid boolean",

@@ -3,6 +3,7 @@ randomness, so a retried job overwrites its own half-done work instead of orphan
 
 from __future__ import annotations
 
+import hashlib
 from uuid import UUID
 
 from app.ids import parse_uuid
@@ -34,3 +35,16 @@ def store_key(app_id: UUID, att_id: UUID, mime_type: str) -> str:
 
 def derivative_key(app_id: UUID, att_id: UUID, name: str, ext: str) -> str:
     return f"{prefix(app_id, att_id)}derivatives/{name}{ext}"
+
+
+def variants_prefix(app_id: UUID, att_id: UUID, generation: int) -> str:
+    """Where an attachment's image variants of one generation live (a new generation, after
+    a reprocess, renders its own)."""
+    return f"{prefix(app_id, att_id)}variants/g{generation}/"
+
+
+def variant_key(app_id: UUID, att_id: UUID, generation: int, params: str, ext: str) -> str:
+    """One key per normalised parameter set: a digest, as the parameters may hold any
+    characters a key may not."""
+    digest = hashlib.sha256(params.encode()).hexdigest()[:32]
+    return f"{variants_prefix(app_id, att_id, generation)}{digest}{ext}"

@@ -84,6 +84,12 @@ class Links:
             query.append(f"token={self._token(att_id, name, version)}")
         return f"{url}?{'&'.join(query)}" if query else url
 
+    def image_url(self, att_id: UUID, params: str, query: str) -> str:
+        """A signed link to an image variant: `params` are the normalised parameters it is
+        signed for, `query` the same as a query string."""
+        return (f"{self.base}/v1/attachments/{att_id}/image?{query}"
+                f"&token={self._token(att_id, 'image:' + params)}")
+
     def expires_at(self, token: str) -> int | None:
         """The expiry a token carries (unverified: call verify first)."""
         try:

@@ -118,6 +118,10 @@ def classify_store(key: str, p: ParsedKey, owners: Owners) -> Verdict:
             return LIVE, None
         if key in derivative_keys(att):
             return LIVE, None
+        if p.rest.startswith(f"variants/g{att['generation']}/"):
+            # an image variant of the current generation (GET .../image); its row may not
+            # be written yet (a render in flight), and one the row lost is re-rendered
+            return LIVE, None
         return ORPHAN, UNREFERENCED
     if state == "failed":
         return ORPHAN, FAILED
