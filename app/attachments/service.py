@@ -19,6 +19,7 @@ import asyncpg
 from app import activity
 from app.attachments import keys, work
 from app.attachments import repository as repo
+from app.attachments import variants_repository as variants_repo
 from app.attachments.events import emit_attachment
 from app.attachments.scanning import Scanner, Unscannable, Verdict
 from app.errors import (
@@ -388,6 +389,11 @@ class Attachments:
         for old in (row["derivatives"] or {}).values():
             if old.get("key") not in written:
                 await self.store.delete(old["key"])
+        # image variants were rendered from the old generation's files: rendered anew
+        await self.store.delete_prefix(keys.variants_prefix(row["app_id"], att_id,
+                                                            row["generation"]))
+        async with self.pool.acquire() as conn:
+            await variants_repo.forget_older(conn, att_id, swapped["generation"])
         return "reprocessed"
 
     async def _fail(self, conn: asyncpg.Connection, row: asyncpg.Record,
