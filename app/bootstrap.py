@@ -20,6 +20,7 @@ from arq.connections import ArqRedis
 from app.attachments.links import Links
 from app.attachments.scanning import Scanner
 from app.attachments.service import Attachments
+from app.attachments.variants import Variants
 from app.attachments.watch import StateWatcher
 from app.auth.key_cache import KeyCache
 from app.auth.service import ApiKeys
@@ -28,6 +29,7 @@ from app.dashboard.service import Dashboard
 from app.db import create_pool as create_db_pool
 from app.jobs import JobQueue, redis_settings
 from app.media.render import allow_pixels
+from app.media.render_queue import RenderQueue
 from app.ops.fsck import Fsck
 from app.ops.gauges import Gauges
 from app.ops.leftovers import Leftovers
@@ -74,7 +76,9 @@ class Services:
     key_cache: KeyCache
     scanner: Scanner
     quarantine: Storage | None
+    render_queue: RenderQueue
     api_keys: ApiKeys = field(init=False)
+    variants: Variants = field(init=False)
     webhooks: Webhooks = field(init=False)
     attachments: Attachments = field(init=False)
     intake: Intake = field(init=False)
@@ -100,6 +104,8 @@ class Services:
             profiles=self.profiles, links=self.links, watcher=self.watcher,
             webhooks=self.webhooks, stale_job_after=self.settings.stale_job_after,
             scanner=self.scanner, quarantine=self.quarantine)
+        self.variants = Variants(pool=self.pool, store=self.store, profiles=self.profiles,
+                                 links=self.links, queue=self.render_queue)
         self.intake = Intake(pool=self.pool, cache=self.cache, jobs=self.jobs,
                              profiles=self.profiles, links=self.links, webhooks=self.webhooks,
                              settings=self.settings)
@@ -185,6 +191,8 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(http.aclose)
         watcher = StateWatcher(settings.database_url)
         stack.push_async_callback(watcher.close)
+        render_queue = RenderQueue()
+        stack.callback(render_queue.close)
         key_cache = KeyCache(settings.database_url)
         stack.push_async_callback(key_cache.close)
         yield Services(
@@ -204,6 +212,7 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
             key_cache=key_cache,
             scanner=scanner,
             quarantine=quarantine,
+            render_queue=render_queue,
         )
 
 

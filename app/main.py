@@ -11,6 +11,7 @@ from starlette.types import ASGIApp
 from app import cors, openapi, problems
 from app.attachments.routes import router as attachments_router
 from app.attachments.timeline_routes import router as attachment_events_router
+from app.attachments.variant_routes import router as variants_router
 from app.bootstrap import Services, build_services
 from app.config import ConfigError, Settings, load_settings
 from app.dashboard.routes import router as dashboard_router
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # uploads first: POST /v1/attachments/raw is that resource, not an attachment id
     app.include_router(uploads_router)
     app.include_router(attachments_router)
+    app.include_router(variants_router)
     app.include_router(presigned_router)
     app.include_router(tus_router)
     app.include_router(webhooks_router)

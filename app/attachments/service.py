@@ -521,7 +521,8 @@ class Attachments:
                 return "skipped"
             prefix = keys.prefix(row["app_id"], att_id)
             await self.cache.delete_prefix(prefix)
-            await self.store.delete_prefix(prefix)
+            await self.store.delete_prefix(prefix)  # the image variants too
+            await variants_repo.forget(conn, att_id)
             await repo.mark_purged(conn, att_id)
         return "destroyed"
 

@@ -40,6 +40,10 @@ async def usage(conn: asyncpg.Connection, att_id: UUID, generation: int) -> tupl
     return row["n"], row["bytes"]
 
 
+async def forget(conn: asyncpg.Connection, att_id: UUID) -> None:
+    await conn.execute("DELETE FROM attachment_variants WHERE attachment_id = $1", att_id)
+
+
 async def forget_older(conn: asyncpg.Connection, att_id: UUID, generation: int) -> None:
     """The rows of earlier generations (their files go with their prefix)."""
     await conn.execute("DELETE FROM attachment_variants WHERE attachment_id = $1"
