@@ -258,6 +258,8 @@ def render(source: Source, spec: TransformSpec, *, max_pixels: int | None) -> Re
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
         head = data[:16]
+        if not _looks_like_image(head):
+            raise _not_an_image()
         header = _header(lambda: pyvips.Image.new_from_buffer(data, "", access="sequential"),
                          head)
     else:
@@ -278,8 +280,11 @@ def render(source: Source, spec: TransformSpec, *, max_pixels: int | None) -> Re
         )
     shown = (height, width) if _orientation(header) in (5, 6, 7, 8) else (width, height)
     target = _target(spec, *shown)
+    # fail_on as a kwarg does not reach thumbnail's loader (libvips 8.18); the option string
+    # does. "truncated": a cut-off file is corrupt (not half grey), libjpeg's warnings about
+    # cameras' quirks are not (as with Pillow).
     options: dict[str, Any] = {"height": target.box[1], "size": target.size,
-                               "fail_on": "error"}
+                               "option_string": "fail_on=truncated"}
     if target.crop:
         options["crop"] = "centre"
     if _has_profile(header):
