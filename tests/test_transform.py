@@ -380,6 +380,45 @@ def test_broken_and_foreign_files(tmp_path: Path, data: bytes, code: str) -> Non
         assert e.value.code == code, (source, e.value)
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "AVIF"])
+def test_source_formats(tmp_path: Path, fmt: str) -> None:
+    data = encode(quadrants((64, 48), RED, BLUE), fmt)
+    path = tmp_path / "source"
+    path.write_bytes(data)
+    for source in (data, path):
+        out = render(source, spec(w=32, format="png"), max_pixels=MAX)
+        im = decoded(out.data).convert("RGB")
+        assert im.size == (32, 24)
+        assert near(im.getpixel((3, 3)), RED, 60) and near(im.getpixel((30, 20)), BLUE, 60)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "PSD", "ICO"])
+def test_images_we_do_not_decode_are_unsupported(fmt: str) -> None:
+    if fmt == "PSD":  # Pillow reads PSD but does not write it: a header is enough here
+        data = b"8BPS\x00\x01" + b"\x00" * 40
+    else:
+        data = encode(Image.new("RGB", (16, 16), RED), fmt)
+    with pytest.raises(ImageProcessingError) as e:
+        render(data, spec(w=8), max_pixels=MAX)
+    assert e.value.code == ImageProcessingError.UNSUPPORTED_IMAGE
+    assert fmt in e.value.detail
+
+
+def test_wide_gamut_is_converted_to_srgb() -> None:
+    """A Display P3 JPEG: its numbers are not sRGB's. Stripping the profile without converting
+    would shift every colour; sRGB red in P3 is about (234, 51, 35)."""
+    import pyvips
+
+    red = pyvips.Image.black(40, 40).new_from_image([255, 0, 0]).copy(interpretation="srgb")
+    p3 = red.icc_transform("p3", input_profile="srgb")
+    data = p3.jpegsave_buffer(Q=95)
+    assert "icc_profile" in Image.open(io.BytesIO(data)).info  # the source carries P3
+    for fmt in ("png", "jpeg", "webp"):
+        im = decoded(render(data, spec(w=20, format=fmt), max_pixels=MAX).data)
+        assert "icc_profile" not in im.info
+        assert near(im.convert("RGB").getpixel((10, 10)), RED, 20), fmt
+
+
 def test_truncated_jpeg_is_corrupt_not_grey() -> None:
     data = noisy_jpeg()
     with pytest.raises(ImageProcessingError) as e:

@@ -81,6 +81,9 @@ LOADERS: frozenset[str] = frozenset({"jpegload", "pngload", "gifload", "webpload
                                      "heifload"})
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"II*\x00",
                b"MM\x00*")
+# images of kinds we do not decode here (libvips reads them only through ImageMagick, which is
+# not in the bundled build and is blocked): unsupported_image, not "not an image"
+_OTHER_IMAGES = {b"BM": "BMP", b"8BPS": "PSD", b"\x00\x00\x01\x00": "ICO"}
 _ISOBMFF_BRANDS = (b"avif", b"avis", b"heic", b"heix", b"mif1", b"msf1")
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
@@ -259,7 +262,7 @@ def render(source: Source, spec: TransformSpec, *, max_pixels: int | None) -> Re
         data = bytes(source)
         head = data[:16]
         if not _looks_like_image(head):
-            raise _not_an_image()
+            raise _not_an_image(head)
         header = _header(lambda: pyvips.Image.new_from_buffer(data, "", access="sequential"),
                          head)
     else:
@@ -268,7 +271,7 @@ def render(source: Source, spec: TransformSpec, *, max_pixels: int | None) -> Re
             head = f.read(16)
         data = None
         if not _looks_like_image(head):
-            raise _not_an_image()
+            raise _not_an_image(head)
         # a path is read through a Source: libvips would take "name[...]" as options
         header = _header(lambda: pyvips.Image.new_from_source(
             pyvips.Source.new_from_file(path), "", access="sequential"), head)
@@ -333,7 +336,7 @@ def _header(opener: Any, head: bytes) -> pyvips.Image:
         if _looks_like_image(head):
             raise ImageProcessingError(ImageProcessingError.CORRUPT_IMAGE,
                                        f"the image header cannot be read: {_message(e)}") from None
-        raise _not_an_image() from None
+        raise _not_an_image(head) from None
     loader = _loader(image)
     if loader not in LOADERS:
         raise ImageProcessingError(
@@ -372,7 +375,11 @@ def _looks_like_image(head: bytes) -> bool:
     )
 
 
-def _not_an_image() -> ImageProcessingError:
+def _not_an_image(head: bytes) -> ImageProcessingError:
+    kind = next((k for sig, k in _OTHER_IMAGES.items() if head.startswith(sig)), None)
+    if kind is not None:
+        return ImageProcessingError(ImageProcessingError.UNSUPPORTED_IMAGE,
+                                    f"image format {kind} is not supported")
     return ImageProcessingError(ImageProcessingError.NOT_AN_IMAGE,
                                 "the file is not an image that can be read")
 
