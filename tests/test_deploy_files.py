@@ -26,6 +26,7 @@ import yaml
 from app.cli import build_parser
 from app.config import ConfigError, Settings, load_settings
 from app.main import create_app
+from app.scan.clamd import parse_clamd_url
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -584,6 +585,42 @@ def test_stop_grace_covers_the_shutdown_grace(
                               Settings.model_fields["shutdown_grace"].default))
         stop = duration_s(str(services[name].get("stop_grace_period", "10s")))
         assert stop > grace, f"{name}: Docker kills it after {stop} s, before its {grace} s"
+
+
+def test_the_worker_scans_with_a_clamav_service(
+    raw_compose: dict[str, Any], services: dict[str, dict[str, Any]],
+    ours: dict[str, list[str]]
+) -> None:
+    """STOWAGE_CLAMD_URL names a ClamAV service of this file (the official image, which runs
+    freshclam itself) with its own health check, its signatures in a volume, and the worker
+    waiting for it to be healthy: a `scan = true` profile works out of the box."""
+    for name in ours:
+        url = environment(services[name]).get("STOWAGE_CLAMD_URL", "")
+        assert url, f"{name}: no STOWAGE_CLAMD_URL"
+    address = parse_clamd_url(environment(services[next(iter(ours))])["STOWAGE_CLAMD_URL"])
+    assert isinstance(address, tuple), "clamd is another container: tcp://HOST:PORT"
+    host, port = address
+    assert host in services, f"STOWAGE_CLAMD_URL names no service: {host}"
+    clamav = services[host]
+    assert clamav["image"].partition(":")[0] == "clamav/clamav", clamav["image"]
+    assert port == 3310, "the official image's clamd listens on 3310"
+    check = clamav.get("healthcheck") or {}
+    assert not check.get("disable") and "clamdcheck.sh" in argv_of(check.get("test") or []), (
+        f"{host}: the image's clamdcheck.sh is not its health check"
+    )
+    # the first start downloads the whole database before clamd answers
+    assert duration_s(str(check.get("start_period", "0s"))) >= 300, (
+        f"{host}: start_period too short for the first signature download"
+    )
+    volumes = {str(v).split(":")[1]: str(v).split(":")[0] for v in clamav.get("volumes", [])}
+    assert volumes.get("/var/lib/clamav") in (raw_compose.get("volumes") or {}), (
+        f"{host}: its signature database is not kept in a named volume"
+    )
+    assert clamav.get("restart") in LONG_RUNNING, f"{host} has no restart policy"
+    worker = by_verb(ours, "worker")
+    assert depends_on(services[worker]).get(host) == "service_healthy", (
+        f"{worker} may start scanning before clamd has its signatures"
+    )
 
 
 def test_redis_keeps_its_queue(services: dict[str, dict[str, Any]],
