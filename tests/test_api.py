@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
 
 from app.auth import service as auth
-from tests.factories import upload
+from tests.factories import Clock, on_clock, upload
 
 
 @pytest.mark.parametrize("headers", [
@@ -168,8 +167,13 @@ async def test_signed_url_works_without_the_key_and_refuses_tampering(client, te
 
 
 async def test_signed_url_expires(client, tenant, res):
-    res.links.ttl = 1
+    clock = Clock()
+    short = on_clock(res.links, clock)
+    short.ttl = 1
+    res.rewire(links=short)
     att = await upload(client, tenant, b"short-lived")
-    await asyncio.sleep(3.1)  # a TTL of 1 s rounded up to its window: 1 to 2 s
+    r = await client.get(att["url"])
+    assert r.status_code == 200  # within its TTL
+    clock.advance(3.1)  # a TTL of 1 s rounded up to its window: 1 to 2 s
     r = await client.get(att["url"])
     assert r.status_code == 403 and "expired" in r.json()["detail"]

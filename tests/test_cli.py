@@ -21,6 +21,7 @@ from app.auth.service import KEY_PREFIX
 from app.config import Settings
 from app.migrate import migration_files
 from tests.conftest import PG_BASE, drop_database, env_for
+from tests.factories import age
 
 # The console script pip installed next to the interpreter ([project.scripts] in pyproject).
 STOWAGE = str(Path(sys.executable).with_name("stowage"))
@@ -437,7 +438,7 @@ async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_en
         again = await run_cli("apps", "create", name, "--json", env=env)
         assert again.returncode == 0, again  # the name is free again
         # the worker removes the files, then the app
-        await asyncio.sleep(res.settings.stale_job_after + 0.2)
+        await age(res, res.settings.stale_job_after + 0.2)
         await res.sweep.run()
         await run_worker(res)
         report = await res.sweep.run()

@@ -35,8 +35,10 @@ from tests.conftest import (
     make_settings,
     process,
     run_worker,
+    storage_root,
     wait_http,
 )
+from tests.factories import age
 
 # --- max_pixels holds for images of any size (Pillow's own bomb guard must not hide them) ---
 
@@ -391,8 +393,8 @@ async def test_upload_into_an_unwritable_cache_is_a_configuration_error(tmp_path
             assert r.status_code == 503 and "EPERM" in r.json()["checks"]["cache"]
 
 
-def test_doctor_names_the_unwritable_storage_path_and_operation(settings, tmp_path, res):
-    store = tmp_path / "store"
+def test_doctor_names_the_unwritable_storage_path_and_operation(settings, res):
+    store = storage_root(res, "store")
     with immutable(store):
         done = subprocess.run([sys.executable, "-m", "app.cli", "doctor"],
                               env=env_for(settings), capture_output=True, text=True, timeout=60)
@@ -447,7 +449,7 @@ async def test_promotion_into_a_store_that_cannot_take_it_waits_and_says_why(
             assert w["attempts"] == 0
             assert errno_name in w["last_error"] and str(store) in w["last_error"]
             assert 50 < w["wait"].total_seconds() <= work.BLOCKED_RETRY
-            await asyncio.sleep(res.settings.stale_job_after + 0.2)
+            await age(res, res.settings.stale_job_after + 0.2)
             assert att_id not in (await res.sweep.run()).promotions  # not in a tight loop
         # the operator makes room (or fixes the folder); BLOCKED_RETRY later the sweep offers
         # the promotion again
