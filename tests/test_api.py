@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from app.auth import service as auth
@@ -48,7 +46,8 @@ async def test_other_apps_attachment_is_404(client, tenant, other_tenant):
     assert r.json()["items"] == []
 
 
-@pytest.mark.parametrize("att_id", ["not-a-uuid", str(uuid.uuid4())])
+@pytest.mark.parametrize("att_id", ["not-a-uuid", "0193aaaa-0000-7000-8000-000000000000"],
+                         ids=["malformed", "unknown"])
 async def test_unknown_or_malformed_id_is_404(client, tenant, att_id):
     r = await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)
     assert r.status_code == 404
