@@ -51,16 +51,21 @@ async def row(res: Any, att_id: str | uuid.UUID) -> asyncpg.Record | None:
                                    att_id if isinstance(att_id, uuid.UUID) else uuid.UUID(att_id))
 
 
-async def age(res: Any, seconds: float) -> None:
+async def age(res: Any, seconds: float, *, backoffs: bool = False) -> None:
     """Every attachment's clocks `seconds` earlier (updated, deleted, promotion asked): what
     waiting that long does to what the sweep sees past its grace (stale_job_after), without
-    the wait. Backoffs (attachment_work) are left alone: they are waited on their own."""
+    the wait. The backoffs of failed attempts (attachment_work) too if `backoffs`; by default
+    they are left alone, for tests that wait them out on their own."""
     async with res.pool.acquire() as conn:
         await conn.execute(
             "UPDATE attachments SET updated_at = updated_at - make_interval(secs => $1),"
             " deleted_at = deleted_at - make_interval(secs => $1),"
             " promote_requested_at = promote_requested_at - make_interval(secs => $1)",
             float(seconds))
+        if backoffs:
+            await conn.execute(
+                "UPDATE attachment_work SET next_attempt_at = next_attempt_at"
+                " - make_interval(secs => $1)", float(seconds))
 
 
 class Clock:
