@@ -29,6 +29,7 @@ from tests.conftest import (
     AppKey,
     api_client,
     env_for,
+    files_under,
     free_port,
     fresh_resources,
     is_marker,
@@ -81,27 +82,22 @@ def jpeg_with_metadata_first(width: int, height: int, metadata: int) -> bytes:
 
 
 @pytest.fixture
-async def pixel_env(tmp_path, database_url):
-    path = tmp_path / "profiles.toml"
-    path.write_text(PIXEL_PROFILES)
-    settings = make_settings(tmp_path, database_url, profiles_file=str(path))
-    async with fresh_resources(settings) as res, api_client(res) as client:
+async def pixel_env(env_factory):
+    res = (await env_factory("file", profiles=PIXEL_PROFILES)).res
+    async with api_client(res) as client:
         new = await auth.create_app(res.pool, "pixels")
         yield res, client, AppKey(new.app_id, new.api_key)
 
 
-async def _rows_and_files(res, tmp_path) -> tuple[int, list[str]]:
+async def _rows_and_files(res) -> tuple[int, list[str]]:
     async with res.pool.acquire() as conn:
         rows = await conn.fetchval("SELECT count(*) FROM attachments")
-    files = [str(p) for p in tmp_path.rglob("*")
-             if p.is_file() and p.suffix != ".toml" and not is_marker(p)]
-    return rows, files
+    return rows, files_under(storage_root(res, "cache")) + files_under(storage_root(res, "store"))
 
 
 @pytest.mark.parametrize("make", [huge_png, huge_jpeg], ids=["png", "jpeg"])
 @pytest.mark.parametrize("size", [(20000, 20000), (60000, 5000)], ids=["400MP", "300MP"])
-async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, tmp_path, make,
-                                                                   size):
+async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, make, size):
     res, client, tenant = pixel_env
     data = make(*size)
     assert len(data) < 1000
@@ -116,10 +112,10 @@ async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, tm
         assert r.status_code == 422, (how, r.text)
         assert r.headers["content-type"] == "application/problem+json"
         assert f"{size[0] * size[1]} pixels" in r.json()["detail"]
-        assert await _rows_and_files(res, tmp_path) == (0, [])
+        assert await _rows_and_files(res) == (0, [])
 
 
-async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env, tmp_path):
+async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env):
     res, client, tenant = pixel_env
 
     async def network(data: bytes):  # as a socket delivers it, not in one piece
@@ -131,7 +127,7 @@ async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env,
                           headers=tenant.headers, content=network(data))
     assert r.status_code == 422, r.text
     assert "400000000 pixels" in r.json()["detail"]
-    assert await _rows_and_files(res, tmp_path) == (0, [])
+    assert await _rows_and_files(res) == (0, [])
     # and the size of an allowed one is read from as far in
     r = await client.post("/v1/attachments/raw", params={"profile": "photos"},
                           headers=tenant.headers,
@@ -142,7 +138,7 @@ async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env,
                                     "stripped": ["app2"]}
 
 
-async def test_max_pixels_holds_for_a_tus_upload_too(pixel_env, tmp_path):
+async def test_max_pixels_holds_for_a_tus_upload_too(pixel_env):
     """tus checks the file where it lies once complete (ingest.inspect), as far in."""
     res, client, tenant = pixel_env
     data = jpeg_with_metadata_first(20000, 20000, metadata=300_000)

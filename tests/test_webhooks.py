@@ -22,7 +22,6 @@ from tests.conftest import (
     AppKey,
     api_client,
     env_for,
-    fresh_resources,
     lose_queued_jobs,
     make_settings,
     process,
@@ -203,15 +202,12 @@ format = "png"
 """
 
 
-async def test_the_links_of_an_event_work_when_its_last_retry_arrives(tmp_path, database_url,
-                                                                      receiver):
+async def test_the_links_of_an_event_work_when_its_last_retry_arrives(env_factory, receiver):
     """Links in events outlive the retry schedule: here a link lasts 1 s, and the event
     arrives on its second attempt, 4 s (±20 %) after the first."""
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text(THUMBS)
-    settings = make_settings(tmp_path, database_url, profiles_file=str(profiles),
-                             download_url_ttl=1, webhook_retry_delays="4", webhook_timeout=0.5)
-    async with fresh_resources(settings) as res, api_client(res) as client:
+    res = (await env_factory("file", profiles=THUMBS, download_url_ttl=1,
+                             webhook_retry_delays="4", webhook_timeout=0.5)).res
+    async with api_client(res) as client:
         clock = Clock()
         res.rewire(links=on_clock(res.links, clock))
         new = await auth.create_app(res.pool, "links")

@@ -78,7 +78,7 @@ async def test_a_failed_attempt_is_recorded_and_waits_its_backoff(client, tenant
     await age(res, res.settings.stale_job_after + 0.2)
     report = await res.sweep.run()
     assert att_id not in report.promotions  # still waiting out its backoff
-    await asyncio.sleep(delay)
+    await age(res, delay, backoffs=True)  # its backoff is over
     report = await res.sweep.run()
     assert att_id in report.promotions
 
