@@ -406,12 +406,12 @@ async def test_a_misspelt_variable_is_named_with_the_one_meant(settings, tmp_pat
     assert hint in result.stdout and "warning: " + hint in result.stderr, result
 
 
-async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_env, settings):
+async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_env, res):
     from app.auth import service as auth
-    from tests.conftest import api_client, files_under, fresh_resources, run_worker
+    from tests.conftest import api_client, files_under, run_worker
 
     name = f"doomed-{secrets.token_hex(3)}"
-    async with fresh_resources(settings) as res, api_client(res) as client:
+    async with api_client(res) as client:
         made = await auth.create_app(res.pool, name)
         headers = {"Authorization": f"Bearer {made.api_key}"}
         ids = []
