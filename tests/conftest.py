@@ -1,6 +1,18 @@
 """Real Postgres, Redis and (for S3 cases) a moto server: no mocks.
 
-Each test run gets its own database and its own arq queue name, so runs never see each other.
+Each test run (each pytest-xdist worker too) gets its own database, arq queue name and moto
+server, so runs never see each other; Redis is shared, so only this run's keys are deleted.
+
+Environments: `env_factory(storage="file"|"s3"|"s3-cache", profiles=TOML, **settings
+overrides)` gives a test an Environment (`res`, `settings`, `cache_root`/`store_root` or
+`cache_bucket`/`store_bucket`). Its Services is built once per session for the same storage
+kind and overrides and reset before each test: apps and everything of theirs truncated, the
+storages emptied but for their identity markers and recorded again, the queue emptied, parts
+swapped with `rewire` restored (after the test too). `res`, `client`, `tenant`, `s3_env`,
+`settings` and `storage_files` run on the plain file Environment (`environment`, which honours
+@pytest.mark.settings). Look at a storage's folder with `storage_root(res, role)`, never at
+tmp_path; give a process next to it `settings_with(res.settings, **overrides)`. Waits the
+sweep or a TTL would need: tests/factories.py (`age`, `age_webhooks`, `Clock`).
 """
 
 from __future__ import annotations
