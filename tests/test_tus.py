@@ -39,9 +39,7 @@ from tests.conftest import (
     env_for,
     files_under,
     free_port,
-    fresh_resources,
     is_marker,
-    make_settings,
     process,
     run_worker,
     wait_http,
@@ -921,26 +919,24 @@ def _main_includes_tus(settings: Any) -> bool:
                for r in create_app(settings).routes)
 
 
-async def test_tuspy_against_stowage_serve(tmp_path, database_url):
-    port = free_port()
-    settings = make_settings(tmp_path, database_url, public_url=f"http://127.0.0.1:{port}")
+async def test_tuspy_against_stowage_serve(tmp_path, env_factory):
+    env = await env_factory("file")  # not live: `stowage serve` takes its port
+    res, settings, key = env.res, env.res.settings, env.tenant
+    port = urlsplit(settings.public_url).port
     if not _main_includes_tus(settings):
         pytest.skip("app/main.py does not include the tus router yet")
-    async with fresh_resources(settings) as res:
-        new = await auth.create_app(res.pool, "e2e")
-        key = AppKey(new.app_id, new.api_key)
-        data = os.urandom(3 * MiB + 1)
-        with process(["serve", "--port", str(port)], env_for(settings), tmp_path / "api.log"):
-            await asyncio.to_thread(wait_http, f"{settings.public_url}/healthz")
-            _, offset, last = await asyncio.to_thread(
-                tuspy_upload, settings.public_url, key, data, chunk_size=MiB)
-        assert offset == len(data)
-        att_id = last["stowage-attachment-id"]
-        await run_worker(res)
-        async with res.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT state, size FROM attachments WHERE id = $1",
-                                      UUID(att_id))
-        assert row["state"] == "stored" and row["size"] == len(data)
+    data = os.urandom(3 * MiB + 1)
+    with process(["serve", "--port", str(port)], env_for(settings), tmp_path / "api.log"):
+        await asyncio.to_thread(wait_http, f"{settings.public_url}/healthz")
+        _, offset, last = await asyncio.to_thread(
+            tuspy_upload, settings.public_url, key, data, chunk_size=MiB)
+    assert offset == len(data)
+    att_id = last["stowage-attachment-id"]
+    await run_worker(res)
+    async with res.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT state, size FROM attachments WHERE id = $1",
+                                  UUID(att_id))
+    assert row["state"] == "stored" and row["size"] == len(data)
 
 
 def test_part_size():
