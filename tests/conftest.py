@@ -1,14 +1,28 @@
 """Real Postgres, Redis and (for S3 cases) a moto server: no mocks.
 
-Each test run gets its own database and its own arq queue name, so runs never see each other.
+Each test run (each pytest-xdist worker too) gets its own database, arq queue name and moto
+server, so runs never see each other; Redis is shared, so only this run's keys are deleted.
+
+Environments: `env_factory(storage="file"|"s3"|"s3-cache", profiles=TOML, **settings
+overrides)` gives a test an Environment (`res`, `settings`, `cache_root`/`store_root` or
+`cache_bucket`/`store_bucket`). Its Services is built once per session for the same storage
+kind and overrides and reset before each test: apps and everything of theirs truncated, the
+storages emptied but for their identity markers and recorded again, the queue emptied, parts
+swapped with `rewire` restored (after the test too). `res`, `client`, `tenant`, `s3_env`,
+`settings` and `storage_files` run on the plain file Environment (`environment`, which honours
+@pytest.mark.settings). Look at a storage's folder with `storage_root(res, role)`, never at
+tmp_path; give a process next to it `settings_with(res.settings, **overrides)`. Waits the
+sweep or a TTL would need: tests/factories.py (`age`, `age_webhooks`, `Clock`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,11 +41,14 @@ from botocore.retries.standard import ExponentialBackoff
 from moto.server import ThreadedMotoServer
 
 from app.auth import service as auth
-from app.bootstrap import Services, build_services
+from app.bootstrap import PARTS, Services, build_services
 from app.config import Settings, load_settings
 from app.main import create_app
 from app.migrate import migrate
 from app.storage import is_reserved, open_s3_client
+from app.storage_identity.service import Target
+from app.storage_identity.service import verify as verify_storages
+from app.uploads.running_digests import RunningDigests
 from worker.settings import build_worker
 
 PG_BASE = os.environ.get("STOWAGE_TEST_PG", "postgresql://127.0.0.1:5432")
@@ -103,8 +120,19 @@ async def s3_client(moto_endpoint: str) -> AsyncIterator[Any]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Settings:
+    """The settings of this test's `environment` when it has one (res, client, tenant, …):
+    its storages are the shared ones, see `storage_root` and `storage_files`. Otherwise new
+    settings with empty storages under tmp_path, for tests of processes and first starts."""
+    if "environment" in request.fixturenames:
+        return request.getfixturevalue("environment").settings
     return make_settings(tmp_path, database_url)
+
+
+def settings_with(settings: Settings, **overrides: Any) -> Settings:
+    """These settings (same database, queue and storages) with some values changed: for a
+    process or a second Services next to a test's environment."""
+    return load_settings(**{**settings.model_dump(), **overrides})
 
 
 def make_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
@@ -149,7 +177,8 @@ async def _storages_of_this_test(request: pytest.FixtureRequest) -> None:
 
 @contextlib.asynccontextmanager
 async def fresh_resources(settings: Settings) -> AsyncIterator[Services]:
-    """Services over an empty database (no storages recorded) and an empty queue."""
+    """Services over an empty database (no storages recorded) and an empty queue, built for
+    this caller alone. Most tests want `env_factory` (shared, reset per test) instead."""
     await forget_storage_identities(settings.database_url, and_apps=True)
     async with build_services(settings) as resources:
         await resources.redis.delete(settings.queue_name, resources.jobs.delivery_queue_name)
@@ -165,10 +194,194 @@ async def api_client(res: Services) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
+# --- environments: Services built once, reset per test ---------------------------------------
+
+def _empty_folder(root: Path) -> None:
+    """Every file and folder below root but the storage's identity marker."""
+    if not root.exists():
+        return
+    for child in root.iterdir():
+        if is_marker(child.relative_to(root)):
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, onerror=_writable_and_retry)
+        else:
+            child.unlink()
+
+
+def _writable_and_retry(function: Any, path: str, exc: Any) -> None:
+    os.chmod(os.path.dirname(path), 0o700)
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(path, 0o700)
+    function(path)
+
+
+async def empty_bucket(s3: Any, bucket: str) -> None:
+    """Every object and unfinished multipart upload in the bucket but identity markers."""
+    uploads = await s3.list_multipart_uploads(Bucket=bucket)
+    for u in uploads.get("Uploads", []):
+        await s3.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+    paginator = s3.get_paginator("list_objects_v2")
+    async for page in paginator.paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", []) if not is_marker(o["Key"])]
+        if keys:
+            await s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+
+
+@dataclasses.dataclass(eq=False)
+class Environment:
+    """One `Services` (and its storages) shared by the tests that ask for the same storage
+    kind and settings: built once, reset before each test (see reset)."""
+
+    res: Services
+    storage: str  # "file", "s3" (both storages) or "s3-cache" (the store on files)
+    stack: contextlib.AsyncExitStack
+    cache_root: Path | None = None  # file storages: the folders
+    store_root: Path | None = None
+    cache_bucket: str | None = None  # s3 storages: the buckets (the store under "files/")
+    store_bucket: str | None = None
+    s3: Any = None
+    parts: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def settings(self) -> Settings:
+        return self.res.settings
+
+    def restore(self) -> None:
+        """The parts a test swapped with rewire back, and a fresh running-digest table."""
+        self.res.rewire(**{**self.parts, "tus_digests": RunningDigests()})
+
+    async def reset(self, *, database: bool = True) -> None:
+        """What a test starts from: no apps or attachments (nor anything of theirs) unless
+        not `database` (a test's second environment must not lose what its first made),
+        this environment's storages recorded and empty but for their markers, an empty
+        queue, the parts as built."""
+        self.restore()
+        async with self.res.pool.acquire() as conn:
+            await conn.execute(("TRUNCATE apps CASCADE; " if database else "")
+                               + "DELETE FROM storage_identities")
+        for bucket in (self.cache_bucket, self.store_bucket):
+            if bucket is not None:
+                await empty_bucket(self.s3, bucket)
+        if self.cache_root is not None:
+            _empty_folder(self.cache_root)
+        if self.store_root is not None:
+            _empty_folder(self.store_root)
+        await lose_queued_jobs(self.res.redis, self.settings.queue_name)
+        await verify_storages(self.res.pool, [
+            Target("cache", self.res.cache, self.settings.cache_url),
+            Target("store", self.res.store, self.settings.store_url)])
+
+    async def files(self) -> tuple[list[str], list[str]]:
+        """The files in the cache and the store (file storages), markers left out."""
+        assert self.cache_root is not None and self.store_root is not None
+        return files_under(self.cache_root), files_under(self.store_root)
+
+
+class Environments:
+    """The session's environments, by storage kind and settings overrides; the least
+    recently used is closed when there are more than MAX."""
+
+    MAX = 4
+
+    def __init__(self, root: Path, database_url: str, moto_endpoint: str, s3: Any) -> None:
+        self.root, self.database_url, self.moto_endpoint, self.s3 = (
+            root, database_url, moto_endpoint, s3)
+        self.built: dict[Any, Environment] = {}
+
+    async def get(self, storage: str = "file", **overrides: Any) -> Environment:
+        key = (storage, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
+        env = self.built.pop(key, None)
+        if env is None:
+            env = await self._build(storage, overrides)
+            while len(self.built) >= self.MAX:
+                oldest = next(iter(self.built))
+                await self.built.pop(oldest).stack.aclose()
+        self.built[key] = env  # last: the most recently used
+        return env
+
+    async def _build(self, storage: str, overrides: dict[str, Any]) -> Environment:
+        folder = self.root / f"env-{secrets.token_hex(4)}"
+        folder.mkdir()
+        env_fields: dict[str, Any] = {}
+        values: dict[str, Any] = {}
+        if storage == "s3":
+            cache_bucket, store_bucket = (f"cache-{secrets.token_hex(4)}",
+                                          f"store-{secrets.token_hex(4)}")
+            for b in (cache_bucket, store_bucket):
+                await self.s3.create_bucket(Bucket=b)
+            values.update(cache_url=f"s3://{cache_bucket}", store_url=f"s3://{store_bucket}/files",
+                          s3_endpoint_url=self.moto_endpoint, s3_region="us-east-1",
+                          max_upload_size=20 * 1024 * 1024)
+            env_fields.update(cache_bucket=cache_bucket, store_bucket=store_bucket)
+        elif storage == "s3-cache":
+            cache_bucket = f"cache-{secrets.token_hex(4)}"
+            await self.s3.create_bucket(Bucket=cache_bucket)
+            values.update(cache_url=f"s3://{cache_bucket}", s3_endpoint_url=self.moto_endpoint,
+                          s3_region="us-east-1")
+            env_fields.update(cache_bucket=cache_bucket, store_root=folder / "store")
+        elif storage == "file":
+            env_fields.update(cache_root=folder / "cache", store_root=folder / "store")
+        else:
+            raise ValueError(f"storage is 'file', 's3' or 's3-cache', not {storage!r}")
+        profiles = overrides.pop("profiles", None)
+        if profiles is not None:
+            path = folder / "profiles.toml"
+            path.write_text(profiles)
+            values["profiles_file"] = str(path)
+        settings = make_settings(folder, self.database_url, **{**values, **overrides})
+        stack = contextlib.AsyncExitStack()
+        await forget_storage_identities(self.database_url, and_apps=True)
+        res = await stack.enter_async_context(build_services(settings))
+        return Environment(res=res, storage=storage, stack=stack, s3=self.s3,
+                           parts={name: getattr(res, name) for name in PARTS}, **env_fields)
+
+    async def aclose(self) -> None:
+        while self.built:
+            await self.built.popitem()[1].stack.aclose()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def environments(tmp_path_factory: pytest.TempPathFactory, database_url: str,
+                       moto_endpoint: str, s3_client: Any) -> AsyncIterator[Environments]:
+    envs = Environments(tmp_path_factory.mktemp("environments"), database_url, moto_endpoint,
+                        s3_client)
+    try:
+        yield envs
+    finally:
+        await envs.aclose()
+
+
 @pytest.fixture
-async def res(settings: Settings) -> AsyncIterator[Services]:
-    async with fresh_resources(settings) as resources:
-        yield resources
+async def env_factory(environments: Environments) -> AsyncIterator[Any]:
+    """`await env_factory(storage="file"|"s3"|"s3-cache", profiles=TOML text, **settings
+    overrides)`: an
+    Environment (its `res`, `settings`, storage roots or buckets), shared with every test that
+    asks for the same, reset for this test, its parts restored after it."""
+    used: list[Environment] = []
+
+    async def make(storage: str = "file", **overrides: Any) -> Environment:
+        env = await environments.get(storage, **overrides)
+        await env.reset(database=not used)
+        used.append(env)
+        return env
+
+    make.used = used  # type: ignore[attr-defined]
+    yield make
+    for env in used:
+        env.restore()
+
+
+@pytest.fixture
+async def environment(env_factory: Any, request: pytest.FixtureRequest) -> Environment:
+    """The file-storage Environment, with this test's @pytest.mark.settings overrides."""
+    marker = request.node.get_closest_marker("settings")
+    return await env_factory("file", **(marker.kwargs if marker else {}))
+
+
+@pytest.fixture
+async def res(environment: Environment) -> Services:
+    return environment.res
 
 
 @pytest.fixture
@@ -229,13 +442,23 @@ def files_under(root: Path) -> list[str]:
                   if p.is_file() and not is_reserved(rel := p.relative_to(root).as_posix()))
 
 
+def storage_root(res: Services, role: str) -> Path:
+    """The folder of a file storage ("cache" or "store") of these services."""
+    url = getattr(res.settings, f"{role}_url")
+    assert url.startswith("file://"), url
+    return Path(url.removeprefix("file://"))
+
+
 @pytest.fixture
-def storage_files(settings: Settings):
-    cache = Path(settings.cache_url.removeprefix("file://"))
-    store = Path(settings.store_url.removeprefix("file://"))
+def storage_files(env_factory: Any, settings: Settings):
+    """`await storage_files()`: (cache files, store files) of the last environment this test
+    asked for, or of `settings`' storages when it asked for none."""
 
     async def _files() -> tuple[list[str], list[str]]:
-        return files_under(cache), files_under(store)
+        if env_factory.used:
+            return await env_factory.used[-1].files()
+        return (files_under(Path(settings.cache_url.removeprefix("file://"))),
+                files_under(Path(settings.store_url.removeprefix("file://"))))
 
     return _files
 
@@ -256,8 +479,8 @@ async def lose_queued_jobs(redis: Any, queue_name: str) -> list[str]:
 
 
 @pytest.fixture
-async def redis_client(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    r = aioredis.from_url(settings.redis_url)
+async def redis_client() -> AsyncIterator[aioredis.Redis]:
+    r = aioredis.from_url(f"{REDIS_BASE}/{REDIS_DB}")
     yield r
     await r.aclose()
 
@@ -328,25 +551,12 @@ def fast_botocore_backoff(monkeypatch):
 
 
 @pytest.fixture
-async def s3_env(tmp_path, database_url, moto_endpoint, s3_client):
+async def s3_env(env_factory):
     """Both storages on S3 (moto): (res, client, tenant, cache_bucket, store_bucket)."""
-    cache_bucket, store_bucket = f"cache-{secrets.token_hex(4)}", f"store-{secrets.token_hex(4)}"
-    for b in (cache_bucket, store_bucket):
-        await s3_client.create_bucket(Bucket=b)
-    settings = make_settings(tmp_path, database_url, cache_url=f"s3://{cache_bucket}",
-                             store_url=f"s3://{store_bucket}/files", s3_endpoint_url=moto_endpoint,
-                             s3_region="us-east-1", max_upload_size=20 * 1024 * 1024)
-    await forget_storage_identities(database_url, and_apps=True)
-    async with build_services(settings) as res:
-        await res.redis.delete(settings.queue_name)
-        app = create_app(settings, res)
-        app.state.services = res
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://t") as client:
-            new = await auth.create_app(res.pool, "s3")
-            yield res, client, AppKey(new.app_id, new.api_key), cache_bucket, store_bucket
-
-
+    env = await env_factory("s3")
+    async with api_client(env.res) as client:
+        new = await auth.create_app(env.res.pool, "s3")
+        yield env.res, client, AppKey(new.app_id, new.api_key), env.cache_bucket, env.store_bucket
 
 
 # Modules whose tests start many processes, browsers, fuzzers or outages: marked slow, so

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-
 import pytest
 
 from app.auth import service as auth
-from tests.factories import upload
+from tests.factories import Clock, on_clock, upload
 
 
 @pytest.mark.parametrize("headers", [
@@ -49,7 +46,8 @@ async def test_other_apps_attachment_is_404(client, tenant, other_tenant):
     assert r.json()["items"] == []
 
 
-@pytest.mark.parametrize("att_id", ["not-a-uuid", str(uuid.uuid4())])
+@pytest.mark.parametrize("att_id", ["not-a-uuid", "0193aaaa-0000-7000-8000-000000000000"],
+                         ids=["malformed", "unknown"])
 async def test_unknown_or_malformed_id_is_404(client, tenant, att_id):
     r = await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)
     assert r.status_code == 404
@@ -168,8 +166,13 @@ async def test_signed_url_works_without_the_key_and_refuses_tampering(client, te
 
 
 async def test_signed_url_expires(client, tenant, res):
-    res.links.ttl = 1
+    clock = Clock()
+    short = on_clock(res.links, clock)
+    short.ttl = 1
+    res.rewire(links=short)
     att = await upload(client, tenant, b"short-lived")
-    await asyncio.sleep(3.1)  # a TTL of 1 s rounded up to its window: 1 to 2 s
+    r = await client.get(att["url"])
+    assert r.status_code == 200  # within its TTL
+    clock.advance(3.1)  # a TTL of 1 s rounded up to its window: 1 to 2 s
     r = await client.get(att["url"])
     assert r.status_code == 403 and "expired" in r.json()["detail"]

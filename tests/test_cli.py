@@ -21,6 +21,7 @@ from app.auth.service import KEY_PREFIX
 from app.config import Settings
 from app.migrate import migration_files
 from tests.conftest import PG_BASE, drop_database, env_for
+from tests.factories import age
 
 # The console script pip installed next to the interpreter ([project.scripts] in pyproject).
 STOWAGE = str(Path(sys.executable).with_name("stowage"))
@@ -405,12 +406,12 @@ async def test_a_misspelt_variable_is_named_with_the_one_meant(settings, tmp_pat
     assert hint in result.stdout and "warning: " + hint in result.stderr, result
 
 
-async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_env, settings):
+async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_env, res):
     from app.auth import service as auth
-    from tests.conftest import api_client, files_under, fresh_resources, run_worker
+    from tests.conftest import api_client, files_under, run_worker
 
     name = f"doomed-{secrets.token_hex(3)}"
-    async with fresh_resources(settings) as res, api_client(res) as client:
+    async with api_client(res) as client:
         made = await auth.create_app(res.pool, name)
         headers = {"Authorization": f"Bearer {made.api_key}"}
         ids = []
@@ -437,7 +438,7 @@ async def test_apps_delete_asks_then_removes_everything_in_the_background(cli_en
         again = await run_cli("apps", "create", name, "--json", env=env)
         assert again.returncode == 0, again  # the name is free again
         # the worker removes the files, then the app
-        await asyncio.sleep(res.settings.stale_job_after + 0.2)
+        await age(res, res.settings.stale_job_after + 0.2)
         await res.sweep.run()
         await run_worker(res)
         report = await res.sweep.run()

@@ -18,7 +18,7 @@ from app.auth import service as auth
 from app.bootstrap import build_services
 from app.config import ConfigError
 from app.main import create_app
-from tests.conftest import AppKey, fresh_resources, make_settings
+from tests.conftest import AppKey, make_settings
 from tests.proxy import TCPProxy
 
 ORIGIN = "https://app.example"
@@ -44,21 +44,20 @@ def exposed(r: httpx.Response) -> set[str]:
 
 
 @contextlib.asynccontextmanager
-async def cors_client(tmp_path, database_url, origins: str, **overrides: Any
+async def cors_client(env_factory, origins: str, **overrides: Any
                       ) -> AsyncIterator[tuple[httpx.AsyncClient, AppKey]]:
-    settings = make_settings(tmp_path, database_url, cors_origins=origins, **overrides)
-    async with fresh_resources(settings) as res:
-        app = create_app(settings, res)
-        app.state.services = res  # ASGITransport does not run the lifespan
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://stowage.test") as c:
-            new = await auth.create_app(res.pool, "cors")
-            yield c, AppKey(new.app_id, new.api_key)
+    res = (await env_factory("file", cors_origins=origins, **overrides)).res
+    app = create_app(res.settings, res)
+    app.state.services = res  # ASGITransport does not run the lifespan
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://stowage.test") as c:
+        new = await auth.create_app(res.pool, "cors")
+        yield c, AppKey(new.app_id, new.api_key)
 
 
 @pytest.fixture
-async def api(tmp_path, database_url):
-    async with cors_client(tmp_path, database_url, f"{ORIGIN}, http://localhost:5173") as pair:
+async def api(env_factory):
+    async with cors_client(env_factory, f"{ORIGIN}, http://localhost:5173") as pair:
         yield pair
 
 
@@ -147,9 +146,9 @@ async def test_errors_carry_the_cors_headers(api):
         assert "retry-after" in exposed(r)
 
 
-async def test_an_unexpected_500_carries_the_cors_headers_too(tmp_path, database_url):
+async def test_an_unexpected_500_carries_the_cors_headers_too(env_factory):
     """The app's catch-all answers outside every user middleware: CORS must sit outside it."""
-    async with cors_client(tmp_path, database_url, ORIGIN) as (client, _):
+    async with cors_client(env_factory, ORIGIN) as (client, _):
         app = client._transport.app  # type: ignore[attr-defined]
 
         async def broken() -> None:
@@ -185,8 +184,8 @@ async def test_postgres_unreachable_503_carries_the_cors_headers(tmp_path, datab
         await pg.cut()
 
 
-async def test_star_allows_any_origin(tmp_path, database_url):
-    async with cors_client(tmp_path, database_url, "*") as (client, tenant):
+async def test_star_allows_any_origin(env_factory):
+    async with cors_client(env_factory, "*") as (client, tenant):
         r = await client.options("/v1/attachments/raw", headers=preflight(
             "POST", "authorization, content-type", origin="https://anything.example"))
         assert r.status_code == 200
@@ -198,8 +197,8 @@ async def test_star_allows_any_origin(tmp_path, database_url):
         assert r.status_code == 401 and r.headers["access-control-allow-origin"] == "*"
 
 
-async def test_off_by_default_for_all_of_v1_tus_included(tmp_path, database_url, caplog):
-    async with cors_client(tmp_path, database_url, "") as (client, tenant):
+async def test_off_by_default_for_all_of_v1_tus_included(env_factory, caplog):
+    async with cors_client(env_factory, "") as (client, tenant):
         for method, path in (("POST", "/v1/attachments"), ("POST", "/v1/tus/"),
                              ("PATCH", "/v1/tus/0193aaaa-0000-7000-8000-000000000000")):
             r = await client.options(path, headers=preflight(method, "authorization"))
@@ -213,8 +212,8 @@ async def test_off_by_default_for_all_of_v1_tus_included(tmp_path, database_url,
     assert len(refused) == 1 and ORIGIN in refused[0]
 
 
-async def test_the_dashboard_and_probes_are_not_cors(tmp_path, database_url):
-    async with cors_client(tmp_path, database_url, "*", admin_token="t" * 32) as (client, _):
+async def test_the_dashboard_and_probes_are_not_cors(env_factory):
+    async with cors_client(env_factory, "*", admin_token="t" * 32) as (client, _):
         for path in ("/dashboard", "/dashboard/", "/healthz", "/v1x"):
             r = await client.get(path, headers={"Origin": ORIGIN})
             assert "access-control-allow-origin" not in r.headers, path

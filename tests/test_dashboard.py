@@ -32,7 +32,7 @@ from app.dashboard.session import COOKIE, Sessions
 from app.main import create_app
 from app.webhooks import repository as webhooks_repo
 from tests import factories
-from tests.conftest import AppKey, fresh_resources, make_settings, run_worker
+from tests.conftest import AppKey, make_settings, run_worker
 from tests.helpers import jpeg_bytes
 from tests.receiver import Receiver, Reply
 
@@ -93,10 +93,13 @@ class Env:
     tenant: AppKey
 
 
+DASHBOARD = {"profiles": PROFILES, "webhook_retry_delays": "0", "webhook_timeout": 0.5}
+
+
 @pytest.fixture
-async def env(tmp_path, database_url) -> AsyncIterator[Env]:
-    settings = dashboard_settings(tmp_path, database_url)
-    async with fresh_resources(settings) as res, client_for(res) as client:
+async def env(env_factory) -> AsyncIterator[Env]:
+    res = (await env_factory("file", admin_token=TOKEN, **DASHBOARD)).res
+    async with client_for(res) as client:
         new = await auth.create_app(res.pool, "acme")
         yield Env(res, client, AppKey(new.app_id, new.api_key))
 
@@ -141,9 +144,9 @@ async def subscribe(client, tenant, url) -> dict:
 # --- on/off, login, sessions -----------------------------------------------------------------
 
 @pytest.mark.parametrize("token", ["", "   "])
-async def test_off_without_token(tmp_path, database_url, token):
-    settings = dashboard_settings(tmp_path, database_url, token=token)
-    async with fresh_resources(settings) as res, client_for(res) as client:
+async def test_off_without_token(env_factory, token):
+    res = (await env_factory("file", admin_token=token, **DASHBOARD)).res
+    async with client_for(res) as client:
         for method, path in [("GET", "/dashboard"), ("GET", "/dashboard/login"),
                              ("POST", "/dashboard/login"), ("GET", "/dashboard/attachments"),
                              ("GET", "/dashboard/static/dashboard.css"),
@@ -230,10 +233,10 @@ async def test_logout(env):
     assert (await env.client.get("/dashboard")).status_code == 303
 
 
-async def test_secure_cookie_when_served_over_https(tmp_path, database_url):
-    settings = dashboard_settings(tmp_path, database_url, public_url="https://files.example")
-    async with fresh_resources(settings) as res, \
-            client_for(res, base_url="https://files.example") as client:
+async def test_secure_cookie_when_served_over_https(env_factory):
+    res = (await env_factory("file", admin_token=TOKEN, public_url="https://files.example",
+                             **DASHBOARD)).res
+    async with client_for(res, base_url="https://files.example") as client:
         r = await client.post("/dashboard/login", data={"token": TOKEN})
         assert r.status_code == 303
         assert "secure" in r.headers["set-cookie"].lower()

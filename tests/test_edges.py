@@ -3,7 +3,6 @@ signed links honoured across instances with other settings, and tus answers when
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import secrets
 from urllib.parse import parse_qs, urlsplit
@@ -18,6 +17,7 @@ from app.auth import service as auth
 from app.errors import RangeNotSatisfiable
 from app.main import create_app
 from tests.conftest import AppKey, api_client, fresh_resources, make_settings
+from tests.factories import Clock, on_clock
 from tests.s3_fault_proxy import S3FaultProxy
 
 # --- Range (RFC 9110 §14.1.1): only ASCII digits; invalid is ignored, unsatisfiable is 416 -------
@@ -93,13 +93,15 @@ def test_an_empty_file_has_no_satisfiable_range_but_a_suffix():
 async def test_a_link_lasts_what_the_issuing_instance_promised(res, tenant):
     """Two API instances with different STOWAGE_DOWNLOAD_URL_TTL: each honours the other's
     links for as long as the other promised, no longer and no shorter."""
-    settings = res.settings
+    settings, clock = res.settings, Clock()
+    res.rewire(links=on_clock(res.links, clock))
     short_lived = dataclasses.replace(res, links=Links(settings.public_url,
-                                                       settings.signing_key, ttl=1))
+                                                       settings.signing_key, ttl=1,
+                                                       clock=clock))
     async with api_client(res) as long_api, api_client(short_lived) as short_api:
         long_att = await raw_upload(long_api, tenant, BODY)  # an hour
         short_att = await raw_upload(short_api, tenant, BODY)  # a second (or two: windows)
-        await asyncio.sleep(3.1)
+        clock.advance(3.1)
         r = await short_api.get(long_att["url"])
         assert r.status_code == 200 and r.content == BODY
         r = await long_api.get(short_att["url"])

@@ -26,15 +26,17 @@ from tests.conftest import (
     make_settings,
     process,
     run_worker,
+    settings_with,
     wait_for,
     wait_http,
 )
+from tests.factories import age
 from tests.proxy import TCPProxy
 
 
 async def test_worker_sigkilled_mid_promotion_is_finished_by_the_next(
         client, tenant, res, settings, tmp_path, storage_files):
-    settings = make_settings(tmp_path, res.settings.database_url, job_timeout=3)
+    settings = settings_with(res.settings, job_timeout=3)
     env = env_for(settings)
     r = await client.post("/v1/attachments", headers=tenant.headers,
                           files={"file": ("a.txt", b"abc" * 10000)})
@@ -165,7 +167,7 @@ async def test_redis_unreachable_upload_still_lands_and_sweep_enqueues(proxied):
     ready = await client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["checks"]["redis"] != "ok"
     await rd.start()
-    await asyncio.sleep(res.settings.stale_job_after + 0.1)
+    await age(res, res.settings.stale_job_after + 0.1)
     report = await res.sweep.run()
     assert att_id in report.promotions
     await run_worker(res)

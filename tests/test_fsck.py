@@ -283,12 +283,9 @@ format = "webp"
 """
 
 
-async def test_derivatives_old_generation_is_orphan_missing_one_is_broken(tmp_path,
-                                                                          database_url):
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text(PROFILES)
-    settings = make_settings(tmp_path, database_url, profiles_file=str(profiles))
-    async with fresh_resources(settings) as res, api_client(res) as client:
+async def test_derivatives_old_generation_is_orphan_missing_one_is_broken(env_factory):
+    res = (await env_factory("file", profiles=PROFILES)).res
+    async with api_client(res) as client:
         new = await auth.create_app(res.pool, "fsck")
         tenant = AppKey(new.app_id, new.api_key)
         r = await client.post("/v1/attachments", headers=tenant.headers,

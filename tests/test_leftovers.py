@@ -14,7 +14,14 @@ import uuid
 from pathlib import Path
 
 from app.storage.base import is_temp_name
-from tests.conftest import env_for, free_port, make_settings, process, wait_for, wait_http
+from tests.conftest import (
+    env_for,
+    free_port,
+    process,
+    settings_with,
+    wait_for,
+    wait_http,
+)
 
 MiB = 1024 * 1024
 
@@ -57,7 +64,7 @@ async def test_api_killed_mid_upload_leaves_temp_files_that_fsck_and_sweep_find(
     assert await res.leftovers.sweep(3600) == [] and len(temp_files(cache_root)) == 2
 
     # a worker whose leftover grace is short removes them by itself
-    worker_settings = make_settings(tmp_path, database_url, leftover_grace=2)
+    worker_settings = settings_with(res.settings, leftover_grace=2)
     with process(["worker"], env_for(worker_settings), tmp_path / "worker.log"):
         async def gone() -> bool:
             return temp_files(cache_root) == []
@@ -156,7 +163,7 @@ async def test_worker_killed_while_writing_a_derivative_leaves_nothing_for_good(
     assert r.status_code == 201
     att_id = r.json()["id"]
     # a short job timeout: the killed job's in-progress mark in Redis expires 10 s after it
-    settings = make_settings(tmp_path, database_url, profiles_file=str(profiles),
+    settings = settings_with(res.settings, profiles_file=str(profiles),
                              leftover_grace=2, job_timeout=5)
     env = {**env_for(settings), "STOWAGE_PROFILES_FILE": str(profiles)}
     with process(["worker"], {**env, "STOWAGE_FAILPOINTS": "storage.before_commit=sleep:60"},

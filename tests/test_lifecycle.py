@@ -9,7 +9,7 @@ import uuid
 from app.attachments import keys
 from app.storage import Storage
 from tests.conftest import lose_queued_jobs, run_worker
-from tests.factories import upload
+from tests.factories import age, upload
 
 
 async def state_of(client, tenant, att_id):
@@ -168,7 +168,7 @@ async def test_sweep_recovers_jobs_redis_lost(client, tenant, res, redis_client,
     assert len(await lose_queued_jobs(redis_client, res.settings.queue_name)) == 3
     await run_worker(res)
     assert (await state_of(client, tenant, kept["id"]))["state"] == "cached"
-    await asyncio.sleep(res.settings.stale_job_after + 0.2)
+    await age(res, res.settings.stale_job_after + 0.2)
     report = await res.sweep.run()
     assert uuid.UUID(kept["id"]) in report.promotions
     assert uuid.UUID(gone["id"]) in report.destroys

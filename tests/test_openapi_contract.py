@@ -11,6 +11,16 @@ from uuid import UUID
 
 import pytest
 
+from tests.conftest import wait_for
+
+
+async def waiting_on_a_lock(res) -> bool:
+    """Some statement of this test's database waits on a lock (a row another holds)."""
+    async with res.pool.acquire() as conn:
+        return await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'") > 0
+
 
 async def _spec(client) -> dict:
     r = await client.get("/openapi.json")
@@ -117,7 +127,8 @@ async def test_deleting_an_attachment_while_an_endpoint_is_deleted_is_no_500(res
         await conn.execute("DELETE FROM webhook_endpoints WHERE id = $1", UUID(endpoint_id))
         deleting = asyncio.create_task(
             client.delete(f"/v1/attachments/{att_id}", headers=tenant.headers))
-        await asyncio.sleep(0.5)  # the DELETE of the attachment waits on the endpoint's row
+        # the DELETE of the attachment waits on the endpoint's row
+        await wait_for(lambda: waiting_on_a_lock(res), within=10, interval=0.02)
         await tx.commit()
     r = await deleting
     assert r.status_code == 202, r.text

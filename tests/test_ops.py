@@ -17,9 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import (
     env_for,
     free_port,
-    make_settings,
     process,
     run_worker,
+    settings_with,
     wait_for,
     wait_http,
 )
@@ -90,7 +90,7 @@ async def test_logs_are_json_with_request_ids_and_an_access_log(settings, tmp_pa
 
 async def test_worker_metrics_endpoint(tmp_path, database_url, client, tenant, res):
     port = free_port()
-    settings = make_settings(tmp_path, database_url, worker_metrics_port=port)
+    settings = settings_with(res.settings, worker_metrics_port=port)
     await client.post("/v1/attachments", headers=tenant.headers,
                       files={"file": ("a.txt", b"worker metrics")})
     with process(["worker"], env_for(settings), tmp_path / "w.log"):
@@ -105,7 +105,7 @@ async def test_worker_metrics_endpoint(tmp_path, database_url, client, tenant, r
 
 async def test_worker_sigterm_finishes_the_running_job(tmp_path, database_url, client, tenant,
                                                         res, storage_files):
-    settings = make_settings(tmp_path, database_url, shutdown_grace=20)
+    settings = settings_with(res.settings, shutdown_grace=20)
     env = {**env_for(settings), "STOWAGE_FAILPOINTS": "promote.after_copy=sleep:2"}
     r = await client.post("/v1/attachments", headers=tenant.headers,
                           files={"file": ("a.txt", b"finish me")})

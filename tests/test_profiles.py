@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import io
 import uuid
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from app.auth import service as auth
 from app.profiles import ProfileError, load_profiles
-from tests.conftest import AppKey, api_client, fresh_resources, is_marker, make_settings, run_worker
+from tests.conftest import (
+    AppKey,
+    api_client,
+    files_under,
+    is_marker,
+    run_worker,
+    storage_root,
+)
 from tests.helpers import jpeg_bytes, png_bytes
 from tests.test_lifecycle import _promote_paused
 
@@ -40,13 +48,12 @@ types = ["image/*"]
 
 
 @pytest.fixture
-async def env(tmp_path, database_url):
-    path = tmp_path / "profiles.toml"
-    path.write_text(PROFILES)
-    settings = make_settings(tmp_path, database_url, profiles_file=str(path))
-    async with fresh_resources(settings) as res, api_client(res) as client:
+async def env(env_factory):
+    """(res, client, tenant, the profiles file) with PROFILES."""
+    res = (await env_factory("file", profiles=PROFILES)).res
+    async with api_client(res) as client:
         new = await auth.create_app(res.pool, "profiles")
-        yield res, client, AppKey(new.app_id, new.api_key), path
+        yield res, client, AppKey(new.app_id, new.api_key), Path(res.settings.profiles_file)
 
 
 async def post(client, tenant, data, profile="avatar", **fields):
@@ -55,11 +62,10 @@ async def post(client, tenant, data, profile="avatar", **fields):
                              files={"file": ("x.jpg", data, "image/jpeg")})
 
 
-async def nothing_left(res, tmp_path) -> bool:
+async def nothing_left(res) -> bool:
     async with res.pool.acquire() as conn:
         rows = await conn.fetchval("SELECT count(*) FROM attachments")
-    files = [p for p in tmp_path.rglob("*")
-             if p.is_file() and "profiles" not in p.name and not is_marker(p)]
+    files = files_under(storage_root(res, "cache")) + files_under(storage_root(res, "store"))
     return rows == 0 and files == []
 
 
@@ -94,12 +100,12 @@ async def test_derivatives_are_built_and_served(env):
     (b"%PDF-1.4\n" + b"0" * 100, 415),
     (b"\x89PNG" + b"\x00" * 3_000_000, 413),  # over the profile's max_size
 ])
-async def test_refused_uploads_leave_nothing(env, tmp_path, data, status):
+async def test_refused_uploads_leave_nothing(env, data, status):
     res, client, tenant, _ = env
     r = await post(client, tenant, data)
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
-    assert await nothing_left(res, tmp_path)
+    assert await nothing_left(res)
 
 
 async def test_svg_is_not_an_image_wildcard_match(env):
@@ -117,16 +123,16 @@ def bomb_png(width: int, height: int) -> bytes:
     return buf.getvalue()
 
 
-async def test_decompression_bomb_is_refused_from_its_header(env, tmp_path):
+async def test_decompression_bomb_is_refused_from_its_header(env):
     res, client, tenant, _ = env
     bomb = bomb_png(4000, 2000)  # 8 MP in a few KB; the profile allows 4 MP
     assert len(bomb) < 100_000
     r = await post(client, tenant, bomb)
     assert r.status_code in (413, 422) and "pixels" in r.json()["detail"]
-    assert await nothing_left(res, tmp_path)
+    assert await nothing_left(res)
 
 
-async def test_truncated_jpeg_fails_for_good_with_its_files_removed(env, tmp_path):
+async def test_truncated_jpeg_fails_for_good_with_its_files_removed(env):
     res, client, tenant, _ = env
     broken = jpeg_bytes(800, 600)[:1500]
     r = await post(client, tenant, broken)
@@ -136,9 +142,7 @@ async def test_truncated_jpeg_fails_for_good_with_its_files_removed(env, tmp_pat
     att = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
     assert att["state"] == "failed"
     assert att["error"]["code"] == "corrupt_image" and att["error"]["detail"]
-    files = [p for p in tmp_path.rglob("*")
-             if p.is_file() and p.suffix != ".toml" and not is_marker(p)]
-    assert files == []
+    assert files_under(storage_root(res, "cache")) + files_under(storage_root(res, "store")) == []
 
 
 async def test_exif_rotated_and_cmyk_and_alpha_sources(env):
@@ -168,13 +172,13 @@ async def test_exif_rotated_and_cmyk_and_alpha_sources(env):
             rotated["derivatives"]["thumb"]["height"]) == (100, 200)
 
 
-async def test_reprocess_swaps_the_set_and_removes_old_files(env, tmp_path):
+async def test_reprocess_swaps_the_set_and_removes_old_files(env):
     res, client, tenant, path = env
     r = await post(client, tenant, jpeg_bytes(800, 600))
     att_id = r.json()["id"]
     await run_worker(res)
     before = (await client.get(f"/v1/attachments/{att_id}", headers=tenant.headers)).json()
-    store = tmp_path / "store"
+    store = storage_root(res, "store")
     old_files = sorted(p.name for p in store.rglob("*") if p.is_file() and not is_marker(p))
     assert len(old_files) == 3  # original + 2 derivatives
     res.rewire(profiles=load_profiles_text(path, PROFILES.replace("width = 200\nheight = 200",
@@ -245,7 +249,7 @@ def test_profiles_know_their_names(tmp_path):
     assert list(profiles.get("avatar").derivatives) == ["thumb", "square"]
 
 
-async def test_aborted_promotion_removes_its_derivatives_too(env, tmp_path):
+async def test_aborted_promotion_removes_its_derivatives_too(env):
     res, client, tenant, _ = env
     r = await post(client, tenant, jpeg_bytes(800, 600), promote="false")
     att_id = r.json()["id"]
@@ -256,6 +260,6 @@ async def test_aborted_promotion_removes_its_derivatives_too(env, tmp_path):
     pausing.release.set()
     assert await task == "aborted"
     res.rewire(store=real)
-    store_files = [p for p in (tmp_path / "store").rglob("*")
+    store_files = [p for p in storage_root(res, "store").rglob("*")
                    if p.is_file() and not is_marker(p)]
     assert store_files == []

@@ -29,14 +29,17 @@ from tests.conftest import (
     AppKey,
     api_client,
     env_for,
+    files_under,
     free_port,
     fresh_resources,
     is_marker,
     make_settings,
     process,
     run_worker,
+    storage_root,
     wait_http,
 )
+from tests.factories import age
 
 # --- max_pixels holds for images of any size (Pillow's own bomb guard must not hide them) ---
 
@@ -79,27 +82,22 @@ def jpeg_with_metadata_first(width: int, height: int, metadata: int) -> bytes:
 
 
 @pytest.fixture
-async def pixel_env(tmp_path, database_url):
-    path = tmp_path / "profiles.toml"
-    path.write_text(PIXEL_PROFILES)
-    settings = make_settings(tmp_path, database_url, profiles_file=str(path))
-    async with fresh_resources(settings) as res, api_client(res) as client:
+async def pixel_env(env_factory):
+    res = (await env_factory("file", profiles=PIXEL_PROFILES)).res
+    async with api_client(res) as client:
         new = await auth.create_app(res.pool, "pixels")
         yield res, client, AppKey(new.app_id, new.api_key)
 
 
-async def _rows_and_files(res, tmp_path) -> tuple[int, list[str]]:
+async def _rows_and_files(res) -> tuple[int, list[str]]:
     async with res.pool.acquire() as conn:
         rows = await conn.fetchval("SELECT count(*) FROM attachments")
-    files = [str(p) for p in tmp_path.rglob("*")
-             if p.is_file() and p.suffix != ".toml" and not is_marker(p)]
-    return rows, files
+    return rows, files_under(storage_root(res, "cache")) + files_under(storage_root(res, "store"))
 
 
 @pytest.mark.parametrize("make", [huge_png, huge_jpeg], ids=["png", "jpeg"])
 @pytest.mark.parametrize("size", [(20000, 20000), (60000, 5000)], ids=["400MP", "300MP"])
-async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, tmp_path, make,
-                                                                   size):
+async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, make, size):
     res, client, tenant = pixel_env
     data = make(*size)
     assert len(data) < 1000
@@ -114,10 +112,10 @@ async def test_max_pixels_refuses_images_beyond_pillows_bomb_limit(pixel_env, tm
         assert r.status_code == 422, (how, r.text)
         assert r.headers["content-type"] == "application/problem+json"
         assert f"{size[0] * size[1]} pixels" in r.json()["detail"]
-        assert await _rows_and_files(res, tmp_path) == (0, [])
+        assert await _rows_and_files(res) == (0, [])
 
 
-async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env, tmp_path):
+async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env):
     res, client, tenant = pixel_env
 
     async def network(data: bytes):  # as a socket delivers it, not in one piece
@@ -129,7 +127,7 @@ async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env,
                           headers=tenant.headers, content=network(data))
     assert r.status_code == 422, r.text
     assert "400000000 pixels" in r.json()["detail"]
-    assert await _rows_and_files(res, tmp_path) == (0, [])
+    assert await _rows_and_files(res) == (0, [])
     # and the size of an allowed one is read from as far in
     r = await client.post("/v1/attachments/raw", params={"profile": "photos"},
                           headers=tenant.headers,
@@ -140,7 +138,7 @@ async def test_max_pixels_holds_when_the_size_is_past_the_first_bytes(pixel_env,
                                     "stripped": ["app2"]}
 
 
-async def test_max_pixels_holds_for_a_tus_upload_too(pixel_env, tmp_path):
+async def test_max_pixels_holds_for_a_tus_upload_too(pixel_env):
     """tus checks the file where it lies once complete (ingest.inspect), as far in."""
     res, client, tenant = pixel_env
     data = jpeg_with_metadata_first(20000, 20000, metadata=300_000)
@@ -391,8 +389,8 @@ async def test_upload_into_an_unwritable_cache_is_a_configuration_error(tmp_path
             assert r.status_code == 503 and "EPERM" in r.json()["checks"]["cache"]
 
 
-def test_doctor_names_the_unwritable_storage_path_and_operation(settings, tmp_path, res):
-    store = tmp_path / "store"
+def test_doctor_names_the_unwritable_storage_path_and_operation(settings, res):
+    store = storage_root(res, "store")
     with immutable(store):
         done = subprocess.run([sys.executable, "-m", "app.cli", "doctor"],
                               env=env_for(settings), capture_output=True, text=True, timeout=60)
@@ -447,7 +445,7 @@ async def test_promotion_into_a_store_that_cannot_take_it_waits_and_says_why(
             assert w["attempts"] == 0
             assert errno_name in w["last_error"] and str(store) in w["last_error"]
             assert 50 < w["wait"].total_seconds() <= work.BLOCKED_RETRY
-            await asyncio.sleep(res.settings.stale_job_after + 0.2)
+            await age(res, res.settings.stale_job_after + 0.2)
             assert att_id not in (await res.sweep.run()).promotions  # not in a tight loop
         # the operator makes room (or fixes the folder); BLOCKED_RETRY later the sweep offers
         # the promotion again

@@ -25,6 +25,7 @@ from app.main import create_app
 from app.ops.readiness import CHECK_TIMEOUT
 from app.transient import is_transient
 from tests.conftest import AppKey, fresh_resources, is_marker, make_settings, run_worker
+from tests.factories import age
 from tests.s3_fault_proxy import S3FaultProxy
 from worker import tasks
 
@@ -210,8 +211,9 @@ async def test_promotion_during_s3_outage_stays_cached_then_completes(env):
     assert row["state"] == "cached" and row["error"] is None
     r = await env.client.get(f"/v1/attachments/{att_id}", headers=env.tenant.headers)
     assert r.json()["state"] == "cached"
-    # the sweep keeps running through the outage without losing or failing anything
-    await asyncio.sleep(env.res.settings.stale_job_after + 0.1)
+    # the sweep keeps running through the outage without losing or failing anything (the
+    # failed attempt's backoff of 2 s is past after the two waits, as it was when they slept)
+    await age(env.res, env.res.settings.stale_job_after + 0.1, backoffs=True)
     await forget_queued_jobs(env.res)  # arq gave up after its last try
     assert await env.res.sweep.run() is not None
     await forget_queued_jobs(env.res)
@@ -220,7 +222,7 @@ async def test_promotion_during_s3_outage_stays_cached_then_completes(env):
     env.proxy.clear()
     assert list((await env.objects(env.cache_bucket)).values()) == [len(data)]  # kept
     await env.assert_nothing_orphaned()
-    await asyncio.sleep(env.res.settings.stale_job_after + 0.1)
+    await age(env.res, env.res.settings.stale_job_after + 0.1, backoffs=True)
     report = await env.res.sweep.run()
     assert uuid.UUID(att_id) in report.promotions
     await run_worker(env.res)

@@ -10,7 +10,6 @@ import contextlib
 import hashlib
 import io
 import random
-import secrets
 import struct
 from typing import Any
 
@@ -28,9 +27,8 @@ from tests.conftest import (
     AppKey,
     api_client,
     files_under,
-    fresh_resources,
-    make_settings,
     run_worker,
+    storage_root,
 )
 from tests.helpers import multipart_body
 
@@ -375,20 +373,11 @@ MODES = ["multipart", "raw", "tus"]
 
 
 @pytest.fixture
-async def env_factory(tmp_path, database_url, moto_endpoint, s3_client):
+async def env_factory(env_factory):
     """(res, client, tenant) on the filesystem, or with an S3 (moto) cache."""
     async with contextlib.AsyncExitStack() as stack:
         async def make(profiles: str = PROFILES, s3: bool = False) -> tuple[Any, Any, AppKey]:
-            path = tmp_path / "profiles.toml"
-            path.write_text(profiles)
-            values: dict[str, Any] = {"profiles_file": str(path)}
-            if s3:
-                bucket = f"strip-{secrets.token_hex(4)}"
-                await s3_client.create_bucket(Bucket=bucket)
-                values.update(cache_url=f"s3://{bucket}", s3_endpoint_url=moto_endpoint,
-                              s3_region="us-east-1")
-            settings = make_settings(tmp_path, database_url, **values)
-            res = await stack.enter_async_context(fresh_resources(settings))
+            res = (await env_factory("s3-cache" if s3 else "file", profiles=profiles)).res
             client = await stack.enter_async_context(api_client(res))
             new = await auth.create_app(res.pool, "strip")
             return res, client, AppKey(new.app_id, new.api_key)
@@ -457,20 +446,20 @@ def describes(att: dict[str, Any], data: bytes) -> bool:
     return att["size"] == len(data) and att["sha256"] == hashlib.sha256(data).hexdigest()
 
 
-async def no_leftovers(res: Any, tmp_path) -> None:
+async def no_leftovers(res: Any) -> None:
     """Only the attachments' own files remain in the cache: no copy kept for a rewrite."""
-    assert all(p.endswith("/upload") for p in files_under(tmp_path / "cache"))
+    assert all(p.endswith("/upload") for p in files_under(storage_root(res, "cache")))
 
 
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["small", "large"])
 @pytest.mark.parametrize("mode", MODES)
-async def test_jpeg_upload_is_stored_without_metadata(env, tmp_path, mode, size):
+async def test_jpeg_upload_is_stored_without_metadata(env, mode, size):
     res, client, tenant = env
     original = photo_jpeg(size)
     att = await upload(client, tenant, mode, original, "photos")
     assert att["metadata"] == {"width": size[1], "height": size[0], "orientation": 6,
                                "stripped": ["comment", "exif", "gps", "iptc", "xmp"]}
-    await no_leftovers(res, tmp_path)
+    await no_leftovers(res)
     att, stored = await stored_content(res, client, tenant, att)
     assert describes(att, stored) and len(stored) < len(original)
     assert scan_data(stored) == scan_data(original)
@@ -494,13 +483,12 @@ async def test_a_profile_that_keeps_metadata_keeps_the_file_byte_for_byte(env, m
 @pytest.mark.parametrize("size", [SMALL, LARGE], ids=["small", "large"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("kind", ["png", "webp"])
-async def test_png_and_webp_uploads_are_stored_without_metadata(env, tmp_path, mode, size,
-                                                                 kind):
+async def test_png_and_webp_uploads_are_stored_without_metadata(env, mode, size, kind):
     res, client, tenant = env
     original = photo_png(size) if kind == "png" else photo_webp(size)
     att = await upload(client, tenant, mode, original, "photos")
     assert "gps" in att["metadata"]["stripped"] and att["metadata"]["orientation"] == 6
-    await no_leftovers(res, tmp_path)
+    await no_leftovers(res)
     att, stored = await stored_content(res, client, tenant, att)
     assert describes(att, stored) and stored == strip.strip_bytes(att["mime_type"], original)[0]
     assert no_gps(stored) and orientation_of(stored) == 6
@@ -605,12 +593,12 @@ async def test_receive_filters_a_large_stream_chunk_by_chunk(tmp_path, kind):
     assert files_under(tmp_path / "cache") == ["a/b/upload"]
 
 
-async def test_a_stream_over_the_limit_is_refused_while_filtered(env, tmp_path):
-    _, client, tenant = env
+async def test_a_stream_over_the_limit_is_refused_while_filtered(env):
+    res, client, tenant = env
     r = await client.post("/v1/attachments/raw?profile=tiny", headers=tenant.headers,
                           content=_chunked(photo_jpeg(), 1000))
     assert r.status_code == 413
-    assert files_under(tmp_path / "cache") == []
+    assert files_under(storage_root(res, "cache")) == []
 
 
 @pytest.mark.parametrize("kind", ["jpeg", "webp"])

@@ -10,7 +10,6 @@ import email.utils
 import hashlib
 import io
 import os
-import secrets
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -40,9 +39,7 @@ from tests.conftest import (
     env_for,
     files_under,
     free_port,
-    fresh_resources,
     is_marker,
-    make_settings,
     process,
     run_worker,
     wait_http,
@@ -128,29 +125,29 @@ def backend(request) -> str:
     return request.param
 
 
+# one port per backend for the session: public_url is part of the settings, and the same
+# settings share one environment (conftest.env_factory)
+_PORTS: dict[str, int] = {}
+
+
 @pytest.fixture
-async def env_factory(tmp_path, database_url, moto_endpoint, s3_client):
-    """Build an Env for a backend, with a live server on a free port (public_url matches)."""
+async def env_factory(env_factory, s3_client):
+    """An Env for a backend ("s3": an S3 cache, the store on files), with a live server on
+    its port (public_url matches) when asked."""
     async with contextlib.AsyncExitStack() as stack:
         async def make(backend: str, live: bool = False, **overrides: Any) -> Env:
-            port = free_port()
-            values: dict[str, Any] = {"public_url": f"http://127.0.0.1:{port}", **overrides}
-            bucket = None
-            if backend == "s3":
-                bucket = f"tus-{secrets.token_hex(4)}"
-                await s3_client.create_bucket(Bucket=bucket)
-                values.update(cache_url=f"s3://{bucket}", s3_endpoint_url=moto_endpoint,
-                              s3_region="us-east-1")
-            settings = make_settings(tmp_path, database_url, **values)
-            res = await stack.enter_async_context(fresh_resources(settings))
+            port = _PORTS.setdefault(backend, free_port())
+            shared = await env_factory("s3-cache" if backend == "s3" else "file",
+                                       public_url=f"http://127.0.0.1:{port}", **overrides)
+            res = shared.res
             client = await stack.enter_async_context(asgi_client(res))
             new = await auth.create_app(res.pool, "tus")
             other = await auth.create_app(res.pool, "other")
             if live:
                 await stack.enter_async_context(live_server(res, port))
             return Env(res=res, client=client, tenant=AppKey(new.app_id, new.api_key),
-                       other=AppKey(other.app_id, other.api_key), base_url=settings.public_url,
-                       cache_root=None if bucket else tmp_path / "cache", cache_bucket=bucket,
+                       other=AppKey(other.app_id, other.api_key), base_url=res.settings.public_url,
+                       cache_root=shared.cache_root, cache_bucket=shared.cache_bucket,
                        s3=s3_client)
 
         yield make
@@ -761,10 +758,9 @@ async def test_protocol_errors(env):
     assert (await patch(env, url, 0, b"0123456789")).status_code == 204
 
 
-async def test_too_large_at_creation(env_factory, tmp_path):
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text('[profiles.small]\nmax_size = 100\n')
-    env = await env_factory("file", profiles_file=profiles, max_upload_size=10_000)
+async def test_too_large_at_creation(env_factory):
+    env = await env_factory("file", profiles='[profiles.small]\nmax_size = 100\n',
+                            max_upload_size=10_000)
     for length, profile in ((10_001, "default"), (101, "small")):
         r = await env.client.post("/v1/tus/", headers={
             **TUS, **env.tenant.headers, "Upload-Length": str(length),
@@ -802,10 +798,8 @@ async def test_unknown_metadata_keys_are_kept_and_name_is_a_filename(env):
     assert r.json()["filename"] == "photo.txt"
 
 
-async def test_file_refused_at_completion_leaves_nothing(env_factory, tmp_path):
-    profiles = tmp_path / "profiles.toml"
-    profiles.write_text('[profiles.images]\ntypes = ["image/*"]\n')
-    env = await env_factory("file", profiles_file=profiles)
+async def test_file_refused_at_completion_leaves_nothing(env_factory):
+    env = await env_factory("file", profiles='[profiles.images]\ntypes = ["image/*"]\n')
     url = await create(env, 20, profile="images")
     assert (await patch(env, url, 0, b"plain text, ")).status_code == 204
     r = await patch(env, url, 12, b"no image")  # the last byte: now the type is known
@@ -925,26 +919,24 @@ def _main_includes_tus(settings: Any) -> bool:
                for r in create_app(settings).routes)
 
 
-async def test_tuspy_against_stowage_serve(tmp_path, database_url):
-    port = free_port()
-    settings = make_settings(tmp_path, database_url, public_url=f"http://127.0.0.1:{port}")
+async def test_tuspy_against_stowage_serve(tmp_path, env_factory):
+    env = await env_factory("file")  # not live: `stowage serve` takes its port
+    res, settings, key = env.res, env.res.settings, env.tenant
+    port = urlsplit(settings.public_url).port
     if not _main_includes_tus(settings):
         pytest.skip("app/main.py does not include the tus router yet")
-    async with fresh_resources(settings) as res:
-        new = await auth.create_app(res.pool, "e2e")
-        key = AppKey(new.app_id, new.api_key)
-        data = os.urandom(3 * MiB + 1)
-        with process(["serve", "--port", str(port)], env_for(settings), tmp_path / "api.log"):
-            await asyncio.to_thread(wait_http, f"{settings.public_url}/healthz")
-            _, offset, last = await asyncio.to_thread(
-                tuspy_upload, settings.public_url, key, data, chunk_size=MiB)
-        assert offset == len(data)
-        att_id = last["stowage-attachment-id"]
-        await run_worker(res)
-        async with res.pool.acquire() as conn:
-            row = await conn.fetchrow("SELECT state, size FROM attachments WHERE id = $1",
-                                      UUID(att_id))
-        assert row["state"] == "stored" and row["size"] == len(data)
+    data = os.urandom(3 * MiB + 1)
+    with process(["serve", "--port", str(port)], env_for(settings), tmp_path / "api.log"):
+        await asyncio.to_thread(wait_http, f"{settings.public_url}/healthz")
+        _, offset, last = await asyncio.to_thread(
+            tuspy_upload, settings.public_url, key, data, chunk_size=MiB)
+    assert offset == len(data)
+    att_id = last["stowage-attachment-id"]
+    await run_worker(res)
+    async with res.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT state, size FROM attachments WHERE id = $1",
+                                  UUID(att_id))
+    assert row["state"] == "stored" and row["size"] == len(data)
 
 
 def test_part_size():

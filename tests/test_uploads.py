@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from app.main import create_app
-from tests.conftest import make_settings
+from tests.conftest import settings_with
 from tests.helpers import jpeg_bytes, multipart_body, png_bytes
 
 
@@ -87,7 +87,7 @@ async def test_empty_raw_upload_is_accepted_as_octet_stream(client, tenant):
 @pytest.fixture
 async def small_limit_client(res, tmp_path, database_url):
     """The same resources, but a service-wide limit of 100 KB."""
-    res.rewire(settings=make_settings(tmp_path, database_url, max_upload_size=100_000))
+    res.rewire(settings=settings_with(res.settings, max_upload_size=100_000))
     app = create_app(res.settings, res)
     app.state.services = res
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),

@@ -22,7 +22,7 @@ import pytest
 
 from app.auth import service as auth
 from app.webhooks.endpoint_slots import EndpointBusy, endpoint_slot
-from tests.conftest import env_for, free_port, make_settings, process, wait_for
+from tests.conftest import env_for, free_port, process, settings_with, wait_for
 
 
 @contextlib.contextmanager
@@ -70,7 +70,7 @@ async def test_dead_receivers_of_one_app_do_not_slow_another_apps_promotions(
         async with res.pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 300
 
-        settings = make_settings(tmp_path, database_url, webhook_timeout=2,
+        settings = settings_with(res.settings, webhook_timeout=2,
                                  webhook_retry_delays="1,1,1,1,1,1,1,1,1,1")
         env = {**env_for(settings), "STOWAGE_WEBHOOK_DNS_TIMEOUT": "1",
                # every name lookup hangs 5 s in its thread, as with an unreachable resolver

@@ -6,13 +6,13 @@ to a real HTTP receiver through the real worker."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import run_worker
+from tests.factories import age_webhooks
 from tests.receiver import Received
 from tests.test_webhooks import hooks, receiver, subscribe  # noqa: F401
 
@@ -84,7 +84,7 @@ async def test_after_the_overlap_only_the_new_secret_signs(hooks, receiver):  # 
     got = await ping(res, client, tenant, ep["id"], receiver)
     assert verifies(old, got) and verifies(new, got)
 
-    await asyncio.sleep(2.2)
+    await age_webhooks(res, 2.2)  # past the overlap of 2 s
     got = await ping(res, client, tenant, ep["id"], receiver)
     assert len(got.headers["webhook-signature"].split(" ")) == 1
     assert verifies(new, got) and not verifies(old, got)

@@ -16,11 +16,12 @@ from app.config import load_settings
 from tests.conftest import (
     env_for,
     lose_queued_jobs,
-    make_settings,
     process,
     run_worker,
+    settings_with,
     wait_for,
 )
+from tests.factories import age
 from tests.test_lifecycle import state_of, upload
 
 
@@ -74,10 +75,10 @@ async def test_a_failed_attempt_is_recorded_and_waits_its_backoff(client, tenant
     assert delay == work.BACKOFF[0]
     assert row["last_error"] == "boom" and row["attempts"] == 1 and row["next_attempt_at"]
     await lose_queued_jobs(res.redis, res.settings.queue_name)
-    await asyncio.sleep(res.settings.stale_job_after + 0.2)
+    await age(res, res.settings.stale_job_after + 0.2)
     report = await res.sweep.run()
     assert att_id not in report.promotions  # still waiting out its backoff
-    await asyncio.sleep(delay)
+    await age(res, delay, backoffs=True)  # its backoff is over
     report = await res.sweep.run()
     assert att_id in report.promotions
 
@@ -86,7 +87,7 @@ async def test_work_redis_lost_resumes_within_one_sweep(tmp_path, database_url, 
                                                         res, redis_client):
     """Redis loses every queued job while the worker is stopped: the default settings (but
     a 2 s sweep interval) promote them again within the interval plus the short grace."""
-    settings = make_settings(tmp_path, database_url, sweep_interval=2, stale_job_after=5)
+    settings = settings_with(res.settings, sweep_interval=2, stale_job_after=5)
     with process(["worker"], env_for(settings), tmp_path / "w.log") as worker:
         await asyncio.sleep(0.5)
         worker.send_signal(signal.SIGSTOP)

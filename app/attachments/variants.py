@@ -10,9 +10,9 @@ RenderQueue (503 past it)."""
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlencode
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 from uuid import UUID
 
 import asyncpg
