@@ -58,7 +58,8 @@ class Env:
                                headers=self.tenant.headers if headers is None else headers)
 
     def variant_files(self) -> list[Path]:
-        return [p for p in (self.root / "store").rglob("*") if "variants" in p.parts]
+        return [p for p in (self.root / "store").rglob("*")
+                if p.is_file() and "variants" in p.parts]
 
 
 def settings_for(tmp_path: Path, database_url: str, **more):
