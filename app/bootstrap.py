@@ -22,7 +22,6 @@ from app.attachments.scanning import Scanner
 from app.attachments.service import Attachments
 from app.attachments.variants import Variants
 from app.attachments.watch import StateWatcher
-from app.auth.key_cache import KeyCache
 from app.auth.service import ApiKeys
 from app.config import ConfigError, Settings
 from app.dashboard.service import Dashboard
@@ -73,7 +72,6 @@ class Services:
     watcher: StateWatcher
     links: Links
     tus_digests: RunningDigests
-    key_cache: KeyCache
     scanner: Scanner
     quarantine: Storage | None
     render_queue: RenderQueue
@@ -96,7 +94,7 @@ class Services:
 
     def wire(self) -> None:
         """(Re)build every service from the parts, bottom up."""
-        self.api_keys = ApiKeys(pool=self.pool, cache=self.key_cache)
+        self.api_keys = ApiKeys(pool=self.pool)
         self.webhooks = Webhooks(pool=self.pool, jobs=self.jobs, redis=self.redis,
                                  http=self.http, settings=self.settings)
         self.attachments = Attachments(
@@ -193,8 +191,6 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(watcher.close)
         render_queue = RenderQueue()
         stack.callback(render_queue.close)
-        key_cache = KeyCache(settings.database_url)
-        stack.push_async_callback(key_cache.close)
         yield Services(
             settings=settings,
             pool=pool,
@@ -209,7 +205,6 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
                         event_ttl=event_link_ttl(settings),
                         public_profiles=profiles.public_names()),
             tus_digests=RunningDigests(),
-            key_cache=key_cache,
             scanner=scanner,
             quarantine=quarantine,
             render_queue=render_queue,

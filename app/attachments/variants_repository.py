@@ -1,4 +1,4 @@
-"""SQL of image variants (attachment_variants, migration 0018)."""
+"""SQL of image variants (attachment_variants, migration 0017)."""
 
 from __future__ import annotations
 

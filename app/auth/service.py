@@ -10,7 +10,6 @@ from uuid import UUID
 import asyncpg
 
 from app.auth import repository as repo
-from app.auth.key_cache import KeyCache
 from app.errors import AppNotFound, InvalidInput, InvalidState, NotFound, Unauthorized
 from app.ids import uuid7
 
@@ -120,19 +119,18 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class ApiKeys:
-    """The API's key check: the app of a request's key, kept in memory between requests
-    until any key changes (KeyCache), so a revoked key is refused at once."""
+    """The API's key check: the app of a request's key, looked up by its hash on every
+    request, so a key revoked (by any process, the CLI included) is refused by the very next
+    request. An in-memory cache emptied by LISTEN/NOTIFY was tried (issue 19) and removed: a
+    request sent right after the revocation committed could still beat the notice."""
 
-    def __init__(self, *, pool: asyncpg.Pool, cache: KeyCache) -> None:
+    def __init__(self, *, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self.cache = cache
-
-    async def _lookup(self, key_hash: bytes) -> UUID | None:
-        async with self.pool.acquire() as conn:
-            return await repo.app_id_for_key_hash(conn, key_hash)
 
     async def authenticate(self, authorization: str | None) -> UUID:
-        app_id = await self.cache.app_for(hash_key(bearer_token(authorization)), self._lookup)
+        async with self.pool.acquire() as conn:
+            app_id = await repo.app_id_for_key_hash(conn,
+                                                    hash_key(bearer_token(authorization)))
         if app_id is None:
             raise Unauthorized("unknown or revoked API key")
         return app_id
