@@ -40,14 +40,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-class VariantIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# What the document can state of the parameters; the rest (w or h, both for cover, the
+# profile's max_width, max_height and formats) is the attachment's and answered 422.
+Dimension = Annotated[int, Field(ge=1, le=transform.MAX_DIMENSION)]
+Quality = Annotated[int, Field(ge=1, le=100)]
 
-    w: int | None = Field(None, description="width in pixels")
-    h: int | None = Field(None, description="height in pixels")
-    fit: str | None = Field(None, description="contain (default) or cover")
-    format: str | None = Field(None, description="webp, jpeg, png or avif")
-    q: int | None = Field(None, description="quality 1-100 (lossy formats)")
+
+class VariantIn(BaseModel):
+    model_config = ConfigDict(extra="forbid",
+                              json_schema_extra={"anyOf": [{"required": ["w"]},
+                                                           {"required": ["h"]}]})
+
+    w: Dimension | None = Field(None, description="width in pixels")
+    h: Dimension | None = Field(None, description="height in pixels")
+    fit: transform.Fit | None = Field(None, description="contain (default) or cover")
+    format: transform.Format | None = Field(None, description="webp, jpeg, png or avif")
+    q: Quality | None = Field(None, description="quality 1-100 (lossy formats)")
     enlarge: bool | None = Field(None, description="true: may be larger than the original")
 
 
@@ -79,11 +87,11 @@ async def get_image(
     attachments: AttachmentsDep,
     variants: VariantsDep,
     attachment_id: str,
-    w: int | None = Query(None, description="width in pixels"),
-    h: int | None = Query(None, description="height in pixels"),
-    fit: str | None = Query(None, description="contain (default) or cover"),
-    format: str | None = Query(None, description="webp (default), jpeg, png or avif"),
-    q: int | None = Query(None, description="quality 1-100, for lossy formats"),
+    w: Dimension | None = Query(None, description="width in pixels (w or h is required)"),
+    h: Dimension | None = Query(None, description="height in pixels"),
+    fit: transform.Fit | None = Query(None, description="contain (default) or cover"),
+    format: transform.Format | None = Query(None, description="webp (default), jpeg, png or avif"),
+    q: Quality | None = Query(None, description="quality 1-100, for lossy formats"),
     enlarge: bool | None = Query(None, description="true: may be larger than the original"
                                  " (never, by default)"),
     token: str | None = Query(None, description="the signed token of an image-urls link"),
