@@ -210,7 +210,8 @@ _EPHEMERAL_KEY = secrets.token_urlsafe(32)
 
 
 # STOWAGE_* variables read elsewhere than Settings (or by the tests and benchmarks)
-OTHER_VARIABLES = {"STOWAGE_MIGRATIONS_DIR", "STOWAGE_FAILPOINTS", "STOWAGE_SOAK_SECONDS"}
+OTHER_VARIABLES = {"STOWAGE_MIGRATIONS_DIR", "STOWAGE_FAILPOINTS", "STOWAGE_SOAK_SECONDS",
+                   "STOWAGE_SUPERVISOR_PID"}
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

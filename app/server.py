@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
+import time
 from collections.abc import Generator
 from typing import Any
 
@@ -65,6 +67,9 @@ class StartupErrors:
         await self.app(scope, receive, send_startup)
 
 
+SUPERVISOR_PID = "STOWAGE_SUPERVISOR_PID"
+
+
 def usable_cpus() -> int:
     """The cores this process may run on (a container's CPU set, not the host's count)."""
     try:
@@ -88,15 +93,24 @@ def served_app() -> StartupErrors:
 
 def _stop_with_parent() -> None:
     """A process whose supervisor died (SIGKILL, OOM) gets SIGTERM, and so finishes its
-    requests and exits, instead of serving on, unsupervised, on the inherited socket."""
-    parent = os.getppid()
+    requests and exits, instead of serving on, unsupervised, on the inherited socket. The
+    kernel says so at once on Linux (PR_SET_PDEATHSIG); a thread that watches the parent's
+    pid covers the rest (another OS, or a parent that died before the call)."""
+    # the supervisor's pid, from the supervisor itself: one that died before this process got
+    # here is not mistaken for whatever adopted it
+    parent = int(os.environ.get(SUPERVISOR_PID, os.getppid()))
     with contextlib.suppress(Exception):  # not Linux: no PR_SET_PDEATHSIG
         import ctypes
 
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the line above
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
         os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stowage-parent-watch", daemon=True).start()
 
 
 class _Supervisor(Multiprocess):
@@ -117,6 +131,7 @@ def serve_processes(settings: Settings, host: str, port: int, workers: int) -> i
     status: 0 after a graceful stop, 3 when the API could not start."""
     import logging
 
+    os.environ[SUPERVISOR_PID] = str(os.getpid())  # inherited by the processes it starts
     own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
         prefix="stowage-metrics-")
