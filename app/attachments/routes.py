@@ -66,7 +66,7 @@ def download_responses(what: str, media_type: str) -> dict[int | str, dict[str, 
     }
 
 
-def _attachment_id(value: str) -> UUID:
+def attachment_id_of(value: str) -> UUID:
     return path_id(value, AttachmentNotFound)
 
 
@@ -85,7 +85,7 @@ async def get_attachment(
     app_id: UUID = Depends(current_app_id),
 ) -> dict[str, Any]:
     wait = min(wait, settings.long_poll_max)
-    row = await attachments.wait_for_change(app_id, _attachment_id(attachment_id), wait)
+    row = await attachments.wait_for_change(app_id, attachment_id_of(attachment_id), wait)
     return present(row, attachments.links)
 
 
@@ -130,7 +130,7 @@ async def promote_attachment(
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
 ) -> JSONResponse:
-    row = await attachments.request_promotion(app_id, _attachment_id(attachment_id))
+    row = await attachments.request_promotion(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)
 
 
@@ -146,7 +146,7 @@ async def delete_attachment(
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
 ) -> JSONResponse:
-    row = await attachments.delete(app_id, _attachment_id(attachment_id))
+    row = await attachments.delete(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)
 
 
@@ -163,7 +163,7 @@ async def download(
     token: str | None = Query(None, description="the signed token of the attachment's `url`"),
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Response:
-    row, cache = await _readable(request, attachments, _attachment_id(attachment_id), token,
+    row, cache = await readable(request, attachments, attachment_id_of(attachment_id), token,
                                  credentials)
     return await serve_file(request, attachments, row, cache_control=cache)
 
@@ -177,7 +177,7 @@ REVALIDATE = "public, no-cache"
 PRIVATE = "private, max-age=3600"
 
 
-async def _readable(request: Request, attachments: Attachments, att_id: UUID, token: str | None,
+async def readable(request: Request, attachments: Attachments, att_id: UUID, token: str | None,
                     credentials: HTTPAuthorizationCredentials | None,
                     derivative: str | None = None, version: int | None = None
                     ) -> tuple[Any, str]:
@@ -332,7 +332,7 @@ async def download_derivative(
     v: int | None = Query(None, description="the derivative's generation, as its `url` has it"),
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Response:
-    row, cache = await _readable(request, attachments, _attachment_id(attachment_id), token,
+    row, cache = await readable(request, attachments, attachment_id_of(attachment_id), token,
                                  credentials, derivative=name, version=v)
     return await serve_file(request, attachments, row, _derivative(name), cache_control=cache)
 
@@ -349,7 +349,7 @@ async def reprocess_attachment(
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
 ) -> JSONResponse:
-    row = await attachments.request_reprocess(app_id, _attachment_id(attachment_id))
+    row = await attachments.request_reprocess(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)
 
 
@@ -369,5 +369,5 @@ async def rescan_attachment(
     attachment_id: str,
     app_id: UUID = Depends(current_app_id),
 ) -> JSONResponse:
-    row = await attachments.request_rescan(app_id, _attachment_id(attachment_id))
+    row = await attachments.request_rescan(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -35,7 +34,7 @@ from app.media.derivatives import ImageProcessingError
 from app.media.render import render
 from app.observability import metrics
 from app.pagination import Page, page_of
-from app.storage import Storage, StorageObjectNotFound
+from app.storage import Storage, StorageObjectNotFound, one_chunk
 
 if TYPE_CHECKING:
     from app.attachments.links import Links
@@ -56,9 +55,6 @@ class PermanentError(Exception):
         self.detail = detail
 
 
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 
@@ -336,7 +332,7 @@ class Attachments:
             dkey = keys.derivative_key(row["app_id"], row["id"], f"g{row['generation']}/{name}",
                                        r.ext)
             written.append(dkey)
-            await self.store.write(dkey, _once(r.data), content_type=r.mime_type)
+            await self.store.write(dkey, one_chunk(r.data), content_type=r.mime_type)
             out[name] = {"mime_type": r.mime_type, "size": r.size, "width": r.width,
                          "height": r.height, "key": dkey}
         return out

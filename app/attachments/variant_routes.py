@@ -14,8 +14,8 @@ from app.api_common import PROBLEM, not_found_response
 from app.attachments.routes import (
     IMMUTABLE,
     AttachmentsDep,
-    _attachment_id,
-    _readable,
+    attachment_id_of,
+    readable,
     serve_object,
 )
 from app.attachments.variants import Variants
@@ -98,7 +98,7 @@ async def get_image(
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Response:
     spec = _parsed(_values(w=w, h=h, fit=fit, format=format, q=q, enlarge=enlarge))
-    row, cache = await _readable(request, attachments, _attachment_id(attachment_id), token,
+    row, cache = await readable(request, attachments, attachment_id_of(attachment_id), token,
                                  credentials, derivative=f"image:{spec.key_part()}")
     variants.check(row, spec)
     made = await variants.variant(row, spec)
@@ -122,7 +122,7 @@ async def image_urls(
     body: ImageUrlsIn,
     app_id: Any = Depends(current_app_id),
 ) -> dict[str, Any]:
-    row = await attachments.get(app_id, _attachment_id(attachment_id))
+    row = await attachments.get(app_id, attachment_id_of(attachment_id))
     specs = [_parsed(_values(**v.model_dump())) for v in body.variants]
     for spec in specs:
         variants.check(row, spec)

@@ -10,7 +10,6 @@ RenderQueue (503 past it)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 from uuid import UUID
@@ -23,7 +22,7 @@ from app.attachments import variants_repository as repo
 from app.errors import InvalidInput, InvalidState
 from app.media import transform
 from app.media.derivatives import ImageProcessingError
-from app.storage import Storage
+from app.storage import Storage, one_chunk
 
 if TYPE_CHECKING:
     from app.attachments.links import Links
@@ -75,7 +74,7 @@ class Variants:
         future: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
         self._inflight[ident] = future
         try:
-            made = await self._render_once(row, spec)
+            made = await self._renderone_chunk(row, spec)
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # retrieved: only waiters need it
@@ -86,7 +85,7 @@ class Variants:
         finally:
             del self._inflight[ident]
 
-    async def _render_once(self, row: Any, spec: transform.TransformSpec) -> asyncpg.Record:
+    async def _renderone_chunk(self, row: Any, spec: transform.TransformSpec) -> asyncpg.Record:
         lock = f"variant:{row['id']}:{row['generation']}:{spec.key_part()}"
         async with self.pool.acquire() as conn:
             await db.advisory_lock(conn, lock)
@@ -106,7 +105,7 @@ class Variants:
                 self.renders += 1
                 key = keys.variant_key(row["app_id"], row["id"], row["generation"],
                                        spec.key_part(), spec.ext)
-                await self.store.write(key, _once(rendered.data),
+                await self.store.write(key, one_chunk(rendered.data),
                                        content_type=rendered.mime_type)
                 made = await repo.insert(
                     conn, att_id=row["id"], generation=row["generation"], params=spec.key_part(),
@@ -124,6 +123,3 @@ class Variants:
         async with self.pool.acquire() as conn:
             return await repo.usage(conn, att_id, generation)
 
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data

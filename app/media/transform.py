@@ -52,6 +52,7 @@ from typing import Any, Literal, Protocol
 
 import pyvips
 
+from app.media import derivatives
 from app.media.derivatives import ImageProcessingError, Rendered
 
 Fit = Literal["contain", "cover"]
@@ -64,10 +65,9 @@ FORMATS: tuple[Format, ...] = ("webp", "jpeg", "png", "avif")
 _DEFAULT_ORDER: tuple[Format, ...] = ("webp", "jpeg", "avif", "png")
 LOSSY: frozenset[str] = frozenset({"webp", "jpeg", "avif"})
 DEFAULT_QUALITY: Mapping[str, int] = {"webp": 80, "jpeg": 80, "avif": 60}
-MIME_TYPES: Mapping[str, str] = {
-    "webp": "image/webp", "jpeg": "image/jpeg", "png": "image/png", "avif": "image/avif",
-}
-EXTENSIONS: Mapping[str, str] = {"webp": ".webp", "jpeg": ".jpg", "png": ".png", "avif": ".avif"}
+# the derivatives' formats, and AVIF, which libvips writes (Pillow here does not)
+MIME_TYPES: Mapping[str, str] = {**derivatives.MIME_TYPES, "avif": "image/avif"}
+EXTENSIONS: Mapping[str, str] = {**derivatives.EXTENSIONS, "avif": ".avif"}
 # The query parameters a transform reads; anything else in a query is the caller's business.
 PARAMETERS: tuple[str, ...] = ("w", "h", "fit", "format", "q", "enlarge")
 # Absolute ceiling whatever a profile says: an output buffer is allocated at this size.

@@ -38,12 +38,9 @@ class Readiness:
 
     async def checks(self) -> dict[str, str]:
         """Each dependency's name → "ok" or "error: …", checked at once."""
-        names = ("postgres", "redis", "cache", "store")
-        results = await asyncio.gather(
-            _check(self._postgres()), _check(self.redis.ping()), _check(self.cache.ping()),
-            _check(self.store.ping()),
-        )
-        checks = dict(zip(names, results, strict=True))
+        probes = {"postgres": self._postgres(), "redis": self.redis.ping(),
+                  "cache": self.cache.ping(), "store": self.store.ping()}
         if self.clamd is not None:
-            checks["clamd"] = await _check(self.clamd.ping())
-        return checks
+            probes["clamd"] = self.clamd.ping()
+        results = await asyncio.gather(*map(_check, probes.values()))
+        return dict(zip(probes, results, strict=True))

@@ -14,6 +14,7 @@ from .base import (
     StorageFull,
     StorageObjectNotFound,
     content_disposition,
+    one_chunk,
     open_read,
     validate_key,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "content_disposition",
     "has_data",
     "is_reserved",
+    "one_chunk",
     "open_read",
     "open_s3_client",
     "read_marker",

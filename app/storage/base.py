@@ -7,7 +7,14 @@ import contextlib
 import errno
 import os
 import unicodedata
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -306,6 +313,11 @@ def check_range(start: int, end: int | None) -> None:
         raise ValueError("start must be >= 0")
     if end is not None and end < start:
         raise ValueError("end must be >= start")
+
+
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """Bytes already in memory as the chunks ``Storage.write`` takes."""
+    yield data
 
 
 async def read_head_via(storage: Storage, key: str, n: int) -> bytes:

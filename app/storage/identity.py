@@ -16,11 +16,10 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .base import Storage, StorageObjectNotFound
+from .base import Storage, StorageObjectNotFound, one_chunk
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ async def write_marker(storage: Storage, role: str) -> StorageIdentity:
                  " and refuses to run against any other storage. Keep it with the files;"
                  " never copy it into another storage.",
     }, indent=2).encode() + b"\n"
-    await storage.write(MARKER_KEY, _once(body), content_type="application/json")
+    await storage.write(MARKER_KEY, one_chunk(body), content_type="application/json")
     found = await read_marker(storage)
     if found is None:  # written, then gone: someone is removing files as we write
         raise MarkerUnreadable(f"{storage.location}: {MARKER_KEY} vanished right after it was"
@@ -110,6 +109,3 @@ def _is_data(key: str) -> bool:
     return not (_NOT_DATA_SEGMENTS.intersection(key.split("/"))
                 or key.startswith(_NOT_DATA_PREFIXES))
 
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data

@@ -17,7 +17,7 @@ from app.media.image import image_dimensions
 from app.media.sniff import SNIFF_BYTES, sniff_mime
 from app.offload import OrderedOffload
 from app.profiles import Profile
-from app.storage import Storage
+from app.storage import Storage, one_chunk
 from app.storage.base import run_shielded
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ async def _strip_stored(storage: Storage, src: str, dest: str, *, mime_type: str
         data, report = strip.strip_bytes(mime_type, head[:size])
         if not report.changed:
             return _Rewritten(report)
-        await storage.write(dest, _once(data), content_type=mime_type)
+        await storage.write(dest, one_chunk(data), content_type=mime_type)
         return _Rewritten(report, len(data), hashlib.sha256(data).hexdigest())
     if mime_type == strip.JPEG:
         # all of a JPEG's metadata comes before its first scan, nearly always in the head
@@ -319,9 +319,6 @@ async def _write_filtered(storage: Storage, key: str, chunks: AsyncIterable[byte
         await hashing.settle()
     return written, (await hashing.digest()).hex()
 
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 async def _read_head(source: AsyncIterator[bytes], limit: int, start: bytes = b"",
