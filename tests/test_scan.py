@@ -366,3 +366,20 @@ async def test_the_dashboard_shows_scans_and_what_waits_for_clamd(tmp_path, data
         count = re.search(r'id="waiting-for-scan">(\d+)<', overview)
         assert count and count.group(1) == "1", overview[:3000]
         assert (await env.get(waiting["id"]))["state"] == "cached"
+
+
+async def test_a_rescan_of_a_file_clamd_cannot_take_keeps_it_stored(env):
+    big = await env.upload(os.urandom(1536 * 1024), profile="plain")  # over the 1 MiB limit
+    await run_worker(env.res)
+    assert (await env.get(big["id"]))["state"] == "stored"
+    r = await env.client.post(f"/v1/attachments/{big['id']}/rescan", headers=env.tenant.headers)
+    assert r.status_code == 202
+    await run_worker(env.res)
+    got = await env.get(big["id"])
+    assert got["state"] == "stored" and len(env.files("store")) == 1
+    async with env.res.pool.acquire() as conn:
+        kinds = [r["kind"] for r in await conn.fetch(
+            "SELECT kind FROM attachment_activity WHERE attachment_id = $1", big["id"])]
+        asked = await conn.fetchval("SELECT rescan_requested_at FROM attachments WHERE id = $1",
+                                    big["id"])
+    assert "rescan.failed" in kinds and asked is None

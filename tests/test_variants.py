@@ -250,3 +250,23 @@ async def s3_variants_env(tmp_path, database_url, moto_endpoint, s3_client):
     async with fresh_resources(settings) as res, api_client(res) as client:
         made = await auth.create_app(res.pool, "s3variants")
         yield res, client, AppKey(made.app_id, made.api_key)
+
+
+async def test_a_render_for_a_generation_that_moved_on_leaves_nothing(env):
+    """A reprocess (a new generation) while a variant was rendered: the render's file belongs
+    to nobody and is removed, and the caller is told to ask again."""
+    from app.attachments import repository as attachments_repo
+    from app.errors import InvalidState
+    from app.media import transform
+
+    att = await env.stored(jpeg_bytes(400, 300))
+    async with env.res.pool.acquire() as conn:
+        seen = await attachments_repo.get(conn, att["id"])
+        await conn.execute("UPDATE attachments SET generation = generation + 1 WHERE id = $1",
+                           att["id"])
+    spec = transform.TransformSpec.parse({"w": "64"}, transform.TransformLimits())
+    with pytest.raises(InvalidState):
+        await env.res.variants.variant(seen, spec)
+    assert env.variant_files() == []
+    async with env.res.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM attachment_variants") == 0
