@@ -132,11 +132,13 @@ def serve_processes(settings: Settings, host: str, port: int, workers: int) -> i
     import logging
 
     os.environ[SUPERVISOR_PID] = str(os.getpid())  # inherited by the processes it starts
-    own_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
-        prefix="stowage-metrics-")
-    # before any process creates a metric: prometheus_client picks its storage at import
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    # an operator's directory is theirs to keep; ours goes with us
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    own_dir = not metrics_dir
+    if not metrics_dir:
+        metrics_dir = tempfile.mkdtemp(prefix="stowage-metrics-")
+        # before any process creates a metric: prometheus_client picks its storage at import
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     config = uvicorn.Config("app.server:served_app", factory=True, host=host, port=port,
                             workers=workers, log_config=None,
                             timeout_graceful_shutdown=settings.shutdown_grace)
