@@ -40,6 +40,9 @@ types = ["image/*"]
 [profiles.pics.derivatives.thumb]
 width = 20
 height = 20
+[profiles.pics.transforms]
+max_width = 100
+max_height = 100
 
 [profiles.plain]
 """
@@ -224,6 +227,9 @@ async def test_a_rescan_with_a_new_signature_quarantines_a_stored_file(env):
     await run_worker(env.res)
     assert (await env.get(att["id"]))["state"] == "stored"
     assert len(env.files("store")) == 3  # two originals and a thumbnail
+    r = await env.client.get(f"/v1/attachments/{att['id']}/image", params={"w": 40},
+                             headers=env.tenant.headers)
+    assert r.status_code == 200 and (await env.get(att["id"]))["variants"]["count"] == 1
     env.clamd.add_body_signature("Stowage.Test.NewThreat", payload)
     for a in (att, ok):
         r = await env.client.post(f"/v1/attachments/{a['id']}/rescan",
@@ -233,6 +239,10 @@ async def test_a_rescan_with_a_new_signature_quarantines_a_stored_file(env):
     got = await env.get(att["id"])
     assert infected_as(got, "Stowage.Test.NewThreat"), got
     assert "attachment.failed" in await env.events(att["id"])
+    # its image variant went with its files: no row, nothing counted
+    assert got["variants"] == {"count": 0, "bytes": 0}
+    async with env.res.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM attachment_variants") == 0
     assert len(env.files("store")) == 1  # only the clean one is left
     assert len(env.files("quarantine")) == 2  # the original and its thumbnail
     clean = await env.get(ok["id"])

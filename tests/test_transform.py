@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from app.media.derivatives import ImageProcessingError
 from app.media.transform import (
     DEFAULT_MAX_PIXELS,
+    MAX_DIMENSION,
     TransformError,
     TransformLimits,
     TransformSpec,
@@ -444,3 +445,14 @@ def test_threads_render_independently(landscape: Path) -> None:
     for s, out in zip(specs, outs, strict=True):
         im = decoded(out.data)
         assert im.size == (s.w, round(s.w * 2 / 3)) and out.mime_type == s.mime_type
+
+
+def test_a_free_side_is_bounded_by_the_box_not_left_open():
+    # a 1x1000 image asked for w=10, enlarged: without a bound on h, 10x10000
+    tall = encode(Image.new("RGB", (1, 1000), RED), "PNG")
+    spec = TransformSpec.parse({"w": "10", "enlarge": "true", "format": "png"},
+                               TransformLimits())
+    out = render(tall, spec, max_pixels=None, box=TransformLimits(max_width=50, max_height=400))
+    assert (out.width, out.height) == (1, 400)
+    out = render(tall, spec, max_pixels=None)  # no box: the absolute ceiling
+    assert out.height == MAX_DIMENSION

@@ -33,6 +33,13 @@ formats = ["webp", "jpeg", "png"]
 
 [profiles.plain]
 types = ["image/*"]
+
+[profiles.pngs]
+types = ["image/*"]
+[profiles.pngs.transforms]
+max_width = 300
+max_height = 400
+formats = ["png"]
 """
 
 
@@ -222,6 +229,72 @@ async def test_deleting_the_attachment_removes_its_variants(env):
     assert env.variant_files() == []
     async with env.res.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM attachment_variants") == 0
+
+
+async def test_a_free_side_stays_inside_the_profile_limits_even_enlarged(env):
+    tall = await env.stored(jpeg_bytes(10, 500))
+    r = await env.image(tall["id"], w=100, enlarge="true")
+    assert r.status_code == 200, r.text
+    assert size_of(r.content)[1] == (20, 1000)  # not 100x5000: max_height is 1000
+    r = await env.image(tall["id"], h=1000, enlarge="true", format="png")
+    assert size_of(r.content)[1] == (20, 1000)
+    thin = await env.stored(jpeg_bytes(500, 4), profile="pngs")
+    r = await env.image(thin["id"], h=10, enlarge="true")
+    assert size_of(r.content) == ("PNG", (300, 2))  # max_width of pngs: 300
+
+
+async def test_the_default_format_is_the_profiles(env):
+    att = await env.stored(jpeg_bytes(40, 30), profile="pngs")
+    r = await env.image(att["id"], w=20)
+    assert r.status_code == 200, r.text
+    assert size_of(r.content) == ("PNG", (20, 15))
+    r = await env.client.post(f"/v1/attachments/{att['id']}/image-urls",
+                              headers=env.tenant.headers, json={"variants": [{"w": 20}]})
+    assert r.status_code == 200 and "format=png" in r.json()["urls"][0]
+    assert (await env.client.get(r.json()["urls"][0])).headers["content-type"] == "image/png"
+
+
+@pytest.mark.parametrize("variant", [{"w": "100"}, {"w": True}, {"w": 10.0},
+                                     {"w": 10, "enlarge": "yes"}, {"w": 10, "enlarge": 1}])
+async def test_image_urls_takes_strict_json(env, variant):
+    att = await env.stored(jpeg_bytes(40, 30))
+    r = await env.client.post(f"/v1/attachments/{att['id']}/image-urls",
+                              headers=env.tenant.headers, json={"variants": [variant]})
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+
+
+async def test_etags_differ_between_attachments_and_generations(env):
+    one = await env.stored(jpeg_bytes(40, 30))
+    two = await env.stored(jpeg_bytes(40, 30))
+    tags = {(await env.image(a["id"], w=20)).headers["etag"] for a in (one, two)}
+    assert len(tags) == 2
+    assert (await env.client.post(f"/v1/attachments/{one['id']}/reprocess",
+                                  headers=env.tenant.headers)).status_code == 202
+    await run_worker(env.res)
+    tags.add((await env.image(one["id"], w=20)).headers["etag"])
+    assert len(tags) == 3
+
+
+async def test_renders_waiting_for_a_thread_hold_no_database_connection(env):
+    att = await env.stored(jpeg_bytes(400, 300))
+    queue = RenderQueue(workers=1, waiting=5)
+    env.res.rewire(render_queue=queue)
+    pool = env.res.pool
+    in_use = pool.get_size() - pool.get_idle_size()
+    async with queue.turn():  # the one thread is taken
+        waiting = [asyncio.create_task(env.image(att["id"], w=50 + i)) for i in range(5)]
+        for _ in range(200):
+            if queue.admitted == 6:
+                break
+            await asyncio.sleep(0.05)
+        assert queue.admitted == 6  # ours and five requests
+        assert pool.get_size() - pool.get_idle_size() == in_use  # five wait, holding none
+        listed = await env.client.get("/v1/attachments", headers=env.tenant.headers)
+        assert listed.status_code == 200
+        # the waiting room is full (one turn taken, five waiting): refused at once
+        refused = await asyncio.wait_for(env.image(att["id"], w=99), 10)
+        assert refused.status_code == 503
+    assert [r.status_code for r in await asyncio.gather(*waiting)] == [200] * 5
 
 
 async def test_the_attachment_counts_its_variants_until_a_reprocess_forgets_them(env):

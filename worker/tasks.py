@@ -114,8 +114,8 @@ def job(name: str, call: Callable[[Services, UUID], Awaitable[str]]
             error = f"{type(e).__name__}: {e}"
             delay = await _record_failure(services, attempt, e, timed_out=False, error=error,
                                           counts=False)
-            log.error("%s %s blocked: %s; trying again in %ss", name, target_id, error,
-                      delay or "a while")
+            log.error("%s %s blocked: %s; trying again in %s", name, target_id, error,
+                      f"{delay}s" if delay else "a while")
             return outcome
         except Exception as e:
             timed_out = isinstance(e, TimeoutError) and deadline is not None \

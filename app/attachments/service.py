@@ -474,6 +474,10 @@ class Attachments:
                     {"code": "infected", "detail": verdict.signature or "?"}, verdict.metadata)
                 if failed is None:  # changed meanwhile (deleted, reprocessed): next time
                     return "aborted"
+                # its image variants go with the files below: their rows (and the count on
+                # the attachment, which the event shows) go now
+                await variants_repo.forget(conn, att_id)
+                failed = await repo.get(conn, att_id)
                 await activity.record(conn, att_id, "scan.infected",
                                       {"signature": verdict.signature})
                 deliveries = await emit_attachment(conn, "attachment.failed", failed,

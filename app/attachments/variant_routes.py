@@ -3,6 +3,7 @@ request"): GET /v1/attachments/{id}/image and POST /v1/attachments/{id}/image-ur
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -47,7 +48,8 @@ Quality = Annotated[int, Field(ge=1, le=100)]
 
 
 class VariantIn(BaseModel):
-    model_config = ConfigDict(extra="forbid",
+    # strict, as every JSON body: 100 not "100", true not "yes" or 1
+    model_config = ConfigDict(extra="forbid", strict=True,
                               json_schema_extra={"anyOf": [{"required": ["w"]},
                                                            {"required": ["h"]}]})
 
@@ -60,7 +62,7 @@ class VariantIn(BaseModel):
 
 
 class ImageUrlsIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     variants: list[VariantIn] = Field(min_length=1, max_length=50)
 
@@ -97,14 +99,18 @@ async def get_image(
     token: str | None = Query(None, description="the signed token of an image-urls link"),
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
 ) -> Response:
-    spec = _parsed(_values(w=w, h=h, fit=fit, format=format, q=q, enlarge=enlarge))
+    values = _values(w=w, h=h, fit=fit, format=format, q=q, enlarge=enlarge)
+    # a link signs the canonical form, which always names the format: checked against the
+    # canonical form of what came, before the profile (and its default format) is known
+    signed = _parsed(values)
     row, cache = await readable(request, attachments, attachment_id_of(attachment_id), token,
-                                 credentials, derivative=f"image:{spec.key_part()}")
-    variants.check(row, spec)
+                                 credentials, derivative=f"image:{signed.key_part()}")
+    spec = variants.spec_for(row, values)
     made = await variants.variant(row, spec)
     return await serve_object(
         request, variants.store, key=made["key"], mime=made["mime_type"], size=made["size"],
-        etag=made["key"].rsplit("/", 1)[1].split(".")[0], filename=None,
+        # the key names the attachment, its generation and the parameters: one tag each
+        etag=hashlib.sha256(made["key"].encode()).hexdigest()[:32], filename=None,
         modified=made["created_at"],
         cache_control=PRIVATE_IMMUTABLE if cache.startswith("private") else IMMUTABLE)
 
@@ -123,9 +129,7 @@ async def image_urls(
     app_id: Any = Depends(current_app_id),
 ) -> dict[str, Any]:
     row = await attachments.get(app_id, attachment_id_of(attachment_id))
-    specs = [_parsed(_values(**v.model_dump())) for v in body.variants]
-    for spec in specs:
-        variants.check(row, spec)
+    specs = [variants.spec_for(row, _values(**v.model_dump())) for v in body.variants]
     return {"urls": variants.urls(row, specs)}
 
 

@@ -10,6 +10,7 @@ RenderQueue (503 past it)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 from uuid import UUID
@@ -41,8 +42,10 @@ class Variants:
         self._inflight: dict[tuple[UUID, int, str], asyncio.Future[asyncpg.Record]] = {}
         self.renders = 0  # renders this process made (tests count them)
 
-    def check(self, row: Any, spec: transform.TransformSpec) -> None:
-        """A variant `row`'s profile allows (422 otherwise), of a stored image (409)."""
+    def spec_for(self, row: Any, values: Mapping[str, Any]) -> transform.TransformSpec:
+        """The variant of `row` the request's `values` name, parsed against its profile's
+        limits (its default format among them): 422 when the profile does not allow it, 409
+        when `row` is not a stored image."""
         profile = self.profiles.get_or_default(row["profile"])
         if profile.transforms is None:
             raise InvalidInput(f"profile {profile.name!r} allows no image transforms (it has"
@@ -53,7 +56,7 @@ class Variants:
         if not str(row["mime_type"]).startswith("image/"):
             raise InvalidInput(f"attachment {row['id']} is {row['mime_type']}, not an image")
         try:  # the request's parameters again, now against the profile's limits
-            transform.TransformSpec.parse(spec.query(), profile.transforms)
+            return transform.TransformSpec.parse(values, profile.transforms)
         except transform.TransformError as e:
             raise InvalidInput(str(e), field=e.field) from None
 
@@ -87,18 +90,21 @@ class Variants:
 
     async def _render_once(self, row: Any, spec: transform.TransformSpec) -> asyncpg.Record:
         lock = f"variant:{row['id']}:{row['generation']}:{spec.key_part()}"
-        async with self.pool.acquire() as conn:
+        # the turn first: a render waiting for a thread holds no connection of the pool
+        async with self.queue.turn(), self.pool.acquire() as conn:
             await db.advisory_lock(conn, lock)
             try:
                 found = await repo.get(conn, row["id"], row["generation"], spec.key_part())
                 if found is not None:  # another instance rendered it while we waited
                     return found
                 profile = self.profiles.get_or_default(row["profile"])
+                limits = profile.transforms or transform.TransformLimits()
                 async with self.store.local_path(row["key"]) as path:
                     try:
-                        rendered = await self.queue.run(
+                        rendered = await self.queue.execute(
                             lambda: transform.render(path, spec,
-                                                     max_pixels=profile.max_pixels))
+                                                     max_pixels=profile.max_pixels,
+                                                     box=limits))
                     except ImageProcessingError as e:
                         raise InvalidInput(f"the image cannot be transformed: {e.detail}"
                                            f" ({e.code})") from None

@@ -254,9 +254,14 @@ def _boolean(params: Mapping[str, Any], name: str) -> bool:
 # -- rendering ---------------------------------------------------------------------------------
 
 
-def render(source: Source, spec: TransformSpec, *, max_pixels: int | None) -> Rendered:
+def render(source: Source, spec: TransformSpec, *, max_pixels: int | None,
+           box: Limits | None = None) -> Rendered:
     """The variant ``spec`` of an image file (path) or image bytes. Synchronous and thread
-    safe (no shared state but libvips' own, which is). A missing file raises OSError."""
+    safe (no shared state but libvips' own, which is). A missing file raises OSError.
+
+    ``box``: the profile's limits; the output never exceeds its ``max_width`` x
+    ``max_height`` (default :data:`MAX_DIMENSION` each), also on the side ``spec`` leaves
+    free: ``w=10&enlarge=true`` on a 1x1000 image is 10x8192 at most, not 10x10000."""
     limit = max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS
     if isinstance(source, bytes | bytearray | memoryview):
         data = bytes(source)
@@ -282,7 +287,9 @@ def render(source: Source, spec: TransformSpec, *, max_pixels: int | None) -> Re
             f"image is {width}x{height} ({width * height} pixels); the limit is {limit}",
         )
     shown = (height, width) if _orientation(header) in (5, 6, 7, 8) else (width, height)
-    target = _target(spec, *shown)
+    limits = box or TransformLimits()
+    target = _target(spec, *shown, free=(min(limits.max_width, MAX_DIMENSION),
+                                         min(limits.max_height, MAX_DIMENSION)))
     # fail_on as a kwarg does not reach thumbnail's loader (libvips 8.18); the option string
     # does. "truncated": a cut-off file is corrupt (not half grey), libjpeg's warnings about
     # cameras' quirks are not (as with Pillow).
@@ -314,12 +321,13 @@ class _Target:
     crop: bool
 
 
-def _target(spec: TransformSpec, width: int, height: int) -> _Target:
-    """thumbnail's arguments for a source shown as ``width`` x ``height``."""
-    big = 10_000_000  # thumbnail's "no limit on this side"
+def _target(spec: TransformSpec, width: int, height: int, *, free: tuple[int, int]
+            ) -> _Target:
+    """thumbnail's arguments for a source shown as ``width`` x ``height``; a side ``spec``
+    leaves free is bounded by ``free`` (the profile's maximum), never unbounded."""
     if spec.fit == "contain":
-        return _Target((spec.w or big, spec.h or big), "both" if spec.enlarge else "down",
-                       False)
+        return _Target((spec.w or free[0], spec.h or free[1]),
+                       "both" if spec.enlarge else "down", False)
     assert spec.w and spec.h
     w, h = spec.w, spec.h
     if not spec.enlarge and (w > width or h > height):
