@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from app.media.derivatives import DerivativeSpec, Rendered, build_all
+from app.media.previews import MediaLimits, Preview, build_preview
 from app.storage import Storage
 
 _POOL = ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1),
@@ -33,3 +34,14 @@ async def render(storage: Storage, key: str, specs: Mapping[str, DerivativeSpec]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(_POOL, lambda: build_all(path, specs,
                                                                    max_pixels=max_pixels))
+
+
+async def preview(storage: Storage, key: str, mime_type: str,
+                  specs: Mapping[str, DerivativeSpec], max_pixels: int | None,
+                  limits: MediaLimits | None = None) -> Preview:
+    """Derivatives, facts and placeholder of any file (app.media.previews), in the same pool."""
+    async with storage.local_path(key) as path:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            _POOL, lambda: build_preview(path, mime_type, specs, max_pixels=max_pixels,
+                                         limits=limits))
