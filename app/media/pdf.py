@@ -71,7 +71,7 @@ def first_page(path: str | Path, specs: Iterable[DerivativeSpec], limits: MediaL
             doc.close()
 
 
-def _load_failure(path: str | Path, error: Exception) -> PreviewError:  # noqa: ARG001
+def _load_failure(path: str | Path, error: Exception) -> PreviewError:
     """Why PDFium would not open the file. Its error code is not enough: it is PDFium's last
     error, which a failure that sets none (a document without pages) leaves as the previous
     file's, so the file is asked too: an /Encrypt entry in the trailer (plain text, at the end,
