@@ -172,3 +172,23 @@ def test_profiles_with_derivatives_may_accept_pdfs_and_videos(tmp_path: Path, ty
     else:
         with pytest.raises(ProfileError, match="images, PDFs and videos"):
             load_profiles(path)
+
+
+async def test_reprocess_records_the_facts_of_files_stored_before(env: Any, tmp_path: Path
+                                                                  ) -> None:
+    """Attachments stored before previews existed get them from a reprocess: the facts are
+    merged into the metadata with the new derivatives."""
+    res, client, tenant = await env()
+    att = await promoted(res, client, tenant,
+                         generate.pdf(tmp_path / "a.pdf", pages=5).read_bytes(), "media")
+    assert att["state"] == "stored"
+    async with res.pool.acquire() as conn:  # as an attachment stored before issue 22 is
+        await conn.execute("UPDATE attachments SET metadata = '{\"k\": 1}'::jsonb WHERE id = $1",
+                           att["id"])
+    r = await client.post(f"/v1/attachments/{att['id']}/reprocess", headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    await run_worker(res)
+    got = (await client.get(f"/v1/attachments/{att['id']}", headers=tenant.headers)).json()
+    assert got["metadata"]["pages"] == 5 and got["metadata"]["thumbhash"]
+    assert got["metadata"]["k"] == 1
+    assert got["generation"] > att["generation"]
