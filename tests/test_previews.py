@@ -34,8 +34,8 @@ RED, GREEN = (255, 0, 0), (0, 128, 0)
 @pytest.fixture
 async def env(env_factory: Any) -> Any:
     async with contextlib.AsyncExitStack() as stack:
-        async def make(**overrides: Any) -> tuple[Any, Any, AppKey]:
-            res = (await env_factory("file", profiles=PROFILES, **overrides)).res
+        async def make(storage: str = "file", **overrides: Any) -> tuple[Any, Any, AppKey]:
+            res = (await env_factory(storage, profiles=PROFILES, **overrides)).res
             client = await stack.enter_async_context(api_client(res))
             new = await auth.create_app(res.pool, "previews")
             return res, client, AppKey(new.app_id, new.api_key)
@@ -125,6 +125,11 @@ async def test_files_without_derivatives_get_facts_and_a_thumbhash(env: Any,
     assert mp3["mime_type"] == "audio/mpeg"
     assert mp3["metadata"]["audio_codec"] == "mp3"
     assert abs(mp3["metadata"]["duration"] - 2.0) < 0.06
+    jpeg = io.BytesIO()
+    Image.new("RGB", (120, 80), (200, 30, 30)).save(jpeg, "JPEG")
+    image = await promoted(res, client, tenant, jpeg.getvalue(), "files")
+    assert image["metadata"]["width"] == 120 and image["metadata"]["thumbhash"]
+    assert image["metadata"]["dominant_color"].startswith("#c")
     text = await promoted(res, client, tenant, b"just text", "files")
     assert text["state"] == "stored" and "thumbhash" not in (text["metadata"] or {})
 
@@ -192,3 +197,15 @@ async def test_reprocess_records_the_facts_of_files_stored_before(env: Any, tmp_
     assert got["metadata"]["pages"] == 5 and got["metadata"]["thumbhash"]
     assert got["metadata"]["k"] == 1
     assert got["generation"] > att["generation"]
+
+
+async def test_previews_from_an_s3_cache(env: Any, tmp_path: Path) -> None:
+    """The worker previews a local copy of a remote cached file (Storage.local_path)."""
+    res, client, tenant = await env("s3-cache")
+    for data in (generate.pdf(tmp_path / "a.pdf", pages=2, fill=GREEN).read_bytes(),
+                 generate.video(tmp_path / "a.webm", fmt="webm", codec="libvpx",
+                                colours=((0, 0, 255), GREEN)).read_bytes()):
+        att = await promoted(res, client, tenant, data, "media")
+        assert att["state"] == "stored", att.get("error")
+        assert near(await thumb_pixel(client, att), GREEN)
+        assert att["metadata"]["thumbhash"]

@@ -38,6 +38,24 @@ def pdf(path: Path, pages: int = 1, size: tuple[float, float] = (612, 792),
     return path
 
 
+def busy_pdf(path: Path, shapes: int = 30_000) -> Path:
+    """One page drawn with ``shapes`` small translucent squares: slow to render."""
+    doc = pdfium.PdfDocument.new()
+    try:
+        page = doc.new_page(612, 792)
+        for i in range(shapes):
+            rect = pdfium_c.FPDFPageObj_CreateNewRect((i * 7) % 600, (i * 13) % 780, 10, 10)
+            pdfium_c.FPDFPageObj_SetFillColor(rect, i % 256, 0, 0, 128)
+            pdfium_c.FPDFPath_SetDrawMode(rect, pdfium_c.FPDF_FILLMODE_ALTERNATE, True)
+            pdfium_c.FPDFPage_InsertObject(page, rect)
+        pdfium_c.FPDFPage_GenerateContent(page)
+        page.close()
+        doc.save(str(path))
+    finally:
+        doc.close()
+    return path
+
+
 def _write_pdf(path: Path, objects: Sequence[bytes], trailer_extra: bytes = b"") -> Path:
     """A PDF file of these objects (1-based), with a correct xref table."""
     out = bytearray(b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n")

@@ -130,6 +130,23 @@ def test_pdf_with_thousands_of_pages_is_refused_quickly(tmp_path: Path) -> None:
     assert made.metadata["pages"] == 3000
 
 
+def test_a_slow_page_is_stopped_at_the_deadline(tmp_path: Path) -> None:
+    """PDFium renders progressively and is asked between page objects whether to go on."""
+    path = generate.busy_pdf(tmp_path / "busy.pdf")
+    big = {"t": DerivativeSpec(width=2000, height=2000)}
+    started = time.monotonic()
+    made = preview(path, big, limits=MediaLimits(timeout=30))
+    full = time.monotonic() - started
+    assert made.derivatives["t"].height == 2000
+    started = time.monotonic()
+    with pytest.raises(PreviewError) as e:
+        preview(path, big, limits=MediaLimits(timeout=full / 20))
+    assert e.value.code == "preview_timeout"
+    assert time.monotonic() - started < full / 2
+    # the lock and the document were released: the next PDF renders
+    assert preview(generate.pdf(tmp_path / "a.pdf")).metadata["pages"] == 1
+
+
 # -- video ---------------------------------------------------------------------------------------
 
 
