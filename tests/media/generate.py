@@ -110,15 +110,20 @@ def video(path: Path, *, fmt: str = "mp4", codec: str = "libx264",
           size: tuple[int, int] = (320, 240),
           seconds: float = 2.0, fps: int = 25, gop: int | None = None,
           colours: tuple[Colour, Colour] = ((0, 0, 255), (255, 0, 0)),
-          change_at: float = 1.0, audio: bool = False) -> Path:
+          change_at: float = 1.0, audio: bool = False, rotation: int = 0,
+          left: Colour | None = None) -> Path:
     """A video of solid frames: ``colours[0]`` before ``change_at`` seconds, ``colours[1]``
     from then on; a keyframe every ``gop`` frames (default: one a second, so one falls at
-    exactly 1 s). With ``audio``, a silent AAC (MP4/MOV/MKV) or Opus (WebM) track."""
+    exactly 1 s). With ``audio``, a silent AAC (MP4/MOV/MKV) or Opus (WebM) track; with
+    ``rotation``, a display matrix turning it that many degrees counter-clockwise (what
+    phones write); with ``left``, the left half of every frame painted that colour."""
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
         stream.gop_size = gop or fps
+        if rotation:
+            stream.set_display_rotation(rotation)
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "sc_threshold": "0"}
         elif codec == "libvpx":
@@ -126,7 +131,11 @@ def video(path: Path, *, fmt: str = "mp4", codec: str = "libx264",
         sound = None
         if audio:
             sound = out.add_stream("libopus" if fmt == "webm" else "aac", rate=48000)
-        frames = [av.VideoFrame.from_image(Image.new("RGB", size, c)) for c in colours]
+        pictures = [Image.new("RGB", size, c) for c in colours]
+        if left is not None:
+            for picture in pictures:
+                picture.paste(left, (0, 0, size[0] // 2, size[1]))
+        frames = [av.VideoFrame.from_image(picture) for picture in pictures]
         for i in range(round(seconds * fps)):
             frame = frames[0] if i / fps < change_at else frames[1]
             frame.pts = i

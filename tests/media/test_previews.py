@@ -201,6 +201,23 @@ def test_video_with_one_keyframe_falls_back_to_it(tmp_path: Path) -> None:
     assert near(centre(preview(path).derivatives["thumb"].data), BLUE, 16)
 
 
+@pytest.mark.parametrize(("rotation", "top", "bottom"), [
+    (90, BLUE, RED),     # counter-clockwise: the left (red) half ends at the bottom
+    (-90, RED, BLUE),
+])
+def test_a_phone_video_is_shown_upright(tmp_path: Path, rotation: int, top, bottom) -> None:
+    path = generate.video(tmp_path / "v.mp4", size=(320, 240), colours=(BLUE, BLUE),
+                          left=RED, rotation=rotation)
+    made = preview(path)
+    assert (made.metadata["width"], made.metadata["height"]) == (240, 320)
+    thumb = made.derivatives["thumb"]
+    assert (thumb.width, thumb.height) == (150, 200)
+    with Image.open(io.BytesIO(thumb.data)) as im:
+        rgb = im.convert("RGB")
+        assert near(rgb.getpixel((75, 30)), top, 24)
+        assert near(rgb.getpixel((75, 170)), bottom, 24)
+
+
 def test_truncated_and_garbage_videos_fail(tmp_path: Path) -> None:
     data = generate.video(tmp_path / "v.mp4", seconds=2.0).read_bytes()
     for name, body in [("half.mp4", data[: len(data) // 2]),
