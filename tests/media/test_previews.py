@@ -343,3 +343,41 @@ def thumbhash_bytes(value: str) -> bytes:
     import base64
 
     return base64.b64decode(value)
+
+
+async def test_previews_run_in_the_bounded_pool_off_the_event_loop(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    import asyncio
+    import threading
+
+    from app.media import previews, render
+    from app.storage import one_chunk, storage_from_url
+
+    storage = storage_from_url(f"file://{tmp_path}/store")
+    data = generate.pdf(tmp_path / "a.pdf").read_bytes()
+    await storage.write("a.pdf", one_chunk(data), content_type="application/pdf")
+    threads = []
+    real = previews.build_preview
+
+    def spy(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(render, "build_preview", spy)
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(tick())
+    try:
+        made = await render.preview(storage, "a.pdf", "application/pdf", {"thumb": THUMB},
+                                    None, MediaLimits())
+    finally:
+        ticker.cancel()
+    assert made.metadata["pages"] == 1
+    assert threads and threads[0].startswith("derivatives")
+    assert ticks > 1  # the loop went on while the page was drawn
