@@ -5,6 +5,7 @@ encoder writes."""
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -54,6 +55,25 @@ def busy_pdf(path: Path, shapes: int = 30_000) -> Path:
     finally:
         doc.close()
     return path
+
+
+def image_bomb_pdf(path: Path, side: int = 12_000) -> Path:
+    """A page showing one black ``side`` x ``side`` RGB image (12,000: 432 MB of pixels) held
+    in about a megabyte of Flate data."""
+    deflate = zlib.compressobj(9)
+    row = bytes(side * 3)
+    data = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
+    content = b"q 612 0 0 792 0 0 cm /Im1 Do Q"
+    return _write_pdf(path, [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792]"
+        b" /Resources << /XObject << /Im1 4 0 R >> >> /Contents 5 0 R >>",
+        b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB"
+        b" /BitsPerComponent 8 /Filter /FlateDecode /Length %d >>\nstream\n"
+        % (side, side, len(data)) + data + b"\nendstream",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+    ])
 
 
 def _write_pdf(path: Path, objects: Sequence[bytes], trailer_extra: bytes = b"") -> Path:

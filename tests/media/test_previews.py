@@ -128,6 +128,11 @@ def test_pdf_with_thousands_of_pages_is_refused_quickly(tmp_path: Path) -> None:
     assert time.monotonic() - started < 5
     made = preview(path, limits=MediaLimits(max_pages=3000))
     assert made.metadata["pages"] == 3000
+    # the default limit
+    path = generate.pdf(tmp_path / "more.pdf", pages=MediaLimits().max_pages + 1)
+    with pytest.raises(PreviewError) as e:
+        preview(path)
+    assert e.value.code == "too_many_pages"
 
 
 def test_a_slow_page_is_stopped_at_the_deadline(tmp_path: Path) -> None:
@@ -145,6 +150,26 @@ def test_a_slow_page_is_stopped_at_the_deadline(tmp_path: Path) -> None:
     assert time.monotonic() - started < full / 2
     # the lock and the document were released: the next PDF renders
     assert preview(generate.pdf(tmp_path / "a.pdf")).metadata["pages"] == 1
+
+
+def test_a_huge_embedded_image_renders_in_bounded_memory(tmp_path: Path) -> None:
+    """PDFium decodes an image while it downsamples it to the page's bitmap: 432 MB of pixels
+    behind a 1 MB file do not become 432 MB of memory."""
+    path = generate.image_bomb_pdf(tmp_path / "bomb.pdf")
+    code = (
+        "import json, sys\n"
+        "from app.media.previews import build_preview\n"
+        "from app.media.derivatives import DerivativeSpec\n"
+        "made = build_preview(sys.argv[1], 'application/pdf', {'t': DerivativeSpec(width=200,"
+        " height=200)}, max_pixels=None)\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(json.dumps([int(hwm.split()[1]), made.metadata['dominant_color']]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=120, check=True)
+    peak_kib, colour = json.loads(out.stdout)
+    assert colour == "#000000"
+    assert peak_kib / 1024 < 150  # measured: ~50 MiB
 
 
 # -- video ---------------------------------------------------------------------------------------
