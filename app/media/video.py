@@ -111,9 +111,12 @@ def poster(path: str | Path, specs: Iterable[DerivativeSpec], *, placeholder: bo
             return None, meta
         ctx.thread_count = 1  # one frame buffer set, not one per thread (memory, not speed)
         ctx.skip_frame = "NONKEY"
+        # FFmpeg's own guard: a keyframe whose parameter sets change the size mid-stream to
+        # more than the limit is refused before its picture is allocated
+        ctx.options = {"max_pixels": str(min(max_pixels, 2**31 - 1))}
         try:
             frame = _keyframe(container, stream, duration, limits, deadline)
-        except av.FFmpegError as e:
+        except av.FFmpegError as e:  # (ArgumentError is FFmpeg's EINVAL: max_pixels among them)
             raise PreviewError(PreviewError.CORRUPT_VIDEO,
                                f"the video cannot be decoded: {_reason(e)}") from None
         if frame is None:
