@@ -121,8 +121,13 @@ def poster(path: str | Path, specs: Iterable[DerivativeSpec], *, placeholder: bo
                                f"the video cannot be decoded: {_reason(e)}") from None
         if frame is None:
             raise PreviewError(PreviewError.CORRUPT_VIDEO, "no frame of the video can be decoded")
+        if frame.width * frame.height > max_pixels:  # the size changed mid-stream
+            raise PreviewError(PreviewError.TOO_MANY_PIXELS,
+                               f"a video frame is {frame.width}x{frame.height}; the limit is"
+                               f" {max_pixels} pixels")
         turn = _rotation(frame)
-        shown = (height, width) if turn in (90, 270) else (width, height)
+        coded = (frame.width, frame.height)
+        shown = (coded[1], coded[0]) if turn in (90, 270) else coded
         needs = [_needed(spec, *shown) for spec in specs]
         # Lanczos headroom as for images, never more than the frame itself
         want_w = min(shown[0], math.ceil(max(w for w, _ in needs) * REDUCING_GAP))
@@ -134,8 +139,7 @@ def poster(path: str | Path, specs: Iterable[DerivativeSpec], *, placeholder: bo
         im = small.to_image()
         if turn:
             im = im.rotate(turn, expand=True)
-        if turn in (90, 270):
-            meta["width"], meta["height"] = height, width
+        meta["width"], meta["height"] = shown
         return im, meta
 
 
@@ -156,15 +160,13 @@ def _keyframe(container: Any, stream: Any, duration: float | None, limits: Media
     """The decoded poster frame, or None."""
     time_base = stream.time_base
     target = POSTER_AT if duration is None or duration > POSTER_AT else 0.0
+    seeked = False
     if target > 0 and time_base:
         try:
             container.seek(int(target / time_base), stream=stream, backward=True)
+            seeked = True
         except Exception:  # not seekable: read from the start (bounded all the same)
-            target_from_start = True
-        else:
-            target_from_start = False
-    else:
-        target_from_start = True
+            pass
     fallback = None  # the first keyframe seen: the poster when none comes at/after `target`
     scanned = 0
     # half a frame of slack: a keyframe at 1 s may be stamped 0.99996 s
@@ -191,7 +193,7 @@ def _keyframe(container: Any, stream: Any, duration: float | None, limits: Media
             break
     if fallback is not None:
         return _decode_one(stream, fallback)
-    if not target_from_start:
+    if seeked:
         # the seek landed past every keyframe (a broken index): the first frame, then
         container.seek(0, stream=stream, backward=True)
         stream.codec_context.flush_buffers()
