@@ -19,9 +19,10 @@ Colour = tuple[int, int, int]
 
 
 def pdf(path: Path, pages: int = 1, size: tuple[float, float] = (612, 792),
-        fill: Colour | None = None) -> Path:
+        fill: Colour | None = None, left: Colour | None = None, rotate: int = 0) -> Path:
     """A PDF of ``pages`` pages of ``size`` points; with ``fill`` page 1 is painted that
-    colour edge to edge (a vector rectangle)."""
+    colour edge to edge (a vector rectangle), with ``left`` its left half; ``rotate``: page
+    1's /Rotate (clockwise degrees, as viewers show it)."""
     doc = pdfium.PdfDocument.new()
     try:
         for i in range(pages):
@@ -32,6 +33,14 @@ def pdf(path: Path, pages: int = 1, size: tuple[float, float] = (612, 792),
                 pdfium_c.FPDFPath_SetDrawMode(rect, pdfium_c.FPDF_FILLMODE_ALTERNATE, False)
                 pdfium_c.FPDFPage_InsertObject(page, rect)
                 pdfium_c.FPDFPage_GenerateContent(page)
+            if left is not None and i == 0:
+                rect = pdfium_c.FPDFPageObj_CreateNewRect(0, 0, size[0] / 2, size[1])
+                pdfium_c.FPDFPageObj_SetFillColor(rect, *left, 255)
+                pdfium_c.FPDFPath_SetDrawMode(rect, pdfium_c.FPDF_FILLMODE_ALTERNATE, False)
+                pdfium_c.FPDFPage_InsertObject(page, rect)
+                pdfium_c.FPDFPage_GenerateContent(page)
+            if rotate and i == 0:
+                page.set_rotation(rotate)
             page.close()
         doc.save(str(path))
     finally:

@@ -79,6 +79,19 @@ def test_pdf_is_rendered_at_the_scale_the_derivative_needs(tmp_path: Path, monke
     assert sizes == [(200, 100)]
 
 
+def test_a_rotated_page_is_shown_as_viewers_show_it(tmp_path: Path) -> None:
+    """/Rotate 90 (clockwise): the left half (red) of a 600x300 page is at the top."""
+    path = generate.pdf(tmp_path / "r.pdf", size=(600, 300), left=RED, rotate=90)
+    made = preview(path, {"t": DerivativeSpec(width=200, height=200, format="png")})
+    assert (made.metadata["width"], made.metadata["height"]) == (300, 600)
+    t = made.derivatives["t"]
+    assert (t.width, t.height) == (100, 200)
+    with Image.open(io.BytesIO(t.data)) as im:
+        rgb = im.convert("RGB")
+        assert near(rgb.getpixel((50, 10)), RED, 2)
+        assert near(rgb.getpixel((50, 190)), (255, 255, 255), 2)
+
+
 def test_pdf_without_derivatives_gets_its_facts_and_a_thumbhash(tmp_path: Path) -> None:
     path = generate.pdf(tmp_path / "a.pdf", pages=2, fill=RED)
     made = preview(path, {})
@@ -320,6 +333,18 @@ def test_broken_audio_is_stored_without_facts(tmp_path: Path) -> None:
     path = tmp_path / "a.mp3"
     path.write_bytes(b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\x00" * 100)
     assert preview(path).metadata == {}
+
+
+@pytest.mark.parametrize(("head", "mime"), [
+    (b"\x00\x00\x00\x18ftypiso5\x00\x00\x02\x00iso5iso6", "video/mp4"),
+    (b"\x00\x00\x00\x18ftypdash\x00\x00\x00\x00iso6avc1", "video/mp4"),
+    (b"\x00\x00\x00\x18ftypmp41\x00\x00\x00\x00mp41isom", "video/mp4"),
+    (b"\x00\x00\x00\x18ftypzzzz\x00\x00\x00\x00zzzzzzzz", "application/octet-stream"),
+    (b"OggS\x00\x02" + bytes(22) + b"\x01\x1e\x01vorbis" + bytes(30), "audio/ogg"),
+    (b"OggS\x00\x02" + bytes(22) + b"\x01\x2a\x80theora" + bytes(30), "video/ogg"),
+])
+def test_sniffer_names_more_containers(head: bytes, mime: str) -> None:
+    assert sniff_mime(head + bytes(200)) == mime
 
 
 def test_kinds() -> None:
