@@ -126,8 +126,8 @@ def poster(path: str | Path, specs: Iterable[DerivativeSpec], *, placeholder: bo
                                f"a video frame is {frame.width}x{frame.height}; the limit is"
                                f" {max_pixels} pixels")
         turn = _rotation(frame)
-        coded = (frame.width, frame.height)
-        shown = (coded[1], coded[0]) if turn in (90, 270) else coded
+        square = _square_pixels(frame.width, frame.height, stream)  # anamorphic: widened
+        shown = (square[1], square[0]) if turn in (90, 270) else square
         needs = [_needed(spec, *shown) for spec in specs]
         # Lanczos headroom as for images, never more than the frame itself
         want_w = min(shown[0], math.ceil(max(w for w, _ in needs) * REDUCING_GAP))
@@ -141,6 +141,19 @@ def poster(path: str | Path, specs: Iterable[DerivativeSpec], *, placeholder: bo
             im = im.rotate(turn, expand=True)
         meta["width"], meta["height"] = shown
         return im, meta
+
+
+def _square_pixels(width: int, height: int, stream: Any) -> tuple[int, int]:
+    """The frame's size in square pixels: an anamorphic video (DVD, HDV; sample aspect ratio
+    not 1) is shown wider or narrower than it is coded."""
+    sar = stream.sample_aspect_ratio or stream.codec_context.sample_aspect_ratio
+    try:
+        ratio = float(sar) if sar else 1.0
+    except (TypeError, ValueError, ZeroDivisionError):
+        ratio = 1.0
+    if not (0.1 <= ratio <= 10) or abs(ratio - 1) < 1e-3:  # absent, or nonsense
+        return width, height
+    return max(1, round(width * ratio)), height
 
 
 def _rotation(frame: Any) -> int:

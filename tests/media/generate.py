@@ -140,7 +140,7 @@ def video(path: Path, *, fmt: str = "mp4", codec: str = "libx264",
           seconds: float = 2.0, fps: int = 25, gop: int | None = None,
           colours: tuple[Colour, Colour] = ((0, 0, 255), (255, 0, 0)),
           change_at: float = 1.0, audio: bool = False, rotation: int = 0,
-          left: Colour | None = None) -> Path:
+          left: Colour | None = None, sample_aspect: Fraction | None = None) -> Path:
     """A video of solid frames: ``colours[0]`` before ``change_at`` seconds, ``colours[1]``
     from then on; a keyframe every ``gop`` frames (default: one a second, so one falls at
     exactly 1 s). With ``audio``, a silent AAC (MP4/MOV/MKV) or Opus (WebM) track; with
@@ -153,6 +153,8 @@ def video(path: Path, *, fmt: str = "mp4", codec: str = "libx264",
         stream.gop_size = gop or fps
         if rotation:
             stream.set_display_rotation(rotation)
+        if sample_aspect is not None:  # anamorphic: pixels shown wider (>1) or narrower
+            stream.codec_context.sample_aspect_ratio = sample_aspect
         if codec == "libx264":
             stream.options = {"preset": "ultrafast", "sc_threshold": "0"}
         elif codec == "libvpx":

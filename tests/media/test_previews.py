@@ -256,6 +256,17 @@ def test_a_phone_video_is_shown_upright(tmp_path: Path, rotation: int, top, bott
         assert near(rgb.getpixel((75, 170)), bottom, 24)
 
 
+def test_an_anamorphic_video_is_shown_with_square_pixels(tmp_path: Path) -> None:
+    """720x576 coded with 16:15 pixels (PAL 4:3) is shown 768x576."""
+    from fractions import Fraction
+
+    path = generate.video(tmp_path / "v.mp4", size=(720, 576), sample_aspect=Fraction(16, 15))
+    made = preview(path)
+    assert (made.metadata["width"], made.metadata["height"]) == (768, 576)
+    thumb = made.derivatives["thumb"]
+    assert (thumb.width, thumb.height) == (200, 150)
+
+
 def test_truncated_and_garbage_videos_fail(tmp_path: Path) -> None:
     data = generate.video(tmp_path / "v.mp4", seconds=2.0).read_bytes()
     for name, body in [("half.mp4", data[: len(data) // 2]),
