@@ -30,14 +30,18 @@ _LOCK = threading.Lock()
 MAX_RENDER_PIXELS = 40_000_000
 
 
-def first_page(path: str | Path, specs: Iterable[DerivativeSpec], limits: MediaLimits,
-               deadline: float) -> tuple[Image.Image | None, dict[str, Any]]:
+def first_page(path: str | Path, specs: Iterable[DerivativeSpec], limits: MediaLimits
+               ) -> tuple[Image.Image | None, dict[str, Any]]:
     """(page 1 as an RGB image sized for ``specs``, or None without specs; metadata with
-    ``pages`` and page 1's ``width``/``height`` in points). Raises PreviewError."""
+    ``pages`` and page 1's ``width``/``height`` in points). Raises PreviewError.
+
+    ``limits.timeout`` counts from when this file has PDFium to itself: time spent waiting
+    for another thread's PDF is not this file's fault."""
     import pypdfium2 as pdfium
 
     specs = list(specs)
     with _LOCK:
+        deadline = time.monotonic() + limits.timeout
         try:
             doc = pdfium.PdfDocument(str(path))
         except pdfium.PdfiumError as e:

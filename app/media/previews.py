@@ -60,7 +60,6 @@ def build_preview(path: str | Path, mime_type: str, specs: Mapping[str, Derivati
     """Derivatives and metadata of the file at ``path``. Raises ImageProcessingError (or its
     PreviewError) only when ``specs`` is not empty and the file cannot give them."""
     limits = limits or MediaLimits()
-    deadline = time.monotonic() + limits.timeout
     kind = kind_of(mime_type)
     if kind == "audio":
         return _audio(path, limits)
@@ -69,12 +68,11 @@ def build_preview(path: str | Path, mime_type: str, specs: Mapping[str, Derivati
     pixel_limit = max_pixels if max_pixels is not None else (Image.MAX_IMAGE_PIXELS or 0)
     try:
         if kind == "pdf":
-            picture, meta = pdf.first_page(path, [*specs.values(), PLACEHOLDER_SPEC], limits,
-                                           deadline)
+            picture, meta = pdf.first_page(path, [*specs.values(), PLACEHOLDER_SPEC], limits)
         elif kind == "video":
             picture, meta = video.poster(path, specs.values(), placeholder=True,
                                          max_pixels=pixel_limit, limits=limits,
-                                         deadline=deadline)
+                                         deadline=time.monotonic() + limits.timeout)
         else:
             rendered, small = build_image(path, specs, max_pixels=max_pixels, placeholder=True)
             return Preview(rendered, placeholder_facts(small))

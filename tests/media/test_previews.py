@@ -132,6 +132,30 @@ def test_encrypted_is_told_apart_after_other_failures(tmp_path: Path) -> None:
     assert codes == ["encrypted_pdf", "empty_pdf", "encrypted_pdf", "empty_pdf"]
 
 
+def test_waiting_for_another_pdf_does_not_count_against_the_deadline(tmp_path: Path) -> None:
+    """PDFium takes one PDF at a time: a PDF queued behind a slow one keeps its own time."""
+    import threading
+
+    from app.media import pdf
+
+    path = generate.busy_pdf(tmp_path / "a.pdf", shapes=3000)  # paused while drawn
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["made"] = preview(path, limits=MediaLimits(timeout=0.5))
+        except PreviewError as e:
+            result["error"] = e
+
+    with pdf._LOCK:  # another thread's PDF, 1 s long
+        worker = threading.Thread(target=run)
+        worker.start()
+        time.sleep(1.0)
+    worker.join(10)
+    assert "error" not in result, result
+    assert result["made"].metadata["pages"] == 1
+
+
 def test_pdf_with_thousands_of_pages_is_refused_quickly(tmp_path: Path) -> None:
     path = generate.pdf(tmp_path / "many.pdf", pages=3000)
     started = time.monotonic()
