@@ -27,6 +27,7 @@ from app.config import ConfigError, Settings
 from app.dashboard.service import Dashboard
 from app.db import create_pool as create_db_pool
 from app.jobs import JobQueue, redis_settings
+from app.media.previews import MediaLimits
 from app.media.render import allow_pixels
 from app.media.render_queue import RenderQueue
 from app.ops.fsck import Fsck
@@ -101,7 +102,10 @@ class Services:
             pool=self.pool, cache=self.cache, store=self.store, jobs=self.jobs,
             profiles=self.profiles, links=self.links, watcher=self.watcher,
             webhooks=self.webhooks, stale_job_after=self.settings.stale_job_after,
-            scanner=self.scanner, quarantine=self.quarantine)
+            scanner=self.scanner, quarantine=self.quarantine,
+            preview_limits=MediaLimits(max_pages=self.settings.preview_max_pages,
+                                       max_duration=self.settings.preview_max_duration,
+                                       timeout=self.settings.preview_timeout))
         self.variants = Variants(pool=self.pool, store=self.store, profiles=self.profiles,
                                  links=self.links, queue=self.render_queue)
         self.intake = Intake(pool=self.pool, cache=self.cache, jobs=self.jobs,

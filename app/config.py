@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "0.0.0.0"
     # Separate queues let several deployments (or test runs) share one Redis.
     queue_name: str = "stowage:queue"
+    # Previews of PDFs and videos (app.media.previews): a PDF with more pages, a video or audio
+    # file lasting longer (seconds), or a preview decoding longer (seconds) fails with
+    # too_many_pages / too_long / preview_timeout when its profile has derivatives.
+    preview_max_pages: int = Field(default=10_000, gt=0)
+    preview_max_duration: float = Field(default=4 * 3600, gt=0)
+    preview_timeout: float = Field(default=30, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -94,9 +94,9 @@ class Profile(BaseModel):
     def _rendered_from_images(cls, derivatives: dict[str, DerivativeSpec],
                               info: ValidationInfo) -> dict[str, DerivativeSpec]:
         types = info.data.get("types", ())
-        if derivatives and types and not any(_may_be_image(t) for t in types):
-            raise ValueError("derivatives are rendered from images, and `types` allows none:"
-                             " every upload would fail")
+        if derivatives and types and not any(_may_have_picture(t) for t in types):
+            raise ValueError("derivatives are rendered from images, PDFs and videos, and"
+                             " `types` allows none: every upload would fail")
         return derivatives
 
     @property
@@ -174,8 +174,11 @@ def _unknown_type(pattern: str) -> str | None:
     return f"{pattern!r} is not a type the sniffer reports{hint}"
 
 
-def _may_be_image(pattern: str) -> bool:
-    return pattern.startswith("image/") or pattern == "*/*"
+def _may_have_picture(pattern: str) -> bool:
+    """Whether files of this `types` entry can have derivatives: images, PDFs (first page),
+    videos (a poster frame)."""
+    return pattern.startswith(("image/", "video/")) or any(
+        fnmatch.fnmatchcase(t, pattern) for t in ("image/png", "application/pdf", "video/mp4"))
 
 
 class ProfilesFile(BaseModel):

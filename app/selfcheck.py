@@ -24,6 +24,11 @@ def selfcheck(settings: Settings) -> list[str]:
     templates = dashboard.template_names()
     for name in templates:
         dashboard.compile_template(name)
+    # previews load their native libraries lazily: load them here (a wheel without them fails
+    # the build, not the first PDF or video a worker meets)
+    import av
+    import pypdfium2
+
     migrations = migration_files()
     if not migrations:
         raise FileNotFoundError("no SQL migrations in this install (package app.migrations)")
@@ -32,4 +37,6 @@ def selfcheck(settings: Settings) -> list[str]:
         f"worker: {len(jobs)} job functions",
         f"dashboard: {len(templates)} templates, {len(dashboard.STATIC)} static files",
         f"migrations: {len(migrations)} ({migrations[0].name} .. {migrations[-1].name})",
+        f"previews: PDFium {getattr(pypdfium2, 'PDFIUM_INFO', '?')}, PyAV {av.__version__} (FFmpeg"
+        f" {getattr(av, 'ffmpeg_version_info', '?')})",
     ]

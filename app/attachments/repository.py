@@ -154,6 +154,12 @@ def _with_scan(param: str) -> str:
             " END")
 
 
+# `metadata` (an SQL expression) with the keys of $N merged in when $N is not NULL
+def _with_facts(metadata: str, param: str) -> str:
+    return (f"CASE WHEN {param}::jsonb IS NULL THEN {metadata}"
+            f" ELSE coalesce({metadata}, '{{}}'::jsonb) || {param}::jsonb END")
+
+
 async def mark_stored(
     conn: asyncpg.Connection,
     att_id: UUID,
@@ -161,15 +167,17 @@ async def mark_stored(
     store_key: str,
     derivatives: dict[str, Any],
     scan: dict[str, Any] | None = None,
+    facts: dict[str, Any] | None = None,
 ) -> asyncpg.Record | None:
-    """The compare-and-set at the heart of atomic promotion: None if the row moved on."""
+    """The compare-and-set at the heart of atomic promotion: None if the row moved on.
+    ``facts`` (a preview's: pages, duration, thumbhash...) are merged into the metadata."""
     return await conn.fetchrow(
         "UPDATE attachments SET state = 'stored', storage = 'store', key = $3,"
         " derivatives = $4, stored_at = now(), updated_at = now(), generation = generation + 1,"
-        f" metadata = {_with_scan('$5')}"
+        f" metadata = {_with_facts(_with_scan('$5'), '$6')}"
         " WHERE id = $1 AND state = 'cached' AND key = $2"
         f" RETURNING {COLUMNS}",
-        att_id, cached_key, store_key, derivatives, scan,
+        att_id, cached_key, store_key, derivatives, scan, facts or None,
     )
 
 
@@ -215,13 +223,14 @@ async def stale_rescans(conn: asyncpg.Connection, older_than_s: int) -> list[asy
 
 
 async def swap_derivatives(conn: asyncpg.Connection, att_id: UUID, generation: int,
-                           derivatives: dict[str, Any]) -> asyncpg.Record | None:
+                           derivatives: dict[str, Any],
+                           facts: dict[str, Any] | None = None) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "UPDATE attachments SET derivatives = $3, updated_at = now(),"
-        " generation = generation + 1"
+        f" generation = generation + 1, metadata = {_with_facts('metadata', '$4')}"
         " WHERE id = $1 AND state = 'stored' AND generation = $2"
         f" RETURNING {COLUMNS}",
-        att_id, generation, derivatives,
+        att_id, generation, derivatives, facts or None,
     )
 
 

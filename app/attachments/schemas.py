@@ -42,7 +42,11 @@ class AttachmentOut(BaseModel):
     metadata: dict[str, Any] = Field(description=(
         "What was read from the file. Images: `width` and `height` as displayed, `orientation`"
         " (EXIF, 1-8). `stripped`: the kinds of metadata removed from the stored original"
-        " (`exif`, `gps`, `xmp`, `iptc`, `comment`, `text`, `thumbnail`, `appN`)"))
+        " (`exif`, `gps`, `xmp`, `iptc`, `comment`, `text`, `thumbnail`, `appN`)."
+        " Once stored: PDFs `pages` and page 1's `width`/`height` in points; videos"
+        " `duration` (seconds), `width`, `height`, `video_codec`, `audio_codec`; audio"
+        " `duration`, `audio_codec`; anything with a picture `thumbhash` (base64 ThumbHash)"
+        " and `dominant_color` (`#rrggbb`)"))
     client_metadata: dict[str, Any]
     record: RecordRef | None
     derivatives: dict[str, dict[str, Any]]

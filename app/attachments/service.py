@@ -31,7 +31,8 @@ from app.errors import (
 )
 from app.failpoints import failpoint
 from app.media.derivatives import ImageProcessingError
-from app.media.render import render
+from app.media.previews import MediaLimits, kind_of
+from app.media.render import preview
 from app.observability import metrics
 from app.pagination import Page, page_of
 from app.storage import Storage, StorageObjectNotFound, one_chunk
@@ -108,7 +109,8 @@ class Attachments:
     def __init__(self, *, pool: asyncpg.Pool, cache: Storage, store: Storage, jobs: JobQueue,
                  profiles: Profiles, links: Links, watcher: StateWatcher, webhooks: Webhooks,
                  stale_job_after: float, scanner: Scanner | None = None,
-                 quarantine: Storage | None = None) -> None:
+                 quarantine: Storage | None = None,
+                 preview_limits: MediaLimits | None = None) -> None:
         self.pool = pool
         self.cache = cache
         self.store = store
@@ -122,6 +124,8 @@ class Attachments:
         self.scanner = scanner or Scanner(None)
         # infected files go there (None: they are removed)
         self.quarantine = quarantine
+        # bounds on previews of PDFs and videos (STOWAGE_PREVIEW_*)
+        self.preview_limits = preview_limits or MediaLimits()
 
     async def get_public(self, att_id: UUID) -> asyncpg.Record | None:
         """The attachment when a public profile's: its links need no key and no signature."""
@@ -247,7 +251,8 @@ class Attachments:
                     scan = verdict.metadata
                 await self.store.copy_from(self.cache, cached_key, store_key,
                                            content_type=row["mime_type"])
-                derivatives = await self._build_derivatives(row, self.cache, cached_key, written)
+                derivatives, facts = await self._build_derivatives(row, self.cache, cached_key,
+                                                                   written)
             except StorageObjectNotFound:
                 return await self._fail(conn, row, PermanentError(
                     "file_missing", "the uploaded file is no longer in the cache"))
@@ -259,7 +264,7 @@ class Attachments:
             await failpoint("promote.after_copy")
             async with conn.transaction():
                 stored, replaced, deliveries = await self._store_in_slot(
-                    conn, row, store_key, derivatives, scan)
+                    conn, row, store_key, derivatives, scan, facts)
             if stored is None:
                 # replaced or deleted meanwhile: what this run wrote belongs to nobody
                 await activity.record(conn, att_id, "promotion.aborted",
@@ -278,7 +283,8 @@ class Attachments:
 
     async def _store_in_slot(self, conn: asyncpg.Connection, row: asyncpg.Record,
                              store_key: str, derivatives: dict[str, Any],
-                             scan: dict[str, Any] | None = None
+                             scan: dict[str, Any] | None = None,
+                             facts: dict[str, Any] | None = None
                              ) -> tuple[asyncpg.Record | None, list[asyncpg.Record], list[UUID]]:
         """The compare-and-set of a promotion, and the slot's replacement in the same
         transaction: (the stored row or None, the attachments it replaced, deliveries).
@@ -308,25 +314,33 @@ class Attachments:
             for old in replaced:
                 await activity.record(conn, old["id"], "replaced", {"by": str(att_id)})
                 deliveries += await emit_attachment(conn, "attachment.deleted", old, self.links)
-        stored = await repo.mark_stored(conn, att_id, row["key"], store_key, derivatives, scan)
+        stored = await repo.mark_stored(conn, att_id, row["key"], store_key, derivatives, scan,
+                                        facts)
         if stored is None:
             return None, [], []
         deliveries += await emit_attachment(conn, "attachment.stored", stored, self.links)
         return stored, replaced, deliveries
 
     async def _build_derivatives(self, row: asyncpg.Record, source: Storage, key: str,
-                                 written: list[str]) -> dict[str, dict[str, Any]]:
+                                 written: list[str]
+                                 ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
         """Render the profile's derivatives into the store; every key written is appended to
-        `written` as it is written, so an aborted run knows what to remove.
+        `written` as it is written, so an aborted run knows what to remove. Also returns the
+        facts for the attachment's metadata (PDF pages, durations, codecs, thumbhash: see
+        app.media.previews), which every profile gets.
 
         The keys carry the row's generation: a re-run of this job overwrites its own files, and a
         reprocess never overwrites the set that is live until its swap commits.
         """
         profile = self.profiles.get_or_default(row["profile"])
-        if not profile.derivatives:
-            return {}
+        kind = kind_of(row["mime_type"])
+        if not profile.derivatives and (
+                kind == "other" or (row["size"] or 0) > self.preview_limits.extras_max_size):
+            return {}, {}  # nothing to promise, and no facts worth copying a large file out
         with metrics.timed(metrics.DERIVATIVE_SECONDS):
-            rendered = await render(source, key, profile.derivatives, profile.max_pixels)
+            made = await preview(source, key, row["mime_type"], profile.derivatives,
+                                 profile.max_pixels, self.preview_limits)
+        rendered = made.derivatives
         out = {}
         for name, r in rendered.items():
             dkey = keys.derivative_key(row["app_id"], row["id"], f"g{row['generation']}/{name}",
@@ -335,7 +349,7 @@ class Attachments:
             await self.store.write(dkey, one_chunk(r.data), content_type=r.mime_type)
             out[name] = {"mime_type": r.mime_type, "size": r.size, "width": r.width,
                          "height": r.height, "key": dkey}
-        return out
+        return out, made.metadata
 
     async def request_reprocess(self, app_id: UUID, att_id: UUID) -> asyncpg.Record:
         row = await self.get(app_id, att_id)
@@ -357,7 +371,8 @@ class Attachments:
                 return "skipped"
             written: list[str] = []
             try:
-                derivatives = await self._build_derivatives(row, self.store, row["key"], written)
+                derivatives, facts = await self._build_derivatives(row, self.store, row["key"],
+                                                                   written)
             except ImageProcessingError as e:
                 log.warning("reprocess %s: %s (%s); keeping the current derivatives", att_id,
                             e.code, e.detail)
@@ -369,7 +384,8 @@ class Attachments:
                 await _blocked(conn, att_id, "reprocess.blocked", e, self.store, written)
                 raise
             async with conn.transaction():
-                swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives)
+                swapped = await repo.swap_derivatives(conn, att_id, row["generation"], derivatives,
+                                                      facts)
                 if swapped is not None:
                     await activity.record(conn, att_id, "reprocessed",
                                           {"derivatives": sorted(derivatives)})

@@ -130,6 +130,12 @@ class DerivativeSpec(BaseModel):
         return EXTENSIONS[self.format]
 
 
+# The picture a ThumbHash is computed from: at most this many pixels a side (the algorithm
+# takes 100 at most; its few DCT terms need no more, and the encoder is pure Python).
+PLACEHOLDER_SIDE = 64
+PLACEHOLDER_SPEC = DerivativeSpec(width=PLACEHOLDER_SIDE, height=PLACEHOLDER_SIDE)
+_PLACEHOLDER = "\0placeholder"  # never a derivative's name (DerivativeName forbids it)
+
 # A derivative's name goes into storage keys and URLs.
 DerivativeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 
@@ -164,6 +170,18 @@ def build_all(
     """
     if not specs:
         return {}
+    return build_image(source, specs, max_pixels=max_pixels)[0]
+
+
+def build_image(
+    source: Source, specs: Mapping[str, DerivativeSpec], *, max_pixels: int | None,
+    placeholder: bool = False,
+) -> tuple[dict[str, Rendered], Image.Image | None]:
+    """:func:`build_all`, and with ``placeholder`` the image at most PLACEHOLDER_SIDE pixels a
+    side (for its ThumbHash), from the same decode; works with no specs too."""
+    wanted = dict(specs)
+    if placeholder:
+        wanted[_PLACEHOLDER] = PLACEHOLDER_SPEC
     with _open(source) as im:
         limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
         width, height = im.size
@@ -178,7 +196,7 @@ def build_all(
         turn = orientation(im)
         rotated = turn in ROTATED
         shown = (height, width) if rotated else (width, height)
-        needs = {name: _needed(spec, *shown) for name, spec in specs.items()}
+        needs = {name: _needed(spec, *shown) for name, spec in wanted.items()}
         # Keep REDUCING_GAP times the largest need, width and height taken separately.
         want = (
             math.ceil(max(w for w, _ in needs.values()) * REDUCING_GAP),
@@ -194,7 +212,32 @@ def build_all(
         if factor >= 2:
             base = base.reduce(factor)
         # Rendered inside the `with`: `base` may still be the opened image itself.
-        return {name: _render(base, icc, spec, needs[name]) for name, spec in specs.items()}
+        return _render_all(base, icc, specs, needs, placeholder)
+
+
+def render_decoded(
+    base: Image.Image, specs: Mapping[str, DerivativeSpec], *, placeholder: bool = False
+) -> tuple[dict[str, Rendered], Image.Image | None]:
+    """Derivatives (and the placeholder image) of a picture already decoded at the size they
+    need (a PDF page, a video frame): the same sizing, fit and encoding as images get."""
+    base, icc = _normalize(base)
+    wanted = dict(specs)
+    if placeholder:
+        wanted[_PLACEHOLDER] = PLACEHOLDER_SPEC
+    needs = {name: _needed(spec, *base.size) for name, spec in wanted.items()}
+    return _render_all(base, icc, specs, needs, placeholder)
+
+
+def _render_all(
+    base: Image.Image, icc: bytes | None, specs: Mapping[str, DerivativeSpec],
+    needs: Mapping[str, tuple[int, int]], placeholder: bool,
+) -> tuple[dict[str, Rendered], Image.Image | None]:
+    rendered = {name: _render(base, icc, spec, needs[name]) for name, spec in specs.items()}
+    small = None
+    if placeholder:
+        small = base.resize(needs[_PLACEHOLDER], Image.Resampling.BOX)
+        small = small.convert("RGBA" if small.mode in ("LA", "RGBA") else "RGB")
+    return rendered, small
 
 
 # -- opening and decoding ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Run derivative rendering off the event loop, in a bounded pool of threads.
+"""Run derivative rendering (images, PDF pages, video posters: app.media.previews) off the
+event loop, in a bounded pool of threads.
 
 Pillow releases the GIL while it decodes, resizes and encodes, so threads use every core
 without pickling megabytes of pixels between processes; the pool's size bounds both CPU and
@@ -14,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
-from app.media.derivatives import DerivativeSpec, Rendered, build_all
+from app.media.derivatives import DerivativeSpec
+from app.media.previews import MediaLimits, Preview, build_preview
 from app.storage import Storage
 
 _POOL = ThreadPoolExecutor(max_workers=max(os.cpu_count() or 1, 1),
@@ -27,9 +29,12 @@ def allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-async def render(storage: Storage, key: str, specs: Mapping[str, DerivativeSpec],
-                 max_pixels: int | None) -> dict[str, Rendered]:
+async def preview(storage: Storage, key: str, mime_type: str,
+                  specs: Mapping[str, DerivativeSpec], max_pixels: int | None,
+                  limits: MediaLimits | None = None) -> Preview:
+    """Derivatives, facts and placeholder of any file (app.media.previews), in the pool."""
     async with storage.local_path(key) as path:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(_POOL, lambda: build_all(path, specs,
-                                                                   max_pixels=max_pixels))
+        return await loop.run_in_executor(
+            _POOL, lambda: build_preview(path, mime_type, specs, max_pixels=max_pixels,
+                                         limits=limits))

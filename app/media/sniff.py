@@ -21,8 +21,39 @@ def sniff_mime(head: bytes) -> str:
         matches = []
     for match in matches:
         if match.mime_type:
-            return match.mime_type
+            return _refined(head, match.mime_type)
+    refined = _refined(head, OCTET_STREAM)
+    if refined != OCTET_STREAM:
+        return refined
     return "text/plain" if _looks_like_text(head) else OCTET_STREAM
+
+
+# ISO base media files (MP4) whose major brand puremagic does not list: DASH segments, files
+# from cameras and encoders that write iso2..iso9, avc1, mp41 (a brand names a specification,
+# not a codec: all of these are MP4 files a video decoder reads).
+_MP4_BRANDS = frozenset({
+    b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"iso7", b"iso8", b"iso9", b"avc1",
+    b"mp41", b"dash", b"mmp4", b"f4v ", b"XAVC", b"MSNV",
+})
+# Ogg carries sound (Opus, Vorbis, FLAC, Speex) or pictures (Theora); the first page's packet
+# says which.
+_OGG_AUDIO = (b"OpusHead", b"\x01vorbis", b"\x7fFLAC", b"Speex   ")
+_OGG_VIDEO = (b"\x80theora",)
+# types this module answers beside puremagic's own
+REFINED_TYPES = frozenset({"audio/ogg", "video/ogg"})
+
+
+def _refined(head: bytes, mime_type: str) -> str:
+    """Containers puremagic leaves vague: Ogg by what it carries, MP4 by more brands."""
+    if mime_type == "application/ogg":
+        first_page = head[:512]
+        if any(sig in first_page for sig in _OGG_VIDEO):
+            return "video/ogg"
+        if any(sig in first_page for sig in _OGG_AUDIO):
+            return "audio/ogg"
+    elif mime_type == OCTET_STREAM and head[4:8] == b"ftyp" and head[8:12] in _MP4_BRANDS:
+        return "video/mp4"
+    return mime_type
 
 
 # puremagic compares the head with each of its ~1,400 header signatures in turn: ~0.23 ms per
@@ -93,7 +124,7 @@ def known_types() -> frozenset[str]:
     rows = list(puremagic.main.magic_header_array) + list(puremagic.main.magic_footer_array)
     rows += [r for parts in puremagic.main.multi_part_dict.values() for r in parts]
     found = {r.mime_type for r in rows if getattr(r, "mime_type", None)}
-    return frozenset(found | {"text/plain", OCTET_STREAM})
+    return frozenset(found | REFINED_TYPES | {"text/plain", OCTET_STREAM})
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -118,4 +149,7 @@ _EXTENSIONS = {
     "image/svg+xml": ".svg", "application/pdf": ".pdf", "text/plain": ".txt",
     "text/html": ".html", "application/zip": ".zip", "video/mp4": ".mp4",
     "audio/mpeg": ".mp3", "application/json": ".json", "application/xml": ".xml",
+    "video/quicktime": ".mov", "video/webm": ".webm", "video/x-matroska": ".mkv",
+    "audio/ogg": ".ogg", "video/ogg": ".ogv", "application/ogg": ".ogg", "audio/wave": ".wav",
+    "audio/mp4": ".m4a",
 }
