@@ -43,6 +43,8 @@ from app.uploads.intake import Intake
 from app.uploads.presigned import PresignedUploads
 from app.uploads.running_digests import RunningDigests
 from app.uploads.tus import TusUploads
+from app.webhooks.feed import CHANNEL as FEED_CHANNEL
+from app.webhooks.feed import EventFeed
 from app.webhooks.schedule import delivery_horizon
 from app.webhooks.service import Webhooks
 
@@ -88,6 +90,7 @@ class Services:
     readiness: Readiness = field(init=False)
     gauges: Gauges = field(init=False)
     sweep: Sweep = field(init=False)
+    event_feed: EventFeed = field(init=False)
 
     def __post_init__(self) -> None:
         self.wire()
@@ -122,8 +125,11 @@ class Services:
         self.readiness = Readiness(pool=self.pool, redis=self.redis, cache=self.cache,
                                    store=self.store, clamd=self.scanner.clamd)
         self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
+        self.event_feed = EventFeed(pool=self.pool, notifications=self.watcher,
+                                    retention_s=self.settings.event_retention)
         self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
-                           webhooks=self.webhooks, presigned=self.presigned, tus=self.tus)
+                           webhooks=self.webhooks, presigned=self.presigned, tus=self.tus,
+                           event_feed=self.event_feed)
 
     def rewire(self, **parts: Any) -> None:
         """Swap parts (a profiles file, a storage, the links, the settings) and rebuild the
@@ -187,7 +193,7 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         # holding a worker slot.
         http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(10.0, connect=5.0))
         stack.push_async_callback(http.aclose)
-        watcher = StateWatcher(settings.database_url)
+        watcher = StateWatcher(settings.database_url, extra_channels=(FEED_CHANNEL,))
         stack.push_async_callback(watcher.close)
         render_queue = RenderQueue()
         stack.callback(render_queue.close)
