@@ -26,6 +26,7 @@ from app.auth.service import ApiKeys
 from app.config import ConfigError, Settings
 from app.dashboard.service import Dashboard
 from app.db import create_pool as create_db_pool
+from app.idempotency.service import Idempotency
 from app.jobs import JobQueue, redis_settings
 from app.media.render import allow_pixels
 from app.media.render_queue import RenderQueue
@@ -91,6 +92,7 @@ class Services:
     gauges: Gauges = field(init=False)
     sweep: Sweep = field(init=False)
     event_feed: EventFeed = field(init=False)
+    idempotency: Idempotency = field(init=False)
 
     def __post_init__(self) -> None:
         self.wire()
@@ -125,11 +127,13 @@ class Services:
         self.readiness = Readiness(pool=self.pool, redis=self.redis, cache=self.cache,
                                    store=self.store, clamd=self.scanner.clamd)
         self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
+        self.idempotency = Idempotency(pool=self.pool, ttl_s=self.settings.idempotency_ttl,
+                                       lease_s=self.settings.idempotency_lease)
         self.event_feed = EventFeed(pool=self.pool, notifications=self.watcher,
                                     retention_s=self.settings.event_retention)
         self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
                            webhooks=self.webhooks, presigned=self.presigned, tus=self.tus,
-                           event_feed=self.event_feed)
+                           event_feed=self.event_feed, idempotency=self.idempotency)
 
     def rewire(self, **parts: Any) -> None:
         """Swap parts (a profiles file, a storage, the links, the settings) and rebuild the

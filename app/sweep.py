@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from app.attachments.service import Attachments
+    from app.idempotency.service import Idempotency
     from app.uploads.presigned import PresignedUploads
     from app.uploads.tus import TusUploads
     from app.webhooks.feed import EventFeed
@@ -22,13 +23,15 @@ if TYPE_CHECKING:
 class Sweep:
     def __init__(self, *, pool: asyncpg.Pool, attachments: Attachments, webhooks: Webhooks,
                  presigned: PresignedUploads, tus: TusUploads,
-                 event_feed: EventFeed | None = None) -> None:
+                 event_feed: EventFeed | None = None,
+                 idempotency: Idempotency | None = None) -> None:
         self.pool = pool
         self.attachments = attachments
         self.webhooks = webhooks
         self.presigned = presigned
         self.tus = tus
         self.event_feed = event_feed
+        self.idempotency = idempotency
 
     async def run(self) -> SweepReport | None:
         """One pass; None when another worker holds the sweep lock right now."""
@@ -41,6 +44,8 @@ class Sweep:
         report.apps_removed = await auth.sweep_deleted_apps(self.pool)
         if self.event_feed is not None:
             await self.event_feed.expire()
+        if self.idempotency is not None:
+            await self.idempotency.expire()
         async with self.pool.acquire() as conn:
             await counts.fold(conn)  # keeps reading the counts O(apps)
         return report

@@ -79,3 +79,23 @@ BEGIN
     END LOOP;
 END;
 $$ LANGUAGE plpgsql;
+
+-- Idempotency-Key (app/idempotency): the first request's answer, per app and key, kept a day
+-- (expires_at; the sweep removes it). While the first request runs, `owner` holds it under a
+-- lease the request renews: a process killed mid-request frees the key when the lease ends.
+CREATE TABLE idempotency_keys (
+    app_id       uuid NOT NULL REFERENCES apps (id) ON DELETE CASCADE,
+    key          text NOT NULL,
+    endpoint     text NOT NULL,
+    fingerprint  text,                   -- what makes a repeat "the same request"; NULL
+                                         -- while an upload runs (its bytes tell at the end)
+    owner        uuid,                   -- the running request; NULL once answered
+    lease_until  timestamptz,
+    status       integer,                -- the answer, once there is one
+    headers      jsonb,
+    body         bytea,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    expires_at   timestamptz NOT NULL,
+    PRIMARY KEY (app_id, key)
+);
+CREATE INDEX idempotency_keys_expiry ON idempotency_keys (expires_at);
