@@ -313,3 +313,41 @@ async def test_an_app_deleted_takes_its_feed(res, client):
         await conn.execute("DELETE FROM apps WHERE id = $1", new.app_id)
         assert await conn.fetchval("SELECT count(*) FROM event_feed WHERE app_id = $1",
                                    new.app_id) == 0
+
+
+async def test_event_feed_backfill_resumes(tmp_path):
+    """Events from before 0018 join the feed below zero, oldest first, before every event
+    written since; the backfill (0019) run again, as after a crash, adds nothing twice."""
+    from app.migrate import migrate, migration_files
+    from app.webhooks import feed_repository as feed_repo
+    from tests.conftest import throwaway_database
+
+    before, upto = tmp_path / "before", tmp_path / "upto"
+    before.mkdir()
+    upto.mkdir()
+    for path in migration_files():
+        if path.name < "0018":
+            (before / path.name).write_text(path.read_text())
+        if path.name < "0019":
+            (upto / path.name).write_text(path.read_text())
+    async with throwaway_database("stowage_backfill", migrated=False) as dsn:
+        await migrate(dsn, before)
+        conn = await connect(dsn)
+        try:
+            app_id = await conn.fetchval(
+                "INSERT INTO apps (id, name) VALUES (gen_random_uuid(), 'old') RETURNING id")
+            old = [await insert_event(conn, app_id, n) for n in range(30)]
+            await insert_event(conn, app_id, 99, "webhook.test")
+            await migrate(dsn, upto)  # the feed exists; the backfill has not run
+            new = await insert_event(conn, app_id, 100)
+            await conn.execute("CALL event_feed_backfill(7)")  # batches of 7
+            await conn.execute("CALL event_feed_backfill(7)")  # again: nothing to add
+            await migrate(dsn)  # 0019: once more, in the migration's own way
+            rows = await feed_repo.page(conn, app_id, feed_repo.START, None, 1000)
+            # by id: UUIDv7, the creation time (to the millisecond: the past keeps no commit
+            # order to go by)
+            assert [r["id"] for r in rows] == [*sorted(old), new]
+            positions = await conn.fetch("SELECT position FROM event_feed ORDER BY position")
+            assert [p["position"] for p in positions][:30] == list(range(-30, 0))
+        finally:
+            await conn.close()
