@@ -351,3 +351,22 @@ async def test_event_feed_backfill_resumes(tmp_path):
             assert [p["position"] for p in positions][:30] == list(range(-30, 0))
         finally:
             await conn.close()
+
+
+async def test_wait_survives_a_lost_listen_connection(res, client, tenant):
+    """The LISTEN connection dropped under a waiting poll: it listens again and is still woken
+    by the next commit (rather than sleeping out its time)."""
+    poll = asyncio.create_task(client.get("/v1/events", headers=tenant.headers,
+                                          params={"wait": 20}))
+    await asyncio.sleep(0.3)
+    async with res.pool.acquire() as conn:
+        killed = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%stowage_%'")
+    assert killed >= 1
+    await asyncio.sleep(0.5)
+    assert not poll.done()
+    async with res.pool.acquire() as conn:
+        event_id = await insert_event(conn, tenant.app_id, 1)
+    r = await asyncio.wait_for(poll, 5)
+    assert [e["id"] for e in r.json()["items"]] == [public_id(event_id)]
