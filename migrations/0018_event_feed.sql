@@ -23,6 +23,7 @@ CREATE TABLE event_feed (
 );
 CREATE UNIQUE INDEX event_feed_event ON event_feed (event_id);   -- `after` and the cascade
 CREATE INDEX event_feed_created ON event_feed (created_at);      -- retention
+CREATE INDEX event_feed_type ON event_feed (app_id, type, position); -- ?types=: O(limit) too
 
 CREATE FUNCTION event_feed_sequence() RETURNS trigger AS $$
 BEGIN

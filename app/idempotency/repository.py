@@ -70,10 +70,10 @@ async def release(conn: asyncpg.Connection, app_id: UUID, key: str, owner: UUID)
 
 
 async def expire(conn: asyncpg.Connection, batch: int) -> int:
-    done = await conn.execute(
-        "DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY("
+    return await conn.fetchval(
+        "WITH gone AS (DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY("
         "  SELECT ctid FROM idempotency_keys WHERE expires_at <= now()"
-        "  ORDER BY expires_at LIMIT $1))",
+        "  ORDER BY expires_at LIMIT $1))"
+        " RETURNING 1) SELECT count(*) FROM gone",
         batch,
-    )
-    return int(done.split()[-1])
+    ) or 0

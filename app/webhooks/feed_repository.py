@@ -9,6 +9,9 @@ import asyncpg
 # an event's public id, as deliveries send it in `webhook-id` (app.webhooks.service)
 ID_PREFIX = "msg_"
 
+# the event as JSON: its body plus its public id ($4 of the queries below: ID_PREFIX)
+ITEM = "(e.body || jsonb_build_object('id', $4::text || e.id))::text"
+
 # below every position, the backfilled ones (negative) included
 START = -(2**63)
 
@@ -28,27 +31,35 @@ async def cursor(conn: asyncpg.Connection, app_id: UUID, event_id: UUID
 
 async def page(conn: asyncpg.Connection, app_id: UUID, after: int, types: list[str] | None,
                limit: int) -> list[asyncpg.Record]:
-    """The app's next ``limit`` events after position ``after``, in feed order: one range of
-    the primary key (app_id, position), then a lookup of each event by its id. ``item`` is
-    the event as JSON text (its body plus its id), passed on to the client undecoded."""
+    """The app's next ``limit`` events after position ``after`` (of ``types``, or all), in
+    feed order; ``item`` is the event as JSON text (its body plus its public id), passed on
+    to the client undecoded. One range of an index per type, then a lookup of each event:
+    O(limit) rows read, however many events there are and however rare the types."""
+    if types is None:
+        return await conn.fetch(
+            f"SELECT e.id, {ITEM} AS item FROM event_feed f JOIN events e ON e.id = f.event_id"
+            " WHERE f.app_id = $1 AND f.position > $2 ORDER BY f.position LIMIT $3",
+            app_id, after, limit, ID_PREFIX,
+        )
     return await conn.fetch(
-        "SELECT e.id, (e.body || jsonb_build_object('id', $5::text || e.id))::text AS item"
-        " FROM event_feed f JOIN events e ON e.id = f.event_id"
-        " WHERE f.app_id = $1 AND f.position > $2"
-        " AND ($3::text[] IS NULL OR f.type = ANY ($3::text[]))"
-        " ORDER BY f.position LIMIT $4",
-        app_id, after, types, limit, ID_PREFIX,
+        "SELECT x.id, x.item FROM unnest($3::text[]) AS t (type)"
+        f" CROSS JOIN LATERAL (SELECT f.position, e.id, {ITEM} AS item"
+        "  FROM event_feed f JOIN events e ON e.id = f.event_id"
+        "  WHERE f.app_id = $1 AND f.type = t.type AND f.position > $2"
+        "  ORDER BY f.position LIMIT $5) AS x"
+        " ORDER BY x.position LIMIT $5",
+        app_id, after, types, ID_PREFIX, limit,
     )
 
 
 async def expire(conn: asyncpg.Connection, older_than_s: float, batch: int) -> int:
     """Remove up to ``batch`` feed entries older than ``older_than_s`` seconds, oldest first;
     the events stay (their deliveries and the attachment timelines read them)."""
-    done = await conn.execute(
-        "DELETE FROM event_feed WHERE ctid = ANY (ARRAY("
+    return await conn.fetchval(
+        "WITH gone AS (DELETE FROM event_feed WHERE ctid = ANY (ARRAY("
         "  SELECT ctid FROM event_feed"
         "  WHERE created_at < now() - make_interval(secs => $1)"
-        "  ORDER BY created_at LIMIT $2))",
+        "  ORDER BY created_at LIMIT $2))"
+        " RETURNING 1) SELECT count(*) FROM gone",
         older_than_s, batch,
-    )
-    return int(done.split()[-1])
+    ) or 0
