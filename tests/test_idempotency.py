@@ -310,6 +310,8 @@ async def test_openapi_documents_the_header_and_answers(client):
         names = [p["name"] for p in op.get("parameters", [])]
         assert "Idempotency-Key" in names, path
         assert "409" in op["responses"] and "422" in op["responses"], path
+        assert "Idempotent-Replayed" in op["responses"]["201"]["headers"], path
+        assert "content" in op["responses"]["201"] or path == "/v1/tus/", path
     feed = doc["paths"]["/v1/events"]["get"]
     assert {"after", "types", "limit", "wait"} <= {p["name"] for p in feed["parameters"]}
     assert "410" in feed["responses"]

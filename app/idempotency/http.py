@@ -42,9 +42,15 @@ _NOT_KEPT = {"content-length", "date", "server"}
 
 
 def responses(base: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
-    """``base`` with the answers Idempotency-Key adds (409, 422), their descriptions joined
-    to those already there."""
+    """``base`` with what Idempotency-Key adds: the header of a replayed 201, and the answers
+    409 and 422, their descriptions joined to those already there."""
     out = dict(base)
+    created = out.get(201, {})
+    out[201] = {**created, "description": created.get("description", "Created"), "headers": {
+        **created.get("headers", {}),
+        REPLAYED: {"description": "`true` when this is the kept answer of an earlier request"
+                   " with the same Idempotency-Key (nothing was created this time)",
+                   "schema": {"type": "string", "enum": ["true"]}}}}
     for status, text in ((409, "Idempotency-Key: the first request with this key is still"
                                " running (retry after Retry-After)"),
                          (422, "Idempotency-Key: the key was used for a different request")):
