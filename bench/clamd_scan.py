@@ -5,9 +5,10 @@
     python bench/clamd_scan.py [--count 100] [--size 1048576] [--rounds 5]
 
 One clamd (tests/clamd_server.py: Debian's clamd, the tests' own small signature database,
-StreamMaxLength 100M, unix socket and TCP), `--count` files of `--size` random bytes in a
+StreamMaxLength 100M, unix socket and TCP), files of `--size` random bytes in a
 temp folder, one warm-up pass (clamd's first ~100 MiB after start run several times slower),
-then `--rounds` paired rounds of, each over all files, one at a time:
+then `--rounds` paired rounds of, each over `--count` files clamd has never seen (it caches
+clean verdicts by hash: a file seen before costs it a fraction), one at a time:
 
 - `clamdscan --stream` (clamd's own client, one process for all files);
 - a blocking client from memory: clamd's time with next to nothing around it;
@@ -74,32 +75,47 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clamd-bench-") as tmp, \
             start_clamd(stream_max_length="100M", tcp=True) as server:
-        files = []
-        for i in range(args.count):
-            path = Path(tmp) / f"f{i:04}"
-            path.write_bytes(os.urandom(args.size))
-            files.append(path)
-        blobs = [p.read_bytes() for p in files]
+        made = 0
+
+        def fresh() -> tuple[list[Path], list[bytes]]:
+            # clamd caches clean verdicts by the file's hash: a file it has seen costs it a
+            # fraction of a new one, so every run scans files it has never seen, as uploads are
+            nonlocal made
+            files, blobs = [], []
+            for _ in range(args.count):
+                data = os.urandom(args.size)
+                path = Path(tmp) / f"f{made:05}"
+                made += 1
+                path.write_bytes(data)
+                files.append(path)
+                blobs.append(data)
+            return files, blobs
+
         print(f"{server.version()}; clamd up in {server.startup_seconds:.2f} s; "
-              f"{args.count} × {args.size} bytes; {os.cpu_count()} CPUs")
+              f"{args.count} × {args.size} bytes, new to clamd in every run; "
+              f"{os.cpu_count()} CPUs")
         conf = server.root / "clamd.conf"
-        runs: dict[str, Callable[[], object]] = {
-            "clamdscan --stream (unix)": lambda: subprocess.run(
+        runs: dict[str, Callable[[list[Path], list[bytes]], object]] = {
+            "clamdscan --stream (unix)": lambda files, _: subprocess.run(
                 ["clamdscan", "-c", str(conf), "--stream", "--no-summary", *map(str, files)],
                 capture_output=True, check=True),
-            "blocking client from memory (unix)": lambda: blocking(str(server.socket_path), blobs),
-            "app.scan.Clamd from files (unix)": lambda: asyncio.run(
+            "blocking client from memory (unix)": lambda _, blobs: blocking(
+                str(server.socket_path), blobs),
+            "app.scan.Clamd from files (unix)": lambda files, _: asyncio.run(
                 with_client(server.unix_url, files)),
-            "app.scan.Clamd from files (tcp)": lambda: asyncio.run(
+            "app.scan.Clamd from files (tcp)": lambda files, _: asyncio.run(
                 with_client(server.tcp_url, files)),
         }
-        runs["blocking client from memory (unix)"]()  # warm-up
+        runs["blocking client from memory (unix)"](*fresh())  # warm-up
         times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(args.rounds):
             for name, run in runs.items():
+                files, blobs = fresh()
                 started = time.perf_counter()
-                run()
+                run(files, blobs)
                 times[name].append(time.perf_counter() - started)
+                for path in files:
+                    path.unlink()
         for name, values in times.items():
             median = statistics.median(values)
             print(f"{name:38} {median:6.3f} s  {args.count / median:6.0f} files/s  "

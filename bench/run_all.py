@@ -81,6 +81,9 @@ def steps(results: Path) -> list[Step]:
              RESULTS / "thumbnails.json", own_json_flag=False),
         Step("sniff", "sniff.py", ["--rounds", "15"], ["--rounds", "5", "--reps", "100"],
              out("sniff")),
+        # issue 20: needs Debian's clamd (scripts/test installs it); the baseline is clamd's own
+        Step("scan", "scan.py", [], ["--count", "40", "--rounds", "2", "--duration", "5"],
+             out("scan")),
         # issue 25: not in the default set; `--only scale` (full: 1 M rows; quick: 100 k)
         Step("scale", "scale.py", [], ["--rows", "100000", "--iterations", "100"],
              out("scale"), opt_in=True),
@@ -259,6 +262,16 @@ def checks_sniff(doc: dict[str, Any] | None) -> list[Check]:
                   f"≥ {doc['target']['speedup']:g}×", bool(doc["target"]["passed"]))]
 
 
+def checks_scan(doc: dict[str, Any] | None) -> list[Check]:
+    what = "scanning's cost per promotion vs clamd's own time per file (1 MiB)"
+    if doc is None:
+        return [_missing("20", what, "≤ 1.2× clamd's")]
+    t, c = doc["target"], doc["clamd"]
+    return [Check("20", what, f"{t['scan_cost_ms_per_promotion']:.2f} ms"
+                              f" ({t['ratio_to_clamd']:.2f}× clamd's {c['ms_per_file']:.2f} ms)",
+                  "≤ 1.2× clamd's", bool(t["passed"]))]
+
+
 def checks_scale(doc: dict[str, Any] | None) -> list[Check]:
     if doc is None:
         return [_missing("25", "scale fixture (bench/scale.py)", "see bench/scale.py")]
@@ -274,7 +287,7 @@ def verdicts(docs: dict[str, dict[str, Any] | None]) -> list[Check]:
             *checks_issue7a(docs.get("uploads_1024")), *checks_issue7b(docs.get("small_uploads")),
             *checks_issue7c(docs.get("webhook_latency")), *checks_issue5(docs.get("uploads_256")),
             *checks_reported(docs.get("promotions"), docs.get("thumbnails")),
-            *checks_sniff(docs.get("sniff"))]
+            *checks_sniff(docs.get("sniff")), *checks_scan(docs.get("scan"))]
 
 
 def _met(c: Check) -> str:
@@ -371,7 +384,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="1 run per upload target, 5-10 s loads, fewer promotions/thumbnails")
     p.add_argument("--only", default=None,
                    help="comma-separated step keys to run (default all): uploads_1024,"
-                        "uploads_256,small_uploads,webhook_latency,promotions,thumbnails,sniff;"
+                        "uploads_256,small_uploads,webhook_latency,promotions,thumbnails,sniff,scan;"
                         " and scale (issue 25), which runs only when named here")
     p.add_argument("--reuse", action="store_true",
                    help="with --only: take the other benchmarks' results from their JSON of an"

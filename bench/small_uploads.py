@@ -8,6 +8,10 @@ Targets (`--targets`, default all):
 
 * stowage-raw: POST /v1/attachments/raw?promote=false, the file as the body.
 * stowage-multipart: POST /v1/attachments, multipart/form-data with promote=false and the file.
+* floor: `floor_app.py`, the least a Python ASGI app can do per upload with Stowage's
+  guarantees (key checked in Postgres, file fsynced and renamed, row and event committed),
+  under the same uvicorn with as many processes as `stowage serve`: the ceiling of any
+  tuning of the API on this machine (issue 19).
 * tus-node: the peer's creation-with-upload (one POST carrying the bytes) when its OPTIONS
   lists that extension, otherwise POST creation + one PATCH: what a tus client does for a
   small file.
@@ -51,15 +55,19 @@ from _common import (
     DEFAULT_PEER_DIR,
     DEFAULT_PG,
     DEFAULT_REDIS,
+    REPO,
     RESULTS,
     Server,
     Stowage,
     TusNode,
     choice_list,
     cpu_seconds,
+    drop_database,
     empty_dir,
+    free_port,
     machine,
     percentile,
+    start_server,
     start_stowage,
     start_tus_node,
     terminate_cleanly,
@@ -67,7 +75,7 @@ from _common import (
 )
 
 DEFAULT_JSON = RESULTS / "small_uploads.json"
-TARGET_KEYS = ("stowage-raw", "stowage-multipart", "tus-node")
+TARGET_KEYS = ("stowage-raw", "stowage-multipart", "floor", "tus-node")
 ERROR_SAMPLES = 5
 
 # One upload against an open client; raises (or returns a message) when it did not work.
@@ -136,6 +144,46 @@ def stowage_targets(stowage: Stowage, cache: Path, body: bytes, keys: set[str]) 
     return [Target(name, stowage.server, stowage.base, stowage.auth_header, fn, cleanup,
                    Request(req.path, {**stowage.auth_header, **req.headers}, req.body))
             for key, (name, fn, req) in made.items() if key in keys]
+
+
+def floor_target(stack: contextlib.ExitStack, tmp: Path, pg_base: str, workers: int,
+                 body: bytes) -> Target:
+    """floor_app.py under uvicorn, `workers` processes (0: one per core, as `stowage serve`),
+    on a throwaway database."""
+    db_name = f"stowage_bench_floor_{os.urandom(4).hex()}"
+    files = tmp / "floor-files"
+    files.mkdir()
+    port = free_port()
+
+    async def create() -> None:
+        import asyncpg
+        conn = await asyncpg.connect(f"{pg_base}/postgres")
+        try:
+            await conn.execute(f'CREATE DATABASE "{db_name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    stack.callback(lambda: asyncio.run(drop_database(pg_base, db_name)))
+    env = {**os.environ, "FLOOR_DSN": f"{pg_base}/{db_name}", "FLOOR_DIR": str(files)}
+    server = start_server(stack, "floor", [
+        sys.executable, "-m", "uvicorn", "floor_app:app", "--app-dir", str(REPO / "bench"),
+        "--port", str(port), "--workers", str(workers or os.cpu_count() or 1),
+        "--http", "httptools", "--log-level", "warning", "--no-access-log"],
+        env=env, cwd=tmp, log_dir=tmp)
+    base = f"http://127.0.0.1:{port}"
+    server.wait_http(f"{base}/", timeout=60)
+    headers = {"Authorization": "Bearer floor-key"}
+
+    async def upload(client: httpx.AsyncClient) -> str | None:
+        resp = await client.post("/", content=body)
+        if resp.status_code != 201 or resp.json()["size"] != len(body):
+            return f"HTTP {resp.status_code}: {resp.text[:200]}"
+        return None
+
+    return Target("floor (bare ASGI)", server, base, headers, upload,
+                  lambda: empty_dir(files),
+                  Request("/", {**headers, "Content-Type": "application/octet-stream"}, body))
 
 
 async def tus_supports_creation_with_upload(base: str) -> bool:
@@ -422,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
             cache = tmp / "stowage-cache"
             cache.mkdir(exist_ok=True)
             targets += stowage_targets(stowage, cache, body, keys)
+        if "floor" in keys:
+            targets.append(floor_target(stack, tmp, args.pg, args.api_workers, body))
         with_upload = None
         if "tus-node" in keys:
             node = start_tus_node(stack, args.peer_dir, tmp)

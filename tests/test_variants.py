@@ -224,6 +224,26 @@ async def test_deleting_the_attachment_removes_its_variants(env):
         assert await conn.fetchval("SELECT count(*) FROM attachment_variants") == 0
 
 
+async def test_the_attachment_counts_its_variants_until_a_reprocess_forgets_them(env):
+    att = await env.stored(jpeg_bytes(400, 300))
+    assert att["variants"] == {"count": 0, "bytes": 0}
+    sizes = [len((await env.image(att["id"], w=w)).content) for w in (50, 90)]
+    await env.image(att["id"], w=50)  # served again: not counted twice
+    got = (await env.client.get(f"/v1/attachments/{att['id']}",
+                                headers=env.tenant.headers)).json()
+    assert got["variants"] == {"count": 2, "bytes": sum(sizes)}
+    listed = (await env.client.get("/v1/attachments", headers=env.tenant.headers)).json()
+    assert listed["items"][0]["variants"] == got["variants"]
+    r = await env.client.post(f"/v1/attachments/{att['id']}/reprocess",
+                              headers=env.tenant.headers)
+    assert r.status_code == 202, r.text
+    await run_worker(env.res)
+    got = (await env.client.get(f"/v1/attachments/{att['id']}",
+                                headers=env.tenant.headers)).json()
+    assert got["generation"] == att["generation"] + 1
+    assert got["variants"] == {"count": 0, "bytes": 0} and env.variant_files() == []
+
+
 async def test_a_variant_on_s3(s3_variants_env):
     res, client, tenant = s3_variants_env
     r = await client.post("/v1/attachments/raw", params={"profile": "pics"},

@@ -25,6 +25,11 @@ class ErrorInfo(BaseModel):
     detail: str
 
 
+class VariantUsage(BaseModel):
+    count: int = Field(description="Image variants rendered on request and kept")
+    bytes: int = Field(description="Their bytes in the store")
+
+
 class AttachmentOut(BaseModel):
     id: UUID
     state: State
@@ -41,6 +46,7 @@ class AttachmentOut(BaseModel):
     client_metadata: dict[str, Any]
     record: RecordRef | None
     derivatives: dict[str, dict[str, Any]]
+    variants: VariantUsage
     url: str | None
     error: ErrorInfo | None
     generation: int
@@ -78,6 +84,7 @@ def present(row: Any, links: Links) -> dict[str, Any]:
                                                public=public) if live else None}
             for name, d in (row["derivatives"] or {}).items()
         },
+        "variants": {"count": row["variants_count"], "bytes": row["variants_bytes"]},
         "url": links.content_url(row["id"], public=public) if live else None,
         "error": row["error"],
         # lets a receiver drop an event older than one it already handled

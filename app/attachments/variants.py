@@ -74,7 +74,7 @@ class Variants:
         future: asyncio.Future[asyncpg.Record] = asyncio.get_running_loop().create_future()
         self._inflight[ident] = future
         try:
-            made = await self._renderone_chunk(row, spec)
+            made = await self._render_once(row, spec)
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # retrieved: only waiters need it
@@ -85,7 +85,7 @@ class Variants:
         finally:
             del self._inflight[ident]
 
-    async def _renderone_chunk(self, row: Any, spec: transform.TransformSpec) -> asyncpg.Record:
+    async def _render_once(self, row: Any, spec: transform.TransformSpec) -> asyncpg.Record:
         lock = f"variant:{row['id']}:{row['generation']}:{spec.key_part()}"
         async with self.pool.acquire() as conn:
             await db.advisory_lock(conn, lock)
