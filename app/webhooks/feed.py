@@ -30,6 +30,9 @@ past 10 and never sees it. Two ways out:
   lock from the trigger to the end of its commit flush, ~a WAL fsync), so one app's events
   commit at most ~1/fsync per second (thousands/s on an SSD); different apps do not wait on
   each other, and nothing but the commit itself is serialised (the lock is taken at commit).
+  A transaction that writes events of several apps takes their locks in the order it wrote
+  the events, so two such transactions at once could deadlock (Postgres would abort one);
+  today only the sweep does (expiring uploads of many apps), and one sweep runs at a time.
 
 The feed is a table beside the outbox (``event_feed``), so retention removes feed entries
 and never the events, which deliveries and attachment timelines still read.
