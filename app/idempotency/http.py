@@ -29,7 +29,10 @@ REPLAYED = "Idempotent-Replayed"
 KEY_PATTERN = "^[\\x21-\\x7e]{1,255}$"
 EMPTY_SHA256 = hashlib.sha256().hexdigest()
 
-IdempotencyKey = Annotated[str | None, Header(
+# typed `str` (with a None default at each route) so that the document states a string, not
+# "a string or null": a header cannot be null, and a fuzzer drawing null would only be
+# throwing its draws away
+IdempotencyKey = Annotated[str, Header(
     alias=HEADER, pattern=KEY_PATTERN, max_length=255,
     description="1–255 visible ASCII characters of the client's choosing, remembered for this"
     " app 24 hours: a repeat of the same request answers what the first answered (header"
