@@ -26,6 +26,7 @@ from app.auth.service import ApiKeys
 from app.config import ConfigError, Settings
 from app.dashboard.service import Dashboard
 from app.db import create_pool as create_db_pool
+from app.idempotency.service import Idempotency
 from app.jobs import JobQueue, redis_settings
 from app.media.previews import MediaLimits
 from app.media.render import allow_pixels
@@ -44,6 +45,8 @@ from app.uploads.intake import Intake
 from app.uploads.presigned import PresignedUploads
 from app.uploads.running_digests import RunningDigests
 from app.uploads.tus import TusUploads
+from app.webhooks.feed import CHANNEL as FEED_CHANNEL
+from app.webhooks.feed import EventFeed
 from app.webhooks.schedule import delivery_horizon
 from app.webhooks.service import Webhooks
 
@@ -89,6 +92,8 @@ class Services:
     readiness: Readiness = field(init=False)
     gauges: Gauges = field(init=False)
     sweep: Sweep = field(init=False)
+    event_feed: EventFeed = field(init=False)
+    idempotency: Idempotency = field(init=False)
 
     def __post_init__(self) -> None:
         self.wire()
@@ -126,8 +131,13 @@ class Services:
         self.readiness = Readiness(pool=self.pool, redis=self.redis, cache=self.cache,
                                    store=self.store, clamd=self.scanner.clamd)
         self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
+        self.idempotency = Idempotency(pool=self.pool, ttl_s=self.settings.idempotency_ttl,
+                                       lease_s=self.settings.idempotency_lease)
+        self.event_feed = EventFeed(pool=self.pool, notifications=self.watcher,
+                                    retention_s=self.settings.event_retention)
         self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
-                           webhooks=self.webhooks, presigned=self.presigned, tus=self.tus)
+                           webhooks=self.webhooks, presigned=self.presigned, tus=self.tus,
+                           event_feed=self.event_feed, idempotency=self.idempotency)
 
     def rewire(self, **parts: Any) -> None:
         """Swap parts (a profiles file, a storage, the links, the settings) and rebuild the
@@ -191,7 +201,7 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         # holding a worker slot.
         http = httpx.AsyncClient(follow_redirects=False, timeout=httpx.Timeout(10.0, connect=5.0))
         stack.push_async_callback(http.aclose)
-        watcher = StateWatcher(settings.database_url)
+        watcher = StateWatcher(settings.database_url, extra_channels=(FEED_CHANNEL,))
         stack.push_async_callback(watcher.close)
         render_queue = RenderQueue()
         stack.callback(render_queue.close)

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     tus_expiry: int = Field(default=24 * 3600, gt=0)
     # cap on ?wait= (API: at most 60); lower it behind a proxy with a shorter read timeout
     long_poll_max: float = Field(default=60, ge=0, le=60)
+    # seconds an event stays in GET /v1/events (an older `after`: 410); the sweep removes it
+    event_retention: int = Field(default=30 * 24 * 3600, gt=0)
+    # seconds an Idempotency-Key is remembered; and the lease a first request holds on its
+    # key while it runs, renewed as it goes, so a killed process frees the key soon after
+    idempotency_ttl: int = Field(default=24 * 3600, gt=0)
+    idempotency_lease: int = Field(default=30, gt=0)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     # seconds in-flight requests (API) and jobs (worker) get to finish after SIGTERM

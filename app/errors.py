@@ -7,6 +7,7 @@ app/problems.py is the one place they become HTTP answers.
     │   ├── AttachmentNotFound        404 attachment-not-found
     │   ├── DerivativeNotFound        404 derivative-not-found
     │   ├── WebhookEndpointNotFound   404 webhook-endpoint-not-found
+    │   ├── EventNotFound             404 event-not-found
     │   └── AppNotFound               404 app-not-found
     ├── Forbidden                     403 forbidden (bad or expired signed URL)
     ├── InvalidInput                  422 invalid-input
@@ -16,6 +17,9 @@ app/problems.py is the one place they become HTTP answers.
     ├── UploadTooLarge                413 upload-too-large
     ├── UnsupportedMediaType          415 unsupported-media-type
     ├── InvalidState                  409 invalid-state
+    ├── EventGone                     410 event-gone (an event feed cursor past retention)
+    ├── IdempotencyConflict           409 idempotency-conflict (the first is still running)
+    ├── IdempotencyMismatch           422 idempotency-key-reused (another request's key)
     ├── RangeNotSatisfiable           416 range-not-satisfiable
     ├── ServiceUnavailable            503 service-unavailable
     ├── InsufficientStorage           507 insufficient-storage (a storage is full)
@@ -79,6 +83,24 @@ class DerivativeNotFound(NotFound):
 
 class WebhookEndpointNotFound(NotFound):
     slug, title = "webhook-endpoint-not-found", "Webhook endpoint not found"
+
+
+class EventNotFound(NotFound):
+    slug, title = "event-not-found", "Event not found"
+
+
+class EventGone(StowageError):
+    status, slug, title = 410, "event-gone", "Event no longer in the feed"
+
+
+class IdempotencyConflict(StowageError):
+    status, slug, title = (409, "idempotency-conflict",
+                           "A request with this Idempotency-Key is still running")
+
+
+class IdempotencyMismatch(StowageError):
+    status, slug, title = (422, "idempotency-key-reused",
+                           "This Idempotency-Key was used for a different request")
 
 
 class AppNotFound(NotFound):

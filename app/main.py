@@ -21,6 +21,7 @@ from app.ops.routes import router as ops_router
 from app.uploads.presigned_routes import router as presigned_router
 from app.uploads.routes import router as uploads_router
 from app.uploads.tus_routes import router as tus_router
+from app.webhooks.feed_routes import router as events_feed_router
 from app.webhooks.routes import router as webhooks_router
 
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(tus_router)
     app.include_router(webhooks_router)
     app.include_router(attachment_events_router)
+    app.include_router(events_feed_router)
     app.include_router(dashboard_router)
     app.include_router(ops_router)
     return app

@@ -39,6 +39,8 @@ def problem_response(error: errors.StowageError, request: Request,
     headers = dict(headers or {})
     if isinstance(error, errors.ServiceUnavailable):
         headers.setdefault("Retry-After", RETRY_AFTER_S)
+    if isinstance(error, errors.IdempotencyConflict):
+        headers.setdefault("Retry-After", "1")
     if isinstance(error, errors.RangeNotSatisfiable) and "size" in error.extra:
         headers["Content-Range"] = f"bytes */{error.extra['size']}"
     return JSONResponse(error.problem(instance=request.url.path), status_code=error.status,

@@ -13,19 +13,25 @@ if TYPE_CHECKING:
     import asyncpg
 
     from app.attachments.service import Attachments
+    from app.idempotency.service import Idempotency
     from app.uploads.presigned import PresignedUploads
     from app.uploads.tus import TusUploads
+    from app.webhooks.feed import EventFeed
     from app.webhooks.service import Webhooks
 
 
 class Sweep:
     def __init__(self, *, pool: asyncpg.Pool, attachments: Attachments, webhooks: Webhooks,
-                 presigned: PresignedUploads, tus: TusUploads) -> None:
+                 presigned: PresignedUploads, tus: TusUploads,
+                 event_feed: EventFeed | None = None,
+                 idempotency: Idempotency | None = None) -> None:
         self.pool = pool
         self.attachments = attachments
         self.webhooks = webhooks
         self.presigned = presigned
         self.tus = tus
+        self.event_feed = event_feed
+        self.idempotency = idempotency
 
     async def run(self) -> SweepReport | None:
         """One pass; None when another worker holds the sweep lock right now."""
@@ -36,6 +42,10 @@ class Sweep:
         report.presigns_expired = await self.presigned.sweep_expired()
         report.tus_expired = await self.tus.expire_uploads()
         report.apps_removed = await auth.sweep_deleted_apps(self.pool)
+        if self.event_feed is not None:
+            await self.event_feed.expire()
+        if self.idempotency is not None:
+            await self.idempotency.expire()
         async with self.pool.acquire() as conn:
             await counts.fold(conn)  # keeps reading the counts O(apps)
         return report

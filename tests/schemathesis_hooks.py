@@ -1,5 +1,8 @@
 """Loaded by schemathesis (SCHEMATHESIS_HOOKS) in tests/test_openapi_fuzz.py."""
 
+import itertools
+import re
+
 import schemathesis
 
 # tus PATCH bodies are raw bytes under their own media type
@@ -34,3 +37,20 @@ def whole_record_slots_in_bodies(ctx, body):
 def _whole(values) -> bool:
     given = [bool(values.get(name)) for name in RECORD_SLOT]
     return all(given) or not any(given)
+
+
+_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+_key_numbers = itertools.count()
+
+
+@schemathesis.hook("map_headers")
+def a_new_idempotency_key_per_request(ctx, headers):
+    """Hypothesis draws the same Idempotency-Key for different requests (it shrinks to short
+    values): rightly 422 (API.md: the same key with a different request), but not a refusal
+    of the request itself. Each valid key drawn is made unique; invalid ones stay as drawn, for
+    the negative cases. Replays are tested in tests/test_idempotency.py."""
+    key = (headers or {}).get("Idempotency-Key")
+    if isinstance(key, str) and _KEY.fullmatch(key):
+        suffix = f"~{next(_key_numbers)}"
+        headers["Idempotency-Key"] = key[:255 - len(suffix)] + suffix
+    return headers

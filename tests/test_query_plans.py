@@ -21,12 +21,14 @@ import pytest
 from app.attachments import repository as attachments_repo
 from app.attachments import timeline_repository as timeline_repo
 from app.dashboard import repository as dashboard_repo
+from app.idempotency import repository as idempotency_repo
 from app.ops import repository as ops_repo
+from app.webhooks import feed_repository as feed_repo
 from app.webhooks import repository as webhooks_repo
 from tests.conftest import throwaway_database
 
 ROWS = 20_000
-BIG_TABLES = {"attachments", "events", "webhook_deliveries"}
+BIG_TABLES = {"attachments", "events", "webhook_deliveries", "event_feed", "idempotency_keys"}
 MAX_DISCARDED = 500
 
 
@@ -78,6 +80,10 @@ SELECT gen_random_uuid(), app_id, t, id, '{}' FROM attachments,
 INSERT INTO webhook_deliveries (id, event_id, endpoint_id, status)
 SELECT gen_random_uuid(), id, '00000000-0000-7000-8000-0000000000e1', 'delivered'
 FROM events;
+INSERT INTO idempotency_keys (app_id, key, endpoint, fingerprint, status, expires_at)
+SELECT '00000000-0000-7000-8000-000000000001', 'key-' || n, 'POST /v1/attachments/raw', 'f',
+       201, now() + make_interval(secs => n)
+FROM generate_series(1, $1) AS n;
 """
 
 
@@ -152,6 +158,13 @@ async def explaining(plans_db: str) -> AsyncIterator[Explaining]:
         await conn.close()
 
 
+class PgArray(list):
+    """A text[] parameter, as the Explaining stand-in passes it on: a Postgres literal."""
+
+    def __str__(self) -> str:
+        return "{" + ",".join(self) + "}"
+
+
 BIG = uuid.UUID("00000000-0000-7000-8000-000000000001")
 SOME = uuid.UUID("00000000-0000-7000-8000-000000000100")
 NO_FILTER: dict[str, Any] = dict(state=None, record_type=None, record_id=None, record_name=None,
@@ -189,6 +202,17 @@ QUERIES = {
         c, SOME, 100),
     "timeline: deliveries of an attachment": lambda c: timeline_repo.attachment_deliveries(
         c, SOME, 200, 100),
+    # the event feed: a page of 100 reads 100 feed rows and 100 events, however many there are
+    "feed: first page": lambda c: feed_repo.page(c, BIG, feed_repo.START, None, 100),
+    "feed: a page after a cursor": lambda c: feed_repo.page(c, BIG, 20_000, None, 100),
+    "feed: a page of one type": lambda c: feed_repo.page(
+        c, BIG, feed_repo.START, PgArray(["attachment.stored"]), 100),
+    "feed: where a cursor is": lambda c: feed_repo.cursor(c, BIG, SOME),
+    "sweep: feed retention": lambda c: feed_repo.expire(c, 3600, 10_000),
+    "idempotency: claim": lambda c: idempotency_repo.claim(
+        c, BIG, "k", "POST /v1/attachments/raw", None, SOME, 30, 86400),
+    "idempotency: a repeat": lambda c: idempotency_repo.get(c, BIG, "k"),
+    "sweep: idempotency keys": lambda c: idempotency_repo.expire(c, 10_000),
 }
 
 

@@ -7,10 +7,15 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api_common import AUTH_ERRORS, PROBLEM
 from app.deps import current_app_id, provided
+from app.idempotency.http import IdempotencyDep, IdempotencyKey, idempotent
+from app.idempotency.http import responses as with_idempotency
+from app.idempotency.service import fingerprint
 from app.uploads.options import (
     MAX_FILENAME,
     MAX_METADATA_BYTES,
@@ -80,12 +85,21 @@ class RegisterRequest(BaseModel):
     "/presigned-uploads",
     status_code=201,
     response_model=PresignOut,
-    responses={**AUTH_ERRORS,
-               409: {"description": "The cache is not on S3", **PROBLEM},
-               413: {"description": "Larger than the profile allows", **PROBLEM}},
+    responses=with_idempotency({
+        **AUTH_ERRORS,
+        409: {"description": "The cache is not on S3", **PROBLEM},
+        413: {"description": "Larger than the profile allows", **PROBLEM}}),
     summary="A POST policy for uploading straight to the S3 cache",
 )
-async def create_presigned_upload(presigned: PresignedDep, body: PresignRequest,
-                                  app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
-    return await presigned.create(app_id, filename=body.filename, size=body.size,
-                                  profile=body.profile)
+async def create_presigned_upload(presigned: PresignedDep, idem: IdempotencyDep,
+                                  body: PresignRequest, idempotency_key: IdempotencyKey = None,
+                                  app_id: UUID = Depends(current_app_id)) -> Response:
+    made = fingerprint("presign", body.model_dump(mode="json"))
+
+    async def run() -> tuple[Response, str]:
+        out = await presigned.create(app_id, filename=body.filename, size=body.size,
+                                     profile=body.profile)
+        return JSONResponse(jsonable_encoder(PresignOut(**out)), status_code=201), made
+
+    return await idempotent(idem, app_id, idempotency_key, "POST /v1/presigned-uploads", made,
+                            run)

@@ -4,26 +4,39 @@ registration of a presigned upload) and the raw body. Each streams into the inta
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from app.api_common import PROBLEM, not_found_response
 from app.attachments.schemas import AttachmentOut, present
 from app.deps import current_app_id, provided
 from app.errors import InvalidInput, UnsupportedMediaType, UploadTooLarge
+from app.idempotency.http import IdempotencyDep, IdempotencyKey, digest, idempotent
+from app.idempotency.http import responses as with_idempotency
+from app.idempotency.service import fingerprint
 from app.observability.metrics import track_upload
 from app.uploads.intake import Intake
-from app.uploads.multipart import Field, FileStart, boundary_of, file_bytes, iter_multipart
+from app.uploads.multipart import (
+    Field,
+    FileData,
+    FileStart,
+    boundary_of,
+    file_bytes,
+    iter_multipart,
+)
 from app.uploads.options import (
     MAX_METADATA_DEPTH,
     MAX_RECORD_ID,
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
+    UploadOptions,
     check_early_options,
     json_nests_deeper,
     make_options,
@@ -41,14 +54,14 @@ COMMON_ERRORS = not_found_response("attachment")
 # it carries fit with ample room for whitespace and escapes.
 MAX_REGISTER_BODY = 256 * 1024
 
-UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = with_idempotency({
     **COMMON_ERRORS,
     409: {"description": "JSON registration, but the cache is not on S3", **PROBLEM},
     413: {"description": "Larger than the profile or service allows (a JSON registration:"
                          f" a body over {MAX_REGISTER_BODY // 1024} KiB)", **PROBLEM},
     415: {"description": "File type not allowed by the profile", **PROBLEM},
     507: {"description": "The storage is full: nothing was kept; try again later", **PROBLEM},
-}
+})
 
 # promote as text (a form field, a query parameter): exactly these two words
 PROMOTE_TEXT = {"type": "string", "enum": ["true", "false"], "default": "true",
@@ -91,6 +104,14 @@ RAW_BODY = {
 }
 
 
+def upload_fingerprint(mode: str, options: UploadOptions, size: int, sha256: str) -> str:
+    """What makes two uploads "the same request" (API.md): the endpoint, profile, filename,
+    record slot and content."""
+    slot = options.record
+    return fingerprint(mode, options.profile, options.filename,
+                       (slot.type, slot.id, slot.name) if slot else None, size, sha256)
+
+
 def _created(intake: Intake, row: Any) -> JSONResponse:
     body = present(row, intake.links)
     return JSONResponse(body, status_code=201, headers={"Location": f"/v1/attachments/{row['id']}"})
@@ -107,23 +128,57 @@ def _created(intake: Intake, row: Any) -> JSONResponse:
 async def upload_multipart(
     intake: IntakeDep,
     presigned: PresignedDep,
+    idem: IdempotencyDep,
     request: Request,
+    idempotency_key: IdempotencyKey = None,
     app_id: UUID = Depends(current_app_id),
-) -> JSONResponse:
+) -> Response:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("application/json"):
-        return await _register_presigned(request, app_id, presigned)
+        return await _register_presigned(request, app_id, presigned, idem, idempotency_key)
     if not content_type.startswith("multipart/"):
         raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
                                    " JSON {\"cached_key\"} after a presigned upload")
-    with track_upload("multipart") as accepted:
-        row = await _upload_multipart(request, content_type, app_id, intake)
-        accepted.append(row["size"])
-    return _created(intake, row)
+
+    async def run() -> tuple[Response, str]:
+        with track_upload("multipart") as accepted:
+            row, options = await _upload_multipart(request, content_type, app_id, intake)
+            accepted.append(row["size"])
+        return (_created(intake, row),
+                upload_fingerprint("multipart", options, row["size"], row["sha256"]))
+
+    async def repeat() -> str:
+        return await _multipart_fingerprint(request, content_type,
+                                            intake.settings.max_upload_size)
+
+    return await idempotent(idem, app_id, idempotency_key, "POST /v1/attachments multipart",
+                            None, run, repeat)
+
+
+async def _multipart_fingerprint(request: Request, content_type: str, limit: int) -> str:
+    """A repeated multipart upload's fingerprint: its fields and its file's size and sha256,
+    the bytes read and dropped."""
+    fields: dict[str, str] = {}
+    files = 0
+    size, sha = 0, hashlib.sha256()
+    async for event in iter_multipart(request.stream(), boundary_of(content_type)):
+        if isinstance(event, Field):
+            fields[event.name] = event.value
+        elif isinstance(event, FileStart):
+            files += 1
+            fields.setdefault("filename", event.filename or "")
+        elif isinstance(event, FileData):
+            size += len(event.data)
+            sha.update(event.data)
+            if size > limit:
+                raise UploadTooLarge(f"the file is over the limit of {limit} bytes")
+    if files != 1:
+        raise InvalidInput("send exactly one part 'file'", field="file")
+    return upload_fingerprint("multipart", parse_options(fields), size, sha.hexdigest())
 
 
 async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
-                            intake: Intake) -> Any:
+                            intake: Intake) -> tuple[Any, UploadOptions]:
     events = iter_multipart(request.stream(), boundary_of(content_type))
     fields: dict[str, str] = {}
     staged = None
@@ -149,11 +204,11 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
         if staged is not None:
             await intake.discard(staged)
         raise
-    return await intake.record(staged, options)
+    return await intake.record(staged, options), options
 
 
-async def _register_presigned(request: Request, app_id: UUID, presigned: PresignedUploads
-                              ) -> JSONResponse:
+async def _register_presigned(request: Request, app_id: UUID, presigned: PresignedUploads,
+                              idem: Any, idempotency_key: str | None) -> Response:
     raw = await _capped_body(request, MAX_REGISTER_BODY)
     # only metadata may nest (the body is one level more); checked before the parser sees it
     if json_nests_deeper(raw.decode("utf-8", "replace"), MAX_METADATA_DEPTH + 1):
@@ -168,10 +223,16 @@ async def _register_presigned(request: Request, app_id: UUID, presigned: Presign
         record_id=body.record_id, record_name=body.record_name, promote=body.promote,
         client_metadata=body.metadata,
     )
-    with track_upload("presigned") as accepted:
-        row = await presigned.register(app_id, body.cached_key, options)
-        accepted.append(row["size"])
-    return _created(presigned.intake, row)
+    made = fingerprint("register", body.model_dump(mode="json"))
+
+    async def run() -> tuple[Response, str]:
+        with track_upload("presigned") as accepted:
+            row = await presigned.register(app_id, body.cached_key, options)
+            accepted.append(row["size"])
+        return _created(presigned.intake, row), made
+
+    return await idempotent(idem, app_id, idempotency_key, "POST /v1/attachments json", made,
+                            run)
 
 
 async def _capped_body(request: Request, limit: int) -> bytes:
@@ -204,6 +265,7 @@ def _limited(limit: int, description: str | None = None) -> Any:
 )
 async def upload_raw(
     intake: IntakeDep,
+    idem: IdempotencyDep,
     request: Request,
     filename: str | None = Query(None),
     profile: str | None = Query(None),
@@ -214,8 +276,9 @@ async def upload_raw(
                                 json_schema_extra={"enum": PROMOTE_TEXT["enum"]}),
     # JSON text; app/openapi.py documents it as the ClientMetadata it must be
     metadata: str | None = Query(None),
+    idempotency_key: IdempotencyKey = None,
     app_id: UUID = Depends(current_app_id),
-) -> JSONResponse:
+) -> Response:
     options = parse_options({
         "filename": filename, "profile": profile, "record_type": record_type,
         "record_id": record_id, "record_name": record_name, "promote": promote,
@@ -227,7 +290,26 @@ async def upload_raw(
     if length is not None and length.isdigit():
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
-    with track_upload("raw") as accepted:
-        row = await intake.upload(app_id, request.stream(), options)
-        accepted.append(row["size"])
-    return _created(intake, row)
+
+    async def run() -> tuple[Response, str]:
+        with track_upload("raw") as accepted:
+            row = await intake.upload(app_id, request.stream(), options)
+            accepted.append(row["size"])
+        return _created(intake, row), upload_fingerprint("raw", options, row["size"],
+                                                         row["sha256"])
+
+    async def repeat() -> str:
+        size, sha256 = await digest(_capped(request.stream(), limit))
+        return upload_fingerprint("raw", options, size, sha256)
+
+    return await idempotent(idem, app_id, idempotency_key, "POST /v1/attachments/raw", None,
+                            run, repeat)
+
+
+async def _capped(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise UploadTooLarge(f"the body is over the limit of {limit} bytes")
+        yield chunk

@@ -19,6 +19,16 @@ from app.api_common import PROBLEM, path_id
 from app.deps import current_app_id, provided
 from app.errors import MalformedRequest
 from app.http_methods import allow_header
+from app.idempotency.http import (
+    EMPTY_SHA256,
+    Digesting,
+    IdempotencyDep,
+    IdempotencyKey,
+    digest,
+    idempotent,
+)
+from app.idempotency.http import responses as with_idempotency
+from app.idempotency.service import fingerprint
 from app.problems import ProblemRoute
 from app.uploads.options import (
     MAX_METADATA_BYTES,
@@ -212,15 +222,18 @@ async def discover(tus: TusDep) -> Response:
                 f" {MAX_RECORD_NAME} characters, `record_id` at most {MAX_RECORD_ID}, no NUL"
                 f" characters, `metadata` a JSON object of at most {MAX_METADATA_BYTES} bytes"
                 f" nested at most {MAX_METADATA_DEPTH} levels deep.",
-    responses={**TUS_ERRORS, **COMPLETION_ERRORS,
-               201: {"description": "Created", "headers": _headers_doc(
-                   "Location", "Upload-Offset", "Upload-Expires", "Stowage-Attachment-Id")},
-               460: {"description": "Upload-Checksum mismatch; bytes discarded", **PROBLEM}},
+    responses=with_idempotency({
+        **TUS_ERRORS, **COMPLETION_ERRORS,
+        201: {"description": "Created", "headers": _headers_doc(
+            "Location", "Upload-Offset", "Upload-Expires", "Stowage-Attachment-Id")},
+        460: {"description": "Upload-Checksum mismatch; bytes discarded", **PROBLEM}}),
 )
 @router.post("", status_code=201, response_class=Response, include_in_schema=False)
 async def create_upload(
     tus: TusDep,
+    idem: IdempotencyDep,
     request: Request,
+    idempotency_key: IdempotencyKey = None,
     app_id: UUID = Depends(current_app_id),
 ) -> Response:
     if request.headers.get("upload-concat"):
@@ -231,16 +244,31 @@ async def create_upload(
     with_body = _is_offset_stream(request)
     checksum = parse_checksum(request.headers.get("upload-checksum")) if with_body else None
     content_length = _content_length(request) if with_body else None
-    status = await tus.create(app_id, length=length,
-                              metadata_header=request.headers.get("upload-metadata"))
-    location = _location(tus, status.id)
-    if with_body and content_length != 0 and status.offset < status.length:
-        # the upload exists: should the bytes fail, the error tells the client where it is,
-        # so it can resume
-        request.state.tus_error_headers = {"Location": location}
-        status = await tus.append(app_id, status.id, offset=0, chunks=request.stream(),
-                                  content_length=content_length, checksum=checksum)
-    return Response(status_code=201, headers={"Location": location, **_status_headers(status)})
+    metadata = request.headers.get("upload-metadata")
+
+    def made(size: int, sha256: str) -> str:
+        # the upload's length and options, and the bytes sent with the creation, if any
+        return fingerprint("tus", length, metadata, size, sha256)
+
+    async def run() -> tuple[Response, str]:
+        status = await tus.create(app_id, length=length, metadata_header=metadata)
+        location = _location(tus, status.id)
+        body = Digesting(request.stream())
+        if with_body and content_length != 0 and status.offset < status.length:
+            # the upload exists: should the bytes fail, the error tells the client where it
+            # is, so it can resume
+            request.state.tus_error_headers = {"Location": location}
+            status = await tus.append(app_id, status.id, offset=0, chunks=body,
+                                      content_length=content_length, checksum=checksum)
+        return (Response(status_code=201,
+                         headers={"Location": location, **_status_headers(status)}),
+                made(body.size, body.sha256))
+
+    async def repeat() -> str:
+        # the same upload URL again; bytes sent along are compared, then dropped
+        return made(*await digest(request.stream())) if with_body else made(0, EMPTY_SHA256)
+
+    return await idempotent(idem, app_id, idempotency_key, "POST /v1/tus/", None, run, repeat)
 
 
 # --- one upload --------------------------------------------------------------------------------

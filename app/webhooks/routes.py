@@ -18,6 +18,9 @@ from app.api_common import (
 )
 from app.deps import current_app_id, provided
 from app.errors import NotFound, WebhookEndpointNotFound
+from app.idempotency.http import IdempotencyDep, IdempotencyKey, idempotent
+from app.idempotency.http import responses as with_idempotency
+from app.idempotency.service import fingerprint
 from app.webhooks.schemas import (
     DeliveryList,
     DeliveryOut,
@@ -40,13 +43,21 @@ def _endpoint_id(value: str) -> UUID:
     return path_id(value, WebhookEndpointNotFound)
 
 
-@router.post("", status_code=201, response_model=EndpointOut, responses=ERRORS,
+@router.post("", status_code=201, response_model=EndpointOut,
+             responses=with_idempotency(ERRORS),
              summary="Subscribe a URL to events; the answer holds its signing secret")
-async def create_endpoint(webhooks: WebhooksDep, body: EndpointCreate,
-                          app_id: UUID = Depends(current_app_id)) -> JSONResponse:
-    row = await webhooks.create_endpoint(app_id, body.url, body.events, body.description)
-    return JSONResponse(present_endpoint(row), status_code=201,
-                        headers={"Location": f"/v1/webhook-endpoints/{row['id']}"})
+async def create_endpoint(webhooks: WebhooksDep, idem: IdempotencyDep, body: EndpointCreate,
+                          idempotency_key: IdempotencyKey = None,
+                          app_id: UUID = Depends(current_app_id)) -> Response:
+    made = fingerprint("webhook-endpoint", body.model_dump(mode="json"))
+
+    async def run() -> tuple[Response, str]:
+        row = await webhooks.create_endpoint(app_id, body.url, body.events, body.description)
+        return JSONResponse(present_endpoint(row), status_code=201,
+                            headers={"Location": f"/v1/webhook-endpoints/{row['id']}"}), made
+
+    return await idempotent(idem, app_id, idempotency_key, "POST /v1/webhook-endpoints", made,
+                            run)
 
 
 @router.get("", response_model=EndpointList, responses=ERRORS, summary="List endpoints")

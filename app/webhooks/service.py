@@ -22,6 +22,7 @@ from app.text import check_text
 from app.webhooks import delivery as http_delivery
 from app.webhooks import repository as repo
 from app.webhooks.endpoint_slots import endpoint_slot
+from app.webhooks.feed import public_id
 from app.webhooks.outbox import EVENT_TYPES, TEST_EVENT, emit
 from app.webhooks.schedule import attempt_lease, next_delay
 from app.webhooks.schemas import MAX_URL_LENGTH, URL_DOC, URL_PATTERN
@@ -232,7 +233,7 @@ class Webhooks:
         result = await http_delivery.attempt(
             self.http, url=claimed["url"], secret=claimed["secret"],
             previous_secret=claimed["previous_secret"],
-            msg_id=f"msg_{claimed['event_id']}", body=claimed["body"],
+            msg_id=public_id(claimed["event_id"]), body=claimed["body"],
             allow_private=settings.webhook_allow_private, timeout_s=settings.webhook_timeout,
             dns_timeout_s=settings.webhook_dns_timeout,
         )
