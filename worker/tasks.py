@@ -17,6 +17,7 @@ from app.attachments import work
 from app.attachments.service import STORAGE_PROBLEMS
 from app.observability import metrics
 from app.observability.logs import request_id_var
+from app.renewal import renewing
 from app.transient import is_transient
 from app.webhooks.endpoint_slots import EndpointBusy
 
@@ -46,20 +47,13 @@ async def heartbeat(ctx: dict[str, Any], ttl: float) -> AsyncIterator[None]:
         yield
         return
 
-    async def renew() -> None:
-        key = in_progress_key_prefix + job_id
-        while True:
-            await asyncio.sleep(min(HEARTBEAT_EVERY, ttl / 3))
-            with contextlib.suppress(Exception):  # Redis down: the job goes on regardless
-                await redis.pexpire(key, int(ttl * 1000))
+    key = in_progress_key_prefix + job_id
 
-    task = asyncio.create_task(renew())
-    try:
+    async def renew() -> None:  # Redis down: the job goes on, the next turn tries again
+        await redis.pexpire(key, int(ttl * 1000))
+
+    async with renewing(renew, min(HEARTBEAT_EVERY, ttl / 3)):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def job(name: str, call: Callable[[Services, UUID], Awaitable[str]]

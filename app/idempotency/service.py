@@ -16,7 +16,6 @@ compare."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -30,6 +29,7 @@ import asyncpg
 
 from app.errors import IdempotencyConflict, IdempotencyMismatch
 from app.idempotency import repository as repo
+from app.renewal import renewing
 
 EXPIRE_BATCH = 10_000
 
@@ -100,19 +100,11 @@ class Idempotency:
         """Renew the lease while the first request runs."""
 
         async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.lease_s / 3)
-                with contextlib.suppress(Exception):  # the next turn tries again
-                    async with self.pool.acquire() as conn:
-                        await repo.renew(conn, app_id, key, owner, self.lease_s)
+            async with self.pool.acquire() as conn:
+                await repo.renew(conn, app_id, key, owner, self.lease_s)
 
-        task = asyncio.create_task(renew())
-        try:
+        async with renewing(renew, self.lease_s / 3):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def keep(self, app_id: UUID, key: str, owner: UUID, fingerprint: str,
                    status: int, headers: dict[str, str], body: bytes) -> None:

@@ -27,7 +27,6 @@ the upload's own prefix, so an upload resumes on any API instance, after any res
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -48,6 +47,7 @@ from app.errors import (
 )
 from app.ids import uuid7
 from app.observability.metrics import track_upload
+from app.renewal import renewing
 from app.storage import Resumable, ResumableDataLost, ResumableState
 from app.storage.base import run_shielded
 from app.uploads import tus_repository as repo
@@ -263,22 +263,17 @@ class TusUploads:
     @contextlib.asynccontextmanager
     async def _lease_kept(self, upload_id: UUID, token: UUID) -> AsyncIterator[None]:
         """Renew a lease taken with ``token`` while the block runs; release it afterwards."""
-        renewer = asyncio.create_task(self._keep_lease(upload_id, token))
         try:
-            yield
+            async with renewing(lambda: self._renew_lease(upload_id, token), LEASE_RENEW_EVERY,
+                                what=f"the lease of tus upload {upload_id}"):
+                yield
         finally:
-            renewer.cancel()
             await run_shielded(self._release(upload_id, token))
 
-    async def _keep_lease(self, upload_id: UUID, token: UUID) -> None:
-        while True:
-            await asyncio.sleep(LEASE_RENEW_EVERY)
-            try:
-                async with self.pool.acquire() as conn:
-                    if not await repo.renew_lease(conn, upload_id, token, LEASE_SECONDS):
-                        return  # lost (or the row is gone): the next save notices
-            except Exception as exc:
-                log.warning("could not renew the lease of tus upload %s: %s", upload_id, exc)
+    async def _renew_lease(self, upload_id: UUID, token: UUID) -> bool:
+        """False once the lease is lost (or the row is gone): the next save notices."""
+        async with self.pool.acquire() as conn:
+            return bool(await repo.renew_lease(conn, upload_id, token, LEASE_SECONDS))
 
     async def _release(self, upload_id: UUID, token: UUID) -> None:
         async with self.pool.acquire() as conn:
