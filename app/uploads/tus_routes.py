@@ -253,16 +253,18 @@ async def create_upload(
     async def run() -> tuple[Response, str]:
         status = await tus.create(app_id, length=length, metadata_header=metadata)
         location = _location(tus, status.id)
-        body = Digesting(request.stream())
+        # hashed again only when a key will keep the fingerprint: not on every creation
+        body = Digesting(request.stream()) if idempotency_key is not None else None
         if with_body and content_length != 0 and status.offset < status.length:
             # the upload exists: should the bytes fail, the error tells the client where it
             # is, so it can resume
             request.state.tus_error_headers = {"Location": location}
-            status = await tus.append(app_id, status.id, offset=0, chunks=body,
+            status = await tus.append(app_id, status.id, offset=0,
+                                      chunks=body if body is not None else request.stream(),
                                       content_length=content_length, checksum=checksum)
         return (Response(status_code=201,
                          headers={"Location": location, **_status_headers(status)}),
-                made(body.size, body.sha256))
+                made(body.size, body.sha256) if body is not None else "")
 
     async def repeat() -> str:
         # the same upload URL again; bytes sent along are compared, then dropped
