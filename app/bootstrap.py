@@ -42,6 +42,7 @@ from app.sweep import Sweep
 from app.uploads.intake import Intake
 from app.uploads.presigned import PresignedUploads
 from app.uploads.running_digests import RunningDigests
+from app.uploads.tokens import UploadTokens
 from app.uploads.tus import TusUploads
 from app.webhooks.schedule import delivery_horizon
 from app.webhooks.service import Webhooks
@@ -88,6 +89,7 @@ class Services:
     readiness: Readiness = field(init=False)
     gauges: Gauges = field(init=False)
     sweep: Sweep = field(init=False)
+    upload_tokens: UploadTokens = field(init=False)
 
     def __post_init__(self) -> None:
         self.wire()
@@ -95,6 +97,8 @@ class Services:
     def wire(self) -> None:
         """(Re)build every service from the parts, bottom up."""
         self.api_keys = ApiKeys(pool=self.pool)
+        self.upload_tokens = UploadTokens(pool=self.pool, profiles=self.profiles,
+                                          settings=self.settings)
         self.webhooks = Webhooks(pool=self.pool, jobs=self.jobs, redis=self.redis,
                                  http=self.http, settings=self.settings)
         self.attachments = Attachments(

@@ -31,6 +31,15 @@ def _uuid(value: str) -> UUID:
         raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
 
 
+def _scopes(value: str) -> tuple[str, ...]:
+    from app.auth.scopes import parse_scopes
+
+    try:
+        return parse_scopes(value)
+    except StowageError as e:
+        raise argparse.ArgumentTypeError(e.detail) from None
+
+
 def _grace(value: str) -> float:
     from app.ops.fsck import grace_seconds
 
@@ -66,13 +75,16 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _print_key(new: Any, as_json: bool, name: str | None = None) -> None:
     if as_json:
-        print(json.dumps({"app_id": str(new.app_id), "key_id": str(new.key_id),
-                          "api_key": new.api_key}))
+        out = {"app_id": str(new.app_id), "key_id": str(new.key_id), "api_key": new.api_key}
+        if name is None:  # keys create: which scopes it has (apps create: all, as always)
+            out["scopes"] = list(new.scopes)
+        print(json.dumps(out))
         return
     if name is not None:
         print(f"app:     {new.app_id}  ({name})")
     print(f"key id:  {new.key_id}")
     print(f"api key: {new.api_key}")
+    print(f"scopes:  {','.join(new.scopes)}")
     print("Keep the API key now: it is stored hashed and cannot be shown again.", file=sys.stderr)
 
 
@@ -135,7 +147,8 @@ def cmd_apps_rename(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import service
 
-    new = asyncio.run(_with_pool(settings, lambda pool: service.create_key(pool, args.app)))
+    new = asyncio.run(_with_pool(settings, lambda pool: service.create_key(pool, args.app,
+                                                                           args.scopes)))
     _print_key(new, args.json)
     return 0
 
@@ -147,12 +160,14 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"key_id": str(r["id"]), "app_id": str(r["app_id"]),
                            "prefix": r["prefix"], "created_at": r["created_at"].isoformat(),
-                           "revoked_at": r["revoked_at"] and r["revoked_at"].isoformat()}
+                           "revoked_at": r["revoked_at"] and r["revoked_at"].isoformat(),
+                           "scopes": list(r["scopes"])}
                           for r in rows]))
         return 0
     for row in rows:
         status = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
-        print(f"{row['id']}  {row['prefix']}…  {status}  created={row['created_at']:%Y-%m-%d}")
+        print(f"{row['id']}  {row['prefix']}…  {status}  scopes={','.join(row['scopes'])}"
+              f"  created={row['created_at']:%Y-%m-%d}")
     return 0
 
 
@@ -347,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
     p = keys.add_parser("create", help="create another API key for an app")
     p.add_argument("app", type=_uuid, help="app id")
+    p.add_argument("--scopes", type=_scopes, default=None, metavar="SCOPES",
+                   help="comma-separated, of upload,read,delete,webhooks (default: all four);"
+                   " a front-end's key has only upload")
     p.add_argument("--json", action="store_true", help="print {app_id, key_id, api_key} only")
     p.set_defaults(fn=cmd_keys_create)
     p = keys.add_parser("list", help="list an app's keys, one a line, id first")

@@ -20,6 +20,7 @@ from app.observability.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.uploads.presigned_routes import router as presigned_router
 from app.uploads.routes import router as uploads_router
+from app.uploads.token_routes import router as upload_tokens_router
 from app.uploads.tus_routes import router as tus_router
 from app.webhooks.routes import router as webhooks_router
 
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(variants_router)
     app.include_router(presigned_router)
     app.include_router(tus_router)
+    app.include_router(upload_tokens_router)
     app.include_router(webhooks_router)
     app.include_router(attachment_events_router)
     app.include_router(dashboard_router)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from app import errors
 from app.config import Settings
@@ -183,7 +184,54 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     _text_options_without_nul(spec)
     presign = _operation(spec, "/v1/presigned-uploads", "post")
     presign["description"] = (presign.get("description", "") + limits).strip()
+    _scopes(app, spec)
     return spec
+
+
+def _scopes(app: FastAPI, spec: dict[str, Any]) -> None:
+    """Each operation's scope (``x-stowage-scope``, from the route's ``requires`` or
+    ``declares``), whether an upload token is accepted (``x-stowage-upload-token``), and the
+    403 a key without the scope gets."""
+    for path, methods, in_schema, declared in route_scopes(app):
+        item = spec["paths"].get(path)
+        if declared is None or item is None or not in_schema:
+            continue
+        scope, tokens = declared
+        for method in methods:
+            op = item.get(method.lower())
+            if op is None:
+                continue
+            op["x-stowage-scope"] = scope
+            op["x-stowage-upload-token"] = tokens
+            note = f"API key scope: `{scope}`." + (" An upload token is accepted too."
+                                                  if tokens else "")
+            op["description"] = (op.get("description", "") + "\n\n" + note).strip()
+            forbidden = op.setdefault("responses", {}).get("403")
+            text = f"The API key lacks the scope `{scope}` (insufficient-scope)"
+            if forbidden is None:
+                op["responses"]["403"] = {"description": text, **_problem_content()}
+            elif "insufficient-scope" not in forbidden["description"]:
+                forbidden["description"] += f"; or: {text}"
+
+
+def route_scopes(app: FastAPI) -> list[tuple[str, set[str], bool, tuple[str, bool] | None]]:
+    """Every /v1 route (hidden ones too): (path, methods, in the document, the scope it
+    declares and whether it takes an upload token, or None)."""
+    from app.deps import scope_of_route
+
+    found = []
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        path = context.path_format or ""
+        if isinstance(route, APIRoute) and path.startswith("/v1"):
+            found.append((path, set(context.methods or ()), route.include_in_schema,
+                          scope_of_route(route.dependant)))
+    return found
+
+
+def _problem_content() -> dict[str, Any]:
+    return {"content": {"application/problem+json": {
+        "schema": {"$ref": SCHEMAS + "Problem"}}}}
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -15,7 +15,7 @@ COLUMNS = (
     "id, app_id, profile, state, storage, key, filename, mime_type, size, sha256, metadata,"
     " client_metadata, derivatives, record_type, record_id, record_name, generation, error,"
     " promote_requested_at, created_at, updated_at, stored_at, expires_at, deleted_at,"
-    " purged_at, cache_purged_at"
+    " purged_at, cache_purged_at, upload_token_id"
 )
 
 
@@ -35,6 +35,7 @@ def new_row(values: dict[str, Any], now: datetime) -> dict[str, Any]:
         "created_at": now, "updated_at": now, "stored_at": None,
         "expires_at": None if values["promote"] else now + timedelta(seconds=values["cache_ttl"]),
         "deleted_at": None, "purged_at": None, "cache_purged_at": None,
+        "upload_token_id": values.get("upload_token_id"),
     }
 
 

@@ -75,18 +75,20 @@ async def remove_emptied_apps(conn: asyncpg.Connection) -> list[UUID]:
 
 
 async def insert_key(
-    conn: asyncpg.Connection, key_id: UUID, app_id: UUID, key_hash: bytes, prefix: str
+    conn: asyncpg.Connection, key_id: UUID, app_id: UUID, key_hash: bytes, prefix: str,
+    scopes: list[str],
 ) -> asyncpg.Record:
     return await conn.fetchrow(
-        "INSERT INTO api_keys (id, app_id, key_hash, prefix) VALUES ($1, $2, $3, $4)"
-        " RETURNING id, app_id, prefix, created_at, revoked_at",
-        key_id, app_id, key_hash, prefix,
+        "INSERT INTO api_keys (id, app_id, key_hash, prefix, scopes)"
+        " VALUES ($1, $2, $3, $4, $5)"
+        " RETURNING id, app_id, prefix, created_at, revoked_at, scopes",
+        key_id, app_id, key_hash, prefix, scopes,
     )
 
 
 async def list_keys(conn: asyncpg.Connection, app_id: UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, app_id, prefix, created_at, revoked_at FROM api_keys"
+        "SELECT id, app_id, prefix, created_at, revoked_at, scopes FROM api_keys"
         " WHERE app_id = $1 ORDER BY created_at",
         app_id,
     )
@@ -95,12 +97,13 @@ async def list_keys(conn: asyncpg.Connection, app_id: UUID) -> list[asyncpg.Reco
 async def revoke_key(conn: asyncpg.Connection, key_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1"
-        " RETURNING id, app_id, prefix, created_at, revoked_at",
+        " RETURNING id, app_id, prefix, created_at, revoked_at, scopes",
         key_id,
     )
 
 
-async def app_id_for_key_hash(conn: asyncpg.Connection, key_hash: bytes) -> UUID | None:
-    return await conn.fetchval(
-        "SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
-    )
+async def key_for_hash(conn: asyncpg.Connection, key_hash: bytes) -> asyncpg.Record | None:
+    """The live key with this hash: its id, app and scopes."""
+    return await conn.fetchrow(
+        "SELECT id, app_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        key_hash)

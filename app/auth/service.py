@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from app.auth import repository as repo
+from app.auth.scopes import SCOPES
 from app.errors import AppNotFound, InvalidInput, InvalidState, NotFound, Unauthorized
 from app.ids import uuid7
 
@@ -21,6 +23,18 @@ class NewKey:
     app_id: UUID
     key_id: UUID
     api_key: str
+    scopes: tuple[str, ...] = SCOPES
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request is: an API key (its scopes), or an upload token (``token``, whose
+    scopes are those of uploading and reading what it made)."""
+
+    app_id: UUID
+    key_id: UUID | None
+    scopes: tuple[str, ...]
+    token: Any = None  # app.uploads.tokens.UploadToken
 
 
 def hash_key(api_key: str) -> bytes:
@@ -58,18 +72,21 @@ async def rename_app(pool: asyncpg.Pool, app_id: UUID, name: str) -> asyncpg.Rec
     return row
 
 
-async def create_key(pool: asyncpg.Pool, app_id: UUID) -> NewKey:
+async def create_key(pool: asyncpg.Pool, app_id: UUID,
+                     scopes: tuple[str, ...] | None = None) -> NewKey:
+    """A new key of the app, with ``scopes`` (None: all of them)."""
     async with pool.acquire() as conn, conn.transaction():
         if await repo.get_app(conn, app_id) is None:
             raise AppNotFound(f"no app {app_id}")
-        return await _create_key(conn, app_id)
+        return await _create_key(conn, app_id, scopes or SCOPES)
 
 
-async def _create_key(conn: asyncpg.Connection, app_id: UUID) -> NewKey:
+async def _create_key(conn: asyncpg.Connection, app_id: UUID,
+                      scopes: tuple[str, ...] = SCOPES) -> NewKey:
     api_key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = uuid7()
-    await repo.insert_key(conn, key_id, app_id, hash_key(api_key), api_key[:8])
-    return NewKey(app_id=app_id, key_id=key_id, api_key=api_key)
+    await repo.insert_key(conn, key_id, app_id, hash_key(api_key), api_key[:8], list(scopes))
+    return NewKey(app_id=app_id, key_id=key_id, api_key=api_key, scopes=scopes)
 
 
 async def delete_app(pool: asyncpg.Pool, app_id: UUID) -> asyncpg.Record:
@@ -128,9 +145,12 @@ class ApiKeys:
         self.pool = pool
 
     async def authenticate(self, authorization: str | None) -> UUID:
+        return (await self.principal(authorization)).app_id
+
+    async def principal(self, authorization: str | None) -> Principal:
+        """The key of the request, with its scopes."""
         async with self.pool.acquire() as conn:
-            app_id = await repo.app_id_for_key_hash(conn,
-                                                    hash_key(bearer_token(authorization)))
-        if app_id is None:
+            row = await repo.key_for_hash(conn, hash_key(bearer_token(authorization)))
+        if row is None:
             raise Unauthorized("unknown or revoked API key")
-        return app_id
+        return Principal(app_id=row["app_id"], key_id=row["id"], scopes=tuple(row["scopes"]))

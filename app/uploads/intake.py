@@ -54,8 +54,9 @@ class Intake:
         self.settings = settings
 
     async def stage(self, app_id: UUID, profile: str | None,
-                    chunks: AsyncIterable[bytes]) -> Staged:
-        """Stream into the cache under the attachment's own key, checked against the profile."""
+                    chunks: AsyncIterable[bytes], max_size: int | None = None) -> Staged:
+        """Stream into the cache under the attachment's own key, checked against the profile
+        (and ``max_size``, an upload token's, when lower than the service's limit)."""
         prof = self.profiles.get(profile)
         att_id = uuid7()
         received = await receive(
@@ -63,7 +64,8 @@ class Intake:
             storage=self.cache,
             key=keys.cache_key(app_id, att_id),
             profile=prof,
-            max_upload_size=self.settings.max_upload_size,
+            max_upload_size=(self.settings.max_upload_size if max_size is None
+                             else min(max_size, self.settings.max_upload_size)),
         )
         return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
 
@@ -110,12 +112,13 @@ class Intake:
             record_id=slot.id if slot else None,
             record_name=slot.name if slot else None,
             promote=options.promote, cache_ttl=cache_ttl,
+            upload_token_id=options.upload_token,
         )
         async with self.pool.acquire() as conn:
             return await insert_attachment(conn, values, datetime.now(UTC), self.links)
 
     async def upload(self, app_id: UUID, chunks: AsyncIterable[bytes],
-                     options: UploadOptions) -> asyncpg.Record:
+                     options: UploadOptions, max_size: int | None = None) -> asyncpg.Record:
         """Stage and record in one go (raw body, tus): the options are all known up front."""
-        staged = await self.stage(app_id, options.profile, chunks)
+        staged = await self.stage(app_id, options.profile, chunks, max_size)
         return await self.record(staged, options)

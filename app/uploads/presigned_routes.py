@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api_common import AUTH_ERRORS, PROBLEM
-from app.deps import current_app_id, provided
+from app.deps import provided, requires
 from app.uploads.options import (
     MAX_FILENAME,
     MAX_METADATA_BYTES,
@@ -86,6 +86,6 @@ class RegisterRequest(BaseModel):
     summary="A POST policy for uploading straight to the S3 cache",
 )
 async def create_presigned_upload(presigned: PresignedDep, body: PresignRequest,
-                                  app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+                                  app_id: UUID = Depends(requires("upload"))) -> dict[str, Any]:
     return await presigned.create(app_id, filename=body.filename, size=body.size,
                                   profile=body.profile)

@@ -4,6 +4,9 @@ registration of a presigned upload) and the raw body. Each streams into the inta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -14,7 +17,8 @@ from pydantic import ValidationError
 
 from app.api_common import PROBLEM, not_found_response
 from app.attachments.schemas import AttachmentOut, present
-from app.deps import current_app_id, provided
+from app.auth.scopes import InsufficientScope
+from app.deps import principal_of, provided, requires, service_of
 from app.errors import InvalidInput, UnsupportedMediaType, UploadTooLarge
 from app.observability.metrics import track_upload
 from app.uploads.intake import Intake
@@ -24,6 +28,7 @@ from app.uploads.options import (
     MAX_RECORD_ID,
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
+    RECORD_LIMITS,
     check_early_options,
     json_nests_deeper,
     make_options,
@@ -31,6 +36,7 @@ from app.uploads.options import (
 )
 from app.uploads.presigned import PresignedUploads
 from app.uploads.presigned_routes import PresignedDep, RegisterRequest
+from app.uploads.tokens import UploadToken, UploadTokens
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
@@ -108,22 +114,43 @@ async def upload_multipart(
     intake: IntakeDep,
     presigned: PresignedDep,
     request: Request,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload", tokens=True)),
 ) -> JSONResponse:
     content_type = request.headers.get("content-type", "")
+    token = principal_of(request).token
     if content_type.startswith("application/json"):
+        if token is not None:
+            raise InsufficientScope("an upload token uploads files; registering a presigned"
+                                    " upload needs an API key", scope="upload")
         return await _register_presigned(request, app_id, presigned)
     if not content_type.startswith("multipart/"):
         raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
                                    " JSON {\"cached_key\"} after a presigned upload")
-    with track_upload("multipart") as accepted:
-        row = await _upload_multipart(request, content_type, app_id, intake)
-        accepted.append(row["size"])
+    async with using(request, token):
+        with track_upload("multipart") as accepted:
+            row = await _upload_multipart(request, content_type, app_id, intake, token)
+            accepted.append(row["size"])
     return _created(intake, row)
 
 
+@contextlib.asynccontextmanager
+async def using(request: Request, token: UploadToken | None) -> AsyncIterator[None]:
+    """An upload with an upload token takes one of its uses (401 when none is left), and
+    gives it back when the upload is refused."""
+    if token is None:
+        yield
+        return
+    tokens: UploadTokens = service_of(request, "upload_tokens")
+    await tokens.take_use(token)
+    try:
+        yield
+    except BaseException:
+        await asyncio.shield(tokens.give_back(token))
+        raise
+
+
 async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
-                            intake: Intake) -> Any:
+                            intake: Intake, token: UploadToken | None = None) -> Any:
     events = iter_multipart(request.stream(), boundary_of(content_type))
     fields: dict[str, str] = {}
     staged = None
@@ -140,11 +167,17 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                 # fields before the file (and its filename) are validated now, so a bad one
                 # costs no bytes; the slot's parts each alone, as the others may follow
                 check_early_options(fields)
-                staged = await intake.stage(app_id, fields.get("profile"),
-                                             file_bytes(events))
+                profile, max_size = fields.get("profile"), None
+                if token is not None:  # what the token fixes is refused before any byte
+                    token.fix(parse_options({k: v for k, v in fields.items()
+                                             if k not in RECORD_LIMITS}))
+                    profile, max_size = token.profile, token.max_size
+                staged = await intake.stage(app_id, profile, file_bytes(events), max_size)
         if staged is None:
             raise InvalidInput("the part 'file' is missing", field="file")
         options = parse_options(fields)
+        if token is not None:
+            options = token.fix(options)
     except BaseException:
         if staged is not None:
             await intake.discard(staged)
@@ -214,20 +247,27 @@ async def upload_raw(
                                 json_schema_extra={"enum": PROMOTE_TEXT["enum"]}),
     # JSON text; app/openapi.py documents it as the ClientMetadata it must be
     metadata: str | None = Query(None),
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload", tokens=True)),
 ) -> JSONResponse:
     options = parse_options({
         "filename": filename, "profile": profile, "record_type": record_type,
         "record_id": record_id, "record_name": record_name, "promote": promote,
         "metadata": metadata,
     })
+    token = principal_of(request).token
+    if token is not None:
+        options = token.fix(options)
     # an unknown profile, or a declared length over the limit, is refused before the body
     limit = intake.profiles.get(options.profile).size_limit(intake.settings.max_upload_size)
+    if token is not None:
+        limit = token.size_limit(limit)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit():
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
-    with track_upload("raw") as accepted:
-        row = await intake.upload(app_id, request.stream(), options)
-        accepted.append(row["size"])
+    async with using(request, token):
+        with track_upload("raw") as accepted:
+            row = await intake.upload(app_id, request.stream(), options,
+                                      token.max_size if token is not None else None)
+            accepted.append(row["size"])
     return _created(intake, row)

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from app.profiles import Profiles
     from app.storage import Storage
     from app.uploads.running_digests import RunningDigests
+    from app.uploads.tokens import UploadToken
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,17 @@ class TusUploads:
                                tail_key=row["tail_key"], tail_size=row["tail_size"])
         return self.cache.open_resumable(row["storage_key"], row["length"], state)
 
-    async def create(self, app_id: UUID, *, length: int,
-                     metadata_header: str | None) -> UploadStatus:
-        """Create an upload (validating its options now); an empty one is complete at once."""
+    async def create(self, app_id: UUID, *, length: int, metadata_header: str | None,
+                     token: UploadToken | None = None) -> UploadStatus:
+        """Create an upload (validating its options now); an empty one is complete at once.
+        With an upload token: what it fixes, and its size limit."""
         options = options_from_metadata(parse_metadata(metadata_header))
+        if token is not None:
+            options = token.fix(options)
         profile = self.profiles.get(options.profile)
         limit = profile.size_limit(self.settings.max_upload_size)
+        if token is not None:
+            limit = token.size_limit(limit)
         if length > limit:
             raise UploadTooLarge(f"Upload-Length {length} is over the limit of {limit} bytes"
                                  f" (profile {profile.name!r})")
@@ -143,12 +149,21 @@ class TusUploads:
                 conn, id=upload_id, app_id=app_id, length=length, profile=profile.name,
                 options=options_json(options), metadata_header=metadata_header or None,
                 storage_key=storage_key(app_id, upload_id), expiry=self.expiry_seconds(),
+                upload_token_id=token.id if token is not None else None,
             )
         if length == 0:
             async with self._leased(app_id, upload_id) as (row, token):
                 row = await self._save(row, token, offset=0)
                 row = await self._complete(row, token)
         return UploadStatus.of(row)
+
+    async def check_token(self, app_id: UUID, upload_id: UUID, token: UploadToken) -> None:
+        """An upload token reaches the upload it created, and no other (404 as for another
+        app's)."""
+        async with self.pool.acquire() as conn:
+            row = await repo.get_for_app(conn, app_id, upload_id)
+        if row is None or row["upload_token_id"] != token.id:
+            raise TusUploadNotFound(f"no upload {upload_id}")
 
     async def status(self, app_id: UUID, upload_id: UUID) -> UploadStatus:
         """The upload's offset (HEAD). Finishes a completion its request left half-done."""
