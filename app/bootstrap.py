@@ -41,6 +41,7 @@ from app.storage_identity.service import verify as verify_storages
 from app.sweep import Sweep
 from app.uploads.intake import Intake
 from app.uploads.presigned import PresignedUploads
+from app.uploads.quotas import Quotas
 from app.uploads.running_digests import RunningDigests
 from app.uploads.tokens import UploadTokens
 from app.uploads.tus import TusUploads
@@ -90,6 +91,7 @@ class Services:
     gauges: Gauges = field(init=False)
     sweep: Sweep = field(init=False)
     upload_tokens: UploadTokens = field(init=False)
+    quotas: Quotas = field(init=False)
 
     def __post_init__(self) -> None:
         self.wire()
@@ -97,6 +99,8 @@ class Services:
     def wire(self) -> None:
         """(Re)build every service from the parts, bottom up."""
         self.api_keys = ApiKeys(pool=self.pool)
+        self.quotas = Quotas(pool=self.pool,
+                             reservation_ttl=self.settings.quota_reservation_ttl)
         self.upload_tokens = UploadTokens(pool=self.pool, profiles=self.profiles,
                                           settings=self.settings)
         self.webhooks = Webhooks(pool=self.pool, jobs=self.jobs, redis=self.redis,
@@ -110,7 +114,7 @@ class Services:
                                  links=self.links, queue=self.render_queue)
         self.intake = Intake(pool=self.pool, cache=self.cache, jobs=self.jobs,
                              profiles=self.profiles, links=self.links, webhooks=self.webhooks,
-                             settings=self.settings)
+                             settings=self.settings, quotas=self.quotas)
         self.presigned = PresignedUploads(pool=self.pool, cache=self.cache,
                                           profiles=self.profiles, intake=self.intake,
                                           settings=self.settings)
@@ -127,7 +131,8 @@ class Services:
                                    store=self.store, clamd=self.scanner.clamd)
         self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
         self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
-                           webhooks=self.webhooks, presigned=self.presigned, tus=self.tus)
+                           webhooks=self.webhooks, presigned=self.presigned, tus=self.tus,
+                           quotas=self.quotas, upload_tokens=self.upload_tokens)
 
     def rewire(self, **parts: Any) -> None:
         """Swap parts (a profiles file, a storage, the links, the settings) and rebuild the

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     worker_metrics_host: str = "0.0.0.0"
     # Separate queues let several deployments (or test runs) share one Redis.
     queue_name: str = "stowage:queue"
+    # quotas (issue 24): how long the bytes an upload in progress holds against its app's
+    # quota count when its process dies before it is recorded or refused (tus: tus_expiry)
+    quota_reservation_ttl: int = Field(default=3600, gt=0)
+    # rate limits (issue 24): the window of `--rate-limit N` (N uploads per this many seconds)
+    rate_limit_window: int = Field(default=60, gt=0)
 
     @field_validator("database_url")
     @classmethod

@@ -63,7 +63,8 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
     if is_upload_token(credential):
         token = await service_of(request, "upload_tokens").authenticate(credential)
         principal = Principal(app_id=token.app_id, key_id=None, scopes=TOKEN_SCOPES,
-                              token=token)
+                              token=token, quota_bytes=token.quota_bytes,
+                              rate_limit=token.rate_limit)
         if not tokens:
             raise InsufficientScope("an upload token may only upload, and read what it"
                                     f" uploaded; this needs an API key with scope {scope!r}",

@@ -22,6 +22,7 @@ from app.uploads.presigned_routes import router as presigned_router
 from app.uploads.routes import router as uploads_router
 from app.uploads.token_routes import router as upload_tokens_router
 from app.uploads.tus_routes import router as tus_router
+from app.uploads.usage_routes import router as usage_router
 from app.webhooks.routes import router as webhooks_router
 
 
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.include_router(presigned_router)
     app.include_router(tus_router)
     app.include_router(upload_tokens_router)
+    app.include_router(usage_router)
     app.include_router(webhooks_router)
     app.include_router(attachment_events_router)
     app.include_router(dashboard_router)

@@ -148,6 +148,13 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     profile = _profile_schema(profiles)
     for name in ("RegisterRequest", "PresignRequest"):
         schemas[name]["properties"]["profile"] = profile
+    token = schemas["UploadTokenRequest"]
+    token["properties"]["profile"] = {"anyOf": [profile, {"type": "null"}]}
+    token["properties"]["metadata"] = {"anyOf": [{"$ref": SCHEMAS + "ClientMetadata"},
+                                                 {"type": "null"}]}
+    token.update(_slot_rule(nullable=True))
+    for name in ("record_type", "record_id", "record_name"):
+        _no_nul(token["properties"][name])
 
     # Downloads take the API key or the signed token of the attachment's `url`: two
     # alternatives, either one enough (a bad or expired token: 403).

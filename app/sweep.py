@@ -14,18 +14,23 @@ if TYPE_CHECKING:
 
     from app.attachments.service import Attachments
     from app.uploads.presigned import PresignedUploads
+    from app.uploads.quotas import Quotas
+    from app.uploads.tokens import UploadTokens
     from app.uploads.tus import TusUploads
     from app.webhooks.service import Webhooks
 
 
 class Sweep:
     def __init__(self, *, pool: asyncpg.Pool, attachments: Attachments, webhooks: Webhooks,
-                 presigned: PresignedUploads, tus: TusUploads) -> None:
+                 presigned: PresignedUploads, tus: TusUploads, quotas: Quotas,
+                 upload_tokens: UploadTokens) -> None:
         self.pool = pool
         self.attachments = attachments
         self.webhooks = webhooks
         self.presigned = presigned
         self.tus = tus
+        self.quotas = quotas
+        self.upload_tokens = upload_tokens
 
     async def run(self) -> SweepReport | None:
         """One pass; None when another worker holds the sweep lock right now."""
@@ -36,6 +41,9 @@ class Sweep:
         report.presigns_expired = await self.presigned.sweep_expired()
         report.tus_expired = await self.tus.expire_uploads()
         report.apps_removed = await auth.sweep_deleted_apps(self.pool)
+        # what processes killed mid-upload left holding quota, and long-expired upload tokens
+        await self.quotas.sweep()
+        await self.upload_tokens.sweep()
         async with self.pool.acquire() as conn:
             await counts.fold(conn)  # keeps reading the counts O(apps)
         return report

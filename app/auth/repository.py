@@ -15,10 +15,21 @@ async def insert_app(conn: asyncpg.Connection, app_id: UUID, name: str) -> async
 
 async def list_apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT a.id, a.name, a.created_at,"
+        "SELECT a.id, a.name, a.created_at, a.quota_bytes, a.rate_limit,"
         " (SELECT count(*) FROM api_keys k WHERE k.app_id = a.id AND k.revoked_at IS NULL) AS keys"
         " FROM apps a WHERE a.deleted_at IS NULL ORDER BY a.created_at"
     )
+
+
+async def update_limits(conn: asyncpg.Connection, app_id: UUID, *, set_quota: bool,
+                        quota_bytes: int | None, set_rate: bool, rate_limit: int | None
+                        ) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "UPDATE apps SET quota_bytes = CASE WHEN $2 THEN $3 ELSE quota_bytes END,"
+        " rate_limit = CASE WHEN $4 THEN $5 ELSE rate_limit END"
+        " WHERE id = $1 AND deleted_at IS NULL"
+        " RETURNING id, name, created_at, quota_bytes, rate_limit",
+        app_id, set_quota, quota_bytes, set_rate, rate_limit)
 
 
 async def rename_app(conn: asyncpg.Connection, app_id: UUID, name: str
@@ -103,7 +114,8 @@ async def revoke_key(conn: asyncpg.Connection, key_id: UUID) -> asyncpg.Record |
 
 
 async def key_for_hash(conn: asyncpg.Connection, key_hash: bytes) -> asyncpg.Record | None:
-    """The live key with this hash: its id, app and scopes."""
+    """The live key with this hash: its id, app and scopes, and its app's limits."""
     return await conn.fetchrow(
-        "SELECT id, app_id, scopes FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
+        "SELECT k.id, k.app_id, k.scopes, a.quota_bytes, a.rate_limit FROM api_keys k"
+        " JOIN apps a ON a.id = k.app_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
         key_hash)

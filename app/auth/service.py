@@ -35,6 +35,9 @@ class Principal:
     key_id: UUID | None
     scopes: tuple[str, ...]
     token: Any = None  # app.uploads.tokens.UploadToken
+    # the app's limits as the request found them (None: none)
+    quota_bytes: int | None = None
+    rate_limit: int | None = None
 
 
 def hash_key(api_key: str) -> bytes:
@@ -67,6 +70,36 @@ async def rename_app(pool: asyncpg.Pool, app_id: UUID, name: str) -> asyncpg.Rec
             row = await repo.rename_app(conn, app_id, name)
         except asyncpg.UniqueViolationError:
             raise InvalidState(f"an app named {name!r} exists already") from None
+    if row is None:
+        raise AppNotFound(f"no app {app_id}")
+    return row
+
+
+# what Postgres' bigint and integer hold
+MAX_QUOTA_BYTES = 2**63 - 1
+MAX_RATE_LIMIT = 2**31 - 1
+
+
+async def update_limits(pool: asyncpg.Pool, app_id: UUID, *,
+                        quota_bytes: int | str | None = "keep",
+                        rate_limit: int | str = "keep") -> asyncpg.Record:
+    """Set an app's storage quota (bytes; None: no quota) and rate limit (uploads per
+    window; 0: none); "keep" leaves one as it is."""
+    set_quota, set_rate = quota_bytes != "keep", rate_limit != "keep"
+    if set_quota and quota_bytes is not None and not (
+            isinstance(quota_bytes, int) and 0 <= quota_bytes <= MAX_QUOTA_BYTES):
+        raise InvalidInput(f"the quota is 0 to {MAX_QUOTA_BYTES} bytes, or none",
+                           field="quota_bytes")
+    if set_rate and not (isinstance(rate_limit, int) and 0 <= rate_limit <= MAX_RATE_LIMIT):
+        raise InvalidInput(f"the rate limit is 0 (none) to {MAX_RATE_LIMIT} uploads a minute",
+                           field="rate_limit")
+    if not (set_quota or set_rate):
+        raise InvalidInput("nothing to update: give --quota-bytes or --rate-limit")
+    async with pool.acquire() as conn:
+        row = await repo.update_limits(
+            conn, app_id, set_quota=set_quota,
+            quota_bytes=quota_bytes if set_quota else None, set_rate=set_rate,
+            rate_limit=(rate_limit or None) if set_rate else None)
     if row is None:
         raise AppNotFound(f"no app {app_id}")
     return row
@@ -153,4 +186,5 @@ class ApiKeys:
             row = await repo.key_for_hash(conn, hash_key(bearer_token(authorization)))
         if row is None:
             raise Unauthorized("unknown or revoked API key")
-        return Principal(app_id=row["app_id"], key_id=row["id"], scopes=tuple(row["scopes"]))
+        return Principal(app_id=row["app_id"], key_id=row["id"], scopes=tuple(row["scopes"]),
+                         quota_bytes=row["quota_bytes"], rate_limit=row["rate_limit"])

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from app.jobs import JobQueue
     from app.profiles import Profiles
     from app.storage import Storage
+    from app.uploads.quotas import Quotas
     from app.webhooks.service import Webhooks
 
 
@@ -37,6 +38,10 @@ class Staged:
     att_id: UUID
     profile: str
     file: Received
+    # quotas: the bytes held for it before it arrived (dropped when it is recorded), and
+    # whether the app has a quota, so its size is checked again as it is recorded
+    reservation: UUID | None = None
+    quota: bool = False
 
 
 class Intake:
@@ -44,7 +49,7 @@ class Intake:
 
     def __init__(self, *, pool: asyncpg.Pool, cache: Storage, jobs: JobQueue,
                  profiles: Profiles, links: Links, webhooks: Webhooks,
-                 settings: Settings) -> None:
+                 settings: Settings, quotas: Quotas) -> None:
         self.pool = pool
         self.cache = cache
         self.jobs = jobs
@@ -52,9 +57,11 @@ class Intake:
         self.links = links
         self.webhooks = webhooks
         self.settings = settings
+        self.quotas = quotas
 
     async def stage(self, app_id: UUID, profile: str | None,
-                    chunks: AsyncIterable[bytes], max_size: int | None = None) -> Staged:
+                    chunks: AsyncIterable[bytes], max_size: int | None = None, *,
+                    reservation: UUID | None = None, quota: bool = False) -> Staged:
         """Stream into the cache under the attachment's own key, checked against the profile
         (and ``max_size``, an upload token's, when lower than the service's limit)."""
         prof = self.profiles.get(profile)
@@ -67,7 +74,8 @@ class Intake:
             max_upload_size=(self.settings.max_upload_size if max_size is None
                              else min(max_size, self.settings.max_upload_size)),
         )
-        return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
+        return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received,
+                      reservation=reservation, quota=quota)
 
     async def discard(self, staged: Staged) -> None:
         # shielded: a cancelled request must still not leave its file behind
@@ -115,10 +123,17 @@ class Intake:
             upload_token_id=options.upload_token,
         )
         async with self.pool.acquire() as conn:
-            return await insert_attachment(conn, values, datetime.now(UTC), self.links)
+            if not (staged.quota or staged.reservation):
+                return await insert_attachment(conn, values, datetime.now(UTC), self.links)
+            async with conn.transaction():  # the quota's second check, exact (app.uploads.quotas)
+                await self.quotas.admit(conn, staged.app_id, staged.file.size,
+                                        staged.reservation)
+                return await insert_attachment(conn, values, datetime.now(UTC), self.links)
 
     async def upload(self, app_id: UUID, chunks: AsyncIterable[bytes],
-                     options: UploadOptions, max_size: int | None = None) -> asyncpg.Record:
+                     options: UploadOptions, max_size: int | None = None, *,
+                     reservation: UUID | None = None, quota: bool = False) -> asyncpg.Record:
         """Stage and record in one go (raw body, tus): the options are all known up front."""
-        staged = await self.stage(app_id, options.profile, chunks, max_size)
+        staged = await self.stage(app_id, options.profile, chunks, max_size,
+                                  reservation=reservation, quota=quota)
         return await self.record(staged, options)

@@ -6,11 +6,11 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api_common import AUTH_ERRORS, PROBLEM
-from app.deps import provided, requires
+from app.deps import principal_of, provided, requires
 from app.uploads.options import (
     MAX_FILENAME,
     MAX_METADATA_BYTES,
@@ -20,10 +20,12 @@ from app.uploads.options import (
     MAX_RECORD_TYPE,
 )
 from app.uploads.presigned import PresignedUploads
+from app.uploads.quotas import Quotas
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 
 PresignedDep = Annotated[PresignedUploads, Depends(provided("presigned"))]
+QuotasDep = Annotated[Quotas, Depends(provided("quotas"))]
 
 
 def _limited(limit: int) -> Any:
@@ -86,6 +88,9 @@ class RegisterRequest(BaseModel):
     summary="A POST policy for uploading straight to the S3 cache",
 )
 async def create_presigned_upload(presigned: PresignedDep, body: PresignRequest,
+                                  request: Request, quotas: QuotasDep,
                                   app_id: UUID = Depends(requires("upload"))) -> dict[str, Any]:
+    if principal_of(request).quota_bytes is not None:  # checked again when registered
+        await quotas.check(app_id, body.size)
     return await presigned.create(app_id, filename=body.filename, size=body.size,
                                   profile=body.profile)

@@ -36,6 +36,7 @@ from app.uploads.options import (
 )
 from app.uploads.presigned import PresignedUploads
 from app.uploads.presigned_routes import PresignedDep, RegisterRequest
+from app.uploads.quotas import Quotas
 from app.uploads.tokens import UploadToken, UploadTokens
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
@@ -126,31 +127,47 @@ async def upload_multipart(
     if not content_type.startswith("multipart/"):
         raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
                                    " JSON {\"cached_key\"} after a presigned upload")
-    async with using(request, token):
+    async with admitted(request, declared_length(request)) as reservation:
         with track_upload("multipart") as accepted:
-            row = await _upload_multipart(request, content_type, app_id, intake, token)
+            row = await _upload_multipart(request, content_type, app_id, intake, token,
+                                          reservation)
             accepted.append(row["size"])
     return _created(intake, row)
 
 
+def declared_length(request: Request) -> int | None:
+    length = request.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
 @contextlib.asynccontextmanager
-async def using(request: Request, token: UploadToken | None) -> AsyncIterator[None]:
-    """An upload with an upload token takes one of its uses (401 when none is left), and
-    gives it back when the upload is refused."""
-    if token is None:
-        yield
-        return
+async def admitted(request: Request, size: int | None, *,
+                   quota: bool = True) -> AsyncIterator[UUID | None]:
+    """What a new upload takes before its first byte, and gives back when it is refused:
+    with an upload token, one of its uses (401 when none is left); for an app with a quota,
+    ``size`` bytes of it (403 quota-exceeded; yields the reservation, which the recording
+    drops)."""
+    principal = principal_of(request)
+    token = principal.token
     tokens: UploadTokens = service_of(request, "upload_tokens")
-    await tokens.take_use(token)
+    quotas: Quotas = service_of(request, "quotas")
+    if token is not None:
+        await tokens.take_use(token)
+    reservation = None
     try:
-        yield
+        if quota and principal.quota_bytes is not None:
+            reservation = await quotas.reserve(principal.app_id, size)
+        yield reservation
     except BaseException:
-        await asyncio.shield(tokens.give_back(token))
+        await quotas.release(reservation)
+        if token is not None:
+            await asyncio.shield(tokens.give_back(token))
         raise
 
 
 async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
-                            intake: Intake, token: UploadToken | None = None) -> Any:
+                            intake: Intake, token: UploadToken | None = None,
+                            reservation: UUID | None = None) -> Any:
     events = iter_multipart(request.stream(), boundary_of(content_type))
     fields: dict[str, str] = {}
     staged = None
@@ -172,7 +189,9 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                     token.fix(parse_options({k: v for k, v in fields.items()
                                              if k not in RECORD_LIMITS}))
                     profile, max_size = token.profile, token.max_size
-                staged = await intake.stage(app_id, profile, file_bytes(events), max_size)
+                staged = await intake.stage(
+                    app_id, profile, file_bytes(events), max_size, reservation=reservation,
+                    quota=principal_of(request).quota_bytes is not None)
         if staged is None:
             raise InvalidInput("the part 'file' is missing", field="file")
         options = parse_options(fields)
@@ -265,9 +284,11 @@ async def upload_raw(
     if length is not None and length.isdigit():
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
-    async with using(request, token):
+    async with admitted(request, declared_length(request)) as reservation:
         with track_upload("raw") as accepted:
             row = await intake.upload(app_id, request.stream(), options,
-                                      token.max_size if token is not None else None)
+                                      token.max_size if token is not None else None,
+                                      reservation=reservation,
+                                      quota=principal_of(request).quota_bytes is not None)
             accepted.append(row["size"])
     return _created(intake, row)

@@ -47,6 +47,9 @@ class UploadToken:
     metadata: dict[str, Any]
     max_size: int | None
     expires_at: datetime
+    # its app's limits (app.uploads.quotas, rate limits), as the request found them
+    quota_bytes: int | None = None
+    rate_limit: int | None = None
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> UploadToken:
@@ -54,7 +57,8 @@ class UploadToken:
                   if row["record_type"] is not None else None)
         return cls(id=row["id"], app_id=row["app_id"], profile=row["profile"], record=record,
                    metadata=row["metadata"], max_size=row["max_size"],
-                   expires_at=row["expires_at"])
+                   expires_at=row["expires_at"], quota_bytes=row.get("quota_bytes"),
+                   rate_limit=row.get("rate_limit"))
 
     def size_limit(self, limit: int) -> int:
         return min(limit, self.max_size) if self.max_size is not None else limit

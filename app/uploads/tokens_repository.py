@@ -30,7 +30,8 @@ async def live_by_hash(conn: asyncpg.Connection, token_hash: bytes) -> asyncpg.R
     """The token if it is neither expired nor revoked (its key revoked, its app deleted); used
     up or not."""
     return await conn.fetchrow(
-        f"SELECT {COLUMNS} FROM upload_tokens t JOIN api_keys k ON k.id = t.key_id"
+        f"SELECT {COLUMNS}, a.quota_bytes, a.rate_limit FROM upload_tokens t"
+        " JOIN api_keys k ON k.id = t.key_id JOIN apps a ON a.id = t.app_id"
         " WHERE t.token_hash = $1 AND t.expires_at > now() AND k.revoked_at IS NULL",
         token_hash)
 

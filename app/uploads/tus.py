@@ -130,7 +130,7 @@ class TusUploads:
         return self.cache.open_resumable(row["storage_key"], row["length"], state)
 
     async def create(self, app_id: UUID, *, length: int, metadata_header: str | None,
-                     token: UploadToken | None = None) -> UploadStatus:
+                     token: UploadToken | None = None, quota: bool = False) -> UploadStatus:
         """Create an upload (validating its options now); an empty one is complete at once.
         With an upload token: what it fixes, and its size limit."""
         options = options_from_metadata(parse_metadata(metadata_header))
@@ -144,13 +144,20 @@ class TusUploads:
             raise UploadTooLarge(f"Upload-Length {length} is over the limit of {limit} bytes"
                                  f" (profile {profile.name!r})")
         upload_id = uuid7()
-        async with self.pool.acquire() as conn:
-            row = await repo.insert(
-                conn, id=upload_id, app_id=app_id, length=length, profile=profile.name,
-                options=options_json(options), metadata_header=metadata_header or None,
-                storage_key=storage_key(app_id, upload_id), expiry=self.expiry_seconds(),
-                upload_token_id=token.id if token is not None else None,
-            )
+        if quota:  # its bytes held from now on, under the upload's id (app.uploads.quotas)
+            await self.intake.quotas.reserve(app_id, length, reservation=upload_id,
+                                             ttl=self.expiry_seconds())
+        try:
+            async with self.pool.acquire() as conn:
+                row = await repo.insert(
+                    conn, id=upload_id, app_id=app_id, length=length, profile=profile.name,
+                    options=options_json(options), metadata_header=metadata_header or None,
+                    storage_key=storage_key(app_id, upload_id), expiry=self.expiry_seconds(),
+                    upload_token_id=token.id if token is not None else None,
+                )
+        except BaseException:
+            await self.intake.quotas.release(upload_id if quota else None)
+            raise
         if length == 0:
             async with self._leased(app_id, upload_id) as (row, token):
                 row = await self._save(row, token, offset=0)
@@ -436,8 +443,11 @@ class TusUploads:
                         if independent:
                             await self.cache.delete(att_key)
                         raise
+                    # quota: its size checked again as it is recorded, its reservation
+                    # (the upload's id) dropped then
                     await self.intake.record(Staged(app_id=app_id, att_id=att_id,
-                                                    profile=profile.name, file=received),
+                                                    profile=profile.name, file=received,
+                                                    reservation=row["id"], quota=True),
                                              options)
                     accepted.append(received.size)
             except (UploadTooLarge, UnsupportedMediaType, InvalidInput):

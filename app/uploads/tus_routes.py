@@ -28,7 +28,7 @@ from app.uploads.options import (
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
 )
-from app.uploads.routes import using
+from app.uploads.routes import admitted
 from app.uploads.tus import TusUploads, UploadStatus
 from app.uploads.tus_protocol import (
     CHECKSUM_ALGORITHMS,
@@ -241,11 +241,13 @@ async def create_upload(
     with_body = _is_offset_stream(request)
     checksum = parse_checksum(request.headers.get("upload-checksum")) if with_body else None
     content_length = _content_length(request) if with_body else None
-    token = principal_of(request).token
-    async with using(request, token):
+    principal = principal_of(request)
+    # the upload token's use here; the quota's bytes by tus.create, under the upload's id
+    async with admitted(request, None, quota=False):
         status = await tus.create(app_id, length=length,
                                   metadata_header=request.headers.get("upload-metadata"),
-                                  token=token)
+                                  token=principal.token,
+                                  quota=principal.quota_bytes is not None)
     location = _location(tus, status.id)
     if with_body and content_length != 0 and status.offset < status.length:
         # the upload exists: should the bytes fail, the error tells the client where it is,
