@@ -42,6 +42,7 @@ from app.sweep import Sweep
 from app.uploads.intake import Intake
 from app.uploads.presigned import PresignedUploads
 from app.uploads.quotas import Quotas
+from app.uploads.rate_limits import RateLimits
 from app.uploads.running_digests import RunningDigests
 from app.uploads.tokens import UploadTokens
 from app.uploads.tus import TusUploads
@@ -77,6 +78,7 @@ class Services:
     scanner: Scanner
     quarantine: Storage | None
     render_queue: RenderQueue
+    rate_limits: RateLimits
     api_keys: ApiKeys = field(init=False)
     variants: Variants = field(init=False)
     webhooks: Webhooks = field(init=False)
@@ -200,6 +202,8 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(watcher.close)
         render_queue = RenderQueue()
         stack.callback(render_queue.close)
+        rate_limits = RateLimits(redis_url=settings.redis_url, window=settings.rate_limit_window)
+        stack.push_async_callback(rate_limits.aclose)
         yield Services(
             settings=settings,
             pool=pool,
@@ -217,6 +221,7 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
             scanner=scanner,
             quarantine=quarantine,
             render_queue=render_queue,
+            rate_limits=rate_limits,
         )
 
 

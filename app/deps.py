@@ -53,10 +53,12 @@ TOKEN_SCOPES = (UPLOAD, READ)
 
 
 async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None,
-                       scope: str, *, tokens: bool = False) -> Principal:
+                       scope: str, *, tokens: bool = False, counted: bool = False
+                       ) -> Principal:
     """The request's API key (or upload token, where ``tokens``), which must have ``scope``:
     401 when missing, unknown or revoked, 403 insufficient-scope when outside its scopes.
-    Looked up on every request (a revocation holds at once)."""
+    Looked up on every request (a revocation holds at once). ``counted``: a new upload,
+    counted against the app's rate limit (429 when over)."""
     if credentials is None:
         raise Unauthorized("Authorization: Bearer <api key> is required")
     credential = credentials.credentials
@@ -75,32 +77,41 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
     request.state.app_id = principal.app_id
     request.state.principal = principal
     check_scope(principal.scopes, scope)
+    if principal.rate_limit:  # app.uploads.rate_limits; the headers on every answer
+        decision = await service_of(request, "rate_limits").check(
+            principal.app_id, principal.rate_limit, hit=counted)
+        request.state.rate_limit_headers = decision.headers()
     return principal
 
 
-_REQUIREMENTS: dict[tuple[str, bool], Callable[..., Awaitable[UUID]]] = {}
+_REQUIREMENTS: dict[tuple[str, bool, bool], Callable[..., Awaitable[UUID]]] = {}
 
 
-def requires(scope: str, *, tokens: bool = False) -> Callable[..., Awaitable[UUID]]:
+def requires(scope: str, *, tokens: bool = False, counted: bool = False
+             ) -> Callable[..., Awaitable[UUID]]:
     """The dependency of a /v1 route: the authenticated app's id, for a key with ``scope``
     (``tokens``: an upload token too). Declared on every /v1 route; the scope is shown in the
     OpenAPI document (``x-stowage-scope``), and a test holds every operation to having one.
+    ``counted``: the route starts a new upload, counted against the app's rate limit.
     One function per requirement, so FastAPI runs it once per request."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
-    found = _REQUIREMENTS.get((scope, tokens))
+    found = _REQUIREMENTS.get((scope, tokens, counted))
     if found is not None:
         return found
 
     async def dependency(request: Request,
                          credentials: HTTPAuthorizationCredentials | None = Depends(bearer)
                          ) -> UUID:
-        return (await authenticate(request, credentials, scope, tokens=tokens)).app_id
+        return (await authenticate(request, credentials, scope, tokens=tokens,
+                                   counted=counted)).app_id
 
-    dependency.__name__ = f"requires_{scope}" + ("_or_upload_token" if tokens else "")
+    dependency.__name__ = (f"requires_{scope}" + ("_or_upload_token" if tokens else "")
+                           + ("_counted" if counted else ""))
     dependency.stowage_scope = scope  # type: ignore[attr-defined]
     dependency.stowage_tokens = tokens  # type: ignore[attr-defined]
-    _REQUIREMENTS[(scope, tokens)] = dependency
+    dependency.stowage_counted = counted  # type: ignore[attr-defined]
+    _REQUIREMENTS[(scope, tokens, counted)] = dependency
     return dependency
 
 
@@ -122,13 +133,15 @@ def principal_of(request: Request) -> Principal:
     return request.state.principal
 
 
-def scope_of_route(dependant: Any) -> tuple[str, bool] | None:
-    """The scope a route's dependencies declare (``requires`` or ``declares``), if any."""
+def scope_of_route(dependant: Any) -> tuple[str, bool, bool] | None:
+    """What a route's dependencies declare (``requires`` or ``declares``), if anything: its
+    scope, whether it takes an upload token, whether it counts against the rate limit."""
     todo = [dependant]
     while todo:
         d = todo.pop()
         scope = getattr(d.call, "stowage_scope", None)
         if scope is not None:
-            return scope, bool(getattr(d.call, "stowage_tokens", False))
+            return (scope, bool(getattr(d.call, "stowage_tokens", False)),
+                    bool(getattr(d.call, "stowage_counted", False)))
         todo.extend(d.dependencies)
     return None

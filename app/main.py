@@ -19,6 +19,7 @@ from app.http_methods import MethodsMiddleware
 from app.observability.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.uploads.presigned_routes import router as presigned_router
+from app.uploads.rate_limits import RateLimitHeaders
 from app.uploads.routes import router as uploads_router
 from app.uploads.token_routes import router as upload_tokens_router
 from app.uploads.tus_routes import router as tus_router
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # inside the request id's middleware, so its 405s and HEADs are logged and carry the id
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RateLimitHeaders)
     # uploads first: POST /v1/attachments/raw is that resource, not an attachment id
     app.include_router(uploads_router)
     app.include_router(attachments_router)

@@ -203,7 +203,7 @@ def _scopes(app: FastAPI, spec: dict[str, Any]) -> None:
         item = spec["paths"].get(path)
         if declared is None or item is None or not in_schema:
             continue
-        scope, tokens = declared
+        scope, tokens, counted = declared
         for method in methods:
             op = item.get(method.lower())
             if op is None:
@@ -213,8 +213,21 @@ def _scopes(app: FastAPI, spec: dict[str, Any]) -> None:
             note = f"API key scope: `{scope}`." + (" An upload token is accepted too."
                                                   if tokens else "")
             op["description"] = (op.get("description", "") + "\n\n" + note).strip()
-            forbidden = op.setdefault("responses", {}).get("403")
+            responses = op.setdefault("responses", {})
+            responses.setdefault("default", {"description": "Every answer to an app with a"
+                                 " rate limit carries `RateLimit-Limit`, `RateLimit-Remaining`"
+                                 " and `RateLimit-Reset`", "headers": _rate_headers()})
+            if counted:
+                responses["429"] = {
+                    "description": "Over the app's rate limit (uploads per minute):"
+                    " rate-limited; see `Retry-After`", **_problem_content(),
+                    "headers": {**_rate_headers(), "Retry-After": {
+                        "schema": {"type": "integer"}, "description": "seconds"}}}
+            forbidden = responses.get("403")
             text = f"The API key lacks the scope `{scope}` (insufficient-scope)"
+            if scope == "upload" and method in ("POST", "PATCH"):
+                text += ("; or the upload would take the app over its storage quota"
+                         " (quota-exceeded)")
             if forbidden is None:
                 op["responses"]["403"] = {"description": text, **_problem_content()}
             elif "insufficient-scope" not in forbidden["description"]:
@@ -234,6 +247,13 @@ def route_scopes(app: FastAPI) -> list[tuple[str, set[str], bool, tuple[str, boo
             found.append((path, set(context.methods or ()), route.include_in_schema,
                           scope_of_route(route.dependant)))
     return found
+
+
+def _rate_headers() -> dict[str, Any]:
+    return {name: {"schema": {"type": "integer"}, "description": doc} for name, doc in (
+        ("RateLimit-Limit", "uploads the app may start per window"),
+        ("RateLimit-Remaining", "of them left now"),
+        ("RateLimit-Reset", "seconds until the window has room again"))}
 
 
 def _problem_content() -> dict[str, Any]:

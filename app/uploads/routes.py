@@ -115,7 +115,7 @@ async def upload_multipart(
     intake: IntakeDep,
     presigned: PresignedDep,
     request: Request,
-    app_id: UUID = Depends(requires("upload", tokens=True)),
+    app_id: UUID = Depends(requires("upload", tokens=True, counted=True)),
 ) -> JSONResponse:
     content_type = request.headers.get("content-type", "")
     token = principal_of(request).token
@@ -266,7 +266,7 @@ async def upload_raw(
                                 json_schema_extra={"enum": PROMOTE_TEXT["enum"]}),
     # JSON text; app/openapi.py documents it as the ClientMetadata it must be
     metadata: str | None = Query(None),
-    app_id: UUID = Depends(requires("upload", tokens=True)),
+    app_id: UUID = Depends(requires("upload", tokens=True, counted=True)),
 ) -> JSONResponse:
     options = parse_options({
         "filename": filename, "profile": profile, "record_type": record_type,

@@ -27,7 +27,7 @@ class UploadTokenRequest(BaseModel):
     record_type: str | None = Field(None, max_length=MAX_RECORD_TYPE)
     record_id: str | None = Field(None, max_length=MAX_RECORD_ID)
     record_name: str | None = Field(None, max_length=MAX_RECORD_NAME)
-    max_size: int | None = Field(None, ge=0, le=2**62,
+    max_size: int | None = Field(None, ge=0, le=2**53,
                                  description="bytes; the profile's limit applies as well")
     uses: int = Field(1, ge=1, le=MAX_USES, description="how many uploads the token makes")
     expires_in: int = Field(DEFAULT_EXPIRES_IN, ge=1, le=MAX_EXPIRES_IN,

@@ -231,7 +231,7 @@ async def discover(tus: TusDep) -> Response:
 async def create_upload(
     tus: TusDep,
     request: Request,
-    app_id: UUID = Depends(requires("upload", tokens=True)),
+    app_id: UUID = Depends(requires("upload", tokens=True, counted=True)),
 ) -> Response:
     if request.headers.get("upload-concat"):
         raise MalformedRequest("the concatenation extension is not supported")
