@@ -131,7 +131,8 @@ class Services:
                          jobs=self.jobs, webhooks=self.webhooks, leftovers=self.leftovers)
         self.readiness = Readiness(pool=self.pool, redis=self.redis, cache=self.cache,
                                    store=self.store, clamd=self.scanner.clamd)
-        self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
+        self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs,
+                             max_apps=self.settings.metrics_max_apps)
         self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
                            webhooks=self.webhooks, presigned=self.presigned, tus=self.tus,
                            quotas=self.quotas, upload_tokens=self.upload_tokens)

@@ -110,6 +110,9 @@ class Settings(BaseSettings):
     quota_reservation_ttl: int = Field(default=3600, gt=0)
     # rate limits (issue 24): the window of `--rate-limit N` (N uploads per this many seconds)
     rate_limit_window: int = Field(default=60, gt=0)
+    # /metrics: usage gauges per app (label app=<id>) for at most this many apps; beyond,
+    # the largest ones and app="_other" (bounded label cardinality)
+    metrics_max_apps: int = Field(default=50, ge=1, le=10_000)
 
     @field_validator("database_url")
     @classmethod

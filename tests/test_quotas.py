@@ -252,3 +252,37 @@ async def test_cli_apps_update_and_list(client: Any, tenant: AppKey, env: Any) -
     assert out.returncode == 1 and "nothing to update" in out.stderr
     out = _cli(env, "apps", "update", str(uuid.uuid4()), "--rate-limit", "5")
     assert out.returncode == 1 and "no app" in out.stderr
+
+
+def _sample(text: str, name: str, app: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{app="{app}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_usage_gauges_per_app_with_bounded_cardinality(env_factory: Any) -> None:
+    env = await env_factory("file", metrics_max_apps=3)
+    keys = []
+    for i in range(5):
+        new = await auth.create_app(env.res.pool, f"metered-{i}")
+        keys.append(AppKey(new.app_id, new.api_key))
+    await auth.update_limits(env.res.pool, keys[0].app_id, quota_bytes=10_000)
+    async with api_client(env.res) as client:
+        for i, key in enumerate(keys[:3]):  # 300, 200, 100 bytes
+            assert (await raw(client, key, b"m" * (300 - 100 * i))).status_code == 201
+        text = (await client.get("/metrics")).text
+    series = [ln for ln in text.splitlines() if ln.startswith("stowage_app_bytes{")]
+    assert len(series) == 3  # two apps by name, the rest together
+    assert _sample(text, "stowage_app_bytes", str(keys[0].app_id)) == 300
+    assert _sample(text, "stowage_app_bytes", str(keys[1].app_id)) == 200
+    assert _sample(text, "stowage_app_bytes", "_other") == 100
+    assert _sample(text, "stowage_app_attachments", str(keys[0].app_id)) == 1
+    assert _sample(text, "stowage_app_attachments", "_other") == 1
+    assert _sample(text, "stowage_app_quota_bytes", str(keys[0].app_id)) == 10_000
+    # few apps: each by its id
+    env.res.gauges.max_apps = 50
+    async with api_client(env.res) as client:
+        text = (await client.get("/metrics")).text
+    assert _sample(text, "stowage_app_bytes", "_other") is None
+    assert _sample(text, "stowage_app_bytes", str(keys[2].app_id)) == 100
