@@ -100,8 +100,9 @@ async def test_over_the_quota_nothing_is_written(client: Any, tenant: AppKey, en
     r = await client.post("/v1/tus/", headers={**TUS, **tenant.headers, "Upload-Length": "41"})
     assert r.status_code == 403 and r.json()["type"].endswith("quota-exceeded")
     assert await files_and_rows(env) == before
-    async with env.res.pool.acquire() as conn:
-        assert await conn.fetchval("SELECT count(*) FROM quota_reservations") == 0
+    async with env.res.pool.acquire() as conn:  # the one recorded upload's, converted
+        assert await conn.fetchval("SELECT count(*) FROM quota_reservations"
+                                   " WHERE converted_size IS NULL") == 0
         assert await conn.fetchval("SELECT count(*) FROM tus_uploads") == 0
     # exactly up to the quota is fine
     assert (await raw(client, tenant, b"d" * 40)).status_code == 201
@@ -136,9 +137,16 @@ async def test_concurrent_uploads_straddling_the_quota_never_exceed_it(
         assert codes.count(201) == 10, codes
     assert codes.count(201) >= 1
     async with env.res.pool.acquire() as conn:
+        # what the recorded uploads reserved holds their bytes until the sweep moves them
+        held = await conn.fetchrow("SELECT used + reserved AS held FROM app_quota")
+        assert got["bytes"] <= held["held"] <= quota
+    await env.res.quotas.sweep()
+    async with env.res.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM quota_reservations") == 0
         assert await conn.fetchval("SELECT coalesce(sum(size), 0) FROM attachments") == (
             got["bytes"])
+        row = await conn.fetchrow("SELECT used, reserved FROM app_quota")
+        assert (row["used"], row["reserved"]) == (got["bytes"], 0)
 
 
 async def test_a_tus_upload_holds_its_length_until_it_ends(client: Any, tenant: AppKey,
@@ -159,15 +167,17 @@ async def test_a_tus_upload_holds_its_length_until_it_ends(client: Any, tenant: 
 async def test_a_reservation_left_by_a_killed_process_expires(client: Any, tenant: AppKey,
                                                               env: Any) -> None:
     await auth.update_limits(env.res.pool, tenant.app_id, quota_bytes=1000)
-    async with env.res.pool.acquire() as conn:  # what a process killed mid-upload leaves
-        await conn.execute(
-            "INSERT INTO quota_reservations (id, app_id, bytes, expires_at)"
-            " VALUES ($1, $2, 900, now() + interval '1 hour')", uuid.uuid4(), tenant.app_id)
+    # what a process killed mid-upload leaves: its reservation, never recorded nor released
+    assert await env.res.quotas.reserve(tenant.app_id, 900) is not None
     assert (await raw(client, tenant, b"x" * 200)).status_code == 403
     async with env.res.pool.acquire() as conn:
         await conn.execute("UPDATE quota_reservations SET expires_at = now() - interval '1s'")
-    assert (await raw(client, tenant, b"x" * 200)).status_code == 201
     assert await env.res.quotas.sweep() == 1
+    assert (await raw(client, tenant, b"x" * 200)).status_code == 201
+    await env.res.quotas.sweep()
+    async with env.res.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT used, reserved FROM app_quota")
+    assert (row["used"], row["reserved"]) == (200, 0)
 
 
 async def test_deleting_gives_the_bytes_back_when_the_files_are_gone(
@@ -181,6 +191,9 @@ async def test_deleting_gives_the_bytes_back_when_the_files_are_gone(
     await run_worker(env.res)  # removes the files
     got = await usage(client, tenant)
     assert got == {"bytes": 0, "attachments": 0, "quota_bytes": 100, "rate_limit": None}
+    await env.res.quotas.sweep()
+    async with env.res.pool.acquire() as conn:
+        assert await conn.fetchval("SELECT used FROM app_quota") == 0
     assert (await raw(client, tenant, b"z" * 100)).status_code == 201
 
 

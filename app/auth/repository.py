@@ -24,12 +24,35 @@ async def list_apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 async def update_limits(conn: asyncpg.Connection, app_id: UUID, *, set_quota: bool,
                         quota_bytes: int | None, set_rate: bool, rate_limit: int | None
                         ) -> asyncpg.Record | None:
-    return await conn.fetchrow(
+    """In a transaction: the app's limits, and its app_quota row (migration 0021) made,
+    changed or removed with its quota. A new row's used bytes are counted with writes to the
+    tables it counts held off (SHARE lock, for the moment of the count), so no change is
+    counted twice or missed."""
+    row = await conn.fetchrow(
         "UPDATE apps SET quota_bytes = CASE WHEN $2 THEN $3 ELSE quota_bytes END,"
         " rate_limit = CASE WHEN $4 THEN $5 ELSE rate_limit END"
         " WHERE id = $1 AND deleted_at IS NULL"
         " RETURNING id, name, created_at, quota_bytes, rate_limit",
         app_id, set_quota, quota_bytes, set_rate, rate_limit)
+    if row is None or not set_quota:
+        return row
+    if quota_bytes is None:
+        await conn.execute("DELETE FROM app_quota WHERE app_id = $1", app_id)
+        await conn.execute("DELETE FROM quota_reservations WHERE app_id = $1", app_id)
+        return row
+    changed = await conn.fetchval("UPDATE app_quota SET quota_bytes = $2 WHERE app_id = $1"
+                                  " RETURNING true", app_id, quota_bytes)
+    if not changed:
+        await conn.execute("LOCK TABLE attachments, attachment_variants IN SHARE MODE")
+        await conn.execute(
+            "INSERT INTO app_quota (app_id, quota_bytes, used, reserved) VALUES ($1, $2,"
+            " (SELECT coalesce(sum(n), 0) FROM current_row_counts"
+            "   WHERE kind = 'bytes' AND scope = $1)"
+            " - (SELECT coalesce(sum(converted_size), 0) FROM quota_reservations"
+            "    WHERE app_id = $1),"
+            " (SELECT coalesce(sum(bytes), 0) FROM quota_reservations WHERE app_id = $1))",
+            app_id, quota_bytes)
+    return row
 
 
 async def rename_app(conn: asyncpg.Connection, app_id: UUID, name: str

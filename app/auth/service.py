@@ -95,7 +95,7 @@ async def update_limits(pool: asyncpg.Pool, app_id: UUID, *,
                            field="rate_limit")
     if not (set_quota or set_rate):
         raise InvalidInput("nothing to update: give --quota-bytes or --rate-limit")
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction():
         row = await repo.update_limits(
             conn, app_id, set_quota=set_quota,
             quota_bytes=quota_bytes if set_quota else None, set_rate=set_rate,

@@ -19,6 +19,7 @@ from app.attachments.events import insert_attachment
 from app.ids import uuid7
 from app.uploads.ingest import Received, check_against_profile, receive, restrip
 from app.uploads.options import UploadOptions
+from app.uploads.quotas import quota_refusal
 
 if TYPE_CHECKING:
     from app.attachments.links import Links
@@ -38,10 +39,6 @@ class Staged:
     att_id: UUID
     profile: str
     file: Received
-    # quotas: the bytes held for it before it arrived (dropped when it is recorded), and
-    # whether the app has a quota, so its size is checked again as it is recorded
-    reservation: UUID | None = None
-    quota: bool = False
 
 
 class Intake:
@@ -61,11 +58,12 @@ class Intake:
 
     async def stage(self, app_id: UUID, profile: str | None,
                     chunks: AsyncIterable[bytes], max_size: int | None = None, *,
-                    reservation: UUID | None = None, quota: bool = False) -> Staged:
+                    att_id: UUID | None = None) -> Staged:
         """Stream into the cache under the attachment's own key, checked against the profile
-        (and ``max_size``, an upload token's, when lower than the service's limit)."""
+        (and ``max_size``, an upload token's, when lower than the service's limit).
+        ``att_id``: the attachment's id when chosen already (its quota reservation's)."""
         prof = self.profiles.get(profile)
-        att_id = uuid7()
+        att_id = att_id or uuid7()
         received = await receive(
             chunks,
             storage=self.cache,
@@ -74,8 +72,7 @@ class Intake:
             max_upload_size=(self.settings.max_upload_size if max_size is None
                              else min(max_size, self.settings.max_upload_size)),
         )
-        return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received,
-                      reservation=reservation, quota=quota)
+        return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
 
     async def discard(self, staged: Staged) -> None:
         # shielded: a cancelled request must still not leave its file behind
@@ -123,17 +120,16 @@ class Intake:
             upload_token_id=options.upload_token,
         )
         async with self.pool.acquire() as conn:
-            if not (staged.quota or staged.reservation):
+            # the quota's second check is the INSERT's own (app.uploads.quotas)
+            try:
                 return await insert_attachment(conn, values, datetime.now(UTC), self.links)
-            async with conn.transaction():  # the quota's second check, exact (app.uploads.quotas)
-                await self.quotas.admit(conn, staged.app_id, staged.file.size,
-                                        staged.reservation)
-                return await insert_attachment(conn, values, datetime.now(UTC), self.links)
+            except asyncpg.RaiseError as e:
+                raise quota_refusal(e, staged.file.size) from None
 
     async def upload(self, app_id: UUID, chunks: AsyncIterable[bytes],
                      options: UploadOptions, max_size: int | None = None, *,
-                     reservation: UUID | None = None, quota: bool = False) -> asyncpg.Record:
+                     att_id: UUID | None = None) -> asyncpg.Record:
         """Stage and record in one go (raw body, tus): the options are all known up front."""
         staged = await self.stage(app_id, options.profile, chunks, max_size,
-                                  reservation=reservation, quota=quota)
+                                  att_id=att_id)
         return await self.record(staged, options)

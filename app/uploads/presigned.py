@@ -89,10 +89,8 @@ class PresignedUploads:
         except BaseException:
             await self.cache.delete(cached_key)
             raise
-        # quota=True: an app with a quota has the size checked as it is recorded
         staged = intake.Staged(app_id=app_id, att_id=presign["attachment_id"],
-                                    profile=options.profile or presign["profile"], file=received,
-                                    quota=True)
+                                    profile=options.profile or presign["profile"], file=received)
         if options.filename is None:
             options = dataclasses.replace(options, filename=presign["filename"])
         return await self.intake.record(staged, options)

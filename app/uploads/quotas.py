@@ -1,18 +1,35 @@
 """Storage quotas: the bytes of an app's live files (originals, derivatives, variants) stay
 within its quota_bytes, exactly, however many uploads run at once, on any API instance.
 
-An upload is checked twice, as the contract says: before its first byte (its declared size:
-Content-Length, tus Upload-Length, a presign's size) and when its size is known, in the
-transaction that records it. Both take the app's row lock (only for apps with a quota), so
-checks of one app run one at a time and each sees what the previous ones committed: no two
-uploads can both pass the last byte of the quota.
+An app with a quota has a row in app_quota (migration 0021): quota_bytes, used (its live
+files, kept by the triggers that count bytes, in the statement that changes them) and
+reserved (the bytes of its uploads in progress). An upload is checked twice, as the contract
+says:
 
-The first check reserves the declared bytes (quota_reservations), so concurrent uploads count
-each other while their bytes stream; the recording transaction deletes the reservation as it
-inserts the attachment (whose bytes the triggers of migration 0021 count). A refused upload
-releases it; one whose process was killed leaves it until it expires (the sweep deletes
-it). The recording check does not depend on reservations, so an expired one cannot let an
-upload exceed the quota.
+1. before its first byte, for its declared size (Content-Length, tus Upload-Length, a
+   presign's size): one UPDATE app_quota SET reserved = reserved + n WHERE used + reserved +
+   n <= quota_bytes, with its quota_reservations row in the same statement. The row lock
+   orders concurrent uploads of the app, and Postgres re-checks the WHERE against the row
+   the previous one committed: two uploads cannot both take the last bytes.
+2. when its size is known, by the INSERT that records it (the trigger of migration 0021, in
+   the same statement). When its reservation covers its bytes (they were checked then), the
+   reservation is converted: it keeps holding them until the worker's sweep moves them into
+   used, and the INSERT touches no app_quota row (uploads of one app are not serialised on
+   it). Otherwise (no reservation: a body without Content-Length; a smaller one; one that
+   expired) its reservation is given back, its size added to used and the row as updated
+   checked, under the row's lock until the statement commits; over the quota the trigger
+   raises and nothing is written.
+
+Every increase of used or reserved happens under that row lock, and used + reserved is never
+below what the app's live files and uploads in progress hold (a converted reservation holds
+at least its upload's size), so no two uploads can both take the last bytes, whatever the
+concurrency, on any API instance. The reservation statement commits without waiting for the
+WAL flush (its lock is held for microseconds); a reservation a crash loses is harmless, as the
+INSERT of an upload without one checks the quota itself.
+
+A refused upload deletes its reservation; one whose process was killed leaves it until it
+expires and the sweep deletes it (a tus upload's goes with its row). Apps without a quota have
+no row: their uploads take none of these steps.
 
 Derivatives and variants are made after the upload was accepted: they count, and may take an
 app over its quota, after which its uploads are refused until it deletes files."""
@@ -20,6 +37,7 @@ app over its quota, after which its uploads are refused until it deletes files."
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -44,6 +62,19 @@ def exceeded(quota: int, held: int, size: int) -> QuotaExceeded:
         " ask for a larger quota", quota_bytes=quota, used_bytes=held)
 
 
+def quota_refusal(error: Exception, size: int) -> Exception:
+    """The INSERT of an attachment refused by the quota check of migration 0021's trigger, as
+    QuotaExceeded; any other error raised by a trigger, as it is."""
+    if not str(error).startswith("stowage: quota exceeded"):
+        return error
+    try:
+        detail = json.loads(getattr(error, "detail", None) or "{}")
+        quota, held = int(detail["quota_bytes"]), int(detail["used"]) + int(detail["reserved"])
+    except (ValueError, KeyError, TypeError):
+        return QuotaExceeded("this upload would take the app over its storage quota")
+    return exceeded(quota, held - size, size)
+
+
 class Quotas:
     def __init__(self, *, pool: asyncpg.Pool, reservation_ttl: float) -> None:
         self.pool = pool
@@ -52,44 +83,29 @@ class Quotas:
     async def reserve(self, app_id: UUID, size: int | None, *, reservation: UUID | None = None,
                       ttl: float | None = None) -> UUID | None:
         """Before an upload's first byte: hold ``size`` bytes (None: unknown, then only
-        whether the app is under its quota at all). Returns the reservation (None: the app
-        has no quota, or nothing was reserved); 403 quota-exceeded when over."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            quota = await repo.lock_quota(conn, app_id)
-            if quota is None:
-                return None
-            held = await repo.held(conn, app_id, reservation)
-            wanted = size or 0
-            if held + wanted > quota or (size is None and held >= quota):
-                raise exceeded(quota, held, wanted)
-            if not wanted:
-                return None
-            reservation = reservation or uuid7()
-            await repo.insert_reservation(conn, reservation, app_id, wanted,
-                                          ttl or self.reservation_ttl)
-            return reservation
+        whether the app is under its quota at all). Returns the reservation (None: nothing
+        held: the app has no quota, or nothing was declared); 403 quota-exceeded when over."""
+        reservation = reservation or uuid7()
+        async with self.pool.acquire() as conn:
+            if size and await repo.reserve(conn, reservation, app_id, size,
+                                           ttl or self.reservation_ttl):
+                return reservation
+            row = await repo.standing(conn, app_id)
+        if row is None:
+            return None  # no quota
+        held = row["used"] + row["reserved"]
+        if size:
+            raise exceeded(row["quota_bytes"], held, size)
+        if held >= row["quota_bytes"]:
+            raise exceeded(row["quota_bytes"], held, 0)
+        return None
 
     async def check(self, app_id: UUID, size: int) -> None:
         """A check that holds nothing (a presigned upload, checked again when registered)."""
         async with self.pool.acquire() as conn:
-            quota = await repo.quota_of(conn, app_id)
-            if quota is None:
-                return
-            held = await repo.held(conn, app_id)
-        if held + size > quota:
-            raise exceeded(quota, held, size)
-
-    async def admit(self, conn: asyncpg.Connection, app_id: UUID, size: int,
-                    reservation: UUID | None) -> None:
-        """In the transaction that records an upload of ``size`` bytes: the second check,
-        under the app's row lock; the reservation is dropped with the commit."""
-        quota = await repo.lock_quota(conn, app_id)
-        if quota is not None:
-            held = await repo.held(conn, app_id, reservation)
-            if held + size > quota:
-                raise exceeded(quota, held, size)
-        if reservation is not None:
-            await repo.delete_reservation(conn, reservation)
+            row = await repo.standing(conn, app_id)
+        if row is not None and row["used"] + row["reserved"] + size > row["quota_bytes"]:
+            raise exceeded(row["quota_bytes"], row["used"] + row["reserved"], size)
 
     async def release(self, reservation: UUID | None) -> None:
         """An upload refused or abandoned: its bytes are free again (shielded: a cancelled
@@ -103,13 +119,16 @@ class Quotas:
 
         await asyncio.shield(drop())
 
-    async def has_quota(self, app_id: UUID) -> bool:
+    async def hand_over(self, upload_id: UUID, att_id: UUID) -> None:
+        """A completed tus upload's reservation passes to the attachment it becomes."""
         async with self.pool.acquire() as conn:
-            return await repo.quota_of(conn, app_id) is not None
+            await repo.rename_reservation(conn, upload_id, att_id)
 
     async def sweep(self) -> int:
-        """Reservations whose uploads died with their process."""
+        """Converted reservations folded into used; reservations whose uploads died with
+        their process dropped (how many)."""
         async with self.pool.acquire() as conn:
+            await repo.fold_converted(conn)
             return await repo.delete_expired(conn)
 
 

@@ -145,8 +145,8 @@ async def admitted(request: Request, size: int | None, *,
                    quota: bool = True) -> AsyncIterator[UUID | None]:
     """What a new upload takes before its first byte, and gives back when it is refused:
     with an upload token, one of its uses (401 when none is left); for an app with a quota,
-    ``size`` bytes of it (403 quota-exceeded; yields the reservation, which the recording
-    drops)."""
+    ``size`` bytes of it (403 quota-exceeded; yields the reservation: the attachment's id,
+    which the INSERT recording it drops)."""
     principal = principal_of(request)
     token = principal.token
     tokens: UploadTokens = service_of(request, "upload_tokens")
@@ -190,8 +190,7 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                                              if k not in RECORD_LIMITS}))
                     profile, max_size = token.profile, token.max_size
                 staged = await intake.stage(
-                    app_id, profile, file_bytes(events), max_size, reservation=reservation,
-                    quota=principal_of(request).quota_bytes is not None)
+                    app_id, profile, file_bytes(events), max_size, att_id=reservation)
         if staged is None:
             raise InvalidInput("the part 'file' is missing", field="file")
         options = parse_options(fields)
@@ -288,7 +287,6 @@ async def upload_raw(
         with track_upload("raw") as accepted:
             row = await intake.upload(app_id, request.stream(), options,
                                       token.max_size if token is not None else None,
-                                      reservation=reservation,
-                                      quota=principal_of(request).quota_bytes is not None)
+                                      att_id=reservation)
             accepted.append(row["size"])
     return _created(intake, row)

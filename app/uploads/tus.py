@@ -53,6 +53,7 @@ from app.storage.base import run_shielded
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import BLOCK, HashBehind, inspect
 from app.uploads.intake import Intake, Staged
+from app.uploads.quotas import QuotaExceeded
 from app.uploads.tus_protocol import (
     Checksum,
     TusChecksumMismatch,
@@ -443,15 +444,16 @@ class TusUploads:
                         if independent:
                             await self.cache.delete(att_key)
                         raise
-                    # quota: its size checked again as it is recorded, its reservation
-                    # (the upload's id) dropped then
+                    # the bytes it reserved at creation pass to the attachment, whose INSERT
+                    # gives them back as it checks the quota again (app.uploads.quotas)
+                    await self.intake.quotas.hand_over(row["id"], att_id)
                     await self.intake.record(Staged(app_id=app_id, att_id=att_id,
-                                                    profile=profile.name, file=received,
-                                                    reservation=row["id"], quota=True),
+                                                    profile=profile.name, file=received),
                                              options)
                     accepted.append(received.size)
-            except (UploadTooLarge, UnsupportedMediaType, InvalidInput):
+            except (UploadTooLarge, UnsupportedMediaType, InvalidInput, QuotaExceeded):
                 # refused for good: like any refused upload, it leaves nothing behind
+                await self.intake.quotas.release(att_id)
                 await self._drop(row, token)
                 raise
         async with self.pool.acquire() as conn:
