@@ -111,7 +111,7 @@ class BackEnd:
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 if self.path != "/upload-token":
                     self.send_error(404)
                     return
