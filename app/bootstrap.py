@@ -43,7 +43,10 @@ from app.storage_identity.service import verify as verify_storages
 from app.sweep import Sweep
 from app.uploads.intake import Intake
 from app.uploads.presigned import PresignedUploads
+from app.uploads.quotas import Quotas
+from app.uploads.rate_limits import RateLimits
 from app.uploads.running_digests import RunningDigests
+from app.uploads.tokens import UploadTokens
 from app.uploads.tus import TusUploads
 from app.webhooks.feed import CHANNEL as FEED_CHANNEL
 from app.webhooks.feed import EventFeed
@@ -79,6 +82,7 @@ class Services:
     scanner: Scanner
     quarantine: Storage | None
     render_queue: RenderQueue
+    rate_limits: RateLimits
     api_keys: ApiKeys = field(init=False)
     variants: Variants = field(init=False)
     webhooks: Webhooks = field(init=False)
@@ -94,6 +98,8 @@ class Services:
     sweep: Sweep = field(init=False)
     event_feed: EventFeed = field(init=False)
     idempotency: Idempotency = field(init=False)
+    upload_tokens: UploadTokens = field(init=False)
+    quotas: Quotas = field(init=False)
 
     def __post_init__(self) -> None:
         self.wire()
@@ -101,6 +107,10 @@ class Services:
     def wire(self) -> None:
         """(Re)build every service from the parts, bottom up."""
         self.api_keys = ApiKeys(pool=self.pool)
+        self.quotas = Quotas(pool=self.pool,
+                             reservation_ttl=self.settings.quota_reservation_ttl)
+        self.upload_tokens = UploadTokens(pool=self.pool, profiles=self.profiles,
+                                          settings=self.settings)
         self.webhooks = Webhooks(pool=self.pool, jobs=self.jobs, redis=self.redis,
                                  http=self.http, settings=self.settings)
         self.attachments = Attachments(
@@ -115,7 +125,7 @@ class Services:
                                  links=self.links, queue=self.render_queue)
         self.intake = Intake(pool=self.pool, cache=self.cache, jobs=self.jobs,
                              profiles=self.profiles, links=self.links, webhooks=self.webhooks,
-                             settings=self.settings)
+                             settings=self.settings, quotas=self.quotas)
         self.presigned = PresignedUploads(pool=self.pool, cache=self.cache,
                                           profiles=self.profiles, intake=self.intake,
                                           settings=self.settings)
@@ -130,14 +140,16 @@ class Services:
                          jobs=self.jobs, webhooks=self.webhooks, leftovers=self.leftovers)
         self.readiness = Readiness(pool=self.pool, redis=self.redis, cache=self.cache,
                                    store=self.store, clamd=self.scanner.clamd)
-        self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs)
+        self.gauges = Gauges(pool=self.pool, redis=self.redis, jobs=self.jobs,
+                             max_apps=self.settings.metrics_max_apps)
         self.idempotency = Idempotency(pool=self.pool, ttl_s=self.settings.idempotency_ttl,
                                        lease_s=self.settings.idempotency_lease)
         self.event_feed = EventFeed(pool=self.pool, notifications=self.watcher,
                                     retention_s=self.settings.event_retention)
         self.sweep = Sweep(pool=self.pool, attachments=self.attachments,
                            webhooks=self.webhooks, presigned=self.presigned, tus=self.tus,
-                           event_feed=self.event_feed, idempotency=self.idempotency)
+                           event_feed=self.event_feed, idempotency=self.idempotency,
+                           quotas=self.quotas, upload_tokens=self.upload_tokens)
 
     def rewire(self, **parts: Any) -> None:
         """Swap parts (a profiles file, a storage, the links, the settings) and rebuild the
@@ -205,6 +217,8 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
         stack.push_async_callback(watcher.close)
         render_queue = RenderQueue()
         stack.callback(render_queue.close)
+        rate_limits = RateLimits(redis_url=settings.redis_url, window=settings.rate_limit_window)
+        stack.push_async_callback(rate_limits.aclose)
         yield Services(
             settings=settings,
             pool=pool,
@@ -222,6 +236,7 @@ async def build_services(settings: Settings) -> AsyncIterator[Services]:
             scanner=scanner,
             quarantine=quarantine,
             render_queue=render_queue,
+            rate_limits=rate_limits,
         )
 
 

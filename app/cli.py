@@ -31,6 +31,43 @@ def _uuid(value: str) -> UUID:
         raise argparse.ArgumentTypeError(f"not a UUID: {value!r}") from None
 
 
+def _scopes(value: str) -> tuple[str, ...]:
+    from app.auth.scopes import parse_scopes
+
+    try:
+        return parse_scopes(value)
+    except StowageError as e:
+        raise argparse.ArgumentTypeError(e.detail) from None
+
+
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def _quota(value: str) -> int | str:
+    """Bytes: an integer, with an optional unit (10GB, 512MiB), or `none` (no quota)."""
+    text = value.strip().lower().replace("_", "")
+    if text == "none":
+        return "none"
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz").strip()
+    unit = text[len(digits):].strip()
+    if not digits.isdigit() or unit not in _UNITS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of bytes: give e.g. 1000000, 500MB, 10GiB, or none")
+    n = int(digits) * _UNITS[unit]
+    if n > 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is more bytes than can be counted")
+    return n
+
+
+def _rate(value: str) -> int:
+    text = value.strip()
+    if not text.isdigit() or int(text) > 2**31 - 1:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of uploads a minute (0 or more; 0: no limit)")
+    return int(text)
+
+
 def _grace(value: str) -> float:
     from app.ops.fsck import grace_seconds
 
@@ -66,13 +103,16 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _print_key(new: Any, as_json: bool, name: str | None = None) -> None:
     if as_json:
-        print(json.dumps({"app_id": str(new.app_id), "key_id": str(new.key_id),
-                          "api_key": new.api_key}))
+        out = {"app_id": str(new.app_id), "key_id": str(new.key_id), "api_key": new.api_key}
+        if name is None:  # keys create: which scopes it has (apps create: all, as always)
+            out["scopes"] = list(new.scopes)
+        print(json.dumps(out))
         return
     if name is not None:
         print(f"app:     {new.app_id}  ({name})")
     print(f"key id:  {new.key_id}")
     print(f"api key: {new.api_key}")
+    print(f"scopes:  {','.join(new.scopes)}")
     print("Keep the API key now: it is stored hashed and cannot be shown again.", file=sys.stderr)
 
 
@@ -86,15 +126,45 @@ def cmd_apps_create(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_apps_list(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import service
+    from app.uploads.quotas import usage_by_app
 
-    rows = asyncio.run(_with_pool(settings, service.list_apps))
+    async def listed(pool: Any) -> tuple[Any, Any]:
+        async with pool.acquire() as conn:
+            return await service.list_apps(pool), await usage_by_app(conn)
+
+    rows, usage = asyncio.run(_with_pool(settings, listed))
     if args.json:
         print(json.dumps([{"app_id": str(r["id"]), "name": r["name"], "keys": r["keys"],
-                           "created_at": r["created_at"].isoformat()} for r in rows]))
+                           "created_at": r["created_at"].isoformat(),
+                           "quota_bytes": r["quota_bytes"], "rate_limit": r["rate_limit"],
+                           "bytes": usage.get(r["id"], (0, 0))[0],
+                           "attachments": usage.get(r["id"], (0, 0))[1]} for r in rows]))
         return 0
     for row in rows:
         created = f"{row['created_at']:%Y-%m-%d}"
-        print(f"{row['id']}  {row['name']}  keys={row['keys']}  created={created}")
+        used, attachments = usage.get(row["id"], (0, 0))
+        quota = row["quota_bytes"]
+        share = f" ({used / quota:.0%})" if quota else ""
+        print(f"{row['id']}  {row['name']}  keys={row['keys']}  created={created}"
+              f"  attachments={attachments}  bytes={used}"
+              f"  quota={quota if quota is not None else 'none'}{share}"
+              f"  rate={row['rate_limit'] or 'none'}{'/min' if row['rate_limit'] else ''}")
+    return 0
+
+
+def cmd_apps_update(settings: Settings, args: argparse.Namespace) -> int:
+    from app.auth import service
+
+    changes: dict[str, Any] = {}
+    if args.quota_bytes is not None:
+        changes["quota_bytes"] = None if args.quota_bytes == "none" else args.quota_bytes
+    if args.rate_limit is not None:
+        changes["rate_limit"] = args.rate_limit
+    row = asyncio.run(_with_pool(settings, lambda pool: service.update_limits(
+        pool, args.app, **changes)))
+    print(f"{row['id']}  {row['name']}"
+          f"  quota={row['quota_bytes'] if row['quota_bytes'] is not None else 'none'}"
+          f"  rate={row['rate_limit'] or 'none'}{'/min' if row['rate_limit'] else ''}")
     return 0
 
 
@@ -135,7 +205,8 @@ def cmd_apps_rename(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from app.auth import service
 
-    new = asyncio.run(_with_pool(settings, lambda pool: service.create_key(pool, args.app)))
+    new = asyncio.run(_with_pool(settings, lambda pool: service.create_key(pool, args.app,
+                                                                           args.scopes)))
     _print_key(new, args.json)
     return 0
 
@@ -147,12 +218,14 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([{"key_id": str(r["id"]), "app_id": str(r["app_id"]),
                            "prefix": r["prefix"], "created_at": r["created_at"].isoformat(),
-                           "revoked_at": r["revoked_at"] and r["revoked_at"].isoformat()}
+                           "revoked_at": r["revoked_at"] and r["revoked_at"].isoformat(),
+                           "scopes": list(r["scopes"])}
                           for r in rows]))
         return 0
     for row in rows:
         status = f"revoked {row['revoked_at']:%Y-%m-%d %H:%M}" if row["revoked_at"] else "active"
-        print(f"{row['id']}  {row['prefix']}…  {status}  created={row['created_at']:%Y-%m-%d}")
+        print(f"{row['id']}  {row['prefix']}…  {status}  scopes={','.join(row['scopes'])}"
+              f"  created={row['created_at']:%Y-%m-%d}")
     return 0
 
 
@@ -339,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("app", type=_uuid, help="app id")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     p.set_defaults(fn=cmd_apps_delete)
+    p = apps.add_parser("update", help="set an app's storage quota and rate limit")
+    p.add_argument("app", type=_uuid, help="app id")
+    p.add_argument("--quota-bytes", type=_quota, default=None, metavar="N",
+                   help="bytes its live files may take (originals, derivatives, variants):"
+                   " an integer, with a unit if you like (500MB, 10GiB), or none")
+    p.add_argument("--rate-limit", type=_rate, default=None, metavar="N",
+                   help="uploads per minute, across every API instance; 0: no limit")
+    p.set_defaults(fn=cmd_apps_update)
     p = apps.add_parser("rename", help="give an app another (unique) name")
     p.add_argument("app", type=_uuid, help="app id")
     p.add_argument("name")
@@ -347,6 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="API keys").add_subparsers(dest="keys", required=True)
     p = keys.add_parser("create", help="create another API key for an app")
     p.add_argument("app", type=_uuid, help="app id")
+    p.add_argument("--scopes", type=_scopes, default=None, metavar="SCOPES",
+                   help="comma-separated, of upload,read,delete,webhooks (default: all four);"
+                   " a front-end's key has only upload")
     p.add_argument("--json", action="store_true", help="print {app_id, key_id, api_key} only")
     p.set_defaults(fn=cmd_keys_create)
     p = keys.add_parser("list", help="list an app's keys, one a line, id first")

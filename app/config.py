@@ -117,6 +117,14 @@ class Settings(BaseSettings):
     preview_max_pages: int = Field(default=10_000, gt=0)
     preview_max_duration: float = Field(default=4 * 3600, gt=0)
     preview_timeout: float = Field(default=30, gt=0)
+    # quotas (issue 24): how long the bytes an upload in progress holds against its app's
+    # quota count when its process dies before it is recorded or refused (tus: tus_expiry)
+    quota_reservation_ttl: int = Field(default=3600, gt=0)
+    # rate limits (issue 24): the window of `--rate-limit N` (N uploads per this many seconds)
+    rate_limit_window: int = Field(default=60, gt=0)
+    # /metrics: usage gauges per app (label app=<id>) for at most this many apps; beyond,
+    # the largest ones and app="_other" (bounded label cardinality)
+    metrics_max_apps: int = Field(default=50, ge=1, le=10_000)
 
     @field_validator("database_url")
     @classmethod

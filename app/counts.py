@@ -12,7 +12,7 @@ from uuid import UUID
 import asyncpg
 
 # per kind: the table its scopes live in
-_SCOPES = {"attachments": "apps", "deliveries": "webhook_endpoints"}
+_SCOPES = {"attachments": "apps", "deliveries": "webhook_endpoints", "bytes": "apps"}
 
 
 async def by_scope(conn: asyncpg.Connection, kind: str) -> dict[tuple[UUID, str], int]:
@@ -46,7 +46,7 @@ async def fold(conn: asyncpg.Connection) -> int:
         "   ON CONFLICT (kind, scope, value) DO UPDATE SET n = row_counts.n + excluded.n)"
         " SELECT coalesce(sum(rows), 0) FROM summed")
     await conn.execute(
-        "DELETE FROM row_counts c WHERE (c.kind = 'attachments'"
+        "DELETE FROM row_counts c WHERE (c.kind IN ('attachments', 'bytes')"
         "   AND NOT EXISTS (SELECT 1 FROM apps a WHERE a.id = c.scope))"
         " OR (c.kind = 'deliveries'"
         "   AND NOT EXISTS (SELECT 1 FROM webhook_endpoints e WHERE e.id = c.scope))")

@@ -19,8 +19,11 @@ from app.http_methods import MethodsMiddleware
 from app.observability.logs import RequestIdMiddleware
 from app.ops.routes import router as ops_router
 from app.uploads.presigned_routes import router as presigned_router
+from app.uploads.rate_limits import RateLimitHeaders
 from app.uploads.routes import router as uploads_router
+from app.uploads.token_routes import router as upload_tokens_router
 from app.uploads.tus_routes import router as tus_router
+from app.uploads.usage_routes import router as usage_router
 from app.webhooks.feed_routes import router as events_feed_router
 from app.webhooks.routes import router as webhooks_router
 
@@ -66,12 +69,15 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     # inside the request id's middleware, so its 405s and HEADs are logged and carry the id
     app.add_middleware(MethodsMiddleware, routes=app.router.routes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(RateLimitHeaders)
     # uploads first: POST /v1/attachments/raw is that resource, not an attachment id
     app.include_router(uploads_router)
     app.include_router(attachments_router)
     app.include_router(variants_router)
     app.include_router(presigned_router)
     app.include_router(tus_router)
+    app.include_router(upload_tokens_router)
+    app.include_router(usage_router)
     app.include_router(webhooks_router)
     app.include_router(attachment_events_router)
     app.include_router(events_feed_router)

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
 
 from app import errors
 from app.config import Settings
@@ -147,6 +148,13 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     profile = _profile_schema(profiles)
     for name in ("RegisterRequest", "PresignRequest"):
         schemas[name]["properties"]["profile"] = profile
+    token = schemas["UploadTokenRequest"]
+    token["properties"]["profile"] = {"anyOf": [profile, {"type": "null"}]}
+    token["properties"]["metadata"] = {"anyOf": [{"$ref": SCHEMAS + "ClientMetadata"},
+                                                 {"type": "null"}]}
+    token.update(_slot_rule(nullable=True))
+    for name in ("record_type", "record_id", "record_name"):
+        _no_nul(token["properties"][name])
 
     # Downloads take the API key or the signed token of the attachment's `url`: two
     # alternatives, either one enough (a bad or expired token: 403).
@@ -183,7 +191,74 @@ def build(app: FastAPI, settings: Settings) -> dict[str, Any]:
     _text_options_without_nul(spec)
     presign = _operation(spec, "/v1/presigned-uploads", "post")
     presign["description"] = (presign.get("description", "") + limits).strip()
+    _scopes(app, spec)
     return spec
+
+
+def _scopes(app: FastAPI, spec: dict[str, Any]) -> None:
+    """Each operation's scope (``x-stowage-scope``, from the route's ``requires`` or
+    ``declares``), whether an upload token is accepted (``x-stowage-upload-token``), and the
+    403 a key without the scope gets."""
+    for path, methods, in_schema, declared in route_scopes(app):
+        item = spec["paths"].get(path)
+        if declared is None or item is None or not in_schema:
+            continue
+        scope, tokens, counted = declared
+        for method in methods:
+            op = item.get(method.lower())
+            if op is None:
+                continue
+            op["x-stowage-scope"] = scope
+            op["x-stowage-upload-token"] = tokens
+            note = f"API key scope: `{scope}`." + (" An upload token is accepted too."
+                                                  if tokens else "")
+            op["description"] = (op.get("description", "") + "\n\n" + note).strip()
+            responses = op.setdefault("responses", {})
+            responses.setdefault("default", {"description": "Every answer to an app with a"
+                                 " rate limit carries `RateLimit-Limit`, `RateLimit-Remaining`"
+                                 " and `RateLimit-Reset`", "headers": _rate_headers()})
+            if counted:
+                responses["429"] = {
+                    "description": "Over the app's rate limit (uploads per minute):"
+                    " rate-limited; see `Retry-After`", **_problem_content(),
+                    "headers": {**_rate_headers(), "Retry-After": {
+                        "schema": {"type": "integer"}, "description": "seconds"}}}
+            forbidden = responses.get("403")
+            text = f"The API key lacks the scope `{scope}` (insufficient-scope)"
+            if scope == "upload" and method in ("POST", "PATCH"):
+                text += ("; or the upload would take the app over its storage quota"
+                         " (quota-exceeded)")
+            if forbidden is None:
+                op["responses"]["403"] = {"description": text, **_problem_content()}
+            elif "insufficient-scope" not in forbidden["description"]:
+                forbidden["description"] += f"; or: {text}"
+
+
+def route_scopes(app: FastAPI) -> list[tuple[str, set[str], bool, tuple[str, bool] | None]]:
+    """Every /v1 route (hidden ones too): (path, methods, in the document, the scope it
+    declares and whether it takes an upload token, or None)."""
+    from app.deps import scope_of_route
+
+    found = []
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        path = context.path_format or ""
+        if isinstance(route, APIRoute) and path.startswith("/v1"):
+            found.append((path, set(context.methods or ()), route.include_in_schema,
+                          scope_of_route(route.dependant)))
+    return found
+
+
+def _rate_headers() -> dict[str, Any]:
+    return {name: {"schema": {"type": "integer"}, "description": doc} for name, doc in (
+        ("RateLimit-Limit", "uploads the app may start per window"),
+        ("RateLimit-Remaining", "of them left now"),
+        ("RateLimit-Reset", "seconds until the window has room again"))}
+
+
+def _problem_content() -> dict[str, Any]:
+    return {"content": {"application/problem+json": {
+        "schema": {"$ref": SCHEMAS + "Problem"}}}}
 
 
 def install(app: FastAPI, settings: Settings) -> None:

@@ -37,6 +37,7 @@ STORAGE_ERRORS = (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreE
 def problem_response(error: errors.StowageError, request: Request,
                      headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
+    headers.update(getattr(error, "headers", None) or {})  # e.g. a 429's Retry-After
     if isinstance(error, errors.ServiceUnavailable):
         headers.setdefault("Retry-After", RETRY_AFTER_S)
     if isinstance(error, errors.IdempotencyConflict):

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
     from app.attachments.service import Attachments
     from app.idempotency.service import Idempotency
     from app.uploads.presigned import PresignedUploads
+    from app.uploads.quotas import Quotas
+    from app.uploads.tokens import UploadTokens
     from app.uploads.tus import TusUploads
     from app.webhooks.feed import EventFeed
     from app.webhooks.service import Webhooks
@@ -22,7 +24,8 @@ if TYPE_CHECKING:
 
 class Sweep:
     def __init__(self, *, pool: asyncpg.Pool, attachments: Attachments, webhooks: Webhooks,
-                 presigned: PresignedUploads, tus: TusUploads,
+                 presigned: PresignedUploads, tus: TusUploads, quotas: Quotas,
+                 upload_tokens: UploadTokens,
                  event_feed: EventFeed | None = None,
                  idempotency: Idempotency | None = None) -> None:
         self.pool = pool
@@ -32,6 +35,8 @@ class Sweep:
         self.tus = tus
         self.event_feed = event_feed
         self.idempotency = idempotency
+        self.quotas = quotas
+        self.upload_tokens = upload_tokens
 
     async def run(self) -> SweepReport | None:
         """One pass; None when another worker holds the sweep lock right now."""
@@ -42,6 +47,9 @@ class Sweep:
         report.presigns_expired = await self.presigned.sweep_expired()
         report.tus_expired = await self.tus.expire_uploads()
         report.apps_removed = await auth.sweep_deleted_apps(self.pool)
+        # what processes killed mid-upload left holding quota, and long-expired upload tokens
+        await self.quotas.sweep()
+        await self.upload_tokens.sweep()
         if self.event_feed is not None:
             await self.event_feed.expire()
         if self.idempotency is not None:

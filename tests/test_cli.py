@@ -135,7 +135,8 @@ async def test_apps_list_keys_create_list_and_revoke(
     assert any(app_id in ln and name in ln for ln in listed.stdout.splitlines()), str(listed)
 
     second = only_json(await run_cli("keys", "create", app_id, "--json", env=cli_env))
-    assert set(second) == {"app_id", "key_id", "api_key"}
+    assert set(second) == {"app_id", "key_id", "api_key", "scopes"}
+    assert second["scopes"] == ["upload", "read", "delete", "webhooks"]
     assert second["app_id"] == app_id
     assert second["key_id"] != first["key_id"]
     assert second["api_key"] != first["api_key"]

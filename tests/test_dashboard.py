@@ -787,3 +787,25 @@ async def test_attachment_page_shows_failing_work(env):
     assert page.status_code == 200
     assert "promote attempts" in page.text and "1 · last error" in page.text
     assert "SlowDown &lt;x&gt;" in page.text  # escaped
+
+
+async def test_overview_shows_usage_quota_rate_and_key_scopes(env):
+    """Issue 24: bytes and attachments per app against its quota, its rate limit, and its
+    keys with their scopes."""
+    res, c, tenant = env.res, env.client, env.tenant
+    await upload(c, tenant, b"x" * 1500)
+    await auth.update_limits(res.pool, tenant.app_id, quota_bytes=3000, rate_limit=20)
+    await auth.create_key(res.pool, tenant.app_id, ("upload",))
+    o = await res.dashboard.overview()
+    acme = next(a for a in o.apps if a.name == "acme")
+    assert (acme.bytes, acme.quota_bytes, acme.rate_limit) == (1500, 3000, 20)
+    assert [k.split(" ")[1] for k in acme.keys] == ["upload,read,delete,webhooks", "upload"]
+    await login(c)
+    page = (await c.get("/dashboard")).text
+    row_html = page[page.index(f'data-app="{tenant.app_id}"'):]
+    row_html = row_html[:row_html.index("</tr>")]
+    assert 'data-bytes="1500"' in row_html and "1.5 KiB of 2.9 KiB" in row_html
+    assert "(50%)" in row_html and "20/min" in row_html
+    assert "</code> upload,read,delete,webhooks<br>" in row_html
+    assert "</code> upload</td>" in row_html
+    assert row_html.count("<code>stw_") == 2

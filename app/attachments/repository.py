@@ -15,7 +15,7 @@ COLUMNS = (
     "id, app_id, profile, state, storage, key, filename, mime_type, size, sha256, metadata,"
     " client_metadata, derivatives, record_type, record_id, record_name, generation, error,"
     " promote_requested_at, created_at, updated_at, stored_at, expires_at, deleted_at,"
-    " purged_at, cache_purged_at, variants_count, variants_bytes"
+    " purged_at, cache_purged_at, variants_count, variants_bytes, upload_token_id"
 )
 
 
@@ -36,6 +36,7 @@ def new_row(values: dict[str, Any], now: datetime) -> dict[str, Any]:
         "expires_at": None if values["promote"] else now + timedelta(seconds=values["cache_ttl"]),
         "deleted_at": None, "purged_at": None, "cache_purged_at": None,
         "variants_count": 0, "variants_bytes": 0,
+        "upload_token_id": values.get("upload_token_id"),
     }
 
 

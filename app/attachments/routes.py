@@ -31,7 +31,7 @@ from app.attachments.downloads import (
 )
 from app.attachments.schemas import AttachmentList, AttachmentOut, State, present
 from app.attachments.service import Attachments
-from app.deps import SettingsDep, bearer, current_app_id, provided
+from app.deps import SettingsDep, authenticate, bearer, declares, principal_of, provided, requires
 from app.errors import (
     AttachmentNotFound,
     DerivativeNotFound,
@@ -80,12 +80,19 @@ async def get_attachment(
     attachments: AttachmentsDep,
     settings: SettingsDep,
     attachment_id: str,
+    request: Request,
     wait: float = Query(0, ge=0, le=60, description="long-poll: answer as soon as the state"
                         " is no longer `cached`, or after this many seconds"),
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("read", tokens=True)),
 ) -> dict[str, Any]:
     wait = min(wait, settings.long_poll_max)
-    row = await attachments.wait_for_change(app_id, attachment_id_of(attachment_id), wait)
+    att_id = attachment_id_of(attachment_id)
+    token = principal_of(request).token
+    if token is not None:  # an upload token reads what it uploaded, and nothing else
+        row = await attachments.get(app_id, att_id)
+        if row["upload_token_id"] != token.id:
+            raise AttachmentNotFound(f"no attachment {att_id}")
+    row = await attachments.wait_for_change(app_id, att_id, wait)
     return present(row, attachments.links)
 
 
@@ -103,7 +110,7 @@ async def list_attachments(
     record_name: str | None = Query(None),
     cursor: str | None = cursor_query(),
     limit: int = Query(50, ge=1, le=200),
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("read")),
 ) -> dict[str, Any]:
     for name, value in (("record_type", record_type), ("record_id", record_id),
                         ("record_name", record_name)):
@@ -128,7 +135,7 @@ async def list_attachments(
 async def promote_attachment(
     attachments: AttachmentsDep,
     attachment_id: str,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload")),
 ) -> JSONResponse:
     row = await attachments.request_promotion(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)
@@ -144,7 +151,7 @@ async def promote_attachment(
 async def delete_attachment(
     attachments: AttachmentsDep,
     attachment_id: str,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("delete")),
 ) -> JSONResponse:
     row = await attachments.delete(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)
@@ -154,6 +161,7 @@ async def delete_attachment(
     "/attachments/{attachment_id}/content",
     response_class=Response,
     responses=download_responses("The file, with its sniffed Content-Type", "*/*"),
+    dependencies=[Depends(declares("read"))],
     summary="Download the file",
 )
 async def download(
@@ -193,7 +201,7 @@ async def readable(request: Request, attachments: Attachments, att_id: UUID, tok
         if row is not None:
             current = derivative is None or version == row["generation"]
             return row, IMMUTABLE if current else REVALIDATE
-    app_id = await current_app_id(request, credentials)
+    app_id = (await authenticate(request, credentials, "read")).app_id
     return await attachments.get(app_id, att_id), PRIVATE
 
 
@@ -321,6 +329,7 @@ def _joined(request: Request, name: str) -> str | None:
     "/attachments/{attachment_id}/derivatives/{name}",
     response_class=Response,
     responses=download_responses("The derivative", "image/*"),
+    dependencies=[Depends(declares("read"))],
     summary="Download a derivative (thumbnail…)",
 )
 async def download_derivative(
@@ -347,7 +356,7 @@ async def download_derivative(
 async def reprocess_attachment(
     attachments: AttachmentsDep,
     attachment_id: str,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload")),
 ) -> JSONResponse:
     row = await attachments.request_reprocess(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)
@@ -367,7 +376,7 @@ async def reprocess_attachment(
 async def rescan_attachment(
     attachments: AttachmentsDep,
     attachment_id: str,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload")),
 ) -> JSONResponse:
     row = await attachments.request_rescan(app_id, attachment_id_of(attachment_id))
     return JSONResponse(present(row, attachments.links), status_code=202)

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from app.api_common import not_found_response, path_id
 from app.attachments import timeline
 from app.attachments.routes import AttachmentsDep
-from app.deps import current_app_id
+from app.deps import requires
 from app.errors import AttachmentNotFound
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
@@ -48,7 +48,7 @@ class TimelineOut(BaseModel):
 async def attachment_events(
     attachments: AttachmentsDep,
     attachment_id: str,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("read")),
 ) -> JSONResponse:
     entries = await timeline.for_client(attachments, app_id,
                                         path_id(attachment_id, AttachmentNotFound))

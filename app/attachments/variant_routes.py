@@ -20,7 +20,7 @@ from app.attachments.routes import (
     serve_object,
 )
 from app.attachments.variants import Variants
-from app.deps import bearer, current_app_id, provided
+from app.deps import bearer, declares, provided, requires
 from app.errors import InvalidInput
 from app.media import transform
 
@@ -82,6 +82,7 @@ def _values(**values: Any) -> dict[str, str | None]:
     responses={**ERRORS, 200: {"content": {"image/webp": {}, "image/jpeg": {}, "image/png": {},
                                            "image/avif": {}}}},
     response_class=Response,
+    dependencies=[Depends(declares("read"))],
     summary="The stored image at another size or format, rendered once and kept",
 )
 async def get_image(
@@ -126,7 +127,7 @@ async def image_urls(
     variants: VariantsDep,
     attachment_id: str,
     body: ImageUrlsIn,
-    app_id: Any = Depends(current_app_id),
+    app_id: Any = Depends(requires("read")),
 ) -> dict[str, Any]:
     row = await attachments.get(app_id, attachment_id_of(attachment_id))
     specs = [variants.spec_for(row, _values(**v.model_dump())) for v in body.variants]

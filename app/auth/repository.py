@@ -15,10 +15,44 @@ async def insert_app(conn: asyncpg.Connection, app_id: UUID, name: str) -> async
 
 async def list_apps(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT a.id, a.name, a.created_at,"
+        "SELECT a.id, a.name, a.created_at, a.quota_bytes, a.rate_limit,"
         " (SELECT count(*) FROM api_keys k WHERE k.app_id = a.id AND k.revoked_at IS NULL) AS keys"
         " FROM apps a WHERE a.deleted_at IS NULL ORDER BY a.created_at"
     )
+
+
+async def update_limits(conn: asyncpg.Connection, app_id: UUID, *, set_quota: bool,
+                        quota_bytes: int | None, set_rate: bool, rate_limit: int | None
+                        ) -> asyncpg.Record | None:
+    """In a transaction: the app's limits, and its app_quota row (migration 0021) made,
+    changed or removed with its quota. A new row's used bytes are counted with writes to the
+    tables it counts held off (SHARE lock, for the moment of the count), so no change is
+    counted twice or missed."""
+    row = await conn.fetchrow(
+        "UPDATE apps SET quota_bytes = CASE WHEN $2 THEN $3 ELSE quota_bytes END,"
+        " rate_limit = CASE WHEN $4 THEN $5 ELSE rate_limit END"
+        " WHERE id = $1 AND deleted_at IS NULL"
+        " RETURNING id, name, created_at, quota_bytes, rate_limit",
+        app_id, set_quota, quota_bytes, set_rate, rate_limit)
+    if row is None or not set_quota:
+        return row
+    if quota_bytes is None:
+        await conn.execute("DELETE FROM app_quota WHERE app_id = $1", app_id)
+        await conn.execute("DELETE FROM quota_reservations WHERE app_id = $1", app_id)
+        return row
+    changed = await conn.fetchval("UPDATE app_quota SET quota_bytes = $2 WHERE app_id = $1"
+                                  " RETURNING true", app_id, quota_bytes)
+    if not changed:
+        await conn.execute("LOCK TABLE attachments, attachment_variants IN SHARE MODE")
+        await conn.execute(
+            "INSERT INTO app_quota (app_id, quota_bytes, used, reserved) VALUES ($1, $2,"
+            " (SELECT coalesce(sum(n), 0) FROM current_row_counts"
+            "   WHERE kind = 'bytes' AND scope = $1)"
+            " - (SELECT coalesce(sum(converted_size), 0) FROM quota_reservations"
+            "    WHERE app_id = $1),"
+            " (SELECT coalesce(sum(bytes), 0) FROM quota_reservations WHERE app_id = $1))",
+            app_id, quota_bytes)
+    return row
 
 
 async def rename_app(conn: asyncpg.Connection, app_id: UUID, name: str
@@ -75,18 +109,20 @@ async def remove_emptied_apps(conn: asyncpg.Connection) -> list[UUID]:
 
 
 async def insert_key(
-    conn: asyncpg.Connection, key_id: UUID, app_id: UUID, key_hash: bytes, prefix: str
+    conn: asyncpg.Connection, key_id: UUID, app_id: UUID, key_hash: bytes, prefix: str,
+    scopes: list[str],
 ) -> asyncpg.Record:
     return await conn.fetchrow(
-        "INSERT INTO api_keys (id, app_id, key_hash, prefix) VALUES ($1, $2, $3, $4)"
-        " RETURNING id, app_id, prefix, created_at, revoked_at",
-        key_id, app_id, key_hash, prefix,
+        "INSERT INTO api_keys (id, app_id, key_hash, prefix, scopes)"
+        " VALUES ($1, $2, $3, $4, $5)"
+        " RETURNING id, app_id, prefix, created_at, revoked_at, scopes",
+        key_id, app_id, key_hash, prefix, scopes,
     )
 
 
 async def list_keys(conn: asyncpg.Connection, app_id: UUID) -> list[asyncpg.Record]:
     return await conn.fetch(
-        "SELECT id, app_id, prefix, created_at, revoked_at FROM api_keys"
+        "SELECT id, app_id, prefix, created_at, revoked_at, scopes FROM api_keys"
         " WHERE app_id = $1 ORDER BY created_at",
         app_id,
     )
@@ -95,12 +131,14 @@ async def list_keys(conn: asyncpg.Connection, app_id: UUID) -> list[asyncpg.Reco
 async def revoke_key(conn: asyncpg.Connection, key_id: UUID) -> asyncpg.Record | None:
     return await conn.fetchrow(
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1"
-        " RETURNING id, app_id, prefix, created_at, revoked_at",
+        " RETURNING id, app_id, prefix, created_at, revoked_at, scopes",
         key_id,
     )
 
 
-async def app_id_for_key_hash(conn: asyncpg.Connection, key_hash: bytes) -> UUID | None:
-    return await conn.fetchval(
-        "SELECT app_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL", key_hash
-    )
+async def key_for_hash(conn: asyncpg.Connection, key_hash: bytes) -> asyncpg.Record | None:
+    """The live key with this hash: its id, app and scopes, and its app's limits."""
+    return await conn.fetchrow(
+        "SELECT k.id, k.app_id, k.scopes, a.quota_bytes, a.rate_limit FROM api_keys k"
+        " JOIN apps a ON a.id = k.app_id WHERE k.key_hash = $1 AND k.revoked_at IS NULL",
+        key_hash)

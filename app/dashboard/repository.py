@@ -235,3 +235,15 @@ async def failed_deliveries_since(conn: asyncpg.Connection, endpoint_id: UUID,
         " AND updated_at >= $2 ORDER BY updated_at LIMIT $3",
         endpoint_id, since, limit,
     )
+
+
+async def tenancy(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Per app: its quota and rate limit, the bytes of its live files (row counts of kind
+    'bytes', migration 0021) and its live keys with their scopes."""
+    return await conn.fetch(
+        "SELECT a.id AS app_id, a.quota_bytes, a.rate_limit,"
+        " (SELECT coalesce(sum(c.n), 0) FROM current_row_counts c"
+        "   WHERE c.kind = 'bytes' AND c.scope = a.id)::bigint AS bytes,"
+        " ARRAY(SELECT k.prefix || ' ' || array_to_string(k.scopes, ',') FROM api_keys k"
+        "   WHERE k.app_id = a.id AND k.revoked_at IS NULL ORDER BY k.created_at) AS keys"
+        " FROM apps a")

@@ -66,6 +66,16 @@ class AppRow:
     disabled_endpoints: int = 0
     deliveries_pending: int = 0
     deliveries_failed: int = 0
+    # tenancy (issue 24): bytes of its live files against its quota, its rate limit, and its
+    # live keys ("stw_abcd upload,read")
+    bytes: int = 0
+    quota_bytes: int | None = None
+    rate_limit: int | None = None
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def quota_share(self) -> float | None:
+        return self.bytes / self.quota_bytes if self.quota_bytes else None
 
 
 @dataclass
@@ -256,15 +266,19 @@ class Dashboard:
             hooks = {r["app_id"]: r for r in await repo.webhook_counts(conn, FAILED_WINDOW_S)}
             disabled = await repo.disabled_endpoints(conn, 20)
             waiting_for_scan = await repo.waiting_for_scanner(conn)
+            tenancy = {r["app_id"]: r for r in await repo.tenancy(conn)}
         apps = []
         for r in counts:
             h = hooks.get(r["app_id"])
+            t = tenancy.get(r["app_id"])
             apps.append(AppRow(
                 app_id=r["app_id"], name=r["name"], states={s: r[s] for s in STATES},
                 total=r["total"],
                 endpoints=h["endpoints"] if h else 0, disabled_endpoints=h["disabled"] if h else 0,
                 deliveries_pending=h["pending"] if h else 0,
                 deliveries_failed=h["failed"] if h else 0,
+                bytes=t["bytes"] if t else 0, quota_bytes=t["quota_bytes"] if t else None,
+                rate_limit=t["rate_limit"] if t else None, keys=list(t["keys"]) if t else [],
             ))
         return Overview(
             apps=apps,

@@ -123,3 +123,22 @@ def timed(histogram: Histogram, *labels: str) -> Iterator[None]:
     finally:
         (histogram.labels(*labels) if labels else histogram).observe(
             time.perf_counter() - started)
+
+
+# tenancy (issue 24)
+RATE_LIMIT_UNAVAILABLE = Counter(
+    "stowage_rate_limit_unavailable_total",
+    "Rate limit checks that could not reach Redis and let the request through (fail open)",
+    registry=REGISTRY)
+RATE_LIMITED = Counter("stowage_rate_limited_total", "Uploads refused by a rate limit (429)",
+                       registry=REGISTRY)
+APP_BYTES = Gauge("stowage_app_bytes",
+                  "Bytes of an app's live files (per app while there are at most"
+                  " STOWAGE_METRICS_MAX_APPS apps, else the top ones and app=\"_other\")",
+                  ["app"], registry=REGISTRY, multiprocess_mode=_READ_AT_SCRAPE)
+APP_ATTACHMENTS = Gauge("stowage_app_attachments", "An app's live attachments (cached,"
+                        " stored); labelled as stowage_app_bytes", ["app"], registry=REGISTRY,
+                        multiprocess_mode=_READ_AT_SCRAPE)
+APP_QUOTA_BYTES = Gauge("stowage_app_quota_bytes", "An app's storage quota (apps with one;"
+                        " labelled as stowage_app_bytes)", ["app"], registry=REGISTRY,
+                        multiprocess_mode=_READ_AT_SCRAPE)

@@ -19,6 +19,7 @@ from app.attachments.events import insert_attachment
 from app.ids import uuid7
 from app.uploads.ingest import Received, check_against_profile, receive, restrip
 from app.uploads.options import UploadOptions
+from app.uploads.quotas import quota_refusal
 
 if TYPE_CHECKING:
     from app.attachments.links import Links
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from app.jobs import JobQueue
     from app.profiles import Profiles
     from app.storage import Storage
+    from app.uploads.quotas import Quotas
     from app.webhooks.service import Webhooks
 
 
@@ -44,7 +46,7 @@ class Intake:
 
     def __init__(self, *, pool: asyncpg.Pool, cache: Storage, jobs: JobQueue,
                  profiles: Profiles, links: Links, webhooks: Webhooks,
-                 settings: Settings) -> None:
+                 settings: Settings, quotas: Quotas) -> None:
         self.pool = pool
         self.cache = cache
         self.jobs = jobs
@@ -52,18 +54,23 @@ class Intake:
         self.links = links
         self.webhooks = webhooks
         self.settings = settings
+        self.quotas = quotas
 
     async def stage(self, app_id: UUID, profile: str | None,
-                    chunks: AsyncIterable[bytes]) -> Staged:
-        """Stream into the cache under the attachment's own key, checked against the profile."""
+                    chunks: AsyncIterable[bytes], max_size: int | None = None, *,
+                    att_id: UUID | None = None) -> Staged:
+        """Stream into the cache under the attachment's own key, checked against the profile
+        (and ``max_size``, an upload token's, when lower than the service's limit).
+        ``att_id``: the attachment's id when chosen already (its quota reservation's)."""
         prof = self.profiles.get(profile)
-        att_id = uuid7()
+        att_id = att_id or uuid7()
         received = await receive(
             chunks,
             storage=self.cache,
             key=keys.cache_key(app_id, att_id),
             profile=prof,
-            max_upload_size=self.settings.max_upload_size,
+            max_upload_size=(self.settings.max_upload_size if max_size is None
+                             else min(max_size, self.settings.max_upload_size)),
         )
         return Staged(app_id=app_id, att_id=att_id, profile=prof.name, file=received)
 
@@ -110,12 +117,19 @@ class Intake:
             record_id=slot.id if slot else None,
             record_name=slot.name if slot else None,
             promote=options.promote, cache_ttl=cache_ttl,
+            upload_token_id=options.upload_token,
         )
         async with self.pool.acquire() as conn:
-            return await insert_attachment(conn, values, datetime.now(UTC), self.links)
+            # the quota's second check is the INSERT's own (app.uploads.quotas)
+            try:
+                return await insert_attachment(conn, values, datetime.now(UTC), self.links)
+            except asyncpg.RaiseError as e:
+                raise quota_refusal(e, staged.file.size) from None
 
     async def upload(self, app_id: UUID, chunks: AsyncIterable[bytes],
-                     options: UploadOptions) -> asyncpg.Record:
+                     options: UploadOptions, max_size: int | None = None, *,
+                     att_id: UUID | None = None) -> asyncpg.Record:
         """Stage and record in one go (raw body, tus): the options are all known up front."""
-        staged = await self.stage(app_id, options.profile, chunks)
+        staged = await self.stage(app_id, options.profile, chunks, max_size,
+                                  att_id=att_id)
         return await self.record(staged, options)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from uuid import UUID
 
 from app.errors import InvalidInput, InvalidRecordSlot
 from app.text import check_text, text_problem
@@ -52,6 +53,8 @@ class UploadOptions:
     record: RecordSlot | None = None
     promote: bool = True
     client_metadata: dict[str, Any] = field(default_factory=dict)
+    # the upload token the upload is made with (it may read the attachment afterwards)
+    upload_token: UUID | None = None
 
 
 def parse_bool(name: str, value: str | None, default: bool) -> bool:

@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from app.api_common import AUTH_ERRORS, PROBLEM
-from app.deps import current_app_id, provided
+from app.deps import principal_of, provided, requires
 from app.idempotency.http import IdempotencyDep, IdempotencyKey, idempotent
 from app.idempotency.http import responses as with_idempotency
 from app.idempotency.service import fingerprint
@@ -25,10 +25,12 @@ from app.uploads.options import (
     MAX_RECORD_TYPE,
 )
 from app.uploads.presigned import PresignedUploads
+from app.uploads.quotas import Quotas
 
 router = APIRouter(prefix="/v1", tags=["uploads"])
 
 PresignedDep = Annotated[PresignedUploads, Depends(provided("presigned"))]
+QuotasDep = Annotated[Quotas, Depends(provided("quotas"))]
 
 
 def _limited(limit: int) -> Any:
@@ -92,11 +94,14 @@ class RegisterRequest(BaseModel):
     summary="A POST policy for uploading straight to the S3 cache",
 )
 async def create_presigned_upload(presigned: PresignedDep, idem: IdempotencyDep,
-                                  body: PresignRequest, idempotency_key: IdempotencyKey = None,
-                                  app_id: UUID = Depends(current_app_id)) -> Response:
+                                  body: PresignRequest, request: Request, quotas: QuotasDep,
+                                  idempotency_key: IdempotencyKey = None,
+                                  app_id: UUID = Depends(requires("upload"))) -> Response:
     made = fingerprint("presign", body.model_dump(mode="json"))
 
     async def run() -> tuple[Response, str]:
+        if principal_of(request).quota_bytes is not None:  # checked again when registered
+            await quotas.check(app_id, body.size)
         out = await presigned.create(app_id, filename=body.filename, size=body.size,
                                      profile=body.profile)
         return JSONResponse(jsonable_encoder(PresignOut(**out)), status_code=201), made

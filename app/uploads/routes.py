@@ -4,6 +4,8 @@ registration of a presigned upload) and the raw body. Each streams into the inta
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -16,7 +18,8 @@ from pydantic import ValidationError
 
 from app.api_common import PROBLEM, not_found_response
 from app.attachments.schemas import AttachmentOut, present
-from app.deps import current_app_id, provided
+from app.auth.scopes import InsufficientScope
+from app.deps import principal_of, provided, requires, service_of
 from app.errors import InvalidInput, UnsupportedMediaType, UploadTooLarge
 from app.idempotency.http import IdempotencyDep, IdempotencyKey, digest, idempotent
 from app.idempotency.http import responses as with_idempotency
@@ -36,6 +39,7 @@ from app.uploads.options import (
     MAX_RECORD_ID,
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
+    RECORD_LIMITS,
     UploadOptions,
     check_early_options,
     json_nests_deeper,
@@ -44,6 +48,8 @@ from app.uploads.options import (
 )
 from app.uploads.presigned import PresignedUploads
 from app.uploads.presigned_routes import PresignedDep, RegisterRequest
+from app.uploads.quotas import Quotas
+from app.uploads.tokens import UploadToken, UploadTokens
 
 router = APIRouter(prefix="/v1", tags=["attachments"])
 
@@ -131,19 +137,25 @@ async def upload_multipart(
     idem: IdempotencyDep,
     request: Request,
     idempotency_key: IdempotencyKey = None,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload", tokens=True, counted=True)),
 ) -> Response:
     content_type = request.headers.get("content-type", "")
+    token = principal_of(request).token
     if content_type.startswith("application/json"):
+        if token is not None:
+            raise InsufficientScope("an upload token uploads files; registering a presigned"
+                                    " upload needs an API key", scope="upload")
         return await _register_presigned(request, app_id, presigned, idem, idempotency_key)
     if not content_type.startswith("multipart/"):
         raise UnsupportedMediaType("send the file as multipart/form-data (part 'file'), or"
                                    " JSON {\"cached_key\"} after a presigned upload")
 
     async def run() -> tuple[Response, str]:
-        with track_upload("multipart") as accepted:
-            row, options = await _upload_multipart(request, content_type, app_id, intake)
-            accepted.append(row["size"])
+        async with admitted(request, declared_length(request)) as reservation:
+            with track_upload("multipart") as accepted:
+                row, options = await _upload_multipart(request, content_type, app_id, intake,
+                                                       token, reservation)
+                accepted.append(row["size"])
         return (_created(intake, row),
                 upload_fingerprint("multipart", options, row["size"], row["sha256"]))
 
@@ -177,8 +189,39 @@ async def _multipart_fingerprint(request: Request, content_type: str, limit: int
     return upload_fingerprint("multipart", parse_options(fields), size, sha.hexdigest())
 
 
+def declared_length(request: Request) -> int | None:
+    length = request.headers.get("content-length")
+    return int(length) if length is not None and length.isdigit() else None
+
+
+@contextlib.asynccontextmanager
+async def admitted(request: Request, size: int | None, *,
+                   quota: bool = True) -> AsyncIterator[UUID | None]:
+    """What a new upload takes before its first byte, and gives back when it is refused:
+    with an upload token, one of its uses (401 when none is left); for an app with a quota,
+    ``size`` bytes of it (403 quota-exceeded; yields the reservation: the attachment's id,
+    which the INSERT recording it drops)."""
+    principal = principal_of(request)
+    token = principal.token
+    tokens: UploadTokens = service_of(request, "upload_tokens")
+    quotas: Quotas = service_of(request, "quotas")
+    if token is not None:
+        await tokens.take_use(token)
+    reservation = None
+    try:
+        if quota and principal.quota_bytes is not None:
+            reservation = await quotas.reserve(principal.app_id, size)
+        yield reservation
+    except BaseException:
+        await quotas.release(reservation)
+        if token is not None:
+            await asyncio.shield(tokens.give_back(token))
+        raise
+
+
 async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
-                            intake: Intake) -> tuple[Any, UploadOptions]:
+                            intake: Intake, token: UploadToken | None = None,
+                            reservation: UUID | None = None) -> tuple[Any, UploadOptions]:
     events = iter_multipart(request.stream(), boundary_of(content_type))
     fields: dict[str, str] = {}
     staged = None
@@ -195,11 +238,18 @@ async def _upload_multipart(request: Request, content_type: str, app_id: UUID,
                 # fields before the file (and its filename) are validated now, so a bad one
                 # costs no bytes; the slot's parts each alone, as the others may follow
                 check_early_options(fields)
-                staged = await intake.stage(app_id, fields.get("profile"),
-                                             file_bytes(events))
+                profile, max_size = fields.get("profile"), None
+                if token is not None:  # what the token fixes is refused before any byte
+                    token.fix(parse_options({k: v for k, v in fields.items()
+                                             if k not in RECORD_LIMITS}))
+                    profile, max_size = token.profile, token.max_size
+                staged = await intake.stage(
+                    app_id, profile, file_bytes(events), max_size, att_id=reservation)
         if staged is None:
             raise InvalidInput("the part 'file' is missing", field="file")
         options = parse_options(fields)
+        if token is not None:
+            options = token.fix(options)
     except BaseException:
         if staged is not None:
             await intake.discard(staged)
@@ -277,24 +327,32 @@ async def upload_raw(
     # JSON text; app/openapi.py documents it as the ClientMetadata it must be
     metadata: str | None = Query(None),
     idempotency_key: IdempotencyKey = None,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload", tokens=True, counted=True)),
 ) -> Response:
     options = parse_options({
         "filename": filename, "profile": profile, "record_type": record_type,
         "record_id": record_id, "record_name": record_name, "promote": promote,
         "metadata": metadata,
     })
+    token = principal_of(request).token
+    if token is not None:
+        options = token.fix(options)
     # an unknown profile, or a declared length over the limit, is refused before the body
     limit = intake.profiles.get(options.profile).size_limit(intake.settings.max_upload_size)
+    if token is not None:
+        limit = token.size_limit(limit)
     length = request.headers.get("content-length")
     if length is not None and length.isdigit():
         if int(length) > limit:
             raise UploadTooLarge(f"Content-Length {length} is over the limit of {limit} bytes")
 
     async def run() -> tuple[Response, str]:
-        with track_upload("raw") as accepted:
-            row = await intake.upload(app_id, request.stream(), options)
-            accepted.append(row["size"])
+        async with admitted(request, declared_length(request)) as reservation:
+            with track_upload("raw") as accepted:
+                row = await intake.upload(app_id, request.stream(), options,
+                                          token.max_size if token is not None else None,
+                                          att_id=reservation)
+                accepted.append(row["size"])
         return _created(intake, row), upload_fingerprint("raw", options, row["size"],
                                                          row["sha256"])
 

@@ -53,6 +53,7 @@ from app.storage.base import run_shielded
 from app.uploads import tus_repository as repo
 from app.uploads.ingest import BLOCK, HashBehind, inspect
 from app.uploads.intake import Intake, Staged
+from app.uploads.quotas import QuotaExceeded
 from app.uploads.tus_protocol import (
     Checksum,
     TusChecksumMismatch,
@@ -71,6 +72,7 @@ if TYPE_CHECKING:
     from app.profiles import Profiles
     from app.storage import Storage
     from app.uploads.running_digests import RunningDigests
+    from app.uploads.tokens import UploadToken
 
 log = logging.getLogger(__name__)
 
@@ -128,27 +130,48 @@ class TusUploads:
                                tail_key=row["tail_key"], tail_size=row["tail_size"])
         return self.cache.open_resumable(row["storage_key"], row["length"], state)
 
-    async def create(self, app_id: UUID, *, length: int,
-                     metadata_header: str | None) -> UploadStatus:
-        """Create an upload (validating its options now); an empty one is complete at once."""
+    async def create(self, app_id: UUID, *, length: int, metadata_header: str | None,
+                     token: UploadToken | None = None, quota: bool = False) -> UploadStatus:
+        """Create an upload (validating its options now); an empty one is complete at once.
+        With an upload token: what it fixes, and its size limit."""
         options = options_from_metadata(parse_metadata(metadata_header))
+        if token is not None:
+            options = token.fix(options)
         profile = self.profiles.get(options.profile)
         limit = profile.size_limit(self.settings.max_upload_size)
+        if token is not None:
+            limit = token.size_limit(limit)
         if length > limit:
             raise UploadTooLarge(f"Upload-Length {length} is over the limit of {limit} bytes"
                                  f" (profile {profile.name!r})")
         upload_id = uuid7()
-        async with self.pool.acquire() as conn:
-            row = await repo.insert(
-                conn, id=upload_id, app_id=app_id, length=length, profile=profile.name,
-                options=options_json(options), metadata_header=metadata_header or None,
-                storage_key=storage_key(app_id, upload_id), expiry=self.expiry_seconds(),
-            )
+        if quota:  # its bytes held from now on, under the upload's id (app.uploads.quotas)
+            await self.intake.quotas.reserve(app_id, length, reservation=upload_id,
+                                             ttl=self.expiry_seconds())
+        try:
+            async with self.pool.acquire() as conn:
+                row = await repo.insert(
+                    conn, id=upload_id, app_id=app_id, length=length, profile=profile.name,
+                    options=options_json(options), metadata_header=metadata_header or None,
+                    storage_key=storage_key(app_id, upload_id), expiry=self.expiry_seconds(),
+                    upload_token_id=token.id if token is not None else None,
+                )
+        except BaseException:
+            await self.intake.quotas.release(upload_id if quota else None)
+            raise
         if length == 0:
             async with self._leased(app_id, upload_id) as (row, token):
                 row = await self._save(row, token, offset=0)
                 row = await self._complete(row, token)
         return UploadStatus.of(row)
+
+    async def check_token(self, app_id: UUID, upload_id: UUID, token: UploadToken) -> None:
+        """An upload token reaches the upload it created, and no other (404 as for another
+        app's)."""
+        async with self.pool.acquire() as conn:
+            row = await repo.get_for_app(conn, app_id, upload_id)
+        if row is None or row["upload_token_id"] != token.id:
+            raise TusUploadNotFound(f"no upload {upload_id}")
 
     async def status(self, app_id: UUID, upload_id: UUID) -> UploadStatus:
         """The upload's offset (HEAD). Finishes a completion its request left half-done."""
@@ -416,12 +439,16 @@ class TusUploads:
                         if independent:
                             await self.cache.delete(att_key)
                         raise
+                    # the bytes it reserved at creation pass to the attachment, whose INSERT
+                    # gives them back as it checks the quota again (app.uploads.quotas)
+                    await self.intake.quotas.hand_over(row["id"], att_id)
                     await self.intake.record(Staged(app_id=app_id, att_id=att_id,
                                                     profile=profile.name, file=received),
                                              options)
                     accepted.append(received.size)
-            except (UploadTooLarge, UnsupportedMediaType, InvalidInput):
+            except (UploadTooLarge, UnsupportedMediaType, InvalidInput, QuotaExceeded):
                 # refused for good: like any refused upload, it leaves nothing behind
+                await self.intake.quotas.release(att_id)
                 await self._drop(row, token)
                 raise
         async with self.pool.acquire() as conn:

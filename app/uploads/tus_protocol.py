@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 
@@ -155,6 +157,7 @@ def options_json(o: UploadOptions) -> dict[str, Any]:
         "profile": o.profile, "filename": o.filename, "promote": o.promote,
         "record": [o.record.type, o.record.id, o.record.name] if o.record else None,
         "client_metadata": o.client_metadata,
+        "upload_token": str(o.upload_token) if o.upload_token else None,
     }
 
 
@@ -163,8 +166,11 @@ def options_of(row: asyncpg.Record) -> UploadOptions:
     (InvalidInput) like a refused file, instead of failing its completion for good."""
     o = row["options"]
     record_type, record_id, record_name = o["record"] or (None, None, None)
-    return make_options(
+    options = make_options(
         profile=o["profile"], filename=o["filename"], promote=o["promote"],
         record_type=record_type, record_id=record_id, record_name=record_name,
         client_metadata=o["client_metadata"],
     )
+    if o.get("upload_token"):
+        options = dataclasses.replace(options, upload_token=UUID(o["upload_token"]))
+    return options

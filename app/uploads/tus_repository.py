@@ -11,19 +11,20 @@ COLUMNS = (
     "id, app_id, length, upload_offset, profile, options, metadata_header, storage_key,"
     " s3_upload_id, s3_parts, tail_key, tail_size, state, attachment_id, lock_owner,"
     " lock_until, taken_over, expires_at, created_at, updated_at, completed_at,"
-    " expires_at < now() AS expired"
+    " upload_token_id, expires_at < now() AS expired"
 )
 
 
 async def insert(conn: asyncpg.Connection, *, id: UUID, app_id: UUID, length: int, profile: str,
                  options: dict[str, Any], metadata_header: str | None, storage_key: str,
-                 expiry: int) -> asyncpg.Record:
+                 expiry: int, upload_token_id: UUID | None = None) -> asyncpg.Record:
     return await conn.fetchrow(
         "INSERT INTO tus_uploads (id, app_id, length, profile, options, metadata_header,"
-        " storage_key, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))"
+        " storage_key, expires_at, upload_token_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8), $9)"
         f" RETURNING {COLUMNS}",
         id, app_id, length, profile, options, metadata_header, storage_key, expiry,
+        upload_token_id,
     )
 
 

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api_common import PROBLEM, path_id
-from app.deps import current_app_id, provided
+from app.auth.scopes import InsufficientScope
+from app.deps import principal_of, provided, requires
 from app.errors import MalformedRequest
 from app.http_methods import allow_header
 from app.idempotency.http import (
@@ -37,6 +38,7 @@ from app.uploads.options import (
     MAX_RECORD_NAME,
     MAX_RECORD_TYPE,
 )
+from app.uploads.routes import admitted
 from app.uploads.tus import TusUploads, UploadStatus
 from app.uploads.tus_protocol import (
     CHECKSUM_ALGORITHMS,
@@ -185,6 +187,14 @@ def _location(tus: TusUploads, upload_id: UUID) -> str:
     return f"{tus.settings.public_url.rstrip('/')}/v1/tus/{upload_id}"
 
 
+async def _token_reaches(request: Request, tus: TusUploads, app_id: UUID,
+                         upload_id: str) -> None:
+    """An upload token reaches the upload it created, no other (404)."""
+    token = principal_of(request).token
+    if token is not None:
+        await tus.check_token(app_id, _upload_id(upload_id), token)
+
+
 # --- discovery ---------------------------------------------------------------------------------
 
 @router.options(
@@ -234,7 +244,7 @@ async def create_upload(
     idem: IdempotencyDep,
     request: Request,
     idempotency_key: IdempotencyKey = None,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload", tokens=True, counted=True)),
 ) -> Response:
     if request.headers.get("upload-concat"):
         raise MalformedRequest("the concatenation extension is not supported")
@@ -251,7 +261,12 @@ async def create_upload(
         return fingerprint("tus", length, metadata, size, sha256)
 
     async def run() -> tuple[Response, str]:
-        status = await tus.create(app_id, length=length, metadata_header=metadata)
+        principal = principal_of(request)
+        # the upload token's use here; the quota's bytes by tus.create, under the upload's id
+        async with admitted(request, None, quota=False):
+            status = await tus.create(app_id, length=length, metadata_header=metadata,
+                                      token=principal.token,
+                                      quota=principal.quota_bytes is not None)
         location = _location(tus, status.id)
         # hashed again only when a key will keep the fingerprint: not on every creation
         body = Digesting(request.stream()) if idempotency_key is not None else None
@@ -288,8 +303,10 @@ async def create_upload(
 async def head_upload(
     tus: TusDep,
     upload_id: str,
-    app_id: UUID = Depends(current_app_id),
+    request: Request,
+    app_id: UUID = Depends(requires("upload", tokens=True)),
 ) -> Response:
+    await _token_reaches(request, tus, app_id, upload_id)
     status = await tus.status(app_id, _upload_id(upload_id))
     headers = {**_status_headers(status), "Upload-Length": str(status.length),
                "Cache-Control": "no-store"}
@@ -316,8 +333,9 @@ async def patch_upload(
     tus: TusDep,
     upload_id: str,
     request: Request,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload", tokens=True)),
 ) -> Response:
+    await _token_reaches(request, tus, app_id, upload_id)
     if not _is_offset_stream(request):
         raise TusWrongContentType(f"send the bytes as Content-Type: {OFFSET_CONTENT_TYPE}")
     upload = _upload_id(upload_id)
@@ -337,7 +355,7 @@ async def patch_upload(
 async def delete_upload(
     tus: TusDep,
     upload_id: str,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload")),
 ) -> Response:
     await tus.terminate(app_id, _upload_id(upload_id))
     return Response(status_code=204)
@@ -348,16 +366,19 @@ async def method_override(
     tus: TusDep,
     upload_id: str,
     request: Request,
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("upload", tokens=True)),
 ) -> Response:
     """``X-HTTP-Method-Override``: for clients behind proxies that allow only GET and POST."""
     method = request.headers.get("x-http-method-override", "").strip().upper()
     if method == "PATCH":
         return await patch_upload(tus, upload_id, request, app_id)
     if method == "DELETE":
+        if principal_of(request).token is not None:
+            raise InsufficientScope("an upload token cannot terminate uploads",
+                                    scope="upload")
         return await delete_upload(tus, upload_id, app_id)
     if method == "HEAD":
-        return await head_upload(tus, upload_id, app_id)
+        return await head_upload(tus, upload_id, request, app_id)
     # without an override, POST is no method of an upload: 405 naming those it has
     raise StarletteHTTPException(405, "POST to an upload needs X-HTTP-Method-Override:"
                                  " PATCH, DELETE or HEAD",

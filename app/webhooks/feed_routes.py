@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from app.api_common import PROBLEM, not_found_response
-from app.deps import SettingsDep, current_app_id, provided
+from app.deps import SettingsDep, provided, requires
 from app.errors import InvalidInput
 from app.webhooks.feed import EventFeed, parse_public_id
 from app.webhooks.outbox import EVENT_TYPES
@@ -68,7 +68,7 @@ async def events_feed(
     limit: int = Query(100, ge=1, le=1000),
     wait: float = Query(0, ge=0, le=60, description="long-poll: answer as soon as an event"
                         " exists after `after`, or after this many seconds with none"),
-    app_id: UUID = Depends(current_app_id),
+    app_id: UUID = Depends(requires("read")),
 ) -> Response:
     wanted = sorted(set(types.split(","))) if types else None
     if wanted and not set(wanted) <= set(EVENT_TYPES):  # the pattern says so too

@@ -16,7 +16,7 @@ from app.api_common import (
     not_found_response,
     path_id,
 )
-from app.deps import current_app_id, provided
+from app.deps import provided, requires
 from app.errors import NotFound, WebhookEndpointNotFound
 from app.idempotency.http import IdempotencyDep, IdempotencyKey, idempotent
 from app.idempotency.http import responses as with_idempotency
@@ -48,7 +48,7 @@ def _endpoint_id(value: str) -> UUID:
              summary="Subscribe a URL to events; the answer holds its signing secret")
 async def create_endpoint(webhooks: WebhooksDep, idem: IdempotencyDep, body: EndpointCreate,
                           idempotency_key: IdempotencyKey = None,
-                          app_id: UUID = Depends(current_app_id)) -> Response:
+                          app_id: UUID = Depends(requires("webhooks"))) -> Response:
     made = fingerprint("webhook-endpoint", body.model_dump(mode="json"))
 
     async def run() -> tuple[Response, str]:
@@ -63,7 +63,7 @@ async def create_endpoint(webhooks: WebhooksDep, idem: IdempotencyDep, body: End
 @router.get("", response_model=EndpointList, responses=ERRORS, summary="List endpoints")
 async def list_endpoints(webhooks: WebhooksDep, cursor: str | None = cursor_query(),
                          limit: int = Query(50, ge=1, le=200),
-                         app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+                         app_id: UUID = Depends(requires("webhooks"))) -> dict[str, Any]:
     page = await webhooks.list_endpoints(app_id, decode_cursor(cursor), limit)
     return {"items": [present_endpoint(r) for r in page.items],
             "next_cursor": encode_cursor(page.next_before)}
@@ -72,14 +72,14 @@ async def list_endpoints(webhooks: WebhooksDep, cursor: str | None = cursor_quer
 @router.get("/{endpoint_id}", response_model=EndpointOut, responses=ERRORS,
             summary="Get an endpoint")
 async def get_endpoint(webhooks: WebhooksDep, endpoint_id: str,
-                       app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+                       app_id: UUID = Depends(requires("webhooks"))) -> dict[str, Any]:
     return present_endpoint(await webhooks.get_endpoint(app_id, _endpoint_id(endpoint_id)))
 
 
 @router.patch("/{endpoint_id}", response_model=EndpointOut, responses=ERRORS,
               summary="Change url, events, description, enabled; rotate the secret")
 async def patch_endpoint(webhooks: WebhooksDep, endpoint_id: str, body: EndpointPatch,
-                         app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+                         app_id: UUID = Depends(requires("webhooks"))) -> dict[str, Any]:
     patch = body.model_dump(exclude_unset=True)
     for key in ("url", "enabled"):  # explicit nulls mean nothing for these
         if key in patch and patch[key] is None:
@@ -90,7 +90,7 @@ async def patch_endpoint(webhooks: WebhooksDep, endpoint_id: str, body: Endpoint
 
 @router.delete("/{endpoint_id}", status_code=204, responses=ERRORS, summary="Delete an endpoint")
 async def delete_endpoint(webhooks: WebhooksDep, endpoint_id: str,
-                          app_id: UUID = Depends(current_app_id)) -> Response:
+                          app_id: UUID = Depends(requires("webhooks"))) -> Response:
     await webhooks.delete_endpoint(app_id, _endpoint_id(endpoint_id))
     return Response(status_code=204)
 
@@ -101,7 +101,7 @@ async def list_deliveries(webhooks: WebhooksDep, endpoint_id: str,
                           status: Literal["pending", "delivered", "failed"] | None = None,
                           cursor: str | None = cursor_query(),
                           limit: int = Query(50, ge=1, le=200),
-                          app_id: UUID = Depends(current_app_id)) -> dict[str, Any]:
+                          app_id: UUID = Depends(requires("webhooks"))) -> dict[str, Any]:
     page = await webhooks.list_deliveries(app_id, _endpoint_id(endpoint_id), status,
                                          decode_cursor(cursor), limit)
     return {"items": [present_delivery(r) for r in page.items],
@@ -111,7 +111,7 @@ async def list_deliveries(webhooks: WebhooksDep, endpoint_id: str,
 @router.post("/{endpoint_id}/deliveries/{delivery_id}/retry", status_code=202,
              response_model=DeliveryOut, responses=ERRORS, summary="Deliver again now")
 async def retry_delivery(webhooks: WebhooksDep, endpoint_id: str, delivery_id: str,
-                         app_id: UUID = Depends(current_app_id)) -> JSONResponse:
+                         app_id: UUID = Depends(requires("webhooks"))) -> JSONResponse:
     row = await webhooks.retry_delivery(app_id, _endpoint_id(endpoint_id),
                                        path_id(delivery_id, NotFound))
     return JSONResponse(present_delivery(row), status_code=202)
@@ -121,6 +121,6 @@ async def retry_delivery(webhooks: WebhooksDep, endpoint_id: str, delivery_id: s
              responses={**ERRORS, 409: {"description": "The endpoint is disabled", **PROBLEM}},
              summary="Send a webhook.test event to this endpoint")
 async def test_endpoint(webhooks: WebhooksDep, endpoint_id: str,
-                        app_id: UUID = Depends(current_app_id)) -> JSONResponse:
+                        app_id: UUID = Depends(requires("webhooks"))) -> JSONResponse:
     row = await webhooks.send_test(app_id, _endpoint_id(endpoint_id))
     return JSONResponse(present_delivery(row), status_code=202)
